@@ -1,0 +1,1 @@
+"""Kopf operator: reconciles ServingPipelines into Triton workers and runs the adaptation loop."""
