@@ -1,0 +1,120 @@
+"""Compile a validated ServingPipeline plus an observation into the planner's numeric `Problem`.
+
+The manifest says what may be chosen; the observation says what the world looks like now (the load to
+plan for, queueing delays, the tightest per-request deadline, what runs today). Every caller — the CLI,
+the simulator, the local runtime and the operator — builds its problem here, so they plan identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from paretoserve.planner import model as m
+from paretoserve.planner.profiles import variant_options
+from paretoserve.planner.spec import Cascade, ServingPipeline, SpecError, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the control loop knows when it plans."""
+
+    load_rps: float
+    """Pipeline requests per second to plan for (already predicted and with headroom)."""
+    queue_delay_ms: Mapping[str, float] = field(default_factory=dict)
+    """Observed queueing delay per stage (DiffServe's Little's-law term)."""
+    min_remaining_budget_ms: float | None = None
+    """Tightest remaining deadline among queued requests (Sponge's q_min)."""
+    current: tuple[m.CurrentAllocation, ...] = ()
+
+
+def _rows(stage: Stage, cascade: Cascade) -> tuple[m.CascadeRow, ...]:
+    accuracy = {v.name: v.accuracy for v in stage.variants}
+    light, heavy = accuracy[cascade.light], accuracy[cascade.heavy]
+    rows = [
+        m.CascadeRow(
+            threshold=r.threshold,
+            heavy_fraction=r.heavy_fraction,
+            quality=r.quality if r.quality is not None else light + r.heavy_fraction * (heavy - light),
+            prompt_threshold=r.prompt_threshold,
+        )
+        for r in cascade.rows
+    ]
+    if cascade.threshold != "auto":
+        fixed = float(cascade.threshold)
+        nearest = min(rows, key=lambda r: abs(r.threshold - fixed))
+        rows = [nearest]
+    return tuple(rows)
+
+
+def compile_stage(stage: Stage, pipeline_load: float, *, utilization: float,
+                  queue_delay_ms: float = 0.0) -> m.Stage:
+    options: list[m.Option] = []
+    for variant in stage.variants:
+        options += variant_options(variant, stage, utilization=utilization)
+    cascade = None
+    if stage.cascade is not None:
+        cascade = m.Cascade(stage.cascade.light, stage.cascade.heavy, _rows(stage, stage.cascade),
+                            stage.cascade.router.value)
+    return m.Stage(
+        name=stage.name,
+        options=tuple(options),
+        load_rps=pipeline_load * stage.load_multiplier,
+        depends_on=tuple(stage.depends_on),
+        multi_variant=stage.multi_variant,
+        cascade=cascade,
+        min_replicas=stage.bounds.min_replicas,
+        max_replicas=stage.bounds.max_replicas,
+        max_queue_delay_ms=stage.max_queue_delay_ms,
+        queue_delay_ms=queue_delay_ms,
+    )
+
+
+def compile_problem(
+    pipeline: ServingPipeline,
+    observation: Observation,
+    *,
+    baseline: m.Baseline = m.Baseline.NONE,
+    pinned_variants: Mapping[str, Sequence[str]] | None = None,
+    pinned_replicas: Mapping[str, int] | None = None,
+) -> m.Problem:
+    """The problem for this pipeline at this observation; pins express scale-only/switch-only baselines."""
+    spec = pipeline.spec
+    if observation.load_rps < 0:
+        raise SpecError("load", f"must be >= 0, got {observation.load_rps}")
+    utilization = spec.adaptation.target_utilization
+    stages = []
+    for stage in spec.stages:
+        compiled = compile_stage(stage, observation.load_rps, utilization=utilization,
+                                 queue_delay_ms=observation.queue_delay_ms.get(stage.name, 0.0))
+        pins = tuple((pinned_variants or {}).get(stage.name, ()))
+        replicas = (pinned_replicas or {}).get(stage.name)
+        if pins or replicas is not None:
+            compiled = replace(compiled, pinned_variants=pins, pinned_replicas=replicas)
+        stages.append(compiled)
+    obj = spec.objective
+    if obj.normalize_cost and spec.budget.cpu is None and not spec.budget.gpus:
+        raise SpecError("spec.objective.normalizeCost", "needs a budget to normalise by")
+    objective = m.Objective(
+        accuracy=obj.accuracy,
+        cost=obj.cost,
+        batch=obj.batch,
+        reconfiguration=obj.reconfiguration,
+        aggregation=m.Aggregation(obj.accuracy_aggregation.value),
+        normalize_cost=obj.normalize_cost,
+        prices=tuple(sorted(obj.prices.items())),
+    )
+    drain = None
+    dynamic = spec.slo.dynamic
+    if dynamic is not None and observation.min_remaining_budget_ms is not None:
+        drain = observation.min_remaining_budget_ms - dynamic.safety_fraction * spec.slo.latency_ms
+    return m.Problem(
+        name=pipeline.metadata.name,
+        stages=tuple(stages),
+        slo_ms=spec.slo.latency_ms,
+        objective=objective,
+        budget=m.Budget(cpu=spec.budget.cpu, gpus=tuple(sorted(spec.budget.gpus.items()))),
+        baseline=baseline,
+        drain_budget_ms=drain,
+        current=observation.current,
+    )

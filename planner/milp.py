@@ -1,0 +1,399 @@
+"""The one integer program, built with PuLP and solved by HiGHS (CBC as fallback).
+
+This is the only module that imports `pulp`. `build` encodes the rules of `evaluate.py` for a whole
+`Problem`; `run_solver` maps solver outcomes onto `SolveStatus` without ever calling a time-out
+"infeasible"; `extract` decodes the solution into stage plans through the same builders the brute-force
+oracle uses. Stage kinds and the papers they come from:
+
+- single variant per stage, replicas from n·h(b) ≥ λ, batch-formation delay (b−1)/λ (IPA; FA2 and RIM
+  as pins; Sponge's cores and EDF drain bound through the options' capacities);
+- several variants with a traffic split and a loading-cost penalty against the current plan (InfAdapter);
+- a cascade: threshold row z_j of an f(t) / Pareto table, light and heavy pools, heavy replicas sized to
+  λ·f(t_j) (DiffServe, HADIS).
+
+The DAG's latency is bounded with start-time variables, t_j ≥ t_i + L_i for each edge and t + L ≤ SLO
+for every stage, so no path is ever enumerated. A product of stage accuracies is linearised exactly by a
+McCormick chain over the stages' selection binaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulp
+
+from paretoserve.planner.evaluate import (
+    EPS,
+    allocation_price,
+    batch_delay_ms,
+    changed,
+    cost_normalizer,
+    effective_capacity,
+    fixed_pool_replicas,
+    load_time_of,
+    max_load_time,
+    normalized,
+    split_batch_delay_ms,
+    topological_order,
+)
+from paretoserve.planner.model import (
+    Aggregation,
+    Allocation,
+    Option,
+    Problem,
+    SolveLimits,
+    SolveStatus,
+    Stage,
+    StagePlan,
+)
+from paretoserve.planner.stageplans import allowed_options, cascade_plan, single_plan, split_plan
+
+Terms = list[tuple[Any, float]]
+
+
+@dataclass
+class StageVars:
+    """The decision variables of one stage, kept for decoding."""
+
+    stage: Stage
+    fixed: list[tuple[Option, Any, int]] = field(default_factory=list)  # option, x, replicas
+    heavy: list[tuple[Option, Any, Any]] = field(default_factory=list)  # option, x, n
+    rows: list[Any] = field(default_factory=list)  # z_j
+    split: list[tuple[Option, Any, Any, Any]] = field(default_factory=list)  # option, x, n, load
+    latency: Any = None  # an affine expression
+    accuracy_selectors: list[tuple[float, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    lp: Any
+    stages: list[StageVars]
+
+
+class UnsupportedProblem(ValueError):
+    """A combination the program cannot express exactly; reported as status ERROR."""
+
+
+def _expr(terms: Terms, constant: float = 0.0) -> Any:
+    """An affine expression; repeated variables are summed (PuLP's constructor would overwrite)."""
+    summed: dict[Any, float] = {}
+    for var, coef in terms:
+        summed[var] = summed.get(var, 0.0) + coef
+    return pulp.LpAffineExpression(list(summed.items()), constant=constant)
+
+
+def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False) -> Model:
+    """Encode the problem. The relaxations drop one constraint family to diagnose infeasibility."""
+    lp = pulp.LpProblem("paretoserve", pulp.LpMaximize)
+    obj = problem.objective
+    product = obj.aggregation is Aggregation.PRODUCT
+    if product and len(problem.stages) > 1 and any(
+        s.multi_variant and s.load_rps > 0 for s in problem.stages
+    ):
+        raise UnsupportedProblem(
+            "accuracy aggregation 'product' needs single-variant stages when the pipeline has several stages"
+        )
+    objective: Terms = []
+    cpu_terms: Terms = []
+    gpu_terms: dict[str, Terms] = {}
+    reconfig_terms: list[tuple[Any, float]] = []  # (indicator, load time)
+    norm = cost_normalizer(problem)
+    stage_vars: list[StageVars] = []
+
+    def add_resources(option: Option, amount: Any, replicas: float) -> None:
+        """Charge `replicas` replicas of `option`, scaled by variable `amount` (x or n)."""
+        objective.append((amount, -obj.cost * allocation_price(problem, option, 1) * replicas / norm))
+        cpu_terms.append((amount, option.cpu * replicas))
+        for name, per in option.gpus:
+            gpu_terms.setdefault(name, []).append((amount, per * replicas))
+
+    for s_index, stage in enumerate(problem.stages):
+        sv = StageVars(stage)
+        tag = f"s{s_index}"
+        if stage.cascade is not None:
+            _build_cascade(lp, problem, sv, tag, objective, add_resources, reconfig_terms)
+        elif stage.multi_variant:
+            _build_split(lp, problem, sv, tag, objective, add_resources, reconfig_terms)
+        else:
+            _build_single(lp, problem, sv, tag, objective, add_resources, reconfig_terms)
+        stage_vars.append(sv)
+
+    # Latency over the DAG with start times.
+    if not relax_slo:
+        start = {s.name: lp.add_variable(f"t_{i}", lowBound=0) for i, s in enumerate(problem.stages)}
+        latency = {sv.stage.name: sv.latency for sv in stage_vars}
+        for stage in topological_order(problem.stages):
+            for dep in stage.depends_on:
+                lp += start[stage.name] >= start[dep] + latency[dep]
+            lp += start[stage.name] + latency[stage.name] <= problem.slo_ms
+
+    if not relax_budget:
+        if problem.budget.cpu is not None:
+            lp += _expr(cpu_terms) <= problem.budget.cpu
+        for name, limit in problem.budget.gpus:
+            lp += _expr(gpu_terms.get(name, [])) <= limit
+
+    _add_accuracy(lp, problem, stage_vars, objective, product)
+
+    max_lt = max_load_time(problem)
+    if obj.reconfiguration > 0 and max_lt > EPS and reconfig_terms:
+        worst = lp.add_variable("loading_cost", lowBound=0)
+        for indicator, load_time in reconfig_terms:
+            lp += worst >= load_time * indicator
+        objective.append((worst, -obj.reconfiguration / max_lt))
+
+    lp += _expr(objective)
+    return Model(lp, stage_vars)
+
+
+def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
+                  add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
+    stage = sv.stage
+    latency: Terms = []
+    for k, option in enumerate(allowed_options(stage)):
+        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
+        if n is None:
+            continue
+        x = lp.add_variable(f"x_{tag}_{k}", cat=pulp.LpBinary)
+        sv.fixed.append((option, x, n))
+        add_resources(option, x, n)
+        objective.append((x, -problem.objective.batch * option.batch))
+        latency.append((x, option.latency_ms + batch_delay_ms(option.batch, stage.load_rps,
+                                                              stage.max_queue_delay_ms)))
+        sv.accuracy_selectors.append((option.accuracy, x))
+        if _fixed_changes(problem, stage, option, n):
+            reconfig_terms.append((x, load_time_of(stage, option.variant)))
+    lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
+    sv.latency = _expr(latency, stage.queue_delay_ms)
+
+
+def _fixed_changes(problem: Problem, stage: Stage, option: Option, replicas: int) -> bool:
+    alloc = Allocation(option.variant, option.batch, option.cpu, option.instances, replicas, 0.0, 0.0, 0.0)
+    return changed(problem, stage.name, alloc)
+
+
+def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
+                   add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
+    stage = sv.stage
+    cascade = stage.cascade
+    assert cascade is not None  # guarded by build()
+    light_latency: Terms = []
+    for k, option in enumerate(allowed_options(stage, [cascade.light])):
+        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
+        if n is None:
+            continue
+        x = lp.add_variable(f"xl_{tag}_{k}", cat=pulp.LpBinary)
+        sv.fixed.append((option, x, n))
+        add_resources(option, x, n)
+        objective.append((x, -problem.objective.batch * option.batch))
+        light_latency.append((x, option.latency_ms + batch_delay_ms(option.batch, stage.load_rps,
+                                                                    stage.max_queue_delay_ms)))
+        if _fixed_changes(problem, stage, option, n):
+            reconfig_terms.append((x, load_time_of(stage, option.variant)))
+    lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
+
+    sv.rows = [lp.add_variable(f"z_{tag}_{j}", cat=pulp.LpBinary) for j in range(len(cascade.rows))]
+    lp += _expr([(z, 1.0) for z in sv.rows]) == 1
+    sv.accuracy_selectors = [(row.quality, z) for row, z in zip(cascade.rows, sv.rows, strict=True)]
+
+    heavy_latency = lp.add_variable(f"lh_{tag}", lowBound=0)
+    capacity: Terms = []
+    for k, option in enumerate(allowed_options(stage, [cascade.heavy])):
+        cap = effective_capacity(option, problem)
+        if cap <= EPS:
+            continue
+        x = lp.add_variable(f"xh_{tag}_{k}", cat=pulp.LpBinary)
+        n = lp.add_variable(f"nh_{tag}_{k}", lowBound=0, upBound=stage.max_replicas, cat=pulp.LpInteger)
+        lp += n >= x
+        lp += n <= stage.max_replicas * x
+        sv.heavy.append((option, x, n))
+        add_resources(option, n, 1)
+        objective.append((x, -problem.objective.batch * option.batch))
+        capacity.append((n, cap))
+        delays = [batch_delay_ms(option.batch, stage.load_rps * row.heavy_fraction, stage.max_queue_delay_ms)
+                  for row in cascade.rows]
+        big_m = option.latency_ms + max(delays)
+        terms: Terms = [(z, d) for z, d in zip(sv.rows, delays, strict=True)] + [(x, big_m)]
+        lp += heavy_latency >= _expr(terms, option.latency_ms - big_m)
+        _variable_pool_changes(lp, problem, stage, option, x, n, f"{tag}_{k}", reconfig_terms)
+    lp += _expr(capacity) >= _expr([(z, stage.load_rps * row.heavy_fraction)
+                                    for z, row in zip(sv.rows, cascade.rows, strict=True)])
+    active = [(x, 1.0) for _, x, _ in sv.heavy]
+    lp += _expr(active) <= 1
+    for z, row in zip(sv.rows, cascade.rows, strict=True):
+        if row.heavy_fraction > 0:
+            lp += z <= _expr(active)
+    sv.latency = _expr(light_latency + [(heavy_latency, 1.0)], stage.queue_delay_ms)
+
+
+def _variable_pool_changes(lp: Any, problem: Problem, stage: Stage, option: Option, x: Any, n: Any,
+                           tag: str, reconfig_terms: list[tuple[Any, float]]) -> None:
+    """Loading-cost indicator of an option whose replica count is a decision variable."""
+    if problem.objective.reconfiguration <= 0:
+        return
+    current = [c for c in problem.current if c.stage == stage.name and c.variant == option.variant]
+    if not current or (current[0].batch, current[0].cpu, current[0].instances) != (
+        option.batch, option.cpu, option.instances
+    ):
+        reconfig_terms.append((x, load_time_of(stage, option.variant)))
+        return
+    prev = current[0].replicas
+    moved = lp.add_variable(f"chg_{tag}", cat=pulp.LpBinary)
+    big_m = stage.max_replicas + prev
+    lp += n - prev <= big_m * moved
+    lp += prev - n <= big_m * moved + big_m * (1 - x)
+    reconfig_terms.append((moved, load_time_of(stage, option.variant)))
+
+
+def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
+                 add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
+    stage = sv.stage
+    latency = lp.add_variable(f"ls_{tag}", lowBound=0)
+    per_variant: dict[str, Terms] = {}
+    for k, option in enumerate(allowed_options(stage)):
+        cap = effective_capacity(option, problem)
+        if cap <= EPS and stage.load_rps > 0:
+            continue
+        x = lp.add_variable(f"x_{tag}_{k}", cat=pulp.LpBinary)
+        n = lp.add_variable(f"n_{tag}_{k}", lowBound=0, upBound=stage.max_replicas, cat=pulp.LpInteger)
+        load = lp.add_variable(f"l_{tag}_{k}", lowBound=0)
+        lp += n >= x
+        lp += n <= stage.max_replicas * x
+        lp += load <= cap * n
+        sv.split.append((option, x, n, load))
+        per_variant.setdefault(option.variant, []).append((x, 1.0))
+        add_resources(option, n, 1)
+        objective.append((x, -problem.objective.batch * option.batch))
+        lp += latency >= (option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)) * x
+        _variable_pool_changes(lp, problem, stage, option, x, n, f"{tag}_{k}", reconfig_terms)
+        if stage.load_rps > 0:
+            sv.accuracy_selectors.append((option.accuracy / stage.load_rps, load))
+        else:
+            sv.accuracy_selectors.append((option.accuracy, x))
+    for terms in per_variant.values():
+        lp += _expr(terms) <= 1
+    xs = [(x, 1.0) for _, x, _, _ in sv.split]
+    if stage.load_rps > 0:
+        lp += _expr(xs) >= 1
+    else:
+        lp += _expr(xs) == 1
+    lp += _expr([(load, 1.0) for *_, load in sv.split]) == stage.load_rps
+    replicas = _expr([(n, 1.0) for _, _, n, _ in sv.split])
+    lp += replicas >= stage.min_replicas
+    lp += replicas <= stage.max_replicas
+    if stage.pinned_replicas is not None:
+        lp += replicas == stage.pinned_replicas
+    sv.latency = _expr([(latency, 1.0)], stage.queue_delay_ms)
+
+
+def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], objective: Terms,
+                  product: bool) -> None:
+    weight = problem.objective.accuracy
+    if weight <= 0:
+        return
+    agg = problem.objective.aggregation
+    if not product:
+        for sv in stage_vars:
+            for acc, var in sv.accuracy_selectors:
+                objective.append((var, weight * normalized(sv.stage, acc, agg) / len(stage_vars)))
+        return
+    if len(stage_vars) == 1:
+        for acc, var in stage_vars[0].accuracy_selectors:
+            objective.append((var, weight * acc))
+        return
+    # McCormick chain: P_s = P_{s-1} · A_s, with A_s a selection of one accuracy value.
+    previous = _expr([(var, acc) for acc, var in stage_vars[0].accuracy_selectors])
+    for i, sv in enumerate(stage_vars[1:], start=1):
+        terms: Terms = []
+        for k, (acc, selector) in enumerate(_per_value(sv.accuracy_selectors)):
+            w = lp.add_variable(f"w_{i}_{k}", lowBound=0, upBound=1)
+            lp += w <= selector
+            lp += w <= previous
+            terms.append((w, acc))
+        previous = _expr(terms)
+    objective.extend((var, weight * coef) for var, coef in previous.items())
+
+
+def _per_value(selectors: list[tuple[float, Any]]) -> list[tuple[float, Any]]:
+    """Group selection binaries that share an accuracy value (all options of one variant)."""
+    grouped: dict[float, Terms] = {}
+    for acc, var in selectors:
+        grouped.setdefault(acc, []).append((var, 1.0))
+    return [(acc, _expr(terms)) for acc, terms in grouped.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class SolverOutcome:
+    status: SolveStatus
+    solver: str
+    message: str = ""
+
+
+def run_solver(model: Model, limits: SolveLimits) -> SolverOutcome:
+    """Solve with HiGHS (or CBC) under a time limit and map the outcome honestly."""
+    names = [limits.solver] + (["cbc"] if limits.solver == "highs" else [])
+    last_error = ""
+    for name in names:
+        try:
+            solver = _make_solver(name, limits)
+            model.lp.solve(solver)
+        except Exception as exc:  # noqa: BLE001 - any solver failure falls back, then reports ERROR
+            last_error = f"{name}: {type(exc).__name__}: {exc}"
+            continue
+        return SolverOutcome(_status(model.lp), name)
+    return SolverOutcome(SolveStatus.ERROR, names[-1], last_error)
+
+
+def _make_solver(name: str, limits: SolveLimits) -> Any:
+    if name == "highs":
+        return pulp.HiGHS(msg=False, timeLimit=limits.time_limit_s, threads=limits.threads,
+                          gapRel=limits.relative_gap, gapAbs=1e-9)
+    if name == "cbc":
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=limits.time_limit_s, gapRel=limits.relative_gap,
+                                 threads=limits.threads)
+    raise ValueError(f"unknown solver {name!r} (use 'highs' or 'cbc')")
+
+
+def _status(lp: Any) -> SolveStatus:
+    if lp.sol_status == pulp.LpSolutionOptimal:
+        return SolveStatus.OPTIMAL
+    if lp.sol_status == pulp.LpSolutionIntegerFeasible:
+        return SolveStatus.FEASIBLE_AT_TIME_LIMIT
+    if lp.status == pulp.LpStatusInfeasible or lp.sol_status == pulp.LpSolutionInfeasible:
+        return SolveStatus.INFEASIBLE
+    if lp.status == pulp.LpStatusNotSolved:
+        return SolveStatus.TIME_LIMIT_NO_SOLUTION
+    return SolveStatus.ERROR
+
+
+def _value(var: Any) -> float:
+    v = var.value() if hasattr(var, "value") else var
+    return 0.0 if v is None else float(v)
+
+
+def extract(problem: Problem, model: Model) -> list[StagePlan]:
+    """Decode the solution into stage plans via the shared builders."""
+    plans: list[StagePlan] = []
+    for sv in model.stages:
+        stage = sv.stage
+        if stage.cascade is not None:
+            light, n_light = next((o, n) for o, x, n in sv.fixed if _value(x) > 0.5)
+            row = max(range(len(sv.rows)), key=lambda j: _value(sv.rows[j]))
+            heavy = next(((o, round(_value(n))) for o, x, n in sv.heavy if _value(x) > 0.5), None)
+            plans.append(cascade_plan(stage, row, light, n_light, heavy[0] if heavy else None,
+                                      heavy[1] if heavy else 0))
+        elif stage.multi_variant:
+            chosen = [(o, round(_value(n)), max(0.0, _value(load))) for o, x, n, load in sv.split
+                      if _value(x) > 0.5]
+            plans.append(split_plan(stage, [(o, n) for o, n, _ in chosen], [load for *_, load in chosen]))
+        else:
+            option, n = next((o, n) for o, x, n in sv.fixed if _value(x) > 0.5)
+            plans.append(single_plan(stage, option, n))
+    return plans
+
+
+def objective_value(model: Model) -> float:
+    value = pulp.value(model.lp.objective)
+    return math.nan if value is None else float(value)

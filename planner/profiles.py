@@ -1,0 +1,115 @@
+"""Latency and throughput models built from measured points.
+
+Three forms appear in the seed systems and in our manifests: a table of measured (batch, CPU, Triton
+instances) points (IPA, DiffServe, our profiler); Sponge's fitted l(b, c) = γ·b/c + δ·b + ε/c + η; and
+InfAdapter's linear capacity-versus-cores model. This module turns any of them into `Option`s for the
+planner and fits the two parametric models from measurements (least squares, no I/O).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from paretoserve.planner.model import Option
+from paretoserve.planner.spec import Stage, Variant
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    batch: int
+    cpu: float
+    latency_ms: float
+    throughput_rps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpongeCoefficients:
+    gamma: float
+    delta: float
+    epsilon: float
+    eta: float
+
+    def latency_ms(self, batch: int, cpu: float) -> float:
+        return self.gamma * batch / cpu + self.delta * batch + self.epsilon / cpu + self.eta
+
+
+@dataclass(frozen=True, slots=True)
+class LinearCapacityModel:
+    slope: float
+    intercept: float
+
+    def capacity(self, cpu: float) -> float:
+        return max(0.0, self.slope * cpu + self.intercept)
+
+
+def fit_sponge(points: Sequence[Measurement]) -> SpongeCoefficients:
+    """Least-squares fit of Sponge's l(b, c) = γ·b/c + δ·b + ε/c + η (needs ≥ 4 distinct points)."""
+    if len({(p.batch, p.cpu) for p in points}) < 4:
+        raise ValueError("fitting l(b, c) needs at least 4 distinct (batch, cpu) points")
+    a = np.array([[p.batch / p.cpu, p.batch, 1.0 / p.cpu, 1.0] for p in points])
+    y = np.array([p.latency_ms for p in points])
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    return SpongeCoefficients(*(float(c) for c in coef))
+
+
+def fit_linear_capacity(points: Sequence[Measurement]) -> LinearCapacityModel:
+    """InfAdapter's linear capacity model: throughput ≈ slope·cores + intercept."""
+    usable = [p for p in points if p.throughput_rps is not None]
+    if len({p.cpu for p in usable}) < 2:
+        raise ValueError("fitting capacity needs throughput at two or more core counts")
+    x = np.array([p.cpu for p in usable])
+    y = np.array([p.throughput_rps for p in usable], dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    return LinearCapacityModel(float(slope), float(intercept))
+
+
+def _within(cpu: float, stage: Stage) -> bool:
+    low, high = stage.bounds.min_cpu, stage.bounds.max_cpu
+    return (low is None or cpu >= low - 1e-9) and (high is None or cpu <= high + 1e-9)
+
+
+def variant_options(variant: Variant, stage: Stage, *, utilization: float = 1.0) -> list[Option]:
+    """Every option the planner may choose for a variant; capacity scaled by the target utilization."""
+    res = variant.resources
+    gpus = tuple(sorted(res.gpus.items()))
+    profile = variant.profile
+    raw: list[tuple[int, float, int, float, float]] = []  # batch, cpu, instances, latency, throughput
+    if profile.points:
+        for p in profile.points:
+            if p.batch not in stage.batch_sizes:
+                continue
+            cpu = p.cpu if p.cpu is not None else res.cpu
+            tput = p.throughput_rps if p.throughput_rps is not None else p.instances * p.batch * 1000.0 / p.latency_ms
+            raw.append((p.batch, cpu, p.instances, p.latency_ms, tput))
+    elif profile.sponge is not None:
+        fit = SpongeCoefficients(profile.sponge.gamma, profile.sponge.delta, profile.sponge.epsilon,
+                                 profile.sponge.eta)
+        for b in stage.batch_sizes:
+            for c in profile.sponge.cpus:
+                lat = fit.latency_ms(b, c)
+                if lat > 0:
+                    raw.append((b, c, 1, lat, b * 1000.0 / lat))
+    elif profile.linear_capacity is not None:
+        lin = profile.linear_capacity
+        model = LinearCapacityModel(lin.slope, lin.intercept)
+        for c in lin.cpus:
+            raw.append((1, c, 1, lin.latency_ms, model.capacity(c)))
+    return [
+        Option(
+            variant=variant.name,
+            accuracy=variant.accuracy,
+            batch=b,
+            cpu=cpu,
+            instances=inst,
+            latency_ms=lat,
+            capacity_rps=tput * utilization,
+            memory_gib=res.memory_gib,
+            gpus=gpus,
+            load_time_s=variant.load_time_seconds,
+        )
+        for b, cpu, inst, lat, tput in raw
+        if _within(cpu, stage)
+    ]

@@ -1,0 +1,352 @@
+"""Typed model of the ServingPipeline custom resource, parsed once at the edge.
+
+The CRD in `crds/servingpipeline.yaml` is the contract with the API server; this module is the same
+contract for Python. Every entry point (CLI, simulator, local runtime, operator) parses a manifest with
+`parse_pipeline`, so an invalid manifest fails the same way everywhere: a `SpecError` whose message
+names the field path (``spec.stages[1].cascade.light: ...``). Field names are the CR's camelCase; the
+attributes are snake_case. Cross-field rules mirror the CEL rules of the CRD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "paretoserve.io"
+API_VERSION = "v1alpha1"
+KIND = "ServingPipeline"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class SpecError(ValueError):
+    """An invalid ServingPipeline; `path` is the offending field, e.g. ``spec.slo.latencyMs``."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Percentile(int, Enum):
+    P50 = 50
+    P90 = 90
+    P95 = 95
+    P99 = 99
+
+
+class DynamicSLO(_Model):
+    """Per-request deadlines (Sponge): each request carries its own remaining budget."""
+
+    header: str = "x-paretoserve-deadline-ms"
+    safety_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of the base SLO kept free when draining the queue in EDF order (Sponge uses 0.1)."""
+
+
+class SLO(_Model):
+    latency_ms: PositiveFloat
+    percentile: Percentile = Percentile.P99
+    dynamic: DynamicSLO | None = None
+
+
+class AccuracyAggregation(str, Enum):
+    PRODUCT = "product"
+    SUM = "sum"
+    NORMALIZED_SUM = "normalizedSum"
+
+
+class Objective(_Model):
+    """Weights of α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter)."""
+
+    accuracy: NonNegativeFloat = 1.0
+    cost: NonNegativeFloat = 0.01
+    batch: NonNegativeFloat = 0.0
+    reconfiguration: NonNegativeFloat = 0.0
+    accuracy_aggregation: AccuracyAggregation = AccuracyAggregation.PRODUCT
+    normalize_cost: bool = False
+    """Divide cost by the budget's total price (InfAdapter's Σn/C_max)."""
+    prices: dict[str, NonNegativeFloat] = Field(default_factory=lambda: {"cpu": 1.0})
+    """Price per unit and replica of `cpu` (cores), `memory` (GiB) and GPU resources."""
+
+
+class Budget(_Model):
+    cpu: NonNegativeFloat | None = None
+    """Cores for the whole pipeline; unset means unbounded."""
+    gpus: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    """GPUs by resource name, e.g. ``{"nvidia.com/gpu": 8}``."""
+
+
+class PredictorKind(str, Enum):
+    LAST_VALUE = "lastValue"
+    MOVING_MAX = "movingMax"
+    EWMA = "ewma"
+    LSTM = "lstm"
+
+
+class Predictor(_Model):
+    kind: PredictorKind = PredictorKind.MOVING_MAX
+    window_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
+    headroom: Annotated[float, Field(ge=0, le=10)] = 0.1
+
+
+class Adaptation(_Model):
+    interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    predictor: Predictor = Field(default_factory=Predictor)
+    scale_down_stabilization: Annotated[int, Field(ge=0, le=100)] = 3
+    """Consecutive lower plans required before resources are released (InfAdapter uses 4)."""
+    target_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Share of a replica's profiled throughput the planner may use (InfAdapter's κ = 0.8)."""
+    solver_time_limit_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+
+class Resources(_Model):
+    cpu: NonNegativeFloat = 1.0
+    memory_gib: NonNegativeFloat = 1.0
+    gpus: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+
+
+class ProfilePoint(_Model):
+    batch: Annotated[int, Field(ge=1, le=4096)]
+    cpu: PositiveFloat | None = None
+    """Cores per replica for this point; unset means the variant's `resources.cpu`."""
+    instances: Annotated[int, Field(ge=1, le=64)] = 1
+    latency_ms: PositiveFloat
+    """Latency of one batch at the SLO percentile."""
+    throughput_rps: PositiveFloat | None = None
+    """Sustained requests/s of one replica; unset means instances × batch / latency."""
+
+
+class SpongeFit(_Model):
+    """Sponge's l(b, c) = γ·b/c + δ·b + ε/c + η in milliseconds, evaluated on a grid."""
+
+    gamma: float
+    delta: float
+    epsilon: float
+    eta: float
+    cpus: list[PositiveFloat] = Field(min_length=1)
+
+
+class LinearCapacity(_Model):
+    """InfAdapter's capacity model: throughput = slope·cores + intercept at batch 1."""
+
+    slope: float
+    intercept: float
+    latency_ms: PositiveFloat
+    cpus: list[PositiveFloat] = Field(min_length=1)
+
+
+class Profile(_Model):
+    points: list[ProfilePoint] = Field(default_factory=list)
+    sponge: SpongeFit | None = None
+    linear_capacity: LinearCapacity | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Profile:
+        given = sum([bool(self.points), self.sponge is not None, self.linear_capacity is not None])
+        if given != 1:
+            raise ValueError("give exactly one of points, sponge, linearCapacity")
+        return self
+
+
+class Variant(_Model):
+    name: Name
+    triton_model: Annotated[str, Field(min_length=1, max_length=128)]
+    accuracy: float
+    """Accuracy or quality score; higher is better (use −WER, −FID)."""
+    resources: Resources = Field(default_factory=Resources)
+    profile: Profile
+    load_time_seconds: NonNegativeFloat = 0.0
+
+
+class RouterKind(str, Enum):
+    CONFIDENCE = "confidence"
+    DISCRIMINATOR = "discriminator"
+    PROMPT = "prompt"
+    HYBRID = "hybrid"
+
+
+class CascadeRow(_Model):
+    """One operating point of a cascade: f(t) for DiffServe, a Pareto row for HADIS."""
+
+    threshold: Annotated[float, Field(ge=0, le=1)]
+    heavy_fraction: Annotated[float, Field(ge=0, le=1)]
+    """Share of the stage's requests the heavy model also serves (f(t), route ratio)."""
+    quality: float | None = None
+    """Quality of the cascade at this row; unset interpolates light→heavy accuracy by heavyFraction."""
+    prompt_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class Cascade(_Model):
+    light: Name
+    heavy: Name
+    router: RouterKind = RouterKind.CONFIDENCE
+    threshold: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
+    rows: list[CascadeRow] = Field(min_length=1)
+
+
+class StageBounds(_Model):
+    min_replicas: Annotated[int, Field(ge=0, le=10000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=10000)] = 100
+    min_cpu: NonNegativeFloat | None = None
+    max_cpu: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StageBounds:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        if self.min_cpu is not None and self.max_cpu is not None and self.min_cpu > self.max_cpu:
+            raise ValueError("minCpu must be <= maxCpu")
+        return self
+
+
+class Stage(_Model):
+    name: Name
+    depends_on: list[Name] = Field(default_factory=list)
+    variants: list[Variant] = Field(min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1])
+    max_queue_delay_ms: NonNegativeFloat = 10.0
+    """Triton's dynamic-batching max queue delay; bounds the batch-formation wait."""
+    load_multiplier: PositiveFloat = 1.0
+    """Requests this stage receives per pipeline request (fan-out, repeated agent calls)."""
+    multi_variant: bool = False
+    """Serve several variants at once with a traffic split (InfAdapter)."""
+    cascade: Cascade | None = None
+    bounds: StageBounds = Field(default_factory=StageBounds)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Stage:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique within a stage")
+        if self.cascade is not None:
+            for role in ("light", "heavy"):
+                if getattr(self.cascade, role) not in names:
+                    raise ValueError(f"cascade.{role} must name a variant of this stage")
+            if self.cascade.light == self.cascade.heavy:
+                raise ValueError("cascade.light and cascade.heavy must differ")
+            if self.multi_variant:
+                raise ValueError("a stage is either a cascade or multiVariant, not both")
+        if self.name in self.depends_on:
+            raise ValueError("a stage cannot depend on itself")
+        return self
+
+
+class ServingPipelineSpec(_Model):
+    slo: SLO
+    objective: Objective = Field(default_factory=Objective)
+    budget: Budget = Field(default_factory=Budget)
+    adaptation: Adaptation = Field(default_factory=Adaptation)
+    stages: list[Stage] = Field(min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _dag(self) -> ServingPipelineSpec:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError("stage names must be unique")
+        known = set(names)
+        for s in self.stages:
+            for d in s.depends_on:
+                if d not in known:
+                    raise ValueError(f"stage {s.name!r} dependsOn unknown stage {d!r}")
+        cycle = find_cycle({s.name: list(s.depends_on) for s in self.stages})
+        if cycle:
+            raise ValueError("dependsOn forms a cycle: " + " -> ".join(cycle))
+        return self
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Name
+    namespace: str | None = None
+
+
+class ServingPipeline(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    api_version: Literal["paretoserve.io/v1alpha1"]
+    kind: Literal["ServingPipeline"]
+    metadata: Metadata
+    spec: ServingPipelineSpec
+
+
+def find_cycle(edges: Mapping[str, list[str]]) -> list[str]:
+    """Return one cycle of the dependsOn graph as a list of names, or [] if it is acyclic."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in edges.get(node, []):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if state.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in edges:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def _field_path(loc: tuple[int | str, ...], root: ServingPipeline | dict[str, Any] | None) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "function-before") or item.startswith(("literal[", "float", "int")):
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "<root>"
+
+
+def parse_pipeline(document: Mapping[str, Any]) -> ServingPipeline:
+    """Validate a ServingPipeline manifest; raise `SpecError` naming the first bad field."""
+    if not isinstance(document, Mapping):
+        raise SpecError("<root>", "a ServingPipeline must be a mapping")
+    try:
+        return ServingPipeline.model_validate(document)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = _field_path(tuple(err["loc"]), None)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise SpecError(path, message) from None
+
+
+def load_pipeline_text(text: str) -> ServingPipeline:
+    """Parse the first ServingPipeline document of a YAML text."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError("<yaml>", f"not valid YAML: {exc}".splitlines()[0]) from None
+    for doc in docs:
+        if isinstance(doc, Mapping) and doc.get("kind") == KIND:
+            return parse_pipeline(doc)
+    if docs:
+        return parse_pipeline(docs[0])
+    raise SpecError("<root>", "the document is empty")
