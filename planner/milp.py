@@ -152,10 +152,7 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
                   add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
     stage = sv.stage
     latency: Terms = []
-    for k, option in enumerate(allowed_options(stage)):
-        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
-        if n is None:
-            continue
+    for k, (option, n) in enumerate(pareto_pool(problem, stage, allowed_options(stage))):
         x = lp.add_variable(f"x_{tag}_{k}", cat=pulp.LpBinary)
         sv.fixed.append((option, x, n))
         add_resources(option, x, n)
@@ -169,6 +166,46 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
     sv.latency = _expr(latency, stage.queue_delay_ms)
 
 
+def pareto_pool(problem: Problem, stage: Stage, options: list[Option]) -> list[tuple[Option, int]]:
+    """Options of a fixed-load pool with their replicas, minus those another option dominates.
+
+    An option is dropped when another is at least as accurate and no worse on latency, price, CPU, every
+    GPU resource, batch term and reconfiguration penalty: it can never be strictly better, whatever the
+    other stages do. This keeps only the stage's Pareto front and is what makes IPA-size products fast.
+    """
+    scored = []
+    for option in options:
+        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
+        if n is None:
+            continue
+        gpus = dict((name, amount * n) for name, amount in option.gpus)
+        penalty = load_time_of(stage, option.variant) if _fixed_changes(problem, stage, option, n) else 0.0
+        vector = (
+            -option.accuracy,
+            option.latency_ms + batch_delay_ms(option.batch, stage.load_rps, stage.max_queue_delay_ms),
+            allocation_price(problem, option, n),
+            option.cpu * n,
+            option.batch,
+            penalty,
+        )
+        scored.append((option, n, vector, gpus))
+    kept: list[tuple[Option, int]] = []
+    for i, (option, n, vec, gpus) in enumerate(scored):
+        dominated = False
+        for j, (_, _, other, other_gpus) in enumerate(scored):
+            if i == j or any(o > v + 1e-12 for o, v in zip(other, vec, strict=True)):
+                continue
+            if any(other_gpus.get(g, 0.0) > gpus.get(g, 0.0) + 1e-12 for g in other_gpus):
+                continue
+            equal = all(abs(o - v) <= 1e-12 for o, v in zip(other, vec, strict=True)) and other_gpus == gpus
+            if not equal or j < i:  # strictly better, or an identical twin listed earlier
+                dominated = True
+                break
+        if not dominated:
+            kept.append((option, n))
+    return kept
+
+
 def _fixed_changes(problem: Problem, stage: Stage, option: Option, replicas: int) -> bool:
     alloc = Allocation(option.variant, option.batch, option.cpu, option.instances, replicas, 0.0, 0.0, 0.0)
     return changed(problem, stage.name, alloc)
@@ -180,10 +217,7 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
     cascade = stage.cascade
     assert cascade is not None  # guarded by build()
     light_latency: Terms = []
-    for k, option in enumerate(allowed_options(stage, [cascade.light])):
-        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
-        if n is None:
-            continue
+    for k, (option, n) in enumerate(pareto_pool(problem, stage, allowed_options(stage, [cascade.light]))):
         x = lp.add_variable(f"xl_{tag}_{k}", cat=pulp.LpBinary)
         sv.fixed.append((option, x, n))
         add_resources(option, x, n)
@@ -303,15 +337,27 @@ def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], object
         for acc, var in stage_vars[0].accuracy_selectors:
             objective.append((var, weight * acc))
         return
-    # McCormick chain: P_s = P_{s-1} · A_s, with A_s a selection of one accuracy value.
-    previous = _expr([(var, acc) for acc, var in stage_vars[0].accuracy_selectors])
+    # McCormick chain: P_s = P_{s-1} · A_s, with A_s a selection of one accuracy value. With
+    # P_{s-1} in [low, high], w_i = P_{s-1}·y_i is exact at binary y for: w_i <= high·y_i,
+    # w_i <= P_{s-1} − low·(1 − y_i), and Σ_i w_i = P_{s-1} (the y_i sum to one), which also keeps the
+    # relaxation tight.
+    first = stage_vars[0].accuracy_selectors
+    previous = _expr([(var, acc) for acc, var in first])
+    low = min(acc for acc, _ in first)
+    high = max(acc for acc, _ in first)
     for i, sv in enumerate(stage_vars[1:], start=1):
         terms: Terms = []
-        for k, (acc, selector) in enumerate(_per_value(sv.accuracy_selectors)):
-            w = lp.add_variable(f"w_{i}_{k}", lowBound=0, upBound=1)
-            lp += w <= selector
-            lp += w <= previous
+        parts: Terms = []
+        values = _per_value(sv.accuracy_selectors)
+        for k, (acc, selector) in enumerate(values):
+            w = lp.add_variable(f"w_{i}_{k}", lowBound=0, upBound=high)
+            lp += w <= high * selector
+            lp += w <= previous - low * (1 - selector)
             terms.append((w, acc))
+            parts.append((w, 1.0))
+        lp += _expr(parts) == previous
+        low *= min(acc for acc, _ in values)
+        high *= max(acc for acc, _ in values)
         previous = _expr(terms)
     objective.extend((var, weight * coef) for var, coef in previous.items())
 

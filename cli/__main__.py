@@ -1,0 +1,5 @@
+"""`python -m paretoserve` runs the command line."""
+
+from paretoserve.cli import entrypoint
+
+entrypoint()
