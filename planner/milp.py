@@ -61,6 +61,7 @@ class StageVars:
     fixed: list[tuple[Option, Any, int]] = field(default_factory=list)  # option, x, replicas
     heavy: list[tuple[Option, Any, Any]] = field(default_factory=list)  # option, x, n
     rows: list[Any] = field(default_factory=list)  # z_j
+    row_index: list[int] = field(default_factory=list)  # cascade row of each z_j
     split: list[tuple[Option, Any, Any, Any]] = field(default_factory=list)  # option, x, n, load
     latency: Any = None  # an affine expression
     accuracy_selectors: list[tuple[float, Any]] = field(default_factory=list)
@@ -81,7 +82,7 @@ def _expr(terms: Terms, constant: float = 0.0) -> Any:
     summed: dict[Any, float] = {}
     for var, coef in terms:
         summed[var] = summed.get(var, 0.0) + coef
-    return pulp.LpAffineExpression(list(summed.items()), constant=constant)
+    return pulp.LpAffineExpression([(v, c) for v, c in summed.items() if c != 0.0], constant=constant)
 
 
 def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False) -> Model:
@@ -206,6 +207,38 @@ def pareto_pool(problem: Problem, stage: Stage, options: list[Option]) -> list[t
     return kept
 
 
+def pareto_rows(stage: Stage, heavy_options: list[Option]) -> list[int]:
+    """Indices of cascade rows no other row dominates.
+
+    Row a dominates row b when it is at least as good in quality, defers no more traffic, and makes no
+    heavy batch wait longer to form (fewer deferrals fill heavy batches more slowly, so this holds only
+    where the wait is capped by the max queue delay or the batch is 1). Ties keep the earlier row.
+    """
+    assert stage.cascade is not None
+    rows = stage.cascade.rows
+    delays = [
+        tuple(batch_delay_ms(o.batch, stage.load_rps * r.heavy_fraction, stage.max_queue_delay_ms)
+              for o in heavy_options)
+        for r in rows
+    ]
+    kept = []
+    for b, row in enumerate(rows):
+        dominated = False
+        for a, other in enumerate(rows):
+            if a == b or other.quality < row.quality - 1e-12 or other.heavy_fraction > row.heavy_fraction + 1e-12:
+                continue
+            if any(da > db + 1e-12 for da, db in zip(delays[a], delays[b], strict=True)):
+                continue
+            same = (abs(other.quality - row.quality) <= 1e-12
+                    and abs(other.heavy_fraction - row.heavy_fraction) <= 1e-12 and delays[a] == delays[b])
+            if not same or a < b:
+                dominated = True
+                break
+        if not dominated:
+            kept.append(b)
+    return kept
+
+
 def _fixed_changes(problem: Problem, stage: Stage, option: Option, replicas: int) -> bool:
     alloc = Allocation(option.variant, option.batch, option.cpu, option.instances, replicas, 0.0, 0.0, 0.0)
     return changed(problem, stage.name, alloc)
@@ -228,13 +261,16 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
             reconfig_terms.append((x, load_time_of(stage, option.variant)))
     lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
 
-    sv.rows = [lp.add_variable(f"z_{tag}_{j}", cat=pulp.LpBinary) for j in range(len(cascade.rows))]
+    heavy_options = allowed_options(stage, [cascade.heavy])
+    sv.row_index = pareto_rows(stage, heavy_options)
+    rows = [cascade.rows[j] for j in sv.row_index]
+    sv.rows = [lp.add_variable(f"z_{tag}_{j}", cat=pulp.LpBinary) for j in sv.row_index]
     lp += _expr([(z, 1.0) for z in sv.rows]) == 1
-    sv.accuracy_selectors = [(row.quality, z) for row, z in zip(cascade.rows, sv.rows, strict=True)]
+    sv.accuracy_selectors = [(row.quality, z) for row, z in zip(rows, sv.rows, strict=True)]
 
     heavy_latency = lp.add_variable(f"lh_{tag}", lowBound=0)
     capacity: Terms = []
-    for k, option in enumerate(allowed_options(stage, [cascade.heavy])):
+    for k, option in enumerate(heavy_options):
         cap = effective_capacity(option, problem)
         if cap <= EPS:
             continue
@@ -247,16 +283,16 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
         objective.append((x, -problem.objective.batch * option.batch))
         capacity.append((n, cap))
         delays = [batch_delay_ms(option.batch, stage.load_rps * row.heavy_fraction, stage.max_queue_delay_ms)
-                  for row in cascade.rows]
+                  for row in rows]
         big_m = option.latency_ms + max(delays)
         terms: Terms = [(z, d) for z, d in zip(sv.rows, delays, strict=True)] + [(x, big_m)]
         lp += heavy_latency >= _expr(terms, option.latency_ms - big_m)
         _variable_pool_changes(lp, problem, stage, option, x, n, f"{tag}_{k}", reconfig_terms)
     lp += _expr(capacity) >= _expr([(z, stage.load_rps * row.heavy_fraction)
-                                    for z, row in zip(sv.rows, cascade.rows, strict=True)])
+                                    for z, row in zip(sv.rows, rows, strict=True)])
     active = [(x, 1.0) for _, x, _ in sv.heavy]
     lp += _expr(active) <= 1
-    for z, row in zip(sv.rows, cascade.rows, strict=True):
+    for z, row in zip(sv.rows, rows, strict=True):
         if row.heavy_fraction > 0:
             lp += z <= _expr(active)
     sv.latency = _expr(light_latency + [(heavy_latency, 1.0)], stage.queue_delay_ms)
@@ -426,7 +462,7 @@ def extract(problem: Problem, model: Model) -> list[StagePlan]:
         stage = sv.stage
         if stage.cascade is not None:
             light, n_light = next((o, n) for o, x, n in sv.fixed if _value(x) > 0.5)
-            row = max(range(len(sv.rows)), key=lambda j: _value(sv.rows[j]))
+            row = sv.row_index[max(range(len(sv.rows)), key=lambda j: _value(sv.rows[j]))]
             heavy = next(((o, round(_value(n))) for o, x, n in sv.heavy if _value(x) > 0.5), None)
             plans.append(cascade_plan(stage, row, light, n_light, heavy[0] if heavy else None,
                                       heavy[1] if heavy else 0))

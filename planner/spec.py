@@ -33,6 +33,11 @@ class SpecError(ValueError):
         self.message = message
 
 
+def _at(subpath: str, message: str) -> ValueError:
+    """A cross-field error that names a field below the validating model (decoded by parse_pipeline)."""
+    return ValueError(f"@{subpath}@ {message}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -209,9 +214,9 @@ class StageBounds(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> StageBounds:
         if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must be <= maxReplicas")
+            raise _at("minReplicas", "must be <= maxReplicas")
         if self.min_cpu is not None and self.max_cpu is not None and self.min_cpu > self.max_cpu:
-            raise ValueError("minCpu must be <= maxCpu")
+            raise _at("minCpu", "must be <= maxCpu")
         return self
 
 
@@ -232,18 +237,19 @@ class Stage(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Stage:
         names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError("variant names must be unique within a stage")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _at(f"variants[{i}].name", f"duplicate variant name {name!r}")
         if self.cascade is not None:
             for role in ("light", "heavy"):
                 if getattr(self.cascade, role) not in names:
-                    raise ValueError(f"cascade.{role} must name a variant of this stage")
+                    raise _at(f"cascade.{role}", f"must name a variant of this stage ({', '.join(names)})")
             if self.cascade.light == self.cascade.heavy:
-                raise ValueError("cascade.light and cascade.heavy must differ")
+                raise _at("cascade.heavy", "must differ from cascade.light")
             if self.multi_variant:
-                raise ValueError("a stage is either a cascade or multiVariant, not both")
+                raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
         if self.name in self.depends_on:
-            raise ValueError("a stage cannot depend on itself")
+            raise _at(f"dependsOn[{self.depends_on.index(self.name)}]", "a stage cannot depend on itself")
         return self
 
 
@@ -257,16 +263,18 @@ class ServingPipelineSpec(_Model):
     @model_validator(mode="after")
     def _dag(self) -> ServingPipelineSpec:
         names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError("stage names must be unique")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _at(f"stages[{i}].name", f"duplicate stage name {name!r}")
         known = set(names)
-        for s in self.stages:
-            for d in s.depends_on:
+        for i, s in enumerate(self.stages):
+            for j, d in enumerate(s.depends_on):
                 if d not in known:
-                    raise ValueError(f"stage {s.name!r} dependsOn unknown stage {d!r}")
+                    raise _at(f"stages[{i}].dependsOn[{j}]", f"unknown stage {d!r}")
         cycle = find_cycle({s.name: list(s.depends_on) for s in self.stages})
         if cycle:
-            raise ValueError("dependsOn forms a cycle: " + " -> ".join(cycle))
+            first = names.index(cycle[0])
+            raise _at(f"stages[{first}].dependsOn", "dependsOn forms a cycle: " + " -> ".join(cycle))
         return self
 
 
@@ -335,6 +343,9 @@ def parse_pipeline(document: Mapping[str, Any]) -> ServingPipeline:
         err = exc.errors()[0]
         path = _field_path(tuple(err["loc"]), None)
         message = str(err["msg"]).removeprefix("Value error, ")
+        if message.startswith("@") and "@ " in message[1:]:
+            subpath, message = message[1:].split("@ ", 1)
+            path = f"{path}{'' if subpath.startswith('[') else '.'}{subpath}"
         raise SpecError(path, message) from None
 
 

@@ -1,0 +1,100 @@
+"""The `paretoserve` command line, run in-process through `main(argv)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from paretoserve.cli import main
+
+PIPELINE = {
+    "apiVersion": "paretoserve.io/v1alpha1",
+    "kind": "ServingPipeline",
+    "metadata": {"name": "tiny"},
+    "spec": {
+        "slo": {"latencyMs": 200},
+        "objective": {"accuracy": 1, "cost": 0.01},
+        "stages": [
+            {
+                "name": "detector",
+                "batchSizes": [1, 2],
+                "variants": [
+                    {"name": "small", "tritonModel": "small", "accuracy": 0.6,
+                     "profile": {"points": [{"batch": 1, "latencyMs": 10}, {"batch": 2, "latencyMs": 15}]}},
+                    {"name": "large", "tritonModel": "large", "accuracy": 0.8,
+                     "profile": {"points": [{"batch": 1, "latencyMs": 50}, {"batch": 2, "latencyMs": 80}]}},
+                ],
+            },
+            {
+                "name": "classifier",
+                "dependsOn": ["detector"],
+                "variants": [
+                    {"name": "r18", "tritonModel": "r18", "accuracy": 0.7,
+                     "profile": {"points": [{"batch": 1, "latencyMs": 20}]}},
+                ],
+            },
+        ],
+    },
+}
+
+
+def write(tmp_path: Path, doc: object) -> str:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_plan_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", write(tmp_path, PIPELINE), "--load", "30", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["status"] == "optimal"
+    assert [s["name"] for s in plan["stages"]] == ["detector", "classifier"]
+    detector = plan["stages"][0]["allocations"][0]
+    assert detector["variant"] == "large" and detector["replicas"] == 2  # 30 rps / (1000/50 ms per replica)
+    assert plan["latencyMs"] == pytest.approx(70.0) and plan["solveMs"] > 0
+
+
+def test_plan_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", write(tmp_path, PIPELINE), "--load", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "detector" in out and "large" in out and "status: optimal" in out
+
+
+def test_infeasible_plan_exits_1_with_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(json.dumps(PIPELINE))
+    doc["spec"]["slo"]["latencyMs"] = 5
+    assert main(["plan", write(tmp_path, doc), "--load", "30", "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["status"] == "infeasible" and plan["reason"]["binding"] == "slo"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["spec"].pop("slo"), "spec.slo"),
+        (lambda d: d["spec"]["stages"][0]["variants"][0].__setitem__("accuracy", "high"),
+         "spec.stages[0].variants[0].accuracy"),
+        (lambda d: d["spec"]["stages"][1].__setitem__("dependsOn", ["nowhere"]), "spec.stages[1].dependsOn[0]"),
+        (lambda d: d["spec"]["slo"].__setitem__("latencyMs", -1), "spec.slo.latencyMs"),
+    ],
+)
+def test_broken_file_prints_one_line_naming_the_field_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate: object, field: str
+) -> None:
+    doc = json.loads(json.dumps(PIPELINE))
+    mutate(doc)  # type: ignore[operator]
+    assert main(["plan", write(tmp_path, doc), "--load", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0]
+
+
+def test_missing_file_and_not_yaml_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(tmp_path / "absent.yaml"), "--load", "1"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed")
+    assert main(["plan", str(bad), "--load", "1"]) == 2
+    assert main(["plan", write(tmp_path, PIPELINE), "--load", "-3"]) == 2
+    assert all(len(line) > 0 for line in capsys.readouterr().err.splitlines())
