@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def bench_planner(quick: bool = False) -> dict[str, Any]:
     loads = [5.0 + i * (145.0 / max(1, n - 1)) for i in range(n)]
     result: dict[str, Any] = {}
     rows = _diffserve_rows()
-    kinds = {
+    kinds: dict[str, Callable[[float], Problem]] = {
         "ipa": lambda load: ipa_instance(load),
         "diffserve": lambda load: diffserve_instance(load / 10.0, rows),
         "dag30": lambda load: dag30_instance(load / 5.0),

@@ -38,5 +38,5 @@ def silence_solver_banner() -> None:
     except ImportError:
         return
     with _stdout_to_devnull():
-        highspy.Highs()
+        highspy.Highs()  # type: ignore[no-untyped-call]
     _done = True

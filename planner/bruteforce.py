@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 
 from paretoserve.planner.evaluate import (
-    finalize,
     EPS,
     FEASIBILITY_TOL,
     allocation_price,
     changed,
     cost_normalizer,
+    finalize,
     load_time_of,
     max_load_time,
     normalized,

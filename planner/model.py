@@ -10,10 +10,10 @@ operator exchange exactly the same values, and so that tests can build them by h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Aggregation(str, Enum):
+class Aggregation(StrEnum):
     """How stage accuracies combine into the pipeline accuracy score (IPA's PAS)."""
 
     PRODUCT = "product"
@@ -21,7 +21,7 @@ class Aggregation(str, Enum):
     NORMALIZED_SUM = "normalizedSum"
 
 
-class Baseline(str, Enum):
+class Baseline(StrEnum):
     """Published baselines expressed as constraints on the same program."""
 
     NONE = "none"
@@ -137,7 +137,7 @@ class SolveLimits:
     relative_gap: float = 1e-9
 
 
-class SolveStatus(str, Enum):
+class SolveStatus(StrEnum):
     OPTIMAL = "optimal"
     FEASIBLE_AT_TIME_LIMIT = "feasible-at-time-limit"
     INFEASIBLE = "infeasible"
@@ -149,7 +149,7 @@ class SolveStatus(str, Enum):
         return self in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE_AT_TIME_LIMIT)
 
 
-class Binding(str, Enum):
+class Binding(StrEnum):
     """The resource that makes a problem infeasible."""
 
     SLO = "slo"

@@ -81,10 +81,9 @@ def _stage_latency_floor(problem: Problem, stage: Stage) -> float:
         if fixed_pool_replicas(stage, o, stage.load_rps, problem) is None:
             continue
         best = min(best, o.latency_ms)
-    if stage.cascade is not None and best < math.inf:
-        if all(r.heavy_fraction > 0 for r in stage.cascade.rows):
-            heavy = [o.latency_ms for o in allowed_options(stage, [stage.cascade.heavy])]
-            best += min(heavy, default=math.inf)
+    if stage.cascade is not None and best < math.inf and all(r.heavy_fraction > 0 for r in stage.cascade.rows):
+        heavy = [o.latency_ms for o in allowed_options(stage, [stage.cascade.heavy])]
+        best += min(heavy, default=math.inf)
     return best + stage.queue_delay_ms
 
 

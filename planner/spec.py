@@ -10,7 +10,7 @@ attributes are snake_case. Cross-field rules mirror the CEL rules of the CRD.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -70,7 +70,7 @@ class SLO(_Model):
     dynamic: DynamicSLO | None = None
 
 
-class AccuracyAggregation(str, Enum):
+class AccuracyAggregation(StrEnum):
     PRODUCT = "product"
     SUM = "sum"
     NORMALIZED_SUM = "normalizedSum"
@@ -97,7 +97,7 @@ class Budget(_Model):
     """GPUs by resource name, e.g. ``{"nvidia.com/gpu": 8}``."""
 
 
-class PredictorKind(str, Enum):
+class PredictorKind(StrEnum):
     LAST_VALUE = "lastValue"
     MOVING_MAX = "movingMax"
     EWMA = "ewma"
@@ -179,7 +179,7 @@ class Variant(_Model):
     load_time_seconds: NonNegativeFloat = 0.0
 
 
-class RouterKind(str, Enum):
+class RouterKind(StrEnum):
     CONFIDENCE = "confidence"
     DISCRIMINATOR = "discriminator"
     PROMPT = "prompt"

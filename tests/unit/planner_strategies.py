@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from hypothesis import strategies as st
-
 from paretoserve.planner.model import (
     Aggregation,
     Budget,
@@ -77,7 +76,8 @@ def dag_problem(draw: st.DrawFn) -> Problem:
         pins = draw(st.sampled_from([(), (), (f"v{i}0",)]))
         stages.append(Stage(
             name=f"s{i}", options=tuple(opts), load_rps=load * draw(st.sampled_from([1.0, 1.0, 2.0])),
-            depends_on=deps, min_replicas=(lo := draw(st.integers(0, 2))), max_replicas=max(1, lo) + draw(st.integers(0, 10)),
+            depends_on=deps, min_replicas=(lo := draw(st.integers(0, 2))),
+            max_replicas=max(1, lo) + draw(st.integers(0, 10)),
             max_queue_delay_ms=float(draw(st.sampled_from([0, 5, 20]))),
             pinned_variants=pins, pinned_replicas=draw(st.sampled_from([None, None, None, 3])),
         ))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from paretoserve.cli import main
 
 PIPELINE = {
