@@ -233,6 +233,28 @@ def check_plan(problem: Problem, plan: Plan) -> list[str]:
     return problems
 
 
+def covers_load(problem: Problem, plan: Plan) -> bool:
+    """Whether a plan sized for an earlier load still has the capacity for this problem's loads."""
+    plans = {sp.stage: sp for sp in plan.stages}
+    for stage in problem.stages:
+        sp = plans.get(stage.name)
+        if sp is None:
+            return False
+        options = {o.key: o for o in stage.options}
+        capacity = {"main": 0.0, "light": 0.0, "heavy": 0.0}
+        for a in sp.allocations:
+            option = options.get((a.variant, a.batch, a.cpu, a.instances))
+            if option is None:
+                return False
+            capacity[a.role] = capacity.get(a.role, 0.0) + effective_capacity(option, problem) * a.replicas
+        served = capacity["main"] + capacity["light"]
+        if served + FEASIBILITY_TOL < stage.load_rps:
+            return False
+        if capacity["heavy"] + FEASIBILITY_TOL < stage.load_rps * (sp.heavy_fraction or 0.0):
+            return False
+    return True
+
+
 def _check_stage(problem: Problem, stage: Stage, sp: StagePlan) -> list[str]:
     out: list[str] = []
     options = {o.key: o for o in stage.options}

@@ -1,0 +1,59 @@
+"""Load predictors the control loop plans with: pure functions of a history of per-second rates.
+
+IPA and InfAdapter plan for a predicted peak rather than the last observation: a moving maximum, an EWMA
+(DiffServe uses com=2.1 over 20 samples) or an LSTM (IPA: 12 maxima of 10-second bins over 2 minutes
+predict the maximum of the next 20 s; that model needs torch and lives in `paretoserve.workers`). Every
+prediction gets the spec's headroom on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from paretoserve.planner.spec import Predictor, PredictorKind
+
+Forecaster = Callable[[Sequence[float]], float]
+
+
+def last_value(history: Sequence[float]) -> float:
+    return float(history[-1]) if history else 0.0
+
+
+def moving_max(history: Sequence[float], window: int) -> float:
+    return float(max(history[-window:])) if history else 0.0
+
+
+def ewma(history: Sequence[float], com: float = 2.1, window: int = 20) -> float:
+    """Exponentially weighted mean with pandas' `com` convention (alpha = 1 / (1 + com))."""
+    if not history:
+        return 0.0
+    alpha = 1.0 / (1.0 + com)
+    value = float(history[-window:][0])
+    for sample in history[-window:][1:]:
+        value = alpha * float(sample) + (1 - alpha) * value
+    return value
+
+
+def bin_maxima(history: Sequence[float], bin_seconds: int, bins: int) -> list[float]:
+    """Maxima of consecutive `bin_seconds` bins ending at the newest sample (IPA's LSTM features)."""
+    out: list[float] = []
+    end = len(history)
+    for _ in range(bins):
+        start = max(0, end - bin_seconds)
+        out.append(float(max(history[start:end])) if end > start else 0.0)
+        end = start
+    return out[::-1]
+
+
+def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster | None = None) -> float:
+    """Predicted load with headroom. Without an LSTM model (or history), LSTM falls back to moving max."""
+    window = predictor.window_seconds
+    if predictor.kind is PredictorKind.LAST_VALUE:
+        base = last_value(history)
+    elif predictor.kind is PredictorKind.EWMA:
+        base = ewma(history, window=window)
+    elif predictor.kind is PredictorKind.LSTM and lstm is not None and len(history) >= window:
+        base = max(0.0, lstm(history))
+    else:
+        base = moving_max(history, window)
+    return base * (1.0 + predictor.headroom)
