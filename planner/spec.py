@@ -39,8 +39,11 @@ def _at(subpath: str, message: str) -> ValueError:
 
 
 class _Model(BaseModel):
+    # Strict like the API server: "750" is not a number and "yes" is not a boolean; enums stay lax
+    # because YAML gives strings.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True,
+        allow_inf_nan=False,
     )
 
 
@@ -66,7 +69,7 @@ class DynamicSLO(_Model):
 
 class SLO(_Model):
     latency_ms: PositiveFloat
-    percentile: Percentile = Percentile.P99
+    percentile: Annotated[Percentile, Field(strict=False)] = Percentile.P99
     dynamic: DynamicSLO | None = None
 
 
@@ -83,7 +86,7 @@ class Objective(_Model):
     cost: NonNegativeFloat = 0.01
     batch: NonNegativeFloat = 0.0
     reconfiguration: NonNegativeFloat = 0.0
-    accuracy_aggregation: AccuracyAggregation = AccuracyAggregation.PRODUCT
+    accuracy_aggregation: Annotated[AccuracyAggregation, Field(strict=False)] = AccuracyAggregation.PRODUCT
     normalize_cost: bool = False
     """Divide cost by the budget's total price (InfAdapter's Σn/C_max)."""
     prices: dict[str, NonNegativeFloat] = Field(default_factory=lambda: {"cpu": 1.0})
@@ -105,7 +108,7 @@ class PredictorKind(StrEnum):
 
 
 class Predictor(_Model):
-    kind: PredictorKind = PredictorKind.MOVING_MAX
+    kind: Annotated[PredictorKind, Field(strict=False)] = PredictorKind.MOVING_MAX
     window_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
     headroom: Annotated[float, Field(ge=0, le=10)] = 0.1
 
@@ -144,7 +147,7 @@ class SpongeFit(_Model):
     delta: float
     epsilon: float
     eta: float
-    cpus: list[PositiveFloat] = Field(min_length=1)
+    cpus: list[PositiveFloat] = Field(min_length=1, max_length=128)
 
 
 class LinearCapacity(_Model):
@@ -153,11 +156,11 @@ class LinearCapacity(_Model):
     slope: float
     intercept: float
     latency_ms: PositiveFloat
-    cpus: list[PositiveFloat] = Field(min_length=1)
+    cpus: list[PositiveFloat] = Field(min_length=1, max_length=128)
 
 
 class Profile(_Model):
-    points: list[ProfilePoint] = Field(default_factory=list)
+    points: list[ProfilePoint] = Field(default_factory=list, max_length=512)
     sponge: SpongeFit | None = None
     linear_capacity: LinearCapacity | None = None
 
@@ -200,9 +203,9 @@ class CascadeRow(_Model):
 class Cascade(_Model):
     light: Name
     heavy: Name
-    router: RouterKind = RouterKind.CONFIDENCE
+    router: Annotated[RouterKind, Field(strict=False)] = RouterKind.CONFIDENCE
     threshold: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
-    rows: list[CascadeRow] = Field(min_length=1)
+    rows: list[CascadeRow] = Field(min_length=1, max_length=256)
 
 
 class StageBounds(_Model):
@@ -222,9 +225,9 @@ class StageBounds(_Model):
 
 class Stage(_Model):
     name: Name
-    depends_on: list[Name] = Field(default_factory=list)
-    variants: list[Variant] = Field(min_length=1)
-    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1])
+    depends_on: list[Name] = Field(default_factory=list, max_length=32)
+    variants: list[Variant] = Field(min_length=1, max_length=16)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1], max_length=32)
     max_queue_delay_ms: NonNegativeFloat = 10.0
     """Triton's dynamic-batching max queue delay; bounds the batch-formation wait."""
     load_multiplier: PositiveFloat = 1.0
@@ -258,7 +261,7 @@ class ServingPipelineSpec(_Model):
     objective: Objective = Field(default_factory=Objective)
     budget: Budget = Field(default_factory=Budget)
     adaptation: Adaptation = Field(default_factory=Adaptation)
-    stages: list[Stage] = Field(min_length=1, max_length=256)
+    stages: list[Stage] = Field(min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _dag(self) -> ServingPipelineSpec:
@@ -321,12 +324,16 @@ def find_cycle(edges: Mapping[str, list[str]]) -> list[str]:
     return []
 
 
+# Exact tags only: a prefix test would also drop fields such as `intervalSeconds` and `intercept`.
+_UNION_TAGS = frozenset({"function-after", "function-before", "float", "int", "constrained-float", "constrained-int"})
+
+
 def _field_path(loc: tuple[int | str, ...], root: ServingPipeline | dict[str, Any] | None) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("function-after", "function-before") or item.startswith(("literal[", "float", "int")):
+        elif item in _UNION_TAGS or item.startswith("literal["):  # pydantic's union-member tags, not fields
             continue
         else:
             parts.append(("." if parts else "") + item)

@@ -1,0 +1,237 @@
+"""Broken ServingPipeline manifests, as data: each is a valid example plus one mutation.
+
+Both copies of the API contract must reject every case: the CRD in ``crds/servingpipeline.yaml``
+(OpenAPI schema or CEL rule, i.e. the API server) and ``paretoserve.planner.spec.parse_pipeline``.
+The unit tests check the schema part with ``jsonschema`` and the parser; the e2e suite can replay the
+same list against a real API server (``build()`` gives the manifest, ``server_path`` and ``rule`` say
+what the server's error should name): ``from tests.unit.invalid_pipelines import INVALID_PIPELINES``.
+It imports nothing from the project (only PyYAML) and finds the examples relative to its own file.
+
+Fields of `InvalidPipeline`:
+- ``id``: a stable test id.
+- ``mutate``: edits a deep copy of the base example in place.
+- ``path``: the field path both the parser's ``SpecError.path`` and the API server's error start with
+  (``spec.stages[1]`` covers ``spec.stages[1]`` and ``spec.stages[1].cascade.light``, not ``spec.stages[10]``).
+- ``layer``: who rejects it on the API server: ``schema`` (OpenAPI: types, bounds, enums, patterns,
+  required, unknown fields under strict field validation), ``cel`` (an ``x-kubernetes-validations``
+  rule) or ``parser`` (neither: only spec.py, i.e. the CLI and the operator, catch it).
+- ``server_path``: the more precise path the API server reports (CEL ``fieldPath``); defaults to ``path``.
+- ``rule``: for ``cel`` cases, the message of the CEL rule that fires.
+- ``base``: the example under ``manifests/examples/`` that is mutated.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+Manifest = dict[str, Any]
+Mutation = Callable[[Manifest], None]
+
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _steps(path: str) -> list[str | int]:
+    return [int(index) if index else key for key, index in _STEP.findall(path)]
+
+
+def _parent(doc: Manifest, path: str) -> tuple[Any, str | int]:
+    *head, last = _steps(path)
+    node: Any = doc
+    for step in head:
+        node = node[step]
+    return node, last
+
+
+def set_(path: str, value: Any) -> Mutation:
+    """Set the field at ``path`` (``spec.stages[0].name``) to ``value``."""
+
+    def mutate(doc: Manifest) -> None:
+        node, last = _parent(doc, path)
+        node[last] = copy.deepcopy(value)
+
+    return mutate
+
+
+def del_(path: str) -> Mutation:
+    """Delete the field at ``path``."""
+
+    def mutate(doc: Manifest) -> None:
+        node, last = _parent(doc, path)
+        del node[last]
+
+    return mutate
+
+
+class InvalidPipeline(NamedTuple):
+    id: str
+    mutate: Mutation
+    path: str
+    layer: str = "schema"
+    server_path: str | None = None
+    rule: str | None = None
+    base: str = "agent-workflow.yaml"
+
+    def build(self) -> Manifest:
+        doc = load_example(self.base)
+        self.mutate(doc)
+        return doc
+
+    @property
+    def api_server_path(self) -> str:
+        return self.server_path or self.path
+
+
+def load_example(name: str) -> Manifest:
+    doc: Manifest = yaml.safe_load((EXAMPLES / name).read_text())
+    return doc
+
+
+def path_under(actual: str, prefix: str) -> bool:
+    """True if ``actual`` is ``prefix`` or a field below it."""
+    return actual == prefix or (actual.startswith(prefix) and actual[len(prefix)] in ".[")
+
+
+# agent-workflow.yaml: stages are router(0), retriever(1), web-search(2), code-tool(3), reranker(4),
+# answer(5, a cascade llama3-8b -> llama3-70b), critic(6).
+ANSWER = "spec.stages[5]"
+STAGE_NAMES_UNIQUE = "stage names (stages[].name) must be unique"
+DEPENDS_ON_KNOWN = "every stages[].dependsOn entry must name a stage of this pipeline"
+NO_TWO_CYCLE = "stages[].dependsOn forms a cycle (two stages depend on each other)"
+VARIANT_NAMES_UNIQUE = "variant names (variants[].name) must be unique within a stage"
+NO_SELF_DEPENDENCY = "dependsOn must not name the stage itself"
+LIGHT_IS_VARIANT = "cascade.light must name a variant of this stage"
+HEAVY_IS_VARIANT = "cascade.heavy must name a variant of this stage"
+CASCADE_XOR_MULTI = "a stage is either a cascade or multiVariant, not both"
+LIGHT_NE_HEAVY = "cascade.light and cascade.heavy must differ"
+ONE_PROFILE_KIND = "give exactly one of profile.points, profile.sponge, profile.linearCapacity"
+MIN_REPLICAS_LE_MAX = "bounds.minReplicas must be <= bounds.maxReplicas"
+MIN_CPU_LE_MAX = "bounds.minCpu must be <= bounds.maxCpu"
+
+SPONGE = {"gamma": 1.0, "delta": 2.0, "epsilon": 3.0, "eta": 4.0, "cpus": [1, 2]}
+
+def _many(path: str, count: int) -> Mutation:
+    """Replace the list at ``path`` by ``count`` renamed copies of its first element (no dependsOn in it)."""
+
+    def mutate(doc: Manifest) -> None:
+        node, last = _parent(doc, path)
+        first = node[last][0]
+        node[last] = [{**copy.deepcopy(first), "name": f"x{i}"} for i in range(count)]
+
+    return mutate
+
+
+INVALID_PIPELINES: list[InvalidPipeline] = [
+    # --- required fields, types, bounds, enums, patterns: the OpenAPI schema ---------------------
+    InvalidPipeline("missing-slo", del_("spec.slo"), "spec.slo"),
+    InvalidPipeline("missing-stages", del_("spec.stages"), "spec.stages"),
+    InvalidPipeline("missing-variant-profile", del_("spec.stages[0].variants[0].profile"),
+                    "spec.stages[0].variants[0].profile"),
+    InvalidPipeline("negative-latency", set_("spec.slo.latencyMs", -5), "spec.slo.latencyMs"),
+    InvalidPipeline("zero-latency", set_("spec.slo.latencyMs", 0), "spec.slo.latencyMs"),
+    InvalidPipeline("bad-percentile", set_("spec.slo.percentile", 97), "spec.slo.percentile"),
+    InvalidPipeline("safety-fraction-one", set_("spec.slo.dynamic", {"safetyFraction": 1.0}),
+                    "spec.slo.dynamic.safetyFraction"),
+    InvalidPipeline("bad-aggregation-enum", set_("spec.objective.accuracyAggregation", "mean"),
+                    "spec.objective.accuracyAggregation"),
+    InvalidPipeline("negative-price", set_("spec.objective.prices.cpu", -1.0), "spec.objective.prices.cpu"),
+    InvalidPipeline("negative-budget-gpus", set_("spec.budget.gpus", {"nvidia.com/gpu": -2}),
+                    "spec.budget.gpus.nvidia.com/gpu"),
+    InvalidPipeline("linear-capacity-intercept-not-a-number",
+                    set_("spec.stages[1].variants[0].profile",
+                         {"linearCapacity": {"slope": 9.5, "intercept": "ten", "latencyMs": 300, "cpus": [1, 2]}}),
+                    "spec.stages[1].variants[0].profile.linearCapacity.intercept"),
+    InvalidPipeline("interval-below-one-second", set_("spec.adaptation.intervalSeconds", 0.5),
+                    "spec.adaptation.intervalSeconds"),
+    InvalidPipeline("zero-target-utilization", set_("spec.adaptation.targetUtilization", 0),
+                    "spec.adaptation.targetUtilization"),
+    InvalidPipeline("bad-predictor-kind", set_("spec.adaptation.predictor.kind", "arima"),
+                    "spec.adaptation.predictor.kind"),
+    InvalidPipeline("empty-stages", set_("spec.stages", []), "spec.stages"),
+    InvalidPipeline("empty-variants", set_("spec.stages[1].variants", []), "spec.stages[1].variants"),
+    InvalidPipeline("bad-stage-name", set_("spec.stages[0].name", "Router_1"), "spec.stages[0].name"),
+    InvalidPipeline("bad-variant-name", set_("spec.stages[0].variants[0].name", "llama3.1b"),
+                    "spec.stages[0].variants[0].name"),
+    InvalidPipeline("bad-depends-on-name", set_("spec.stages[1].dependsOn", ["Router"]),
+                    "spec.stages[1].dependsOn[0]"),
+    InvalidPipeline("bad-metadata-name", set_("metadata.name", "Agent_Workflow"), "metadata.name"),
+    InvalidPipeline("accuracy-not-a-number", set_("spec.stages[0].variants[0].accuracy", "high"),
+                    "spec.stages[0].variants[0].accuracy"),
+    InvalidPipeline("batch-size-zero", set_("spec.stages[0].batchSizes", [0, 4]), "spec.stages[0].batchSizes[0]"),
+    InvalidPipeline("zero-load-multiplier", set_("spec.stages[2].loadMultiplier", 0),
+                    "spec.stages[2].loadMultiplier"),
+    InvalidPipeline("negative-gpu-request",
+                    set_("spec.stages[5].variants[0].resources.gpus", {"nvidia.com/gpu": -1}),
+                    "spec.stages[5].variants[0].resources.gpus.nvidia.com/gpu"),
+    InvalidPipeline("profile-point-negative-latency",
+                    set_("spec.stages[0].variants[0].profile.points[0].latencyMs", -1),
+                    "spec.stages[0].variants[0].profile.points[0].latencyMs"),
+    InvalidPipeline("too-many-instances", set_("spec.stages[6].variants[0].profile.points[1].instances", 65),
+                    "spec.stages[6].variants[0].profile.points[1].instances"),
+    InvalidPipeline("bad-router-enum", set_(f"{ANSWER}.cascade.router", "oracle"), f"{ANSWER}.cascade.router"),
+    InvalidPipeline("threshold-above-one", set_(f"{ANSWER}.cascade.threshold", 1.5),
+                    f"{ANSWER}.cascade.threshold"),
+    InvalidPipeline("threshold-bad-string", set_(f"{ANSWER}.cascade.threshold", "sometimes"),
+                    f"{ANSWER}.cascade.threshold"),
+    InvalidPipeline("row-heavy-fraction-above-one", set_(f"{ANSWER}.cascade.rows[1].heavyFraction", 1.2),
+                    f"{ANSWER}.cascade.rows[1].heavyFraction"),
+    InvalidPipeline("cascade-without-rows", set_(f"{ANSWER}.cascade.rows", []), f"{ANSWER}.cascade.rows"),
+    InvalidPipeline("negative-min-replicas", set_("spec.stages[6].bounds.minReplicas", -1),
+                    "spec.stages[6].bounds.minReplicas"),
+    # Unknown fields: spec.py forbids them; the API server rejects them under strict field validation
+    # (kubectl's default) and silently prunes them otherwise.
+    InvalidPipeline("unknown-stage-field", set_("spec.stages[0].replicas", 3), "spec.stages[0].replicas"),
+    InvalidPipeline("unknown-slo-field", set_("spec.slo.latencyMS", 500), "spec.slo.latencyMS"),
+    # --- cross-field rules: CEL on the API server ------------------------------------------------
+    InvalidPipeline("duplicate-stage-names", set_("spec.stages[3].name", "web-search"), "spec",
+                    "cel", "spec.stages", STAGE_NAMES_UNIQUE),
+    InvalidPipeline("depends-on-unknown-stage", set_("spec.stages[4].dependsOn", ["retriever", "nope"]), "spec",
+                    "cel", "spec.stages", DEPENDS_ON_KNOWN),
+    InvalidPipeline("two-stage-cycle", set_("spec.stages[0].dependsOn", ["retriever"]), "spec",
+                    "cel", "spec.stages", NO_TWO_CYCLE),
+    InvalidPipeline("self-dependency", set_("spec.stages[4].dependsOn", ["retriever", "reranker"]),
+                    "spec.stages[4]", "cel", "spec.stages[4].dependsOn", NO_SELF_DEPENDENCY),
+    InvalidPipeline("duplicate-variant-names", set_("spec.stages[1].variants[1].name", "bge-small"),
+                    "spec.stages[1]", "cel", "spec.stages[1].variants", VARIANT_NAMES_UNIQUE),
+    InvalidPipeline("cascade-light-unknown", set_(f"{ANSWER}.cascade.light", "llama3-13b"), ANSWER,
+                    "cel", f"{ANSWER}.cascade.light", LIGHT_IS_VARIANT),
+    InvalidPipeline("cascade-heavy-unknown", set_("spec.stages[0].cascade.heavy", "sdxl"), "spec.stages[0]",
+                    "cel", "spec.stages[0].cascade.heavy", HEAVY_IS_VARIANT, base="diffserve-cascade.yaml"),
+    InvalidPipeline("cascade-light-equals-heavy", set_("spec.stages[0].cascade.heavy", "sdturbo"),
+                    "spec.stages[0]", "cel", "spec.stages[0].cascade.heavy", LIGHT_NE_HEAVY,
+                    base="diffserve-cascade.yaml"),
+    InvalidPipeline("cascade-and-multivariant", set_("spec.stages[0].multiVariant", True), "spec.stages[0]",
+                    "cel", "spec.stages[0].multiVariant", CASCADE_XOR_MULTI, base="diffserve-cascade.yaml"),
+    InvalidPipeline("two-profile-kinds", set_("spec.stages[0].variants[0].profile.sponge", SPONGE),
+                    "spec.stages[0].variants[0].profile", "cel", rule=ONE_PROFILE_KIND),
+    InvalidPipeline("no-profile-kind", set_("spec.stages[0].variants[0].profile", {}),
+                    "spec.stages[0].variants[0].profile", "cel", rule=ONE_PROFILE_KIND),
+    InvalidPipeline("min-replicas-above-max", set_("spec.stages[6].bounds", {"minReplicas": 5, "maxReplicas": 2}),
+                    "spec.stages[6].bounds", "cel", "spec.stages[6].bounds.minReplicas", MIN_REPLICAS_LE_MAX),
+    InvalidPipeline("min-replicas-above-default-max", set_("spec.stages[0].bounds", {"minReplicas": 101}),
+                    "spec.stages[0].bounds", "cel", "spec.stages[0].bounds.minReplicas", MIN_REPLICAS_LE_MAX),
+    InvalidPipeline("min-cpu-above-max", set_("spec.stages[0].bounds", {"minCpu": 8, "maxCpu": 4}),
+                    "spec.stages[0].bounds", "cel", "spec.stages[0].bounds.minCpu", MIN_CPU_LE_MAX),
+    # --- only the parser: CEL cannot afford a reachability check over 64 stages -------------------
+    InvalidPipeline("three-stage-cycle", set_("spec.stages[0].dependsOn", ["reranker"]), "spec", "parser"),
+    InvalidPipeline("six-stage-cycle", set_("spec.stages[0].dependsOn", ["critic"]), "spec", "parser"),
+    InvalidPipeline("two-stage-cycle-ipa", set_("spec.stages[0].dependsOn", ["classifier"]), "spec",
+                    "cel", "spec.stages", NO_TWO_CYCLE, base="ipa-video.yaml"),
+    # Strict scalars and list bounds, as the API server enforces them.
+    InvalidPipeline("threshold-boolean", set_(f"{ANSWER}.cascade.threshold", True), f"{ANSWER}.cascade.threshold"),
+    InvalidPipeline("threshold-numeric-string", set_(f"{ANSWER}.cascade.threshold", "0.5"),
+                    f"{ANSWER}.cascade.threshold"),
+    InvalidPipeline("latency-as-string", set_("spec.slo.latencyMs", "750"), "spec.slo.latencyMs"),
+    InvalidPipeline("multivariant-as-string", set_("spec.stages[0].multiVariant", "yes"),
+                    "spec.stages[0].multiVariant"),
+    InvalidPipeline("65-stages", _many("spec.stages", 65), "spec.stages"),
+    InvalidPipeline("17-variants", _many("spec.stages[0].variants", 17), "spec.stages[0].variants"),
+]
+
