@@ -104,4 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `paretoserve plan ... | head`
+        code = 0
+    sys.exit(code)

@@ -1,53 +1,11 @@
-"""Human and JSON renderings of a `Plan`, shared by the CLI, the runtime and the operator status."""
+"""The human rendering of a `Plan` (the JSON form lives in `paretoserve.planner.serialize`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from paretoserve.planner.model import Plan
+from paretoserve.planner.serialize import plan_json
 
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def plan_json(plan: Plan) -> dict[str, Any]:
-    """A JSON-safe dict; also the shape stored in a ServingPipeline's `status.plan`."""
-    return {
-        "status": plan.status.value,
-        "objective": _round(plan.objective, 6),
-        "accuracy": _round(plan.accuracy, 6),
-        "cost": _round(plan.cost, 4),
-        "cpu": _round(plan.cpu, 3),
-        "gpus": dict(plan.gpus),
-        "latencyMs": _round(plan.latency_ms),
-        "solver": plan.solver,
-        "solveMs": _round(plan.solve_ms),
-        "message": plan.message,
-        "reason": None if plan.reason is None else {
-            "binding": plan.reason.binding.value, "message": plan.reason.message, "stage": plan.reason.stage,
-        },
-        "stages": [
-            {
-                "name": sp.stage,
-                "startMs": _round(sp.start_ms),
-                "latencyMs": _round(sp.latency_ms),
-                "accuracy": _round(sp.accuracy, 6),
-                "threshold": sp.threshold,
-                "heavyFraction": sp.heavy_fraction,
-                "allocations": [
-                    {
-                        "variant": a.variant, "role": a.role, "batch": a.batch, "cpu": a.cpu,
-                        "instances": a.instances, "replicas": a.replicas, "loadRps": _round(a.load_rps),
-                        "latencyMs": _round(a.latency_ms), "queueDelayMs": _round(a.queue_delay_ms),
-                        "gpus": dict(a.gpus),
-                    }
-                    for a in sp.allocations
-                ],
-            }
-            for sp in plan.stages
-        ],
-    }
+__all__ = ["plan_json", "plan_table"]
 
 
 def plan_table(plan: Plan) -> str:

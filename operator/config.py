@@ -1,0 +1,39 @@
+"""Operator settings, read once at start-up from the environment (set by the Helm chart's values)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from paretoserve.operator.children import WorkerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    prometheus_url: str | None = None
+    """Where to read metrics; unset means every pipeline reports MetricsUnavailable and keeps its plan."""
+    tick_seconds: float = 2.0
+    """How often the adaptation timer wakes; each pipeline adapts at its own spec interval."""
+    metrics_port: int = 9090
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        tolerations = tuple(json.loads(env.get("PARETOSERVE_TOLERATIONS", "[]")))
+        node_selector = dict(json.loads(env.get("PARETOSERVE_NODE_SELECTOR", "{}")))
+        defaults = WorkerSettings()
+        workers = WorkerSettings(
+            triton_image=env.get("PARETOSERVE_TRITON_IMAGE", defaults.triton_image),
+            router_image=env.get("PARETOSERVE_ROUTER_IMAGE", defaults.router_image),
+            tolerations=tolerations,
+            node_selector=node_selector,
+        )
+        return cls(
+            prometheus_url=env.get("PARETOSERVE_PROMETHEUS_URL") or None,
+            tick_seconds=float(env.get("PARETOSERVE_TICK_SECONDS", "2")),
+            metrics_port=int(env.get("PARETOSERVE_METRICS_PORT", "9090")),
+            workers=workers,
+        )

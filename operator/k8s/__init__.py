@@ -1,0 +1,1 @@
+"""The operator's only door to the Kubernetes API (see `gateway.py`)."""

@@ -1,0 +1,33 @@
+"""The operator's own /metrics: decisions, solver outcomes and solve time per pipeline.
+
+Metrics are registered in an explicit registry (tests pass a fresh one) and served by
+prometheus_client's HTTP server started from the kopf startup handler.
+"""
+
+from __future__ import annotations
+
+from paretoserve.operator.children import Owner
+from paretoserve.planner.model import Plan
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DECISIONS = Counter(
+    "paretoserve_operator_decisions_total", "Planning decisions by outcome",
+    ["namespace", "pipeline", "solver_status", "applied"], registry=REGISTRY,
+)
+SOLVE_SECONDS = Histogram(
+    "paretoserve_operator_solve_seconds", "Time to build and solve the integer program",
+    ["namespace", "pipeline"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def record_decision(owner: Owner, candidate: Plan, *, applied: bool) -> None:
+    DECISIONS.labels(owner.namespace, owner.name, candidate.status.value, str(applied).lower()).inc()
+    if candidate.solve_ms is not None:
+        SOLVE_SECONDS.labels(owner.namespace, owner.name).observe(candidate.solve_ms / 1000.0)
+
+
+def start_metrics_server(port: int) -> None:
+    start_http_server(port, registry=REGISTRY)

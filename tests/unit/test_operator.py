@@ -1,0 +1,195 @@
+"""Operator logic against the recording FakeGateway: rendering, actuation, status, metrics parsing."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paretoserve.operator import adapt, handlers
+from paretoserve.operator.children import ANNOTATION_CPU, Owner, WorkerSettings, render_children
+from paretoserve.operator.config import OperatorConfig
+from paretoserve.operator.k8s.fake import FakeGateway
+from paretoserve.operator.metrics import MetricsUnavailable, by_stage, history_from_range, load_query
+from paretoserve.operator.reconcile import actuate, resizes, set_conditions
+from paretoserve.planner.control import Observed
+from paretoserve.planner.serialize import plan_from_json, plan_json
+from paretoserve.planner.spec import parse_pipeline
+
+from .test_cli import PIPELINE
+
+OWNER = Owner("tiny", "ns1", "uid-1")
+
+
+def body(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    doc = json.loads(json.dumps(PIPELINE))
+    doc["metadata"] = {"name": "tiny", "namespace": "ns1", "uid": "uid-1", "generation": generation}
+    doc["status"] = status or {}
+    return doc
+
+
+def first_plan() -> Any:
+    update = adapt.reconcile(FakeGateway(), OperatorConfig(), body(), parse_pipeline(PIPELINE), now=100.0)
+    return plan_from_json(update.status["plan"])
+
+
+def test_children_cover_every_variant_with_owner_references() -> None:
+    plan = first_plan()
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, plan, WorkerSettings())
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    for name in ("tiny-detector-small", "tiny-detector-large", "tiny-classifier-r18"):
+        assert ("ConfigMap", name) in kinds and ("Deployment", name) in kinds and ("Service", name) in kinds
+    for o in objects:
+        ref = o["metadata"]["ownerReferences"][0]
+        assert ref["uid"] == "uid-1" and ref["controller"] is True and ref["kind"] == "ServingPipeline"
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    used = {a.variant for sp in plan.stages for a in sp.allocations}
+    for name, d in deployments.items():
+        variant = name.rsplit("-", 1)[1]
+        assert (d["spec"]["replicas"] > 0) == (variant in used)
+
+
+def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:
+    plan = first_plan()
+    doc = json.loads(json.dumps(PIPELINE))
+    doc["spec"]["stages"][0]["variants"][1]["resources"] = {"cpu": 1, "gpus": {"nvidia.com/gpu": 1}}
+    objects = render_children(OWNER, parse_pipeline(doc).spec, plan, WorkerSettings())
+    large = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("large"))
+    triton = large["spec"]["template"]["spec"]["containers"][0]
+    assert triton["resources"]["requests"]["cpu"] == "1000m"
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"resourceName": "cpu", "restartPolicy": "NotRequired"} in triton["resizePolicy"]
+    assert large["metadata"]["annotations"][ANNOTATION_CPU] == "1000m"
+
+
+def pod(name: str, stage: str, variant: str, cpu: str) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": "ns1", "labels": {
+        "paretoserve.io/pipeline": "tiny", "paretoserve.io/stage": stage, "paretoserve.io/variant": variant,
+        "app.kubernetes.io/managed-by": "paretoserve"}},
+        "spec": {"containers": [{"name": "triton", "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}}]},
+        "status": {"phase": "Running"}}
+
+
+def test_actuate_applies_deletes_orphans_and_resizes_pods() -> None:
+    plan = first_plan()
+    gw = FakeGateway()
+    orphan = {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {
+        "name": "tiny-old-gone", "namespace": "ns1",
+        "labels": {"paretoserve.io/pipeline": "tiny", "app.kubernetes.io/managed-by": "paretoserve"}}}
+    gw.apply(orphan)
+    large = next(a for sp in plan.stages for a in sp.allocations if a.variant == "large")
+    gw.apply(pod("p1", "detector", "large", "250m"))
+    gw.apply(pod("p2", "detector", "large", f"{round(large.cpu * 1000)}m"))
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings())
+    assert report.errors == ()
+    assert ("delete", "Deployment", "tiny-old-gone") in gw.actions
+    assert report.resized == (f"p1={round(large.cpu * 1000)}m",)  # p2 already had the planned size
+    assert ("Deployment", "ns1", "tiny-detector-large") in gw.objects
+
+
+def test_actuate_collects_errors_instead_of_raising() -> None:
+    gw = FakeGateway(fail_on={"apply"})
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    assert report.applied == 0 and len(report.errors) > 0
+
+
+def test_reconcile_writes_plan_conditions_and_generation() -> None:
+    gw = FakeGateway()
+    update = adapt.reconcile(gw, OperatorConfig(), body(generation=3), parse_pipeline(PIPELINE), now=50.0)
+    status = update.status
+    assert status["observedGeneration"] == 3 and status["solverStatus"] == "optimal"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 3
+    assert plan_from_json(status["plan"]).status.has_plan
+    # a restart (resume) with the plan in the status re-applies the same objects: nothing new, nothing deleted
+    before = dict(gw.objects)
+    again = adapt.reconcile(gw, OperatorConfig(), body(status=status, generation=3), parse_pipeline(PIPELINE),
+                            now=60.0)
+    assert gw.objects.keys() == before.keys() and not any(a[0] == "delete" for a in gw.actions)
+    assert again.status["plan"]["stages"] == status["plan"]["stages"]
+
+
+class FakeSource:
+    def __init__(self, load: float | None) -> None:
+        self.load = load
+
+    def observe(self, namespace: str, pipeline: str, *, window_s: int, now: float) -> Observed:
+        if self.load is None:
+            raise MetricsUnavailable("connection refused")
+        return Observed(load_history=(self.load,) * 10)
+
+
+def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
+    gw = FakeGateway()
+    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    gw.actions.clear()
+    update = adapt.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+                         now=20.0)
+    assert gw.actions == [] and "plan" not in update.status
+    cond = next(c for c in update.status["conditions"] if c["type"] == "MetricsUnavailable")
+    assert cond["status"] == "True" and "connection refused" in cond["message"]
+
+
+def test_adapt_scales_with_the_observed_load() -> None:
+    gw = FakeGateway()
+    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    update = adapt.adapt(gw, FakeSource(200.0), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+                         now=20.0)
+    replicas = sum(a["replicas"] for s in update.status["plan"]["stages"] for a in s["allocations"])
+    assert replicas > sum(a["replicas"] for s in first["plan"]["stages"] for a in s["allocations"])
+    assert update.status["observedLoadRps"] == 200.0 and update.status["policyState"]["lastTickAt"] == 20.0
+    deployed = sum(o["spec"]["replicas"] for (k, _, _), o in gw.objects.items() if k == "Deployment")
+    assert deployed == replicas
+
+
+def test_due_follows_the_spec_interval() -> None:
+    pipeline = parse_pipeline(PIPELINE)  # default interval 10 s
+    assert adapt.due(body(), pipeline, now=0.0)
+    assert not adapt.due(body({"policyState": {"lastTickAt": 5.0}}), pipeline, now=10.0)
+    assert adapt.due(body({"policyState": {"lastTickAt": 5.0}}), pipeline, now=15.0)
+
+
+def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
+    first = set_conditions([], {"Ready": (True, "A", "")}, now=10.0, generation=1)
+    second = set_conditions(first, {"Ready": (True, "B", "")}, now=20.0, generation=2)
+    third = set_conditions(second, {"Ready": (False, "C", "")}, now=30.0, generation=2)
+    assert second[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert third[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
+
+
+def test_prometheus_answers_are_parsed() -> None:
+    rng = [{"metric": {}, "values": [[1, "2.5"], [6, "NaN"], [11, "4"]]}]
+    assert history_from_range(rng, step_s=5, window_s=10) == (0.0,) * 5 + (4.0,) * 5
+    assert history_from_range([], step_s=5, window_s=10) == ()
+    assert by_stage([{"metric": {"stage": "a"}, "value": [0, "12.5"]}]) == {"a": 12.5}
+    assert 'pipeline="p"' in load_query("ns", "p", 30)
+
+
+def test_plan_json_round_trip() -> None:
+    plan = first_plan()
+    assert plan_json(plan_from_json(plan_json(plan))) == plan_json(plan)
+
+
+def test_resize_skips_pods_being_deleted() -> None:
+    p = pod("p1", "detector", "large", "100m")
+    p["metadata"]["deletionTimestamp"] = "now"
+    assert resizes([p], first_plan()) == []
+
+
+@pytest.mark.parametrize("handler", [handlers.startup, handlers.reconcile, handlers.adapt_timer])
+def test_handlers_are_thin(handler: Any) -> None:
+    source = textwrap.dedent(inspect.getsource(handler))
+    func = ast.parse(source).body[0]
+    assert isinstance(func, ast.FunctionDef)
+    assert func.end_lineno is not None and func.end_lineno - func.lineno + 1 <= 30
+
+
+def test_gateway_is_the_only_kubernetes_client_user() -> None:
+    operator_dir = Path(adapt.__file__).parent
+    users = {p.relative_to(operator_dir).as_posix() for p in operator_dir.rglob("*.py")
+             if "from kubernetes" in p.read_text() or "import kubernetes" in p.read_text()}
+    assert users == {"k8s/gateway.py"}
