@@ -1,0 +1,16 @@
+# One image for the operator and the router sidecar (`kopf run -m paretoserve.operator.handlers` /
+# `paretoserve router ...`). Worker pods run the official Triton image. Not built or published by CI yet:
+# there is no container engine on the project's machines; build it where Docker is available:
+#   docker build -t ghcr.io/paretoserve/paretoserve:0.1.0 .
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cli cli
+COPY planner planner
+COPY operator operator
+COPY workers workers
+RUN pip install --no-cache-dir ".[operator]" starlette uvicorn httpx prometheus-client \
+    && useradd --uid 10001 paretoserve
+USER 10001
+ENTRYPOINT []
+CMD ["kopf", "run", "-m", "paretoserve.operator.handlers", "--all-namespaces"]
