@@ -1,0 +1,87 @@
+"""Triton Python-backend model for every ParetoServe digits variant (copied as ``<model>/1/model.py``).
+
+One static file serves all variants: the model config's ``parameters`` say which cached variant to
+load (``weights_dir``) and how many CPU threads the instance's torch may use (``cpu_threads``).
+Each Triton instance is its own stub process, so ``torch.set_num_threads`` is per instance: CPU
+threads per instance are the local form of vertical scaling. ``execute`` runs the whole dynamic
+batch Triton hands over in one forward pass and splits the result back per request.
+
+``triton_python_backend_utils`` exists only inside the Triton stub, so it is imported in
+:meth:`TritonPythonModel.initialize`; this module stays importable (and type-checkable) outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from paretoserve.workers.models.runtime import Prediction, load_variant, predict
+from paretoserve.workers.triton.repository import (
+    INPUT_NAME,
+    OUTPUT_CONFIDENCE,
+    OUTPUT_LABEL,
+    OUTPUT_PROBS,
+    PARAM_CPU_THREADS,
+    PARAM_VARIANT,
+    PARAM_WEIGHTS_DIR,
+)
+
+
+def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
+    """The ``parameters`` map of a Triton model config as plain strings."""
+    raw = model_config.get("parameters", {})
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+def split_outputs(prediction: Prediction, sizes: list[int]) -> list[dict[str, npt.NDArray[Any]]]:
+    """Cut a batched prediction back into per-request output arrays, in request order."""
+    outputs: list[dict[str, npt.NDArray[Any]]] = []
+    start = 0
+    for size in sizes:
+        stop = start + size
+        outputs.append(
+            {
+                OUTPUT_PROBS: prediction.probs[start:stop],
+                OUTPUT_CONFIDENCE: prediction.confidence[start:stop].reshape(-1, 1),
+                OUTPUT_LABEL: prediction.label[start:stop].reshape(-1, 1),
+            }
+        )
+        start = stop
+    return outputs
+
+
+class TritonPythonModel:
+    """The interface the Triton Python backend calls: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self._pb: Any = importlib.import_module("triton_python_backend_utils")
+        params = config_parameters(json.loads(args["model_config"]))
+        threads = int(params.get(PARAM_CPU_THREADS, "1"))
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # already fixed in this process; intra-op threads matter
+            torch.set_num_interop_threads(1)
+        self._module = load_variant(Path(params[PARAM_WEIGHTS_DIR]))
+        self._variant = params.get(PARAM_VARIANT, "")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        try:
+            images = [pb.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
+            prediction = predict(self._module, np.concatenate(images, axis=0))
+            per_request = split_outputs(prediction, [len(batch) for batch in images])
+        except Exception as error:  # a failed batch must fail its requests, not the stub
+            message = f"variant {self._variant!r}: {type(error).__name__}: {error}"
+            return [pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message)) for _ in requests]
+        return [
+            pb.InferenceResponse(output_tensors=[pb.Tensor(name, array) for name, array in outputs.items()])
+            for outputs in per_request
+        ]
+
+    def finalize(self) -> None:
+        """Nothing to release: the stub process exits with the instance."""
