@@ -163,7 +163,15 @@ def bench_planner(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+# target -> "module:function(quick: bool) -> dict"; imported only when that benchmark runs.
+BENCHMARKS: dict[str, str] = {
+    "planner": "paretoserve.bench:bench_planner",
+}
+
+
 def run_bench(target: str, *, quick: bool = False) -> dict[str, Any]:
-    if target == "planner":
-        return bench_planner(quick)
-    raise ValueError(f"unknown benchmark {target!r}")
+    import importlib
+
+    module, _, function = BENCHMARKS[target].partition(":")
+    result: dict[str, Any] = getattr(importlib.import_module(module), function)(quick)
+    return result

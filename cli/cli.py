@@ -6,6 +6,7 @@ Bad input never produces a traceback: the CLI prints one line naming the field a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -62,9 +63,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from paretoserve.bench import run_bench
 
+    silence_solver_banner()
     result = run_bench(args.target, quick=args.quick)
     print(json.dumps(result, indent=2 if not args.json else None))
     return 0
+
+
+# Further command groups live in their own modules, each with `register(subparsers)`; a module keeps its
+# heavy imports (torch, tritonclient, starlette) inside its command functions so `paretoserve plan` stays
+# fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,11 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tightest remaining per-request deadline (dynamic SLO)")
     plan.set_defaults(func=cmd_plan)
 
+    from paretoserve.bench import BENCHMARKS
+
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    bench.add_argument("target", choices=["planner"])
+    bench.add_argument("target", choices=sorted(BENCHMARKS))
     bench.add_argument("--json", action="store_true", help="compact JSON on one line")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions")
     bench.set_defaults(func=cmd_bench)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

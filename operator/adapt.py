@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
+
 from paretoserve.operator.children import Owner
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway

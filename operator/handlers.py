@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import kopf
+
 from paretoserve.operator import adapt
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import KubernetesGateway

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretoserve.planner.control import Observed
 from prometheus_api_client import PrometheusConnect
+
+from paretoserve.planner.control import Observed
 
 
 class MetricsUnavailable(RuntimeError):

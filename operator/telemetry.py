@@ -6,9 +6,10 @@ prometheus_client's HTTP server started from the kopf startup handler.
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
 from paretoserve.operator.children import Owner
 from paretoserve.planner.model import Plan
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

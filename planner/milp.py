@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulp
+
 from paretoserve.planner.evaluate import (
     EPS,
     allocation_price,

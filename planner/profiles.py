@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from paretoserve.planner.model import Option
 from paretoserve.planner.spec import Stage, Variant
 

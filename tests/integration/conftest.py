@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from paretoserve.workers.models import ModelCatalog, ensure_trained
 from paretoserve.workers.triton.control import TritonControl
 from paretoserve.workers.triton.repository import TritonModelSpec, spec_from_cached_variant, write_repository

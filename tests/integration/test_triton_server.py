@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
+
 from paretoserve.workers.models import ModelCatalog, load_split, load_variant, predict
 from paretoserve.workers.models.training import DigitsSplit
 from paretoserve.workers.triton.control import TritonControl
@@ -30,7 +32,6 @@ from paretoserve.workers.triton.server import (
     TritonServerConfig,
     TritonStartupError,
 )
-from tritonclient.utils import InferenceServerException
 
 from .conftest import SERVED_VARIANTS
 

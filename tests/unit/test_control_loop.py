@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+
 from paretoserve.planner.control import ControlLoop, Observed
 from paretoserve.planner.model import Plan, SolveStatus
 from paretoserve.planner.policy import PolicyState

@@ -26,11 +26,12 @@ import annotated_types as at
 import jsonschema
 import pytest
 import yaml
-from paretoserve.planner import spec as specmod
-from paretoserve.planner.spec import SpecError, parse_pipeline
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
+
+from paretoserve.planner import spec as specmod
+from paretoserve.planner.spec import SpecError, parse_pipeline
 
 from .invalid_pipelines import INVALID_PIPELINES, InvalidPipeline, path_under
 

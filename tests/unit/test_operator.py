@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from paretoserve.operator import adapt, handlers
 from paretoserve.operator.children import ANNOTATION_CPU, Owner, WorkerSettings, render_children
 from paretoserve.operator.config import OperatorConfig

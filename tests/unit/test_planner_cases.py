@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from paretoserve.planner import milp
 from paretoserve.planner.bruteforce import brute_force
 from paretoserve.planner.evaluate import check_plan

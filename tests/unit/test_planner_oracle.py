@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+
 from paretoserve.planner.bruteforce import brute_force
 from paretoserve.planner.evaluate import check_plan
 from paretoserve.planner.model import Problem, SolveStatus

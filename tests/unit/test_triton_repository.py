@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
 from paretoserve.workers.models.runtime import Prediction
 from paretoserve.workers.triton.backend_model import config_parameters, split_outputs
 from paretoserve.workers.triton.control import ModelMetrics, parse_metrics
@@ -32,7 +34,6 @@ from paretoserve.workers.triton.repository import (
     write_model,
     write_repository,
 )
-from tritonclient.grpc import model_config_pb2
 
 FIXTURE = Path(__file__).parent / "fixtures" / "triton_metrics_2.51.txt"
 

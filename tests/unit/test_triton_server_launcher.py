@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from paretoserve.workers.triton.server import (
     TritonInstallation,
     TritonNotFoundError,

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
+
 from paretoserve.workers.models.architectures import IMAGE_SHAPE, count_parameters, estimate_macs
 from paretoserve.workers.models.runtime import METADATA_FILE, WEIGHTS_FILE
 from paretoserve.workers.models.training import (

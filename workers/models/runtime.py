@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from paretoserve.workers.models.architectures import build_module
 from torch import nn
+
+from paretoserve.workers.models.architectures import build_module
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "weights.pt"

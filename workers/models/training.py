@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from paretoserve.workers.models.architectures import ErrorDiscriminator, build_module
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
+
+from paretoserve.workers.models.architectures import ErrorDiscriminator, build_module
 
 
 @dataclass(frozen=True)

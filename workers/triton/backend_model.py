@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+
 from paretoserve.workers.models.runtime import Prediction, load_variant, predict
 from paretoserve.workers.triton.repository import (
     INPUT_NAME,

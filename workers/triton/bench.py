@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from tritonclient.utils import InferenceServerException
+
 from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.triton.control import TritonControl
 from paretoserve.workers.triton.repository import (
@@ -30,7 +32,6 @@ from paretoserve.workers.triton.repository import (
     write_repository,
 )
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
-from tritonclient.utils import InferenceServerException
 
 DEFAULT_VARIANTS = ("tiny_linear", "mlp_small", "cnn_small", "cnn_large", "discriminator")
 

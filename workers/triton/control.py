@@ -30,6 +30,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import tritonclient.http as triton_http
+from prometheus_client.parser import text_string_to_metric_families
+
 from paretoserve.workers.triton.repository import (
     INPUT_NAME,
     OUTPUT_CONFIDENCE,
@@ -38,7 +40,6 @@ from paretoserve.workers.triton.repository import (
     TritonModelSpec,
     render_config,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 _COUNTERS: Mapping[str, str] = MappingProxyType(
     {
