@@ -17,6 +17,10 @@ class OperatorConfig:
     tick_seconds: float = 2.0
     """How often the adaptation timer wakes; each pipeline adapts at its own spec interval."""
     metrics_port: int = 9090
+    rate_window_seconds: int = 30
+    """PromQL rate() window for the request rate; shorter reacts faster, longer is smoother."""
+    step_seconds: int = 5
+    """Resolution of the load history read from Prometheus."""
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -35,5 +39,7 @@ class OperatorConfig:
             prometheus_url=env.get("PARETOSERVE_PROMETHEUS_URL") or None,
             tick_seconds=float(env.get("PARETOSERVE_TICK_SECONDS", "2")),
             metrics_port=int(env.get("PARETOSERVE_METRICS_PORT", "9090")),
+            rate_window_seconds=int(env.get("PARETOSERVE_RATE_WINDOW_SECONDS", "30")),
+            step_seconds=int(env.get("PARETOSERVE_STEP_SECONDS", "5")),
             workers=workers,
         )

@@ -1,9 +1,9 @@
 """kopf handlers for ServingPipeline: thin glue between kopf, the pure planner and the gateway.
 
-Run with `kopf run -m paretoserve.operator.handlers` (the Helm chart does, with `--liveness`). Each
-handler parses the body, calls pure functions (`plan_step`, `render_children` via `actuate`,
-`set_conditions`), lets the gateway change the cluster, and writes `patch.status`. The applied plan and
-the policy state live in the status, so a restarted operator continues where it stopped.
+Run with `python -m paretoserve.operator` (= `kopf run -m paretoserve.operator.handlers`). Reconciliation
+happens in kopf's change handlers; adaptation in `AdaptationLoop`, a background thread fed by a watching
+handler, because kopf timers would put a finalizer on every pipeline (see loop.py). No handler here needs
+a finalizer, so deleting a pipeline never waits for the operator: ownerReferences garbage-collect it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import kopf
 from paretoserve.operator import adapt
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import KubernetesGateway
+from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry
 from paretoserve.operator.metrics import PrometheusSource
 from paretoserve.operator.telemetry import start_metrics_server
 from paretoserve.planner.spec import API_GROUP, API_VERSION
+from paretoserve.solver_banner import silence_solver_banner
 
 RESOURCE = (API_GROUP, API_VERSION, "servingpipelines")
 
@@ -28,30 +30,32 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
     memo.config = config
     memo.gateway = KubernetesGateway.from_environment()
-    memo.source = PrometheusSource(config.prometheus_url) if config.prometheus_url else None
+    source = PrometheusSource(config.prometheus_url, step_s=config.step_seconds,
+                              rate_window_s=config.rate_window_seconds) if config.prometheus_url else None
+    memo.registry = PipelineRegistry()
+    memo.loop = AdaptationLoop(memo.registry, memo.gateway, source, config).start()
     settings.posting.level = 20  # INFO and above become Kubernetes Events
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     start_metrics_server(config.metrics_port)
+    silence_solver_banner()
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.loop.stop()
+
+
+@kopf.on.event(*RESOURCE)
+def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.registry.observe(event.get("type"), adapt.plain(event["object"]))
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pipeline = adapt.parse_or_fail(body, patch, now=time.time())
     update = adapt.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time())
     patch.status.update(update.status)
+    memo.registry.merge_status(body["metadata"]["namespace"], body["metadata"]["name"], update.status)
     if update.event:
         kopf.info(body, reason="Reconciled", message=update.event)
-
-
-@kopf.timer(*RESOURCE, interval=OperatorConfig.from_env().tick_seconds, initial_delay=1.0)
-def adapt_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    now = time.time()
-    pipeline = adapt.parse_or_none(body)
-    if pipeline is None or not adapt.due(body, pipeline, now=now):
-        return
-    update = adapt.adapt(memo.gateway, memo.source, memo.config, body, pipeline, now=now)
-    patch.status.update(update.status)
-    if update.event:
-        kopf.info(body, reason="Adapted", message=update.event)

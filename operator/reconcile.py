@@ -140,5 +140,14 @@ def set_conditions(previous: Sequence[dict[str, Any]], updates: dict[str, tuple[
     return [by_type[k] for k in CONDITION_TYPES if k in by_type]
 
 
+def _without_nulls(value: Any) -> Any:
+    """A merge patch deletes keys set to null, so the stored status would differ from what was sent."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def plan_status(plan: Plan | None) -> dict[str, Any] | None:
-    return None if plan is None else plan_json(plan)
+    return None if plan is None else _without_nulls(plan_json(plan))

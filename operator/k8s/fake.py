@@ -26,6 +26,7 @@ class FakeGateway:
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     actions: list[tuple[str, ...]] = field(default_factory=list)
     fail_on: set[str] = field(default_factory=set)
+    statuses: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def _check(self, action: str) -> None:
         if action in self.fail_on:
@@ -57,3 +58,11 @@ class FakeGateway:
                 c["resources"]["requests"]["cpu"] = cpu
                 c["resources"]["limits"]["cpu"] = cpu
         return obj
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._check("patch_status")
+        self.actions.append(("patch_status", name))
+        self.statuses[(namespace, name)] = {**self.statuses.get((namespace, name), {}), **status}
+
+    def post_event(self, involved: dict[str, Any], reason: str, message: str) -> None:
+        self.actions.append(("event", involved["metadata"]["name"], reason))

@@ -10,6 +10,7 @@ never see the client library's exception types.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("v1", "pods"),
     "Deployment": Kind("apps/v1", "deployments"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "ServingPipeline": Kind("paretoserve.io/v1alpha1", "servingpipelines"),
+    "Event": Kind("v1", "events"),
 }
 CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
 
@@ -55,6 +58,8 @@ class Gateway(Protocol):
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def resize_cpu(self, namespace: str, pod: str, container: str, cpu: str) -> dict[str, Any]: ...
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def post_event(self, involved: dict[str, Any], reason: str, message: str) -> None: ...
 
 
 @contextmanager
@@ -131,3 +136,27 @@ class KubernetesGateway:
         with _mapped(f"resize {namespace}/{pod} to {cpu}"):
             result = self._core.patch_namespaced_pod_resize(pod, namespace, body)
         return dict(result.to_dict())
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a ServingPipeline's status subresource."""
+        with _mapped(f"patch status of {namespace}/{name}"):
+            self._call("PATCH", self._path("ServingPipeline", namespace, name) + "/status",
+                       body={"status": status}, content_type="application/merge-patch+json")
+
+    def post_event(self, involved: dict[str, Any], reason: str, message: str) -> None:
+        """A Normal Event on the object, like kopf's own (best effort: events are advisory)."""
+        meta = involved["metadata"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}-", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": "Normal",
+            "source": {"component": FIELD_MANAGER}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            with _mapped(f"post event on {meta['namespace']}/{meta['name']}"):
+                self._call("POST", self._path("Event", meta["namespace"]), body=event)
+        except GatewayError:
+            pass

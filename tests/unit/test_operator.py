@@ -181,7 +181,7 @@ def test_resize_skips_pods_being_deleted() -> None:
     assert resizes([p], first_plan()) == []
 
 
-@pytest.mark.parametrize("handler", [handlers.startup, handlers.reconcile, handlers.adapt_timer])
+@pytest.mark.parametrize("handler", [handlers.startup, handlers.cleanup, handlers.track, handlers.reconcile])
 def test_handlers_are_thin(handler: Any) -> None:
     source = textwrap.dedent(inspect.getsource(handler))
     func = ast.parse(source).body[0]
@@ -194,3 +194,20 @@ def test_gateway_is_the_only_kubernetes_client_user() -> None:
     users = {p.relative_to(operator_dir).as_posix() for p in operator_dir.rglob("*.py")
              if "from kubernetes" in p.read_text() or "import kubernetes" in p.read_text()}
     assert users == {"k8s/gateway.py"}
+
+
+def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
+    from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry
+
+    gw = FakeGateway()
+    registry = PipelineRegistry()
+    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    registry.observe("ADDED", body(first))
+    clock = iter([20.0, 21.0, 40.0]).__next__
+    loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=clock)  # type: ignore[arg-type]
+    assert loop.tick() == 1  # due: last tick never happened
+    assert gw.statuses[("ns1", "tiny")]["observedLoadRps"] == 200.0
+    assert loop.tick() == 0  # 1 s later: not due (interval 10 s)
+    assert loop.tick() == 1
+    registry.observe("DELETED", body())
+    assert registry.snapshot() == []

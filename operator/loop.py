@@ -1,0 +1,98 @@
+"""The adaptation loop of the operator: one background thread over all known pipelines.
+
+Why not a kopf timer: kopf puts a finalizer on every object that has a timer or daemon, so while the
+operator is down nothing it manages can be deleted, and namespaces hang in Terminating. Instead a
+watching handler (no finalizer) keeps `PipelineRegistry` current, and `AdaptationLoop` wakes every tick,
+adapts each pipeline whose `spec.adaptation.intervalSeconds` is due (state in its status, so restarts
+resume), and writes the status through the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from paretoserve.operator import adapt
+from paretoserve.operator.config import OperatorConfig
+from paretoserve.operator.k8s.gateway import Gateway, GatewayError
+from paretoserve.operator.metrics import PrometheusSource
+
+log = logging.getLogger("paretoserve.operator.loop")
+
+
+@dataclass
+class PipelineRegistry:
+    """The latest body of every ServingPipeline, fed by watch events."""
+
+    _bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+                self._bodies.pop(key, None)
+            else:
+                self._bodies[key] = body
+
+    def merge_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            body = self._bodies.get((namespace, name))
+            if body is not None:
+                body["status"] = {**(body.get("status") or {}), **status}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(b) for b in self._bodies.values()]
+
+
+@dataclass
+class AdaptationLoop:
+    registry: PipelineRegistry
+    gateway: Gateway
+    source: PrometheusSource | None
+    config: OperatorConfig
+    clock: Callable[[], float] = time.time
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def tick(self) -> int:
+        """Adapt every due pipeline once; returns how many were adapted."""
+        adapted = 0
+        for body in self.registry.snapshot():
+            now = self.clock()
+            pipeline = adapt.parse_or_none(body)
+            if pipeline is None or not adapt.due(body, pipeline, now=now):
+                continue
+            meta = body["metadata"]
+            try:
+                update = adapt.adapt(self.gateway, self.source, self.config, body, pipeline, now=now)
+                self.gateway.patch_status(meta["namespace"], meta["name"], update.status)
+                self.registry.merge_status(meta["namespace"], meta["name"], update.status)
+                if update.event:
+                    self.gateway.post_event(body, "Adapted", update.event)
+                adapted += 1
+            except GatewayError as exc:
+                log.warning("adapting %s/%s failed: %s", meta["namespace"], meta["name"], exc)
+        return adapted
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.tick_seconds):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive any single failure
+                log.exception("adaptation tick failed")
+
+    def start(self) -> AdaptationLoop:
+        self._thread = threading.Thread(target=self._run, name="paretoserve-adaptation", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
