@@ -1,0 +1,41 @@
+"""The `paretoserve experiment NAME [--quick] --out DIR [--trace-window START:END]` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from paretoserve.experiments import EXPERIMENTS
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("experiment", help="reproduce a paper's comparison in the simulator (E1-E5, predictors)",
+                            description="Reproduce a paper's comparison in the simulator with the data in "
+                                        "../shared/data; writes DIR/results.json, DIR/results.md and PNG plots.")
+    parser.add_argument("name", choices=list(EXPERIMENTS))
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quick", action="store_true", help="a short window and fewer systems (< 60 s)")
+    parser.add_argument("--trace-window", metavar="START:END", default=None,
+                        help="seconds of the experiment's trace: absolute Twitter-trace seconds for ipa-video, "
+                             "infadapter and predictors (evaluation span); seconds from the start of the "
+                             "trace for sponge, diffserve and hadis")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from paretoserve.cli import CliError
+    from paretoserve.experiments import run_experiment
+    from paretoserve.experiments.data import DataMissing
+
+    out = Path(args.out)
+    try:
+        doc = run_experiment(args.name, out, quick=args.quick, window=args.trace_window,
+                             show_progress=not args.no_progress)
+    except (DataMissing, ValueError) as exc:
+        raise CliError(f"experiment {args.name}: {exc}") from None
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots", file=sys.stderr)
+    return 0 if doc.get("systems") else 1

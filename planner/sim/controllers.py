@@ -1,0 +1,224 @@
+"""Controllers: every way of producing plans at each tick, behind one interface, plus the run driver.
+
+A controller is something with `tick(now)` that observes a `MetricsSource` and applies plans to an
+`Actuator` — here both are the `Simulator`. ParetoServe and most baselines are the *same*
+`control.ControlLoop` on a differently constrained manifest (`baselines.pin_variants`, `pin_replicas`,
+`fix_threshold`, …) or with a `Baseline` pin; the static baselines are that loop fed the trace's peak once;
+HPA and VPA are `autoscalers.AutoscalerLoop` with their rule; HADIS is `SelectingLoop`, which runs
+`control.plan_step` on one manifest per model pair and keeps the best candidate. `simulate` ticks a
+controller at its adaptation interval and lets the simulator advance in between — there is no second
+copy of the planning loop here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from paretoserve.planner.autoscalers import (
+    AutoscalerLoop,
+    HpaSettings,
+    HpaState,
+    VpaSettings,
+    VpaState,
+    hpa_decide,
+    vpa_decide,
+)
+from paretoserve.planner.baselines import with_adaptation
+from paretoserve.planner.compile import Observation, compile_problem
+from paretoserve.planner.control import Actuator, ControlLoop, MetricsSource, Observed, StepResult, plan_step
+from paretoserve.planner.model import Baseline, Plan, Problem, SolveLimits
+from paretoserve.planner.policy import PolicyState
+from paretoserve.planner.predict import Forecaster
+from paretoserve.planner.sim.engine import SimConfig, Simulator
+from paretoserve.planner.sim.records import SimResult
+from paretoserve.planner.sim.workload import Workload
+from paretoserve.planner.solve import solve
+from paretoserve.planner.spec import ServingPipeline
+
+
+class Ticker(Protocol):
+    def tick(self, now: float) -> object: ...
+
+
+@dataclass
+class Controller:
+    name: str
+    ticker: Ticker
+    interval_s: float
+    """Seconds between ticks; `math.inf` ticks once (a static plan)."""
+    first_tick_s: float = 0.0
+
+
+ControllerFactory = Callable[[Simulator], Controller]
+
+
+@dataclass
+class PinnedLoad:
+    """A metrics source that reports a fixed load: the static baselines plan once for the trace's peak."""
+
+    source: MetricsSource
+    load_rps: float
+
+    def observe(self, now: float) -> Observed:
+        return replace(self.source.observe(now), load_history=(self.load_rps,))
+
+
+@dataclass
+class CappedLoad:
+    """Reports load history clipped so that the prediction (with headroom) never exceeds `cap_rps`.
+
+    Above the most its feasible set can carry, a program is infeasible and the loop keeps its last plan,
+    which may be far smaller; a real deployment would run at capacity and shed the excess. Clipping the
+    observation makes every controller plan for min(predicted load, its capacity) instead.
+    """
+
+    source: MetricsSource
+    cap_rps: float
+    headroom: float
+
+    def observe(self, now: float) -> Observed:
+        observed = self.source.observe(now)
+        limit = self.cap_rps / (1.0 + self.headroom)
+        return replace(observed, load_history=tuple(min(x, limit) for x in observed.load_history))
+
+
+def capacity_limit(pipelines: Sequence[ServingPipeline], upper: float, *, baseline: Baseline = Baseline.NONE,
+                   iterations: int = 14) -> float:
+    """The highest load (within [0, upper]) at which some pipeline still has a feasible plan (bisection)."""
+
+    def feasible(load: float) -> bool:
+        return any(solve(compile_problem(p, Observation(load_rps=load), baseline=baseline)).status.has_plan
+                   for p in pipelines)
+
+    if feasible(upper):
+        return upper
+    lo, hi = 0.0, upper
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if feasible(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class SelectingLoop:
+    """HADIS: plan every alternative manifest (one per model pair) and keep the best feasible candidate."""
+
+    pipelines: Sequence[ServingPipeline]
+    source: MetricsSource
+    actuator: Actuator
+    state: PolicyState = field(default_factory=PolicyState)
+    limits: SolveLimits | None = None
+    lstm: Forecaster | None = None
+
+    def tick(self, now: float) -> StepResult:
+        observed = self.source.observe(now)
+        applied = self.actuator.applied()
+        results = [plan_step(p, observed, applied, self.state, now=now, limits=self.limits, lstm=self.lstm)
+                   for p in self.pipelines]
+        feasible = [r for r in results if r.candidate.status.has_plan and r.candidate.objective is not None]
+        best = max(feasible, key=lambda r: r.candidate.objective or -math.inf) if feasible else results[0]
+        if best.decision.apply and best.decision.plan is not None:
+            self.actuator.apply(best.decision.plan, now=now)
+        self.state = best.state
+        return best
+
+
+def _source(sim: Simulator, pipeline: ServingPipeline, cap_rps: float | None) -> MetricsSource:
+    if cap_rps is None:
+        return sim
+    return CappedLoad(sim, cap_rps, pipeline.spec.adaptation.predictor.headroom)
+
+
+def loop(name: str, pipeline: ServingPipeline, *, baseline: Baseline = Baseline.NONE, lstm: Forecaster | None = None,
+         limits: SolveLimits | None = None, cap_rps: float | None = None) -> ControllerFactory:
+    """ParetoServe (and every pinned baseline): the control loop at the manifest's adaptation interval."""
+
+    def make(sim: Simulator) -> Controller:
+        source = _source(sim, pipeline, cap_rps)
+        ticker = ControlLoop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits)
+        return Controller(name, ticker, pipeline.spec.adaptation.interval_seconds)
+
+    return make
+
+
+def static(name: str, pipeline: ServingPipeline, peak_rps: float, *, baseline: Baseline = Baseline.NONE,
+           limits: SolveLimits | None = None, cap_rps: float | None = None) -> ControllerFactory:
+    """Planned once, at t = 0, for `peak_rps` (or the capacity if lower); never changed."""
+    fixed = with_adaptation(pipeline, predictor={"kind": "lastValue", "windowSeconds": 1, "headroom": 0.0})
+    load = peak_rps if cap_rps is None else min(peak_rps, cap_rps)
+
+    def make(sim: Simulator) -> Controller:
+        ticker = ControlLoop(fixed, PinnedLoad(sim, load), sim, baseline=baseline, limits=limits)
+        return Controller(name, ticker, math.inf)
+
+    return make
+
+
+def hpa(name: str, pipeline: ServingPipeline, settings: HpaSettings | None = None,
+        interval_s: float = 15.0) -> ControllerFactory:
+    """Kubernetes HPA on each stage's (most accurate or given) variant, synced every `interval_s`."""
+    chosen = settings or HpaSettings()
+
+    def policy(problem: Problem, applied: Plan | None, observed: Observed, now: float,
+               state: HpaState) -> tuple[Plan, HpaState]:
+        return hpa_decide(problem, applied, observed, now, state, chosen)
+
+    def make(sim: Simulator) -> Controller:
+        ticker = AutoscalerLoop(pipeline, sim, sim, policy, HpaState(), metric_window_s=chosen.metric_window_s)
+        return Controller(name, ticker, interval_s)
+
+    return make
+
+
+def vpa(name: str, pipeline: ServingPipeline, settings: VpaSettings | None = None,
+        interval_s: float = 60.0) -> ControllerFactory:
+    """A VPA-like vertical scaler of one variant, deciding every `interval_s`."""
+    chosen = settings or VpaSettings()
+
+    def policy(problem: Problem, applied: Plan | None, observed: Observed, now: float,
+               state: VpaState) -> tuple[Plan, VpaState]:
+        return vpa_decide(problem, applied, observed, now, state, chosen)
+
+    def make(sim: Simulator) -> Controller:
+        return Controller(name, AutoscalerLoop(pipeline, sim, sim, policy, VpaState(), unit_load=True), interval_s)
+
+    return make
+
+
+def selecting(name: str, pipelines: Sequence[ServingPipeline], *, lstm: Forecaster | None = None,
+              limits: SolveLimits | None = None, cap_rps: float | None = None) -> ControllerFactory:
+    """HADIS-style: the best of several manifests (model pairs) at every tick."""
+
+    def make(sim: Simulator) -> Controller:
+        ticker = SelectingLoop(pipelines, _source(sim, pipelines[0], cap_rps), sim, limits=limits, lstm=lstm)
+        return Controller(name, ticker, pipelines[0].spec.adaptation.interval_seconds)
+
+    return make
+
+
+def simulate(sim: Simulator, controller: Controller, progress: Callable[[float], None] | None = None) -> SimResult:
+    """Tick the controller at its interval over the workload, then drain the queues."""
+    duration = sim.workload.duration_s
+    t = controller.first_tick_s
+    while t < duration:
+        controller.ticker.tick(t)
+        if progress is not None:
+            progress(min(1.0, t / duration) if duration > 0 else 1.0)
+        t += controller.interval_s
+    result = sim.finish()
+    if progress is not None:
+        progress(1.0)
+    return result
+
+
+def run(pipeline: ServingPipeline, workload: Workload, factory: ControllerFactory, config: SimConfig | None = None,
+        *, catalog: Sequence[ServingPipeline] = (), progress: Callable[[float], None] | None = None) -> SimResult:
+    """Build a simulator for `pipeline` and `workload`, attach the controller, and simulate."""
+    sim = Simulator(pipeline, workload, config, catalog=catalog)
+    return simulate(sim, factory(sim), progress)
