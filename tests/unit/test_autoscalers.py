@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,6 +21,8 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import Observed
 from paretoserve.planner.model import Plan, Problem
 from paretoserve.planner.spec import ServingPipeline, parse_pipeline
+
+from .loop_fakes import FakeActuator, FakeSource
 
 
 def manifest(stage_extra: dict[str, Any] | None = None) -> ServingPipeline:
@@ -109,27 +110,6 @@ def test_template_option_and_unsupported_stages() -> None:
     split = compile_problem(manifest({"multiVariant": True}), Observation(load_rps=1.0))
     with pytest.raises(ValueError, match="one variant"):
         hpa_decide(split, None, observed(1.0), 0.0, HpaState(), HpaSettings())
-
-
-@dataclass
-class FakeSource:
-    load: float
-
-    def observe(self, now: float) -> Observed:
-        return Observed(load_history=(self.load,) * 30)
-
-
-@dataclass
-class FakeActuator:
-    plan: Plan | None = None
-    applied_at: list[float] = field(default_factory=list)
-
-    def applied(self) -> Plan | None:
-        return self.plan
-
-    def apply(self, plan: Plan, *, now: float) -> None:
-        self.plan = plan
-        self.applied_at.append(now)
 
 
 def test_autoscaler_loop_applies_only_changed_plans() -> None:

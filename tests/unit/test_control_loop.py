@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
-from paretoserve.planner.control import ControlLoop, Observed
-from paretoserve.planner.model import Plan, SolveStatus
+from paretoserve.planner.control import ControlLoop
+from paretoserve.planner.model import SolveStatus
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import bin_maxima, ewma, last_value, moving_max, predict
 from paretoserve.planner.spec import Predictor, PredictorKind, parse_pipeline
 
+from .loop_fakes import FakeActuator, FakeSource
 from .test_cli import PIPELINE
 
 
@@ -31,24 +30,6 @@ def test_policy_state_round_trips_through_status() -> None:
     state = PolicyState(lower_streak=2, last_change_at=12.5, decisions=7)
     assert PolicyState.from_dict(state.to_dict()) == state
     assert PolicyState.from_dict(None) == PolicyState()
-
-
-@dataclass
-class FakeSource:
-    load: float
-    def observe(self, now: float) -> Observed:
-        return Observed(load_history=(self.load,) * 10)
-
-
-@dataclass
-class FakeActuator:
-    plan: Plan | None = None
-    applied_at: list[float] = field(default_factory=list)
-    def applied(self) -> Plan | None:
-        return self.plan
-    def apply(self, plan: Plan, *, now: float) -> None:
-        self.plan = plan
-        self.applied_at.append(now)
 
 
 def replicas(actuator: FakeActuator) -> int:
