@@ -159,7 +159,7 @@ class OperatorProcess:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "paretoserve.operator", "--standalone", "--all-namespaces",
+            [sys.executable, "-I", "-m", "paretoserve.operator", "--standalone", "--all-namespaces",
              f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
