@@ -217,6 +217,7 @@ def bench_simulator(quick: bool = False) -> dict[str, Any]:
 BENCHMARKS: dict[str, str] = {
     "planner": "paretoserve.bench:bench_planner",
     "simulator": "paretoserve.bench:bench_simulator",
+    "operator": "paretoserve.bench_operator:bench_operator",
 }
 
 
