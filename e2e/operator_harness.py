@@ -151,15 +151,23 @@ def service_account_kubeconfig(cluster: Any, namespace: str, account: str, path:
 class OperatorProcess:
     """`python -m paretoserve.operator` in its own process group, restartable (crash tests)."""
 
-    def __init__(self, kubeconfig: Path, env: dict[str, str], log: Path) -> None:
-        self.kubeconfig, self.env, self.log = kubeconfig, env, log
+    def __init__(self, kubeconfig: Path, env: dict[str, str], log: Path,
+                 peering: tuple[str, int] | None = None) -> None:
+        """`peering=(name, priority)` joins kopf peering; None runs `--standalone`."""
+        self.kubeconfig, self.env, self.log, self.peering = kubeconfig, env, log, peering
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
+        if self.peering:
+            name, priority = self.peering
+            env |= {"PARETOSERVE_PEERING": name, "PARETOSERVE_PRIORITY": str(priority)}
+            mode = [f"--peering={name}", f"--priority={priority}"]
+        else:
+            mode = ["--standalone"]
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "paretoserve.operator", "--standalone", "--all-namespaces",
+            [sys.executable, "-I", "-m", "paretoserve.operator", *mode, "--all-namespaces",
              f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -14,6 +14,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -83,7 +84,18 @@ def operator_process(cluster: Cluster, system_namespace: str, prometheus: Promet
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(cluster, system_namespace, f"{RELEASE}-paretoserve",
                                             workdir / "kubeconfig")
-    env = {
+    env = operator_env(prometheus, "operator-a")
+    proc = OperatorProcess(kubeconfig, env, workdir / "operator.log", peering=("paretoserve", 200))
+    proc.start()
+    yield proc
+    proc.stop()
+    print((workdir / "operator.log").read_text()[-4000:])
+
+
+def operator_env(prometheus: PrometheusServer, pod_id: str) -> dict[str, str]:
+    return {
+        "POD_ID": pod_id,
+        "PARETOSERVE_PEERING_LIFETIME_SECONDS": "6",
         "PARETOSERVE_PROMETHEUS_URL": prometheus.url,
         "PARETOSERVE_TICK_SECONDS": "1",
         "PARETOSERVE_RATE_WINDOW_SECONDS": "4",
@@ -91,11 +103,6 @@ def operator_process(cluster: Cluster, system_namespace: str, prometheus: Promet
         "PARETOSERVE_METRICS_PORT": str(free_port()),
         "PARETOSERVE_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
     }
-    proc = OperatorProcess(kubeconfig, env, workdir / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
-    print((workdir / "operator.log").read_text()[-4000:])
 
 
 def pipeline_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
@@ -123,8 +130,8 @@ def test_chart_lints_and_renders() -> None:
     rendered = subprocess.run([helm(), "template", "t", chart, "--kube-version", "1.35.0"],
                               capture_output=True, text=True, check=True).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
-                     "Service", "ServiceAccount"]
+    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                     "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -328,3 +335,29 @@ def test_pipeline_that_only_the_parser_rejects_is_marked_degraded(cluster: Clust
     assert condition(status, "Degraded")["message"].startswith(cases[0].path)
     assert deployments(cluster, namespace) == {}
 
+
+def test_standby_operator_takes_over_when_the_active_one_dies(
+    cluster: Cluster, namespace: str, exporter: LoadExporter, prometheus: PrometheusServer,
+    operator_process: OperatorProcess, tmp_path: Path,
+) -> None:
+    standby = OperatorProcess(operator_process.kubeconfig, operator_env(prometheus, "operator-b"),
+                              tmp_path / "standby.log", peering=("paretoserve", 100))
+    standby.start()
+    try:
+        exporter.set_rate(namespace, "adaptive", 10.0)
+        cluster.apply(ADAPTIVE, namespace)
+
+        def adapted_by() -> str | None:
+            return pipeline_status(cluster, namespace, "adaptive").get("policyState", {}).get("adaptedBy")
+
+        cluster.wait_for(lambda: adapted_by() == "operator-a", "the high-priority operator adapts")
+        time.sleep(3 * INTERVAL_S)
+        assert adapted_by() == "operator-a"  # the stand-by never wrote a decision
+        operator_process.kill()
+        cluster.wait_for(lambda: adapted_by() == "operator-b", "the stand-by takes over", timeout=60)
+        exporter.set_rate(namespace, "adaptive", 60.0)
+        cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.5, "the stand-by follows a load step")
+    finally:
+        standby.stop()
+        if not operator_process.alive():
+            operator_process.start()

@@ -21,6 +21,12 @@ class OperatorConfig:
     """PromQL rate() window for the request rate; shorter reacts faster, longer is smoother."""
     step_seconds: int = 5
     """Resolution of the load history read from Prometheus."""
+    peering: str | None = None
+    """kopf ClusterKopfPeering name (chart: operator.peering.name); None when running --standalone."""
+    priority: int = 0
+    identity: str = ""
+    """This process's kopf peer id (POD_ID); the adaptation loop runs only while it is the active peer."""
+    peering_lifetime_seconds: int = 60
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -41,5 +47,9 @@ class OperatorConfig:
             metrics_port=int(env.get("PARETOSERVE_METRICS_PORT", "9090")),
             rate_window_seconds=int(env.get("PARETOSERVE_RATE_WINDOW_SECONDS", "30")),
             step_seconds=int(env.get("PARETOSERVE_STEP_SECONDS", "5")),
+            peering=env.get("PARETOSERVE_PEERING") or None,
+            priority=int(env.get("PARETOSERVE_PRIORITY", "0")),
+            identity=env.get("POD_ID", ""),
+            peering_lifetime_seconds=int(env.get("PARETOSERVE_PEERING_LIFETIME_SECONDS", "60")),
             workers=workers,
         )

@@ -35,6 +35,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.registry = PipelineRegistry()
     memo.loop = AdaptationLoop(memo.registry, memo.gateway, source, config).start()
     settings.posting.level = 20  # INFO and above become Kubernetes Events
+    settings.peering.lifetime = config.peering_lifetime_seconds
     start_metrics_server(config.metrics_port)
     silence_solver_banner()
 

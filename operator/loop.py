@@ -9,6 +9,7 @@ resume), and writes the status through the gateway.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -22,6 +23,22 @@ from paretoserve.operator.k8s.gateway import Gateway, GatewayError
 from paretoserve.operator.metrics import PrometheusSource
 
 log = logging.getLogger("paretoserve.operator.loop")
+
+
+def _timestamp(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def is_active_peer(peers: dict[str, Any], identity: str, priority: int, *, now: float) -> bool:
+    """kopf's rule for this process: no other live peer with a priority >= ours (equal pauses both)."""
+    for peer_id, info in peers.items():
+        if peer_id == identity or not isinstance(info, dict):
+            continue
+        lastseen = info.get("lastseen")
+        alive = lastseen is None or _timestamp(lastseen) + float(info.get("lifetime", 60)) > now
+        if alive and int(info.get("priority", 0)) >= priority:
+            return False
+    return True
 
 
 @dataclass
@@ -60,9 +77,23 @@ class AdaptationLoop:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    def active(self) -> bool:
+        """With peering, only the active kopf peer adapts (a stand-by's kopf handlers are paused too)."""
+        if not self.config.peering:
+            return True
+        try:
+            peering = self.gateway.get_cluster_object("ClusterKopfPeering", self.config.peering)
+        except GatewayError as exc:
+            log.warning("cannot read peering %s: %s", self.config.peering, exc)
+            return False
+        return is_active_peer(peering.get("status") or {}, self.config.identity, self.config.priority,
+                              now=self.clock())
+
     def tick(self) -> int:
-        """Adapt every due pipeline once; returns how many were adapted."""
+        """Adapt every due pipeline once (if this process is the active peer); returns how many."""
         adapted = 0
+        if not self.active():
+            return 0
         for body in self.registry.snapshot():
             now = self.clock()
             pipeline = adapt.parse_or_none(body)
@@ -71,6 +102,7 @@ class AdaptationLoop:
             meta = body["metadata"]
             try:
                 update = adapt.adapt(self.gateway, self.source, self.config, body, pipeline, now=now)
+                update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
                 self.gateway.patch_status(meta["namespace"], meta["name"], update.status)
                 self.registry.merge_status(meta["namespace"], meta["name"], update.status)
                 if update.event:

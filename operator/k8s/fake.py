@@ -66,3 +66,7 @@ class FakeGateway:
 
     def post_event(self, involved: dict[str, Any], reason: str, message: str) -> None:
         self.actions.append(("event", involved["metadata"]["name"], reason))
+
+    def get_cluster_object(self, kind: str, name: str) -> dict[str, Any]:
+        self._check("get")
+        return copy.deepcopy(self.objects[(kind, "", name)])

@@ -41,6 +41,7 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ServingPipeline": Kind("paretoserve.io/v1alpha1", "servingpipelines"),
     "Event": Kind("v1", "events"),
+    "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings", namespaced=False),
 }
 CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
 
@@ -59,6 +60,7 @@ class Gateway(Protocol):
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def resize_cpu(self, namespace: str, pod: str, container: str, cpu: str) -> dict[str, Any]: ...
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def get_cluster_object(self, kind: str, name: str) -> dict[str, Any]: ...
     def post_event(self, involved: dict[str, Any], reason: str, message: str) -> None: ...
 
 
@@ -136,6 +138,11 @@ class KubernetesGateway:
         with _mapped(f"resize {namespace}/{pod} to {cpu}"):
             result = self._core.patch_namespaced_pod_resize(pod, namespace, body)
         return dict(result.to_dict())
+
+    def get_cluster_object(self, kind: str, name: str) -> dict[str, Any]:
+        k = KINDS[kind]
+        with _mapped(f"get {kind} {name}"):
+            return self._call("GET", f"{k.prefix}/{k.plural}/{name}")
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a ServingPipeline's status subresource."""

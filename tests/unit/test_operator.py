@@ -211,3 +211,29 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
     assert loop.tick() == 1
     registry.observe("DELETED", body())
     assert registry.snapshot() == []
+
+
+def test_only_the_active_kopf_peer_adapts() -> None:
+    import dataclasses
+
+    from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry, is_active_peer
+
+    seen = "2026-11-25T08:00:00+00:00"  # epoch 1795593600
+    now = 1795593600.0 + 10
+    peers = {"a": {"priority": 200, "lifetime": 60, "lastseen": seen},
+             "b": {"priority": 100, "lifetime": 60, "lastseen": seen}}
+    assert is_active_peer(peers, "a", 200, now=now)
+    assert not is_active_peer(peers, "b", 100, now=now)
+    assert is_active_peer(peers, "b", 100, now=now + 120)  # a stopped announcing itself
+    assert not is_active_peer({**peers, "c": {"priority": 200, "lastseen": seen}}, "a", 200, now=now)
+
+    gw = FakeGateway()
+    gw.objects[("ClusterKopfPeering", "", "p")] = {"status": peers}
+    registry = PipelineRegistry()
+    registry.observe("ADDED", body())
+    config = dataclasses.replace(OperatorConfig(), peering="p", priority=100, identity="b")
+    standby = AdaptationLoop(registry, gw, FakeSource(10.0), config, clock=lambda: now)  # type: ignore[arg-type]
+    assert standby.tick() == 0 and gw.statuses == {}
+    leader = AdaptationLoop(registry, gw, FakeSource(10.0), dataclasses.replace(config, priority=200, identity="a"),
+                            clock=lambda: now)  # type: ignore[arg-type]
+    assert leader.tick() == 1 and gw.statuses[("ns1", "tiny")]["policyState"]["adaptedBy"] == "a"
