@@ -218,6 +218,8 @@ BENCHMARKS: dict[str, str] = {
     "planner": "paretoserve.bench:bench_planner",
     "simulator": "paretoserve.bench:bench_simulator",
     "operator": "paretoserve.bench_operator:bench_operator",
+    "router": "paretoserve.workers.router.bench:bench_router",
+    "cascade": "paretoserve.workers.router.cascade_bench:bench_cascade",
 }
 
 

@@ -72,7 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # Further command groups live in their own modules, each with `register(subparsers)`; a module keeps its
 # heavy imports (torch, tritonclient, starlette) inside its command functions so `paretoserve plan` stays
 # fast.
-COMMAND_MODULES: tuple[str, ...] = ("paretoserve.experiments.command",)
+COMMAND_MODULES: tuple[str, ...] = ("paretoserve.experiments.command", "paretoserve.cmd_runtime",
+                                    "paretoserve.cmd_router")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,9 @@ from paretoserve.workers.triton.server import (
 )
 
 SERVED_VARIANTS = ("tiny_linear", "cnn_small", "cnn_large")
+EXTRA_VARIANTS = ("discriminator",)
+"""Written into the session server's repository but not loaded at start; a test loads one on demand
+(``TritonControl.load_model``) and unloads it afterwards."""
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +51,22 @@ def served_specs(catalog: ModelCatalog) -> dict[str, TritonModelSpec]:
 
 
 @pytest.fixture(scope="session")
+def extra_specs(catalog: ModelCatalog) -> dict[str, TritonModelSpec]:
+    return {
+        variant: spec_from_cached_variant(catalog.variant_dir(variant), max_batch_size=32, max_queue_delay_us=200)
+        for variant in EXTRA_VARIANTS
+    }
+
+
+@pytest.fixture(scope="session")
 def triton_server(
     tmp_path_factory: pytest.TempPathFactory,
     triton_installation: TritonInstallation,
     served_specs: dict[str, TritonModelSpec],
+    extra_specs: dict[str, TritonModelSpec],
 ) -> Iterator[TritonServer]:
     work = tmp_path_factory.mktemp("triton")
-    repository = write_repository(work / "repository", list(served_specs.values()))
+    repository = write_repository(work / "repository", [*served_specs.values(), *extra_specs.values()])
     config = TritonServerConfig(
         model_repository=repository,
         models=tuple(served_specs),

@@ -1,0 +1,172 @@
+"""`paretoserve up`, `load` and `profile` against the real Triton and the real router (no mocks).
+
+- `up --replay` on a one-variant pipeline whose profile says one Triton instance carries 8 requests/s: the
+  replay offers 12/s, so the control loop must move from one instance to two *under load*; every request
+  must succeed, and the run must leave no process behind.
+- `up` without a replay serves until SIGTERM, then stops Triton and the router; `load` drives it meanwhile.
+- `profile --write-pipeline` measures real points and writes a manifest that parses.
+
+The profile of the first pipeline is synthetic on purpose (the digits models serve hundreds of images per
+second per instance, far more than a test should send); the example manifest carries measured profiles.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from paretoserve.planner.spec import load_pipeline_text
+from paretoserve.workers.models import ModelCatalog
+from paretoserve.workers.runtime.local import default_state_dir
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+STARTUP_GUARD_S = 240  # bounds a hang; not a performance assertion
+
+
+def pipeline_doc(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "metadata": {"name": name},
+        "spec": {
+            "slo": {"latencyMs": 2000, "percentile": 99},
+            "objective": {"accuracy": 1.0, "cost": 0.01},
+            "adaptation": {"intervalSeconds": 1, "scaleDownStabilization": 30, "solverTimeLimitSeconds": 1,
+                           "predictor": {"kind": "movingMax", "windowSeconds": 5, "headroom": 0.0}},
+            "stages": [{
+                "name": "classify", "batchSizes": [1],
+                "bounds": {"minReplicas": 1, "maxReplicas": 2},
+                "variants": [{"name": "tiny", "tritonModel": "tiny_linear", "accuracy": 0.8756,
+                              "profile": {"points": [{"batch": 1, "cpu": 1, "latencyMs": 5,
+                                                      "throughputRps": 8}]}}],
+            }],
+        },
+    }
+
+
+def write_trace(path: Path, per_second: list[int]) -> Path:
+    data = " ".join(map(str, per_second)).encode()
+    with tarfile.open(path, "w:bz2") as archive:
+        info = tarfile.TarInfo("workload.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. the test's work directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def paretoserve(*args: str) -> list[str]:
+    return [sys.executable, "-m", "paretoserve", *args]
+
+
+def test_up_replay_scales_under_load_without_failures(tmp_path: Path, catalog: ModelCatalog) -> None:
+    manifest = tmp_path / "scale.yaml"
+    manifest.write_text(yaml.safe_dump(pipeline_doc("scale-test")))
+    trace = write_trace(tmp_path / "trace.tbz2", [0, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12])
+    out, work = tmp_path / "out", tmp_path / "work"
+    result = subprocess.run(
+        paretoserve("up", str(manifest), "--port", str(free_port()), "--work-dir", str(work),
+                    "--replay", str(trace), "--window", "1:16", "--scale", "1", "--out", str(out), "--json",
+                    "--no-progress"),
+        capture_output=True, text=True, timeout=STARTUP_GUARD_S + 60, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["requests"]["sent"] == 180
+    assert summary["requests"]["failed"] == 0, summary["requests"]
+    assert summary["accuracy"] is not None and summary["accuracy"] > 0.8
+    applied = [json.loads(line) for line in (out / "applied.jsonl").read_text().splitlines()]
+    assert applied[0]["instances"] == {"tiny_linear": 1}  # the first plan, at load 0
+    assert any(e["instances"] == {"tiny_linear": 2} and e["error"] is None for e in applied), applied
+    assert summary["reconfigurations"]["tritonInstanceUpdates"] >= 1
+    assert summary["cost"]["coreSeconds"] > 0
+    assert {Path(p).name for p in summary["plots"]} == {"load.png", "latency.png", "config.png"}
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_up_serves_until_sigterm_and_load_drives_it(tmp_path: Path, catalog: ModelCatalog) -> None:
+    manifest = tmp_path / "serve.yaml"
+    manifest.write_text(yaml.safe_dump(pipeline_doc("serve-test")))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(paretoserve("up", str(manifest), "--port", str(port), "--work-dir", str(tmp_path / "w")),
+                          stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_GUARD_S
+        state = default_state_dir(port) / "runtime.json"
+        while not state.exists():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "up did not become ready"
+            time.sleep(0.2)
+        info = json.loads(state.read_text())
+        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        trace = write_trace(tmp_path / "t.tbz2", [5, 5, 5])
+        loaded = subprocess.run(paretoserve("load", "--trace", str(trace), "--window", "0:3", "--scale", "1",
+                                            "--url", url, "--out", str(tmp_path / "load"), "--json", "--no-progress"),
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        summary = json.loads(loaded.stdout)
+        assert summary["pipeline"] == "serve-test" and summary["requests"]["ok"] == 15
+        assert summary["cost"]["coreSeconds"] > 0  # read from the running `up`'s applied plans
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=120)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert "stopping" in (tmp_path / "up.log").read_text()
+    for pid in (info["routerPid"], info["tritonPid"]):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_profile_writes_points_that_parse(tmp_path: Path, catalog: ModelCatalog,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from paretoserve.cli import main
+
+    manifest = tmp_path / "p.yaml"
+    manifest.write_text("# A test pipeline.\n" + yaml.safe_dump(pipeline_doc("profile-test")))
+    profile, written = tmp_path / "profile.yaml", tmp_path / "measured.yaml"
+    code = main(["profile", str(manifest), "--out", str(profile), "--write-pipeline", str(written), "--quick",
+                 "--batches", "1,4", "--threads", "1", "--instances", "1", "--work-dir", str(tmp_path / "w")])
+    assert code == 0, capsys.readouterr().err
+    measured = yaml.safe_load(profile.read_text())["stages"]["classify"]["variants"]["tiny"]
+    assert [p["batch"] for p in measured["profile"]["points"]] == [1, 4]
+    assert all(m["executedBatch"] == m["batch"] for m in measured["measured"])  # no dynamic batching in profiles
+    pipeline = load_pipeline_text(written.read_text())
+    points = pipeline.spec.stages[0].variants[0].profile.points
+    assert [(p.batch, p.cpu, p.instances) for p in points] == [(1, 1, 1), (4, 1, 1)]
+    assert all(p.latency_ms > 0 and (p.throughput_rps or 0) > 0 for p in points)
+    assert written.read_text().splitlines()[2] == "# A test pipeline."
+    assert processes_mentioning(str(tmp_path)) == []

@@ -1,0 +1,111 @@
+"""`paretoserve profile | up | load`: bad input is one line naming the field, exit status 2."""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+import yaml
+
+from paretoserve.cli import main
+from paretoserve.planner.spec import SpecError, parse_pipeline
+from paretoserve.workers.models.cache import ModelCatalog
+from paretoserve.workers.runtime.serving import check_catalog, max_batch_size, pipeline_models
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits-local.yaml"
+
+
+def _trace(tmp_path: Path) -> Path:
+    path = tmp_path / "t.tbz2"
+    data = b"3 4 5 6"
+    with tarfile.open(path, "w:bz2") as archive:
+        info = tarfile.TarInfo("workload.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["profile", "absent.yaml", "--out", "p.yaml"], "absent.yaml: cannot read"),
+    (["profile", str(EXAMPLE), "--out", "p.yaml", "--batches", "1,x"], "--batches: expected comma-separated"),
+    (["profile", str(EXAMPLE), "--out", "p.yaml", "--instances", "0"], "--instances: expected positive"),
+    (["profile", str(EXAMPLE), "--out", "p.yaml", "--threads", "512", "--instances", "1"], "exceeds"),
+    (["up", str(EXAMPLE), "--port", "0"], "--port: must be in 1..65535"),
+    (["up", str(EXAMPLE), "--port", "18999", "--cores", "0"], "--cores: must be >= 1"),
+    (["up", str(EXAMPLE), "--port", "18999", "--window", "1:2"], "--window: only used with --replay"),
+    (["up", str(EXAMPLE), "--port", "18999", "--replay", "TRACE", "--scale", "1"], "--window: required with --replay"),
+    (["up", str(EXAMPLE), "--port", "18999", "--replay", "absent.tbz2", "--window", "0:2", "--scale", "1"],
+     "--replay: cannot read absent.tbz2"),
+    (["up", str(EXAMPLE), "--port", "18999", "--replay", "TRACE", "--window", "2:1", "--scale", "1"], "--window"),
+    (["up", str(EXAMPLE), "--port", "18999", "--replay", "TRACE", "--window", "0:9", "--scale", "1"],
+     "--window: ends at 9 but the trace has 4 seconds"),
+    (["up", str(EXAMPLE), "--port", "18999", "--replay", "TRACE", "--window", "0:2", "--scale", "-1"], "--scale"),
+    (["load", "--trace", "TRACE", "--window", "0:2", "--scale", "1", "--url", "ftp://x"], "--url: expected"),
+    (["load", "--trace", "TRACE", "--window", "0:2", "--scale", "1", "--url", "http://127.0.0.1:9",
+      "--state", "STATE"], "--pipeline/--slo-ms: no `paretoserve up` state"),
+])
+def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    trace = str(_trace(tmp_path))
+    argv = [trace if a == "TRACE" else str(tmp_path / "state") if a == "STATE" else a for a in argv]
+    code, err = _run(argv, capsys)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_bad_manifest_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["stages"][0]["cascade"]["light"] = "nope"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, err = _run(["up", str(path), "--port", "18999"], capsys)
+    assert code == 2 and "spec.stages[0].cascade.light" in err
+
+
+def test_a_port_in_use_is_refused_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, err = _run(["up", str(EXAMPLE), "--port", str(port)], capsys)
+    assert code == 2 and f"--port: 127.0.0.1:{port} is already in use" in err
+
+
+def test_load_refuses_a_url_where_no_router_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, err = _run(["load", "--trace", str(_trace(tmp_path)), "--window", "0:2", "--scale", "1",
+                      "--url", f"http://127.0.0.1:{port}", "--pipeline", "digits", "--slo-ms", "50"], capsys)
+    assert code == 2 and "--url: no ready router" in err
+
+
+def _catalog(*variants: str) -> ModelCatalog:
+    return ModelCatalog(Path("/nowhere"), "v", MappingProxyType(dict.fromkeys(variants)))  # type: ignore[arg-type]
+
+
+def test_every_triton_model_must_be_a_cached_variant() -> None:
+    pipeline = parse_pipeline(yaml.safe_load(EXAMPLE.read_text()))
+    uses = pipeline_models(pipeline)
+    assert [u.model for u in uses] == ["tiny_linear", "cnn_large"]
+    check_catalog(uses, _catalog("tiny_linear", "cnn_large", "mlp_small"))
+    with pytest.raises(SpecError, match=r"spec\.stages\[0\]\.variants\[1\]\.tritonModel: 'cnn_large' is not"):
+        check_catalog(uses, _catalog("tiny_linear"))
+    assert max_batch_size(pipeline) >= 16
+
+
+def test_a_discriminator_cascade_needs_the_discriminator_model() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["stages"][0]["cascade"]["router"] = "discriminator"
+    uses = pipeline_models(parse_pipeline(doc))
+    assert uses[-1].model == "discriminator" and uses[-1].path == "spec.stages[0].cascade.router"

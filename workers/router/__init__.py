@@ -1,0 +1,51 @@
+"""The router sidecar: query-aware cascades, weighted variant splits and EDF queueing over KServe v2.
+
+Each ParetoServe worker pod runs this router next to Triton. It serves a pipeline's stages in DAG
+order, splitting traffic across variants by weight, cascading light -> heavy per row (confidence,
+discriminator, prompt-feature or hybrid routing, DiffServe/HADIS style), ordering queued upstream
+calls by each request's deadline (Sponge), retrying replicas and falling back between models, and
+exporting the metrics the operator's control loop reads. Modules, top-down:
+
+- ``app`` -- the Starlette app (:func:`build_router`), endpoints and the one error boundary;
+- ``pipeline`` -- a request through the stages; ``decisions`` -- the pure routing decisions;
+- ``edf`` -- EDF admission; ``upstream`` / ``transport`` -- the long-lived httpx clients;
+- ``config`` -- the JSON config and live updates; ``protocol`` -- KServe v2 messages;
+- ``errors`` -- the exception tree; ``metrics`` -- the Prometheus contract;
+- ``serve`` -- uvicorn; ``bench`` / ``cascade_bench`` / ``loadgen`` -- the benchmarks.
+
+Import the app from its module (``from paretoserve.workers.router.app import build_router``); this
+package only re-exports the light, pure pieces.
+"""
+
+from paretoserve.workers.router.config import RouterConfig, apply_update, config_to_json, parse_config
+from paretoserve.workers.router.decisions import Route
+from paretoserve.workers.router.errors import (
+    BadRequest,
+    ConfigError,
+    DeadlineExceeded,
+    NotFound,
+    QueueFull,
+    RouterError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "DeadlineExceeded",
+    "NotFound",
+    "QueueFull",
+    "Route",
+    "RouterConfig",
+    "RouterError",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "apply_update",
+    "config_to_json",
+    "parse_config",
+]

@@ -1,0 +1,139 @@
+"""The router's Prometheus metrics: a contract with the operator and the Grafana dashboard.
+
+Names and labels are fixed (``operator/metrics.py`` and ``charts/.../grafana-dashboard.json``
+query them; the scrape configuration adds ``namespace``)::
+
+    paretoserve_pipeline_requests_total{pipeline}                     requests entering the pipeline
+    paretoserve_pipeline_request_duration_seconds{pipeline}           end to end, errors included
+    paretoserve_router_requests_total{pipeline,stage,model,route}     rows answered, by how (Route)
+    paretoserve_router_deferrals_total{pipeline,stage}                rows deferred light -> heavy
+    paretoserve_router_fallbacks_total{pipeline,stage}                rows answered by a fallback
+    paretoserve_router_errors_total{pipeline,stage,reason}            requests answered with an error
+    paretoserve_router_request_duration_seconds{pipeline,stage,model} each upstream call, queueing included
+    paretoserve_router_upstream_failures_total{pipeline,model,reason} failed attempts, retried or not
+    paretoserve_router_queue_length{pipeline}                         calls waiting in the EDF queue
+    paretoserve_router_min_deadline_remaining_ms{pipeline}            tightest remaining deadline (ms)
+
+``requests``, ``deferrals`` and ``fallbacks`` count *rows* (images) of a stage, so
+``deferrals / requests`` is the deferred share f(t) whatever the batch size; pipeline-level
+requests and errors count HTTP requests. Errors that are not tied to a stage use ``stage="-"``;
+the transparent model proxy uses ``stage="proxy"``. The two gauges are computed at scrape time by
+a collector (no per-request gauge updates); the deadline gauge covers the requests the router is
+serving (queued or in flight) and is absent when none has a deadline. Everything registers in
+the registry passed in, so tests use a fresh ``CollectorRegistry`` each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+NO_STAGE = "-"
+PROXY_STAGE = "proxy"
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf,
+)
+
+QueueProbe = Callable[[], tuple[int, float | None]]
+"""Returns ``(queue length, min remaining deadline in ms or None)`` at scrape time."""
+
+
+class _QueueCollector(Collector):
+    def __init__(self, pipeline: str, probe: QueueProbe) -> None:
+        self._pipeline = pipeline
+        self._probe = probe
+
+    def collect(self) -> Iterable[Metric]:
+        length, remaining_ms = self._probe()
+        queue = GaugeMetricFamily(
+            "paretoserve_router_queue_length", "Upstream calls waiting in the EDF queue.", labels=["pipeline"]
+        )
+        queue.add_metric([self._pipeline], float(length))
+        yield queue
+        deadline = GaugeMetricFamily(
+            "paretoserve_router_min_deadline_remaining_ms",
+            "Milliseconds left to the tightest deadline among the requests the router is serving.",
+            labels=["pipeline"],
+        )
+        if remaining_ms is not None:
+            deadline.add_metric([self._pipeline], remaining_ms)
+        yield deadline
+
+
+class RouterMetrics:
+    """Every router metric for one pipeline, with label children cached for the hot path."""
+
+    def __init__(self, pipeline: str, registry: CollectorRegistry, probe: QueueProbe) -> None:
+        self.pipeline = pipeline
+        self.pipeline_requests = Counter(
+            "paretoserve_pipeline_requests", "Requests entering the pipeline.", ["pipeline"], registry=registry
+        )
+        self.pipeline_duration = Histogram(
+            "paretoserve_pipeline_request_duration_seconds", "End-to-end pipeline request duration.",
+            ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.requests = Counter(
+            "paretoserve_router_requests", "Rows answered per stage, model and route.",
+            ["pipeline", "stage", "model", "route"], registry=registry,
+        )
+        self.deferrals = Counter(
+            "paretoserve_router_deferrals", "Rows the cascade deferred from the light to the heavy model.",
+            ["pipeline", "stage"], registry=registry,
+        )
+        self.fallbacks = Counter(
+            "paretoserve_router_fallbacks", "Rows answered by a fallback model after a backend failure.",
+            ["pipeline", "stage"], registry=registry,
+        )
+        self.errors = Counter(
+            "paretoserve_router_errors", "Requests answered with an explicit error.",
+            ["pipeline", "stage", "reason"], registry=registry,
+        )
+        self.call_duration = Histogram(
+            "paretoserve_router_request_duration_seconds", "Duration of one upstream call, EDF queueing included.",
+            ["pipeline", "stage", "model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.upstream_failures = Counter(
+            "paretoserve_router_upstream_failures", "Failed upstream attempts (retried or not).",
+            ["pipeline", "model", "reason"], registry=registry,
+        )
+        registry.register(_QueueCollector(pipeline, probe))
+        self._pipeline_requests = self.pipeline_requests.labels(pipeline)
+        self._pipeline_duration = self.pipeline_duration.labels(pipeline)
+        self._rows: dict[tuple[str, str, str], Counter] = {}
+        self._calls: dict[tuple[str, str], Histogram] = {}
+
+    def request_started(self) -> None:
+        self._pipeline_requests.inc()
+
+    def request_finished(self, seconds: float) -> None:
+        self._pipeline_duration.observe(seconds)
+
+    def rows(self, stage: str, model: str, route: str, count: int = 1) -> None:
+        key = (stage, model, route)
+        child = self._rows.get(key)
+        if child is None:
+            child = self._rows[key] = self.requests.labels(self.pipeline, stage, model, route)
+        child.inc(count)
+
+    def call(self, stage: str, model: str, seconds: float) -> None:
+        key = (stage, model)
+        child = self._calls.get(key)
+        if child is None:
+            child = self._calls[key] = self.call_duration.labels(self.pipeline, stage, model)
+        child.observe(seconds)
+
+    def deferred(self, stage: str, count: int) -> None:
+        self.deferrals.labels(self.pipeline, stage).inc(count)
+
+    def fell_back(self, stage: str, count: int) -> None:
+        self.fallbacks.labels(self.pipeline, stage).inc(count)
+
+    def error(self, stage: str | None, reason: str) -> None:
+        self.errors.labels(self.pipeline, stage or NO_STAGE, reason).inc()
+
+    def upstream_failure(self, model: str, reason: str) -> None:
+        self.upstream_failures.labels(self.pipeline, model, reason).inc()

@@ -1,0 +1,229 @@
+"""The model servers behind the router: one long-lived ``httpx.AsyncClient`` per upstream replica.
+
+Each base URL gets one client, created when the app starts (lifespan) or when a live update adds
+the replica, with explicit ``httpx.Timeout``/``httpx.Limits`` and keep-alive connections reused
+across requests; none is ever created per request. A call to a model tries its replicas in
+round-robin order and moves on to the next replica on a backend failure (connection refused or
+reset, timeout, 5xx, or 404/429 -- the model is missing or overloaded there). A 4xx about the input
+itself is not retried. httpx's exceptions are mapped into the router's tree in one place,
+:func:`map_transport_errors`. Replicas removed by a live update are closed after a grace period
+(their in-flight calls finish first); :meth:`UpstreamPool.aclose` closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import orjson
+
+from paretoserve.workers.router.config import LimitsConfig, TimeoutConfig
+from paretoserve.workers.router.errors import (
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from paretoserve.workers.router.transport import make_transport
+
+FailureHook = Callable[[str, str, UpstreamError], None]
+"""Called with ``(model, base_url, error)`` for every failed attempt, retried or not."""
+
+_RETRYABLE_STATUS = frozenset({404, 408, 429})
+_JSON = {"content-type": "application/json"}
+PROXY_REQUEST_HEADERS = ("content-type", "inference-header-content-length")
+
+
+@contextmanager
+def map_transport_errors(model: str, url: str) -> Iterator[None]:
+    """Turn httpx's transport errors into :class:`UpstreamTimeout` / :class:`UpstreamUnavailable`."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"{url}: {type(exc).__name__}: {exc}", model=model, url=url) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(f"{url}: {type(exc).__name__}: {exc}", model=model, url=url) from exc
+
+
+def status_error(model: str, url: str, status: int, content: bytes) -> UpstreamError:
+    """The error for a non-2xx answer: retryable (unavailable/timeout) or a rejection of the input."""
+    try:
+        decoded = orjson.loads(content)
+        detail = str(decoded.get("error", decoded)) if isinstance(decoded, dict) else content[:200].decode()
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        detail = content[:200].decode(errors="replace")
+    message = f"{url} answered {status} for model {model!r}: {detail}"
+    if status == 504:
+        return UpstreamTimeout(message, model=model, url=url)
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        return UpstreamUnavailable(message, model=model, url=url)
+    return UpstreamRejected(message, model=model, url=url, status=status)
+
+
+class UpstreamPool:
+    """Replica lists per model and one client per replica; use ``async with`` (or :meth:`aclose`)."""
+
+    def __init__(
+        self,
+        upstreams: Mapping[str, Sequence[str]],
+        *,
+        timeouts: TimeoutConfig,
+        limits: LimitsConfig,
+        transport_kind: str = "fast",
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_failure: FailureHook | None = None,
+    ) -> None:
+        self._timeout = httpx.Timeout(
+            timeouts.read_ms / 1000.0,
+            connect=timeouts.connect_ms / 1000.0,
+            write=timeouts.write_ms / 1000.0,
+            pool=timeouts.pool_ms / 1000.0,
+        )
+        self._extensions: dict[str, Any] = {"timeout": self._timeout.as_dict()}
+        self._grace_s = timeouts.read_ms / 1000.0
+        self._limits = httpx.Limits(
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry_s,
+        )
+        self._transport_kind = transport_kind
+        self._injected = transport
+        self._on_failure = on_failure
+        self._replicas: dict[str, tuple[str, ...]] = {}
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._transports: dict[str, httpx.AsyncBaseTransport] = {}
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._turn: dict[str, int] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._pending = {model: tuple(urls) for model, urls in upstreams.items()}
+        self._open = False
+
+    async def __aenter__(self) -> UpstreamPool:
+        self.update(self._pending)
+        self._open = True
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def update(self, upstreams: Mapping[str, Sequence[str]]) -> None:
+        """Serve ``upstreams`` from now on: clients for new replicas, removed ones closed after a grace."""
+        wanted = {base for urls in upstreams.values() for base in urls}
+        for base in wanted - self._clients.keys():
+            transport = self._injected or make_transport(self._transport_kind, self._limits)
+            self._transports[base] = transport
+            self._clients[base] = httpx.AsyncClient(
+                base_url=base, transport=transport, timeout=self._timeout, limits=self._limits
+            )
+        for base in set(self._clients) - wanted:
+            self._retire(self._clients.pop(base))
+            self._transports.pop(base, None)
+            self._urls = {key: url for key, url in self._urls.items() if key[0] != base}
+        self._replicas = {model: tuple(urls) for model, urls in upstreams.items()}
+
+    def _retire(self, client: httpx.AsyncClient) -> None:
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self._grace_s)
+            finally:
+                await client.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def aclose(self) -> None:
+        """Close every client now (retiring ones included)."""
+        self._open = False
+        for task in list(self._retiring):
+            task.cancel()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        clients, self._clients, self._transports = list(self._clients.values()), {}, {}
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+
+    def replicas(self, model: str) -> tuple[str, ...]:
+        return self._replicas.get(model, ())
+
+    def _rotation(self, model: str) -> list[str]:
+        replicas = self._replicas.get(model)
+        if not replicas or not self._open:
+            raise UpstreamUnavailable(f"no upstream replica serves model {model!r}", model=model)
+        turn = self._turn.get(model, 0)
+        self._turn[model] = turn + 1
+        start = turn % len(replicas)
+        return list(replicas[start:] + replicas[:start])
+
+    def _url(self, base: str, model: str) -> httpx.URL:
+        url = self._urls.get((base, model))
+        if url is None:
+            url = self._urls[(base, model)] = httpx.URL(f"{base}/v2/models/{model}/infer")
+        return url
+
+    def _failed(self, model: str, base: str, error: UpstreamError) -> None:
+        if self._on_failure is not None:
+            self._on_failure(model, base, error)
+
+    @staticmethod
+    def _exhausted(model: str, errors: list[UpstreamError]) -> UpstreamError:
+        last = errors[-1]
+        if len(errors) == 1:
+            return last
+        summary = "; ".join(error.message for error in errors)
+        return type(last)(f"all {len(errors)} replicas of {model!r} failed: {summary}", model=model, url=last.url)
+
+    async def infer(self, model: str, body: bytes) -> bytes:
+        """POST ``body`` to ``model``'s infer endpoint; the 2xx response body, trying each replica."""
+        errors: list[UpstreamError] = []
+        for base in self._rotation(model):
+            request = httpx.Request("POST", self._url(base, model), content=body, headers=_JSON,
+                                    extensions=self._extensions)
+            try:
+                with map_transport_errors(model, base):
+                    # The client's own transport, called directly: AsyncClient.send adds ~80 us per request
+                    # (auth and redirect flows, a cookie jar run through urllib) that inference never uses.
+                    response = await self._transports[base].handle_async_request(request)
+                    content = await response.aread()
+            except UpstreamError as exc:
+                self._failed(model, base, exc)
+                errors.append(exc)
+                continue
+            if response.status_code < 300:
+                return content
+            error = status_error(model, base, response.status_code, content)
+            self._failed(model, base, error)
+            if isinstance(error, UpstreamRejected):
+                raise error
+            errors.append(error)
+        raise self._exhausted(model, errors)
+
+    async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """Send a proxied request with a streamed response; the caller must ``aclose()`` it.
+
+        Replicas are tried while they fail before answering or answer a retryable status; the
+        last replica's answer is returned whatever its status (the proxy is transparent).
+        """
+        errors: list[UpstreamError] = []
+        rotation = self._rotation(model)
+        for attempt, base in enumerate(rotation):
+            request = httpx.Request("POST", self._url(base, model), content=body, headers=dict(headers),
+                                    extensions=self._extensions)
+            try:
+                with map_transport_errors(model, base):
+                    response = await self._clients[base].send(request, stream=True)
+            except UpstreamError as exc:
+                self._failed(model, base, exc)
+                errors.append(exc)
+                continue
+            status = response.status_code
+            if status < 300 or attempt == len(rotation) - 1 or not (status >= 500 or status in _RETRYABLE_STATUS):
+                return response
+            await response.aread()
+            await response.aclose()
+            error = status_error(model, base, status, response.content)
+            self._failed(model, base, error)
+            errors.append(error)
+        raise self._exhausted(model, errors)

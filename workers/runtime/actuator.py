@@ -1,0 +1,324 @@
+"""Apply plans on one machine: Triton instances, threads and batching, router weights and thresholds.
+
+On a cluster a plan becomes pods (replicas) with CPU requests; locally the same plan becomes settings of
+one ``tritonserver`` and of the router, so the one `ControlLoop` drives both worlds unchanged:
+
+| plan | local form |
+|---|---|
+| replicas × instances of a variant | Triton ``instance_group.count`` of its model (capped at the cores) |
+| cores per replica | CPU threads per instance = cores / instances (never more threads than cores) |
+| batch size | dynamic batching ``preferred_batch_size`` and the stage's max queue delay |
+| cascade threshold, traffic split | router ``POST /admin/config`` (threshold, variant weights) |
+
+`model_settings` and `router_stages` are pure (unit-tested); `LocalActuator` applies their result in an
+order that never drops requests: models that grow first, then the router, then models that shrink. Every
+variant stays loaded with at least one instance, so a routing change never meets an unloaded model.
+An instance-count-only change is an in-place Triton update (~2 s); anything else is a reload that keeps
+serving until the new instances are ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from paretoserve.planner.model import Plan
+from paretoserve.planner.spec import RouterKind, ServingPipeline, Stage
+from paretoserve.workers.runtime.serving import DISCRIMINATOR_MODEL
+from paretoserve.workers.triton.repository import TritonModelSpec
+
+
+@dataclass(frozen=True)
+class LocalLimits:
+    """What one machine can give: cores for all instances, and an instance cap per model."""
+
+    cores: int
+    max_instances_per_model: int
+
+    def __post_init__(self) -> None:
+        if self.cores < 1:
+            raise ValueError(f"cores: must be >= 1, got {self.cores}")
+        if self.max_instances_per_model < 1:
+            raise ValueError(f"max_instances_per_model: must be >= 1, got {self.max_instances_per_model}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Desired settings of one Triton model; ``None`` keeps the running value (idle variants)."""
+
+    model: str
+    instances: int
+    threads: int | None = None
+    preferred_batch: tuple[int, ...] | None = None
+    max_queue_delay_us: int | None = None
+    capped: bool = False
+    """True when the plan asked for more instances or threads than the machine allows."""
+
+
+def _variant_models(stage: Stage) -> dict[str, str]:
+    return {v.name: v.triton_model for v in stage.variants}
+
+
+def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -> dict[str, ModelSettings]:
+    """Per Triton model: instances = Σ replicas × instances, threads = cores per replica / instances."""
+    wanted: dict[str, dict[str, Any]] = {}
+    stages = {s.name: s for s in pipeline.spec.stages}
+    for sp in plan.stages:
+        stage = stages[sp.stage]
+        models = _variant_models(stage)
+        for a in sp.allocations:
+            model = models[a.variant]
+            entry = wanted.setdefault(model, {"instances": 0, "threads": 1, "batch": 1, "delay_ms": 0.0})
+            entry["instances"] += a.replicas * a.instances
+            entry["threads"] = max(entry["threads"], round(a.cpu / max(1, a.instances)))
+            entry["batch"] = max(entry["batch"], a.batch)
+            entry["delay_ms"] = max(entry["delay_ms"], stage.max_queue_delay_ms)
+    out: dict[str, ModelSettings] = {}
+    for stage in pipeline.spec.stages:
+        for model in _variant_models(stage).values():
+            out.setdefault(model, ModelSettings(model, instances=1))
+        if stage.cascade is not None and stage.cascade.router is RouterKind.DISCRIMINATOR:
+            out.setdefault(DISCRIMINATOR_MODEL, ModelSettings(DISCRIMINATOR_MODEL, instances=1))
+    for model, entry in wanted.items():
+        instances = max(1, min(int(entry["instances"]), limits.max_instances_per_model))
+        threads = max(1, min(int(entry["threads"]), limits.cores // instances))
+        batch = int(entry["batch"])
+        out[model] = ModelSettings(
+            model, instances=instances, threads=threads,
+            preferred_batch=(batch,) if batch > 1 else (),
+            max_queue_delay_us=int(round(entry["delay_ms"] * 1000)) if batch > 1 else 0,
+            capped=instances < entry["instances"] or threads < entry["threads"],
+        )
+    return out
+
+
+def desired_spec(spec: TritonModelSpec, settings: ModelSettings) -> TritonModelSpec:
+    """``spec`` with the settings applied (``None`` fields keep the running value)."""
+    preferred = spec.preferred_batch_sizes if settings.preferred_batch is None else settings.preferred_batch
+    return replace(
+        spec,
+        instance_count=settings.instances,
+        cpu_threads_per_instance=spec.cpu_threads_per_instance if settings.threads is None else settings.threads,
+        preferred_batch_sizes=tuple(b for b in preferred if b <= spec.max_batch_size),
+        max_queue_delay_us=spec.max_queue_delay_us if settings.max_queue_delay_us is None
+        else settings.max_queue_delay_us,
+    )
+
+
+def change_kind(current: TritonModelSpec, desired: TritonModelSpec) -> str:
+    """``none``, ``instances`` (an in-place Triton update) or ``reload``."""
+    if current == desired:
+        return "none"
+    if replace(current, instance_count=desired.instance_count) == desired:
+        return "instances"
+    return "reload"
+
+
+def _cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | None:
+    cascade = stage.cascade
+    if cascade is None:
+        return None
+    models = _variant_models(stage)
+    if threshold is None:  # no plan yet: the manifest's fixed threshold, else the best row
+        threshold = (float(cascade.threshold) if cascade.threshold != "auto"
+                     else max(cascade.rows, key=lambda r: (r.heavy_fraction if r.quality is None else r.quality,
+                                                           -r.threshold)).threshold)
+    row = min(cascade.rows, key=lambda r: abs(r.threshold - threshold))
+    return {
+        "light": models[cascade.light],
+        "heavy": models[cascade.heavy],
+        "router": cascade.router.value,
+        "threshold": threshold,
+        "discriminator": DISCRIMINATOR_MODEL if cascade.router is RouterKind.DISCRIMINATOR else None,
+        "preRouteThreshold": row.prompt_threshold,
+    }
+
+
+def router_stages(pipeline: ServingPipeline, plan: Plan | None) -> list[dict[str, Any]]:
+    """The router's ``stages`` entries for ``plan`` (or a provisional routing before the first plan).
+
+    Weights are the planned load share of each variant (traffic split), 1 for the single chosen variant,
+    0 for idle ones (the router keeps those as fallbacks). A cascade stage lists no weights: every row
+    goes to its light model and rows scoring below ``threshold`` also to its heavy model.
+    """
+    planned = {sp.stage: sp for sp in plan.stages} if plan is not None else {}
+    entries = []
+    for stage in pipeline.spec.stages:
+        models = _variant_models(stage)
+        weights = dict.fromkeys(models.values(), 0.0) if stage.cascade is None else {}
+        sp = planned.get(stage.name)
+        if stage.cascade is not None:
+            pass  # the cascade decides: every row goes to the light model, deferred rows also to the heavy one
+        elif sp is not None and sp.allocations:
+            loads = {models[a.variant]: a.load_rps for a in sp.allocations if a.role == "main"}
+            total = sum(loads.values())
+            for model, load in loads.items():
+                weights[model] = round(load / total, 6) if total > 0 else round(1.0 / len(loads), 6)
+        else:
+            best = max(stage.variants, key=lambda v: v.accuracy)
+            weights[best.triton_model] = 1.0
+        entries.append({
+            "name": stage.name,
+            "dependsOn": list(stage.depends_on),
+            "variants": weights,
+            "cascade": _cascade_entry(stage, sp.threshold if sp is not None else None),
+        })
+    return entries
+
+
+def router_update(pipeline: ServingPipeline, plan: Plan) -> dict[str, Any]:
+    """The live ``POST /admin/config`` body for ``plan``: only what the router changes live.
+
+    Non-cascade stages get their weight map, cascade stages their threshold (and pre-route threshold);
+    topology, models and timeouts need a router restart and never change during a run.
+    """
+    stages = []
+    for entry in router_stages(pipeline, plan):
+        update: dict[str, Any] = {"name": entry["name"]}
+        if entry["cascade"] is None:
+            update["variants"] = entry["variants"]
+        else:
+            update["cascade"] = {"threshold": entry["cascade"]["threshold"],
+                                 "preRouteThreshold": entry["cascade"]["preRouteThreshold"]}
+        stages.append(update)
+    return {"stages": stages}
+
+
+def router_config(pipeline: ServingPipeline, upstreams: Mapping[str, list[str]], plan: Plan | None) -> dict[str, Any]:
+    """The router's whole JSON config (the file `paretoserve router --config` reads)."""
+    dynamic = pipeline.spec.slo.dynamic
+    return {
+        "pipeline": pipeline.metadata.name,
+        "stages": router_stages(pipeline, plan),
+        "upstreams": {model: list(urls) for model, urls in upstreams.items()},
+        "deadlineHeader": dynamic.header if dynamic is not None else "x-paretoserve-deadline-ms",
+    }
+
+
+class RouterAdmin:
+    """The router's admin API (``/admin/config``) with one long-lived client and explicit timeouts."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)), transport=transport)
+
+    def get_config(self) -> dict[str, Any]:
+        response = self._client.get(f"{self.base_url}/admin/config")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def update(self, partial: Mapping[str, Any]) -> None:
+        response = self._client.post(f"{self.base_url}/admin/config", json=dict(partial))
+        if response.status_code >= 400:
+            raise RuntimeError(f"router rejected the config update ({response.status_code}): {response.text[:300]}")
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RouterAdmin:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    """One actuation: when, which plan, what changed and how long it took (the run's reconfiguration log)."""
+
+    time: float
+    plan: Plan
+    settings: Mapping[str, ModelSettings]
+    router: dict[str, Any]
+    """The live update sent to the router."""
+    triton_changes: list[tuple[str, str, float]] = field(default_factory=list)
+    """(model, ``instances``/``reload``, seconds)."""
+    router_seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def instances(self) -> dict[str, int]:
+        return {m: s.instances for m, s in self.settings.items()}
+
+    @property
+    def threads(self) -> dict[str, int | None]:
+        return {m: s.threads for m, s in self.settings.items()}
+
+
+class ModelLoader(Protocol):
+    """What the actuator needs from Triton (`GrpcModelControl`; `TritonControl` also fits)."""
+
+    def apply_spec(self, spec: TritonModelSpec) -> None: ...
+
+
+class LocalActuator:
+    """The `Actuator` of `paretoserve up`. Used from the control-loop thread only (clients are not thread-safe)."""
+
+    def __init__(self, pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec], control: ModelLoader,
+                 router: RouterAdmin, limits: LocalLimits, *,
+                 on_apply: Callable[[AppliedRecord], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._pipeline = pipeline
+        self._specs = dict(specs)
+        self._control = control
+        self._router = router
+        self._limits = limits
+        self._on_apply = on_apply
+        self._clock = clock
+        self._applied: Plan | None = None
+        self.records: list[AppliedRecord] = []
+
+    def applied(self) -> Plan | None:
+        return self._applied
+
+    def running_specs(self) -> dict[str, TritonModelSpec]:
+        return dict(self._specs)
+
+    def batching_delay_ms(self, model: str) -> float:
+        """The dynamic-batching wait configured for ``model`` (part of Triton's queue time by design)."""
+        spec = self._specs.get(model)
+        return 0.0 if spec is None or not spec.preferred_batch_sizes else spec.max_queue_delay_us / 1000.0
+
+    def apply(self, plan: Plan, *, now: float) -> None:
+        """Grow models, update the router, shrink models; the plan counts as applied only if all succeed."""
+        settings = model_settings(self._pipeline, plan, self._limits)
+        desired = {m: desired_spec(self._specs[m], s) for m, s in settings.items() if m in self._specs}
+        grow = [m for m in desired if desired[m].instance_count >= self._specs[m].instance_count]
+        shrink = [m for m in desired if m not in grow]
+        update = router_update(self._pipeline, plan)
+        changes: list[tuple[str, str, float]] = []
+        router_s = 0.0
+        error: str | None = None
+        try:
+            for model in grow:
+                changes += self._change(model, desired[model])
+            started = self._clock()
+            self._router.update(update)
+            router_s = self._clock() - started
+            for model in shrink:
+                changes += self._change(model, desired[model])
+            self._applied = plan
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            record = AppliedRecord(now, plan, settings, update, changes, round(router_s, 3), error)
+            self.records.append(record)
+            if self._on_apply is not None:
+                self._on_apply(record)
+
+    def _change(self, model: str, spec: TritonModelSpec) -> list[tuple[str, str, float]]:
+        kind = change_kind(self._specs[model], spec)
+        if kind == "none":
+            return []
+        started = self._clock()
+        self._control.apply_spec(spec)
+        self._specs[model] = spec
+        return [(model, kind, round(self._clock() - started, 3))]

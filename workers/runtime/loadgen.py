@@ -1,0 +1,209 @@
+"""Open-loop load against the router: send at the trace's times, whatever the server's pace.
+
+A closed loop (send the next request when the last returns) hides overload: a slow server slows the
+client down. The seed systems replay traces open-loop, and so does `paretoserve load`: every request is
+sent at its scheduled time as its own asyncio task, and latency is measured from that time. Inputs are
+held-out digits, so every response's label can be checked and the run reports accuracy. The run is
+bounded: at most ``max_requests`` requests, at most ``max_in_flight`` outstanding (beyond that a request
+is counted as an ``overload`` error instead of sent), every request has a timeout, and stragglers are
+cancelled ``drain_timeout_s`` after the last send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+INPUT_NAME = "IMAGE"
+LABEL_OUTPUT = "LABEL"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request of a replay."""
+
+    offset_s: float
+    """Scheduled send time, seconds from the start of the replay."""
+    sent_at: float
+    """Wall-clock time it was scheduled for (``time.time()`` base), for timelines."""
+    latency_ms: float | None
+    error: str | None
+    """``None`` when it succeeded; else ``http_<status>``, ``timeout``, ``connect``, ``overload``, …"""
+    label: int
+    predicted: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    url: str
+    """The router's base URL, e.g. ``http://127.0.0.1:8080``."""
+    pipeline: str
+    deadline_header: str | None = None
+    deadline_ms: float | None = None
+    """Sent in ``deadline_header`` with every request (the pipeline's SLO)."""
+    request_timeout_s: float = 10.0
+    max_in_flight: int = 256
+    max_requests: int = 200_000
+    drain_timeout_s: float = 30.0
+
+
+def infer_body(image: npt.NDArray[np.float32]) -> dict[str, Any]:
+    """KServe v2 JSON body with one ``IMAGE`` of shape ``[1, 8, 8]``."""
+    return {"inputs": [{"name": INPUT_NAME, "shape": [1, *image.shape], "datatype": "FP32",
+                        "data": [round(float(x), 6) for x in image.ravel()]}]}
+
+
+def predicted_label(payload: Any) -> int | None:
+    """The ``LABEL`` output of a KServe v2 response (None if absent or malformed)."""
+    if not isinstance(payload, dict):
+        return None
+    for output in payload.get("outputs", []) or []:
+        if isinstance(output, dict) and output.get("name") == LABEL_OUTPUT:
+            data = output.get("data")
+            while isinstance(data, list) and data:
+                data = data[0]
+            if isinstance(data, int | float):
+                return int(data)
+    return None
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal (a line every 10 s otherwise)."""
+
+    def __init__(self, total_s: float, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self._total_s = max(total_s, 1e-9)
+        self._stream = stream
+        self._width = width
+        self._tty = stream.isatty()
+        self._last_line = -1e9
+
+    def update(self, elapsed_s: float, sent: int, ok: int, failed: int, in_flight: int, p99_ms: float | None) -> None:
+        share = min(1.0, elapsed_s / self._total_s)
+        filled = int(share * self._width)
+        tail = f"p99 {p99_ms:.0f} ms" if p99_ms is not None else "p99 -"
+        text = (f"[{'#' * filled}{'.' * (self._width - filled)}] {elapsed_s:5.0f}/{self._total_s:.0f}s "
+                f"sent {sent} ok {ok} failed {failed} in-flight {in_flight} {tail}")
+        if self._tty:
+            self._stream.write("\r" + text + "\x1b[K")
+            self._stream.flush()
+        elif elapsed_s - self._last_line >= 10:
+            self._stream.write(text + "\n")
+            self._last_line = elapsed_s
+
+    def close(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDArray[np.float32],
+                 labels: npt.NDArray[np.int64], *, progress: ProgressBar | None = None,
+                 clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None) -> list[RequestRecord]:
+    """Send one request per offset (seconds from now); return the records in send order."""
+    offsets = list(offsets)[: settings.max_requests]
+    url = f"{settings.url.rstrip('/')}/v2/pipelines/{settings.pipeline}/infer"
+    headers = {}
+    if settings.deadline_header and settings.deadline_ms is not None:
+        headers[settings.deadline_header] = f"{settings.deadline_ms:g}"
+    records: list[RequestRecord | None] = [None] * len(offsets)
+    bodies = [infer_body(images[i % len(images)]) for i in range(min(len(images), len(offsets)))]
+    recent: list[float] = []
+    counts = {"ok": 0, "failed": 0, "in_flight": 0}
+    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
+    timeout = httpx.Timeout(settings.request_timeout_s, connect=min(settings.request_timeout_s, 2.0))
+    loop = asyncio.get_running_loop()
+    start_mono = loop.time()
+    start_wall = clock()
+
+    def finish(i: int, latency: float | None, error: str | None, predicted: int | None) -> None:
+        label = int(labels[i % len(labels)])
+        records[i] = RequestRecord(offsets[i], start_wall + offsets[i], latency, error, label, predicted)
+        counts["failed" if error else "ok"] += 1
+        if latency is not None:
+            recent.append(latency)
+            del recent[:-500]
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        counts["in_flight"] += 1
+        scheduled = start_mono + offsets[i]
+        try:
+            response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
+            latency = (loop.time() - scheduled) * 1e3
+            if response.status_code != 200:
+                finish(i, latency, f"http_{response.status_code}", None)
+                return
+            predicted = predicted_label(response.json())
+            finish(i, latency, None if predicted is not None else "bad_response", predicted)
+        except httpx.TimeoutException:
+            finish(i, None, "timeout", None)
+        except httpx.ConnectError:
+            finish(i, None, "connect", None)
+        except (httpx.HTTPError, ValueError) as exc:
+            finish(i, None, type(exc).__name__, None)
+        except asyncio.CancelledError:
+            finish(i, None, "cancelled", None)
+            raise
+        finally:
+            counts["in_flight"] -= 1
+
+    def report() -> None:
+        if progress is not None:
+            p99 = float(np.percentile(recent, 99)) if recent else None
+            progress.update(loop.time() - start_mono, counts["ok"] + counts["failed"] + counts["in_flight"],
+                            counts["ok"], counts["failed"], counts["in_flight"], p99)
+
+    tasks: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport) as client:
+        last_report = 0.0
+        for i, offset in enumerate(offsets):
+            delay = start_mono + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if counts["in_flight"] >= settings.max_in_flight:
+                finish(i, None, "overload", None)
+            else:
+                task = asyncio.create_task(one(client, i))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if loop.time() - last_report >= 0.25:
+                last_report = loop.time()
+                report()
+        drain_until = loop.time() + settings.drain_timeout_s
+        while tasks and loop.time() < drain_until:
+            await asyncio.wait(set(tasks), timeout=0.25)
+            report()
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    report()
+    if progress is not None:
+        progress.close()
+    return [r if r is not None else RequestRecord(offsets[i], start_wall + offsets[i], None, "cancelled",
+                                                  int(labels[i % len(labels)])) for i, r in enumerate(records)]
+
+
+def run_replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDArray[np.float32],
+               labels: npt.NDArray[np.int64], *, progress: ProgressBar | None = None) -> list[RequestRecord]:
+    """`replay` in a fresh event loop (the blocking entry point for the CLI).
+
+    Everything allocated so far (torch, sklearn, the planner) is moved out of the garbage collector's
+    reach first: otherwise a full collection walks that heap every ~15 s and stalls the event loop for
+    ~200 ms, which shows up as latency spikes that the served pipeline never caused.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        return asyncio.run(replay(settings, offsets, images, labels, progress=progress))
+    finally:
+        gc.unfreeze()

@@ -1,0 +1,119 @@
+"""One replay, end to end: read the trace window, send it open-loop, summarise, plot.
+
+`paretoserve load` (against a running `up`) and `paretoserve up --replay` (both in one process) do the
+same thing; this module is that thing, so the two commands cannot report differently. The applied plans
+come from a callable: `up` passes its live list, `load` reads what `up` recorded in its state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from paretoserve.workers.models import load_split
+from paretoserve.workers.runtime.loadgen import LoadSettings, ProgressBar, run_replay
+from paretoserve.workers.runtime.metrics import RouterSnapshot, parse_router_metrics
+from paretoserve.workers.runtime.report import AppliedEvent, LoopStep, format_summary, summarize, write_plots
+from paretoserve.workers.runtime.trace import Window, arrival_offsets, describe, parse_window, read_trace, scale_window
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """A scaled window of a trace, ready to send."""
+
+    trace: Path
+    window: Window
+    scale: float
+    per_second: tuple[int, ...]
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": str(self.trace), "window": f"{self.window.start}:{self.window.end}", "scale": self.scale,
+                **describe(self.per_second)}
+
+
+def prepare_replay(trace: Path, window: str, scale: float, *, seed: int = 0, flag: str = "--trace") -> ReplayPlan:
+    """Validate the arguments and read the window (raises `TraceError` naming the argument)."""
+    parsed = parse_window(window)
+    per_second = scale_window(read_trace(trace, flag=flag), parsed, scale)
+    return ReplayPlan(trace, parsed, scale, tuple(per_second), seed)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and what to send: the router URL and the pipeline's name and SLO."""
+
+    url: str
+    pipeline: str
+    slo_ms: float
+    percentile: int
+    deadline_header: str | None = None
+
+
+def _router_snapshot(target: Target) -> RouterSnapshot | None:
+    """The router's counters now (None if its metrics cannot be read: the summary then omits them)."""
+    try:
+        response = httpx.get(f"{target.url.rstrip('/')}/metrics", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return parse_router_metrics(response.text, target.pipeline)
+
+
+def router_delta(before: RouterSnapshot | None, after: RouterSnapshot | None) -> dict[str, Any]:
+    """What the router did during the replay: rows per stage/model/route, deferrals, errors (pure)."""
+    if before is None or after is None:
+        return {}
+    rows = {"/".join(key): int(value - before.routes.get(key, 0.0)) for key, value in sorted(after.routes.items())}
+    deferred = int(after.deferrals - before.deferrals)
+    # Rows answered in cascade stages, by any route (a deferred row is answered once, by the heavy model).
+    cascade_stages = {stage for stage, _, route in after.routes if route in ("light", "heavy", "prerouted")}
+    total = sum(v for k, v in rows.items() if k.split("/")[0] in cascade_stages)
+    return {
+        "rows": {k: v for k, v in rows.items() if v},
+        "deferrals": deferred,
+        "deferredShare": round(deferred / total, 4) if total else None,
+        "errors": {k: int(v - before.errors.get(k, 0.0)) for k, v in after.errors.items()
+                   if v - before.errors.get(k, 0.0)},
+    }
+
+
+def run_and_report(target: Target, replay: ReplayPlan, *, events: Callable[[], Sequence[AppliedEvent]],
+                   steps: Callable[[], Sequence[LoopStep]], out_dir: Path | None, progress: bool = True,
+                   max_in_flight: int = 256, request_timeout_s: float | None = None) -> dict[str, Any]:
+    """Replay, then summarise (and plot into ``out_dir`` with ``summary.json`` and ``requests.jsonl``)."""
+    split = load_split()
+    images = np.ascontiguousarray(split.x_test, dtype=np.float32)
+    offsets = arrival_offsets(replay.per_second, seed=replay.seed)
+    timeout = request_timeout_s or max(10.0, 20 * target.slo_ms / 1000.0)
+    settings = LoadSettings(url=target.url, pipeline=target.pipeline, deadline_header=target.deadline_header,
+                            deadline_ms=target.slo_ms, request_timeout_s=timeout, max_in_flight=max_in_flight)
+    bar = ProgressBar(float(len(replay.per_second))) if progress else None
+    before = _router_snapshot(target)
+    start = time.time()
+    records = run_replay(settings, offsets, images, split.y_test, progress=bar)
+    end = time.time()
+    applied = list(events())
+    summary = summarize(records, applied, slo_ms=target.slo_ms, percentile=target.percentile,
+                        start=start, end=end, trace=replay.describe(), pipeline=target.pipeline)
+    summary["router"] = router_delta(before, _router_snapshot(target))
+    if out_dir is not None:
+        loop_steps = list(steps())
+        paths = write_plots(out_dir, records, applied, loop_steps, start=start, end=end, slo_ms=target.slo_ms)
+        summary["plots"] = [str(p) for p in paths]
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        with (out_dir / "requests.jsonl").open("w") as out:
+            for r in records:
+                out.write(json.dumps(vars(r)) + "\n")
+        with (out_dir / "applied.jsonl").open("w") as out:
+            for e in applied:
+                out.write(json.dumps(e.to_json()) + "\n")
+    summary["text"] = format_summary(summary)
+    return summary

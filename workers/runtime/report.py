@@ -1,0 +1,243 @@
+"""What a replay achieved: SLO attainment, accuracy, cost from the applied plans, reconfigurations, plots.
+
+A run is judged on the three axes ParetoServe trades off, from raw records rather than from the
+system's own gauges: latency and errors from the load generator's per-request records, accuracy from the
+held-out labels, cost as the integral of the applied plans' cores over the replay (core-seconds), and
+how often the loop changed what runs. `summarize` is pure; `write_plots` draws load, latency and the
+applied configuration (instances per model, cascade thresholds, planned cores) over time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paretoserve.workers.runtime.loadgen import RequestRecord
+
+
+@dataclass(frozen=True)
+class AppliedEvent:
+    """One applied (or failed) plan, in the form the summary and plots need."""
+
+    time: float
+    cores: float
+    """The plan's cores (Σ replicas × cores per replica): what a cluster would pay for."""
+    instances: Mapping[str, int] = field(default_factory=dict)
+    thresholds: Mapping[str, float | None] = field(default_factory=dict)
+    triton_changes: Sequence[tuple[str, str, float]] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "cores": self.cores, "instances": dict(self.instances),
+                "thresholds": dict(self.thresholds), "tritonChanges": [list(c) for c in self.triton_changes],
+                "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AppliedEvent:
+        return cls(float(data["time"]), float(data["cores"]), dict(data.get("instances", {})),
+                   dict(data.get("thresholds", {})),
+                   [(str(m), str(k), float(s)) for m, k, s in data.get("tritonChanges", [])], data.get("error"))
+
+
+@dataclass(frozen=True)
+class LoopStep:
+    """One control-loop tick: when, what it predicted and what it decided."""
+
+    time: float
+    predicted_rps: float
+    observed_rps: float | None
+    decision: str
+    applied: bool
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p95": None, "p99": None, "max": None}
+    array = np.asarray(values, dtype=float)
+    p50, p90, p95, p99 = (round(float(v), 2) for v in np.percentile(array, [50, 90, 95, 99]))
+    return {"p50": p50, "p90": p90, "p95": p95, "p99": p99, "max": round(float(array.max()), 2)}
+
+
+def core_seconds(events: Sequence[AppliedEvent], start: float, end: float) -> float:
+    """∫ planned cores dt over [start, end]: the plan in force before ``start`` counts from ``start``."""
+    ok = sorted((e for e in events if e.error is None), key=lambda e: e.time)
+    total = 0.0
+    cores = 0.0
+    at = start
+    for event in ok:
+        if event.time <= start:
+            cores = event.cores
+            continue
+        if event.time >= end:
+            break
+        total += cores * (event.time - at)
+        at, cores = event.time, event.cores
+    return total + cores * max(0.0, end - at)
+
+
+def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], *, slo_ms: float,
+              percentile: int, start: float, end: float, trace: Mapping[str, Any] | None = None,
+              pipeline: str = "") -> dict[str, Any]:
+    """The run summary as a JSON-able dict."""
+    ok = [r for r in records if r.error is None and r.latency_ms is not None]
+    latencies = [r.latency_ms for r in ok if r.latency_ms is not None]
+    errors: dict[str, int] = {}
+    for r in records:
+        if r.error is not None:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    within = sum(1 for v in latencies if v <= slo_ms)
+    correct = sum(1 for r in ok if r.predicted == r.label)
+    during = [e for e in events if start <= e.time <= end]
+    in_force = [e for e in events if e.time < start and e.error is None]
+    seconds = max(end - start, 1e-9)
+    spent = core_seconds(events, start, end)
+    stats = _percentiles(latencies)
+    at_slo = stats.get(f"p{percentile}")
+    return {
+        "pipeline": pipeline,
+        "trace": dict(trace or {}),
+        "durationSeconds": round(end - start, 2),
+        "requests": {"sent": len(records), "ok": len(ok), "failed": len(records) - len(ok), "errors": errors},
+        "latencyMs": stats,
+        "slo": {"latencyMs": slo_ms, "percentile": percentile,
+                "attainment": round(within / len(records), 4) if records else None,
+                "percentileMet": None if at_slo is None else at_slo <= slo_ms},
+        "accuracy": round(correct / len(ok), 4) if ok else None,
+        "cost": {"coreSeconds": round(spent, 2), "meanCores": round(spent / seconds, 3)},
+        "planAtStart": None if not in_force else {
+            "cores": in_force[-1].cores, "instances": dict(in_force[-1].instances),
+            "thresholds": dict(in_force[-1].thresholds)},
+        "reconfigurations": {
+            "applied": sum(1 for e in during if e.error is None),
+            "failed": sum(1 for e in during if e.error is not None),
+            "tritonInstanceUpdates": sum(1 for e in during for c in e.triton_changes if c[1] == "instances"),
+            "tritonReloads": sum(1 for e in during for c in e.triton_changes if c[1] == "reload"),
+        },
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short human rendering (the JSON is printed or written next to it)."""
+    req, lat, slo, cost, rec = (summary[k] for k in ("requests", "latencyMs", "slo", "cost", "reconfigurations"))
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(req["errors"].items())) or "none"
+    attainment = "n/a" if slo["attainment"] is None else f"{100 * slo['attainment']:.2f}%"
+    accuracy = "n/a" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.2f}%"
+    lines = [
+        f"pipeline {summary['pipeline']}: {req['sent']} requests in {summary['durationSeconds']:.0f}s, "
+        f"{req['ok']} ok, {req['failed']} failed ({errors})",
+        f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+        f"SLO {slo['latencyMs']:g} ms at p{slo['percentile']}: attainment {attainment}, "
+        f"p{slo['percentile']} met: {slo['percentileMet']}",
+        f"accuracy {accuracy}; cost {cost['coreSeconds']} core-seconds (mean {cost['meanCores']} cores)",
+        f"reconfigurations: {rec['applied']} plans applied ({rec['tritonInstanceUpdates']} instance updates, "
+        f"{rec['tritonReloads']} reloads), {rec['failed']} failed",
+    ]
+    start = summary.get("planAtStart")
+    if start:
+        instances = ", ".join(f"{m} x{n}" for m, n in sorted(start["instances"].items()))
+        thresholds = "".join(f", {s} threshold {t:g}" for s, t in sorted(start["thresholds"].items()) if t is not None)
+        lines.append(f"plan at start: {start['cores']:g} cores, Triton instances {instances}{thresholds}")
+    router = summary.get("router") or {}
+    if router.get("deferredShare") is not None:
+        lines.append(f"router: {router['deferrals']} rows deferred light -> heavy "
+                     f"({100 * router['deferredShare']:.1f}% of cascade rows)")
+    if "wallSeconds" in summary:
+        lines.append(f"wall time {summary['wallSeconds']:.0f}s (startup {summary.get('startupSeconds', 0):.0f}s)")
+    return "\n".join(lines)
+
+
+def _per_second(records: Sequence[RequestRecord],
+                seconds: int) -> tuple[list[int], list[int], list[float], list[float]]:
+    offered = [0] * seconds
+    done = [0] * seconds
+    buckets: list[list[float]] = [[] for _ in range(seconds)]
+    for r in records:
+        s = min(seconds - 1, max(0, int(r.offset_s)))
+        offered[s] += 1
+        if r.error is None and r.latency_ms is not None:
+            done[s] += 1
+            buckets[s].append(r.latency_ms)
+    p50 = [float(np.percentile(b, 50)) if b else float("nan") for b in buckets]
+    p99 = [float(np.percentile(b, 99)) if b else float("nan") for b in buckets]
+    return offered, done, p50, p99
+
+
+def write_plots(out_dir: Path, records: Sequence[RequestRecord], events: Sequence[AppliedEvent],
+                steps: Sequence[LoopStep], *, start: float, end: float, slo_ms: float) -> list[Path]:
+    """``load.png``, ``latency.png`` and ``config.png`` in ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = max(1, int(np.ceil(end - start)))
+    offered, done, p50, p99 = _per_second(records, seconds)
+    xs = list(range(seconds))
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.step(xs, offered, where="post", label="offered (trace × scale)")
+    ax.step(xs, done, where="post", label="completed ok", alpha=0.7)
+    loop_steps = [s for s in steps if start <= s.time <= end]
+    if loop_steps:
+        ax.plot([s.time - start for s in loop_steps], [s.predicted_rps for s in loop_steps], "o--",
+                label="loop's predicted load")
+    ax.set(xlabel="seconds", ylabel="requests/s", title="Load")
+    ax.legend(loc="upper left", fontsize=8)
+    paths.append(_save(fig, out_dir / "load.png"))
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.plot(xs, p50, label="p50")
+    ax.plot(xs, p99, label="p99")
+    ax.axhline(slo_ms, color="red", linestyle=":", label=f"SLO {slo_ms:g} ms")
+    failed = [int(r.offset_s) for r in records if r.error is not None]
+    if failed:
+        ax.plot(failed, [slo_ms] * len(failed), "x", color="black", label="failed requests")
+    ax.set(xlabel="seconds", ylabel="latency ms (per second)", title="Latency", yscale="log")
+    ax.legend(loc="upper left", fontsize=8)
+    paths.append(_save(fig, out_dir / "latency.png"))
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ok_events = sorted((e for e in events if e.error is None), key=lambda e: e.time)
+    models = sorted({m for e in ok_events for m in e.instances})
+    threshold_stages = sorted({s for e in ok_events for s, t in e.thresholds.items() if t is not None})
+
+    def series(values: list[float]) -> tuple[list[float], list[float]]:
+        times = [max(0.0, e.time - start) for e in ok_events] + [end - start]
+        return times, values + values[-1:]
+
+    top = 1.0
+    if ok_events:
+        for i, model in enumerate(models):  # a small offset keeps equal counts of several models visible
+            values = [float(e.instances.get(model, 0)) for e in ok_events]
+            ax.step(*series([v + 0.04 * i for v in values]), where="post", linewidth=2, label=f"{model} instances")
+            top = max(top, *values)
+        cores = [e.cores for e in ok_events]
+        ax.step(*series(cores), where="post", linestyle="--", color="gray", label="planned cores")
+        top = max(top, *cores)
+    ax.set(xlabel="seconds", ylabel="instances / cores", title="Applied configuration", xlim=(0, end - start),
+           ylim=(0, top + 1))
+    ax.legend(loc="upper left", fontsize=8)
+    if threshold_stages and ok_events:
+        twin = ax.twinx()
+        for stage in threshold_stages:
+            twin.step(*series([float(e.thresholds.get(stage) or 0.0) for e in ok_events]), where="post",
+                      color="purple", label=f"{stage} threshold")
+        twin.set(ylabel="cascade threshold", ylim=(0, 1.05))
+        twin.legend(loc="upper right", fontsize=8)
+    paths.append(_save(fig, out_dir / "config.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
