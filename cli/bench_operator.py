@@ -83,7 +83,7 @@ def bench_operator(quick: bool = False) -> dict[str, Any]:
     proc = harness.OperatorProcess(sa, {
         "PARETOSERVE_PROMETHEUS_URL": prometheus.url, "PARETOSERVE_TICK_SECONDS": "1",
         "PARETOSERVE_RATE_WINDOW_SECONDS": "4", "PARETOSERVE_STEP_SECONDS": "1",
-        "PARETOSERVE_METRICS_PORT": str(harness.free_port()),
+        "PARETOSERVE_METRICS_PORT": str(harness.free_port()), "PARETOSERVE_PUSH_ROUTERS": "false",
         "PARETOSERVE_TOLERATIONS": json.dumps([kube.KWOK_TOLERATION])}, workdir / "operator.log")
     proc.start()
     namespaces: list[str] = []

@@ -96,6 +96,8 @@ def operator_env(prometheus: PrometheusServer, pod_id: str) -> dict[str, str]:
     return {
         "POD_ID": pod_id,
         "PARETOSERVE_PEERING_LIFETIME_SECONDS": "6",
+        # kwok pods run no containers and their IPs are fake: never send traffic to them
+        "PARETOSERVE_PUSH_ROUTERS": "false",
         "PARETOSERVE_PROMETHEUS_URL": prometheus.url,
         "PARETOSERVE_TICK_SECONDS": "1",
         "PARETOSERVE_RATE_WINDOW_SECONDS": "4",
@@ -234,7 +236,8 @@ def _state(cluster: Cluster, namespace: str) -> tuple[dict[str, int], dict[str, 
     cpus = {p["metadata"]["name"]: next(c for c in p["spec"]["containers"] if c["name"] == "triton")["resources"][
         "requests"]["cpu"] for p in pods if not p["metadata"].get("deletionTimestamp")}
     router = json.loads(cluster.get_json("-n", namespace, "configmap", "adaptive-answer-light")["data"]["router.json"])
-    return replicas, cpus, router["cascade"]["threshold"]
+    answer = next(stage for stage in router["stages"] if stage["name"] == "answer")
+    return replicas, cpus, answer["cascade"]["threshold"]
 
 
 def test_load_step_moves_replicas_cpu_and_threshold(cluster: Cluster, namespace: str, exporter: LoadExporter,

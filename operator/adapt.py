@@ -22,6 +22,7 @@ from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway
 from paretoserve.operator.metrics import MetricsUnavailable, PrometheusSource
 from paretoserve.operator.reconcile import ActuationReport, actuate, iso, plan_status, set_conditions
+from paretoserve.operator.routers import RouterPusher
 from paretoserve.operator.telemetry import record_decision
 from paretoserve.planner.control import Observed, StepResult, plan_step
 from paretoserve.planner.model import Plan
@@ -102,8 +103,10 @@ def _report_conditions(report: ActuationReport, plan: Plan | None, candidate: Pl
     return {
         "Ready": (ready, "PlanApplied" if ready else ("ApplyFailed" if not ok else "NoPlan"),
                   "plan applied" if ready else "; ".join(report.errors) or candidate.message),
-        "Progressing": (bool(report.resized or report.deleted), "Resizing" if report.resized else "Stable",
-                        ", ".join(report.resized + report.deleted)),
+        "Progressing": (bool(report.resized or report.deleted or report.router_push_failures),
+                        "Resizing" if report.resized else ("RoutersPending" if report.router_push_failures
+                                                           else "Stable"),
+                        ", ".join(report.resized + report.deleted + report.router_push_failures)),
         "Degraded": (not ok, "ApplyFailed" if not ok else "AsPlanned", "; ".join(report.errors)),
         "Infeasible": (infeasible, candidate.status.value if infeasible else "Feasible",
                        candidate.message if infeasible else ""),
@@ -131,7 +134,7 @@ def _status_after(body: Mapping[str, Any], step: StepResult, report: ActuationRe
 
 
 def reconcile(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any], pipeline: ServingPipeline,
-              *, now: float) -> StatusUpdate:
+              *, now: float, pusher: RouterPusher | None = None) -> StatusUpdate:
     status = _status(body)
     applied = applied_plan(body)
     spec_changed = status.get("observedGeneration") != _generation(body)
@@ -141,7 +144,7 @@ def reconcile(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
     if applied is None or (spec_changed and step.candidate.status.has_plan):
         applied = step.candidate if step.candidate.status.has_plan else None
     step = replace(step, decision=Decision(True, applied, "reconcile"))
-    report = actuate(gateway, owner_of(body), pipeline, applied, config.workers)
+    report = actuate(gateway, owner_of(body), pipeline, applied, config.workers, pusher)
     record_decision(owner_of(body), step.candidate, applied=True)
     result = _status_after(body, step, report, now=now, extra={})
     result["observedLoadRps"] = load
@@ -150,7 +153,7 @@ def reconcile(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
 
 
 def adapt(gateway: Gateway, source: PrometheusSource | None, config: OperatorConfig, body: Mapping[str, Any],
-          pipeline: ServingPipeline, *, now: float) -> StatusUpdate:
+          pipeline: ServingPipeline, *, now: float, pusher: RouterPusher | None = None) -> StatusUpdate:
     owner = owner_of(body)
     status = _status(body)
     policy_state = {**status.get("policyState", {}), "lastTickAt": now}
@@ -166,7 +169,7 @@ def adapt(gateway: Gateway, source: PrometheusSource | None, config: OperatorCon
     applied = applied_plan(body)
     step = plan_step(pipeline, observed, applied, PolicyState.from_dict(status.get("policyState")), now=now,
                      clock=time.perf_counter)
-    report = actuate(gateway, owner, pipeline, step.decision.plan, config.workers)
+    report = actuate(gateway, owner, pipeline, step.decision.plan, config.workers, pusher)
     record_decision(owner, step.candidate, applied=step.decision.apply)
     result = _status_after(body, step, report, now=now, extra={
         "MetricsUnavailable": (False, "MetricsRead", f"{len(observed.load_history)} samples")})

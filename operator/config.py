@@ -27,6 +27,8 @@ class OperatorConfig:
     identity: str = ""
     """This process's kopf peer id (POD_ID); the adaptation loop runs only while it is the active peer."""
     peering_lifetime_seconds: int = 60
+    push_routers: bool = True
+    """POST live thresholds and splits to the router sidecars (off where pods run no containers, e.g. kwok)."""
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -51,5 +53,6 @@ class OperatorConfig:
             priority=int(env.get("PARETOSERVE_PRIORITY", "0")),
             identity=env.get("POD_ID", ""),
             peering_lifetime_seconds=int(env.get("PARETOSERVE_PEERING_LIFETIME_SECONDS", "60")),
+            push_routers=env.get("PARETOSERVE_PUSH_ROUTERS", "true").lower() not in ("0", "false", "no"),
             workers=workers,
         )

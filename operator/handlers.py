@@ -18,6 +18,7 @@ from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import KubernetesGateway
 from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry
 from paretoserve.operator.metrics import PrometheusSource
+from paretoserve.operator.routers import RouterPusher
 from paretoserve.operator.telemetry import start_metrics_server
 from paretoserve.planner.spec import API_GROUP, API_VERSION
 from paretoserve.solver_banner import silence_solver_banner
@@ -33,7 +34,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     source = PrometheusSource(config.prometheus_url, step_s=config.step_seconds,
                               rate_window_s=config.rate_window_seconds) if config.prometheus_url else None
     memo.registry = PipelineRegistry()
-    memo.loop = AdaptationLoop(memo.registry, memo.gateway, source, config).start()
+    memo.pusher = RouterPusher() if config.push_routers else None
+    memo.loop = AdaptationLoop(memo.registry, memo.gateway, source, config, pusher=memo.pusher).start()
     settings.posting.level = 20  # INFO and above become Kubernetes Events
     settings.peering.lifetime = config.peering_lifetime_seconds
     start_metrics_server(config.metrics_port)
@@ -43,6 +45,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.loop.stop()
+    if memo.pusher is not None:
+        memo.pusher.close()
 
 
 @kopf.on.event(*RESOURCE)
@@ -55,7 +59,7 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(*RESOURCE, field="spec")
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pipeline = adapt.parse_or_fail(body, patch, now=time.time())
-    update = adapt.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time())
+    update = adapt.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time(), pusher=memo.pusher)
     patch.status.update(update.status)
     memo.registry.merge_status(body["metadata"]["namespace"], body["metadata"]["name"], update.status)
     if update.event:

@@ -21,6 +21,7 @@ from paretoserve.operator import adapt
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway, GatewayError
 from paretoserve.operator.metrics import PrometheusSource
+from paretoserve.operator.routers import RouterPusher
 
 log = logging.getLogger("paretoserve.operator.loop")
 
@@ -74,6 +75,7 @@ class AdaptationLoop:
     source: PrometheusSource | None
     config: OperatorConfig
     clock: Callable[[], float] = time.time
+    pusher: RouterPusher | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -101,7 +103,8 @@ class AdaptationLoop:
                 continue
             meta = body["metadata"]
             try:
-                update = adapt.adapt(self.gateway, self.source, self.config, body, pipeline, now=now)
+                update = adapt.adapt(self.gateway, self.source, self.config, body, pipeline, now=now,
+                                     pusher=self.pusher)
                 update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
                 self.gateway.patch_status(meta["namespace"], meta["name"], update.status)
                 self.registry.merge_status(meta["namespace"], meta["name"], update.status)

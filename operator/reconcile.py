@@ -26,9 +26,11 @@ from paretoserve.operator.children import (
     render_children,
 )
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
+from paretoserve.operator.routers import RouterPusher
 from paretoserve.planner.model import Plan
 from paretoserve.planner.serialize import plan_json
 from paretoserve.planner.spec import ServingPipeline
+from paretoserve.workers.router.plan_config import router_update
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Infeasible", "MetricsUnavailable")
 
@@ -39,6 +41,8 @@ class ActuationReport:
     deleted: tuple[str, ...]
     resized: tuple[str, ...]
     errors: tuple[str, ...]
+    routers_pushed: int = 0
+    router_push_failures: tuple[str, ...] = ()
 
 
 def selector(owner: Owner) -> str:
@@ -78,8 +82,14 @@ def resizes(pods: Sequence[dict[str, Any]], plan: Plan) -> list[tuple[str, str]]
     return out
 
 
+def _pod_ips(pods: Sequence[dict[str, Any]]) -> list[str]:
+    return [p["status"]["podIP"] for p in pods
+            if p.get("status", {}).get("phase") == "Running" and p.get("status", {}).get("podIP")
+            and not p.get("metadata", {}).get("deletionTimestamp")]
+
+
 def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Plan | None,
-            settings: WorkerSettings) -> ActuationReport:
+            settings: WorkerSettings, pusher: RouterPusher | None = None) -> ActuationReport:
     """Make the cluster match the plan; errors are collected, not raised, so one bad object does not
     stop the rest (the handler reports them in the Degraded condition)."""
     desired = render_children(owner, pipeline.spec, plan, settings)
@@ -117,6 +127,10 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
                 resized.append(f"{pod}={cpu}")
             except GatewayError as exc:
                 errors.append(str(exc))
+        if pusher is not None:
+            update = router_update(pipeline.spec, plan)
+            push = pusher.push(_pod_ips(pods), update)
+            return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors), push.pushed, push.failed)
     return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors))
 
 

@@ -204,6 +204,9 @@ class Cascade(_Model):
     light: Name
     heavy: Name
     router: Annotated[RouterKind, Field(strict=False)] = RouterKind.CONFIDENCE
+    discriminator_model: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Triton model that scores the light model's output (discriminator and hybrid routers); the light
+    variant's workers serve it next to the light model."""
     threshold: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
     rows: list[CascadeRow] = Field(min_length=1, max_length=256)
 
@@ -249,6 +252,9 @@ class Stage(_Model):
                     raise _at(f"cascade.{role}", f"must name a variant of this stage ({', '.join(names)})")
             if self.cascade.light == self.cascade.heavy:
                 raise _at("cascade.heavy", "must differ from cascade.light")
+            needs_model = self.cascade.router in (RouterKind.DISCRIMINATOR, RouterKind.HYBRID)
+            if needs_model and self.cascade.discriminator_model is None:
+                raise _at("cascade.discriminatorModel", f"the {self.cascade.router.value} router needs one")
             if self.multi_variant:
                 raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
         if self.name in self.depends_on:

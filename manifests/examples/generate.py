@@ -302,6 +302,7 @@ def diffserve_cascade(data: Path) -> str:
                 "light": "sdturbo",
                 "heavy": "sdv15",
                 "router": "discriminator",
+                "discriminatorModel": "efficientnet-v2-s-discriminator",
                 "threshold": "auto",
                 "rows": rows,
             },

@@ -114,6 +114,7 @@ LIGHT_NE_HEAVY = "cascade.light and cascade.heavy must differ"
 ONE_PROFILE_KIND = "give exactly one of profile.points, profile.sponge, profile.linearCapacity"
 MIN_REPLICAS_LE_MAX = "bounds.minReplicas must be <= bounds.maxReplicas"
 MIN_CPU_LE_MAX = "bounds.minCpu must be <= bounds.maxCpu"
+DISCRIMINATOR_MODEL = "cascade.discriminatorModel is required by the discriminator and hybrid routers"
 
 SPONGE = {"gamma": 1.0, "delta": 2.0, "epsilon": 3.0, "eta": 4.0, "cpus": [1, 2]}
 
@@ -206,6 +207,9 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
                     "cel", "spec.stages[0].cascade.heavy", HEAVY_IS_VARIANT, base="diffserve-cascade.yaml"),
     InvalidPipeline("cascade-light-equals-heavy", set_("spec.stages[0].cascade.heavy", "sdturbo"),
                     "spec.stages[0]", "cel", "spec.stages[0].cascade.heavy", LIGHT_NE_HEAVY,
+                    base="diffserve-cascade.yaml"),
+    InvalidPipeline("discriminator-router-without-model", del_("spec.stages[0].cascade.discriminatorModel"),
+                    "spec.stages[0]", "cel", "spec.stages[0].cascade.discriminatorModel", DISCRIMINATOR_MODEL,
                     base="diffserve-cascade.yaml"),
     InvalidPipeline("cascade-and-multivariant", set_("spec.stages[0].multiVariant", True), "spec.stages[0]",
                     "cel", "spec.stages[0].multiVariant", CASCADE_XOR_MULTI, base="diffserve-cascade.yaml"),

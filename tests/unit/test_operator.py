@@ -237,3 +237,47 @@ def test_only_the_active_kopf_peer_adapts() -> None:
     leader = AdaptationLoop(registry, gw, FakeSource(10.0), dataclasses.replace(config, priority=200, identity="a"),
                             clock=lambda: now)  # type: ignore[arg-type]
     assert leader.tick() == 1 and gw.statuses[("ns1", "tiny")]["policyState"]["adaptedBy"] == "a"
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parents[2] / "manifests" / "examples")
+                                           .glob("*.yaml")))
+def test_rendered_router_config_is_accepted_by_the_router(example: str) -> None:
+    """The contract between operator/children.py and workers/router/config.py."""
+    from paretoserve.planner.spec import load_pipeline_text
+    from paretoserve.workers.router.config import apply_update, parse_config
+
+    text = (Path(__file__).parents[2] / "manifests" / "examples" / example).read_text()
+    pipeline = load_pipeline_text(text)
+    plan = adapt.reconcile(FakeGateway(), OperatorConfig(), {**json.loads(json.dumps(
+        {"apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "spec": pipeline.spec.model_dump(
+            by_alias=True, mode="json")})), "metadata": {"name": "p", "namespace": "n", "uid": "u"}}, pipeline,
+        now=0.0).status["plan"]
+    objects = render_children(Owner("p", "n", "u"), pipeline.spec, plan_from_json(plan), WorkerSettings())
+    from paretoserve.workers.router.plan_config import router_update
+
+    for cm in (o for o in objects if o["kind"] == "ConfigMap"):
+        config = parse_config(json.loads(cm["data"]["router.json"]))
+        apply_update(config, router_update(pipeline.spec, plan_from_json(plan)))
+
+
+def test_router_pusher_posts_live_settings_to_running_pods() -> None:
+    import httpx
+
+    from paretoserve.operator.routers import RouterPusher
+
+    seen: list[tuple[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, json.loads(request.content)))
+        return httpx.Response(200 if request.url.host == "10.9.0.1" else 500, json={})
+
+    gw = FakeGateway()
+    for name, ip in (("p1", "10.9.0.1"), ("p2", "10.9.0.2")):
+        p = pod(name, "detector", "large", "1000m")
+        p["status"]["podIP"] = ip
+        gw.apply(p)
+    pusher = RouterPusher(transport=httpx.MockTransport(handler))
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), pusher)
+    assert report.routers_pushed == 1 and report.router_push_failures == ("10.9.0.2: HTTPStatusError",)
+    assert {host for host, _ in seen} == {"10.9.0.1", "10.9.0.2"}
+    assert seen[0][1]["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}

@@ -39,6 +39,8 @@ def pipeline(*, cascade: bool = True, router: str = "confidence") -> ServingPipe
     }]
     if cascade:
         stages[0]["cascade"] = {"light": "tiny", "heavy": "large", "router": router,
+                                **({"discriminatorModel": "discriminator"} if router in ("discriminator", "hybrid")
+                                   else {}),
                                 "rows": [{"threshold": 0.5, "heavyFraction": 0.2, "quality": 0.95},
                                          {"threshold": 0.9, "heavyFraction": 0.7, "quality": 0.99}]}
     else:
@@ -114,16 +116,16 @@ def test_router_config_is_accepted_by_the_router() -> None:
     upstreams = {m: ["http://127.0.0.1:8000"] for m in ("tiny_linear", "cnn_large", "mlp_small")}
     for pipe in (pipeline(), pipeline(cascade=False)):
         for plan in (None, cascade_plan() if pipe.spec.stages[0].cascade else None):
-            parsed = parse_config(router_config(pipe, upstreams, plan))
+            parsed = parse_config(router_config(pipe.metadata.name, pipe.spec, upstreams, plan))
             assert parsed.pipeline == "digits" and parsed.order == ("classify", "check")
 
 
 def test_provisional_routing_uses_the_best_row_and_the_most_accurate_variant() -> None:
-    stages = {s["name"]: s for s in router_stages(pipeline(), None)}
+    stages = {s["name"]: s for s in router_stages(pipeline().spec, None)}
     assert stages["classify"]["cascade"]["threshold"] == 0.9  # the row with the best quality
     assert stages["classify"]["variants"] == {}
     assert stages["check"]["variants"] == {"mlp_small": 1.0}
-    split = {s["name"]: s for s in router_stages(pipeline(cascade=False), None)}
+    split = {s["name"]: s for s in router_stages(pipeline(cascade=False).spec, None)}
     assert split["classify"]["variants"] == {"tiny_linear": 0.0, "cnn_large": 1.0}
 
 
@@ -132,7 +134,7 @@ def test_traffic_split_weights_follow_the_planned_loads() -> None:
         StagePlan("classify", (alloc("tiny", load=30.0), alloc("large", load=10.0)), 0.0, 2.0, 0.91),
         StagePlan("check", (alloc("mlp"),), 2.0, 2.0, 0.97),
     ))
-    update = router_update(pipeline(cascade=False), plan)
+    update = router_update(pipeline(cascade=False).spec, plan)
     assert update == {"stages": [
         {"name": "classify", "variants": {"tiny_linear": 0.75, "cnn_large": 0.25}},
         {"name": "check", "variants": {"mlp_small": 1.0}},
@@ -141,8 +143,8 @@ def test_traffic_split_weights_follow_the_planned_loads() -> None:
 
 def test_live_update_changes_only_live_fields_and_the_router_accepts_it() -> None:
     upstreams = {m: ["http://127.0.0.1:8000"] for m in ("tiny_linear", "cnn_large", "mlp_small")}
-    config = parse_config(router_config(pipeline(), upstreams, None))
-    update = router_update(pipeline(), cascade_plan(threshold=0.5))
+    config = parse_config(router_config("p", pipeline().spec, upstreams, None))
+    update = router_update(pipeline().spec, cascade_plan(threshold=0.5))
     assert update["stages"][0] == {"name": "classify", "cascade": {"threshold": 0.5, "preRouteThreshold": None}}
     updated = apply_update(config, update)
     assert updated.stage("classify").cascade is not None

@@ -107,5 +107,6 @@ def test_every_triton_model_must_be_a_cached_variant() -> None:
 def test_a_discriminator_cascade_needs_the_discriminator_model() -> None:
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["spec"]["stages"][0]["cascade"]["router"] = "discriminator"
+    doc["spec"]["stages"][0]["cascade"]["discriminatorModel"] = "discriminator"
     uses = pipeline_models(parse_pipeline(doc))
-    assert uses[-1].model == "discriminator" and uses[-1].path == "spec.stages[0].cascade.router"
+    assert uses[-1].model == "discriminator" and uses[-1].path == "spec.stages[0].cascade.discriminatorModel"

@@ -10,11 +10,11 @@ one ``tritonserver`` and of the router, so the one `ControlLoop` drives both wor
 | batch size | dynamic batching ``preferred_batch_size`` and the stage's max queue delay |
 | cascade threshold, traffic split | router ``POST /admin/config`` (threshold, variant weights) |
 
-`model_settings` and `router_stages` are pure (unit-tested); `LocalActuator` applies their result in an
-order that never drops requests: models that grow first, then the router, then models that shrink. Every
-variant stays loaded with at least one instance, so a routing change never meets an unloaded model.
-An instance-count-only change is an in-place Triton update (~2 s); anything else is a reload that keeps
-serving until the new instances are ready.
+`model_settings` and the router rendering (workers/router/plan_config.py) are pure (unit-tested);
+`LocalActuator` applies their result in an order that never drops requests: models that grow first, then the
+router, then models that shrink. Every variant stays loaded with at least one instance, so a routing change
+never meets an unloaded model. An instance-count-only change is an in-place Triton update (~2 s); anything
+else is a reload that keeps serving until the new instances are ready.
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ from typing import Any, Protocol
 import httpx
 
 from paretoserve.planner.model import Plan
-from paretoserve.planner.spec import RouterKind, ServingPipeline, Stage
-from paretoserve.workers.runtime.serving import DISCRIMINATOR_MODEL
+from paretoserve.planner.spec import ServingPipeline
+from paretoserve.workers.router.plan_config import (
+    discriminator_model,
+    router_config,
+    router_stages,
+    router_update,
+    variant_models,
+)
 from paretoserve.workers.triton.repository import TritonModelSpec
 
 
@@ -60,17 +66,13 @@ class ModelSettings:
     """True when the plan asked for more instances or threads than the machine allows."""
 
 
-def _variant_models(stage: Stage) -> dict[str, str]:
-    return {v.name: v.triton_model for v in stage.variants}
-
-
 def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -> dict[str, ModelSettings]:
     """Per Triton model: instances = Σ replicas × instances, threads = cores per replica / instances."""
     wanted: dict[str, dict[str, Any]] = {}
     stages = {s.name: s for s in pipeline.spec.stages}
     for sp in plan.stages:
         stage = stages[sp.stage]
-        models = _variant_models(stage)
+        models = variant_models(stage)
         for a in sp.allocations:
             model = models[a.variant]
             entry = wanted.setdefault(model, {"instances": 0, "threads": 1, "batch": 1, "delay_ms": 0.0})
@@ -80,10 +82,11 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
             entry["delay_ms"] = max(entry["delay_ms"], stage.max_queue_delay_ms)
     out: dict[str, ModelSettings] = {}
     for stage in pipeline.spec.stages:
-        for model in _variant_models(stage).values():
+        for model in variant_models(stage).values():
             out.setdefault(model, ModelSettings(model, instances=1))
-        if stage.cascade is not None and stage.cascade.router is RouterKind.DISCRIMINATOR:
-            out.setdefault(DISCRIMINATOR_MODEL, ModelSettings(DISCRIMINATOR_MODEL, instances=1))
+        extra = discriminator_model(stage)
+        if extra is not None:
+            out.setdefault(extra, ModelSettings(extra, instances=1))
     for model, entry in wanted.items():
         instances = max(1, min(int(entry["instances"]), limits.max_instances_per_model))
         threads = max(1, min(int(entry["threads"]), limits.cores // instances))
@@ -117,87 +120,6 @@ def change_kind(current: TritonModelSpec, desired: TritonModelSpec) -> str:
     if replace(current, instance_count=desired.instance_count) == desired:
         return "instances"
     return "reload"
-
-
-def _cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | None:
-    cascade = stage.cascade
-    if cascade is None:
-        return None
-    models = _variant_models(stage)
-    if threshold is None:  # no plan yet: the manifest's fixed threshold, else the best row
-        threshold = (float(cascade.threshold) if cascade.threshold != "auto"
-                     else max(cascade.rows, key=lambda r: (r.heavy_fraction if r.quality is None else r.quality,
-                                                           -r.threshold)).threshold)
-    row = min(cascade.rows, key=lambda r: abs(r.threshold - threshold))
-    return {
-        "light": models[cascade.light],
-        "heavy": models[cascade.heavy],
-        "router": cascade.router.value,
-        "threshold": threshold,
-        "discriminator": DISCRIMINATOR_MODEL if cascade.router is RouterKind.DISCRIMINATOR else None,
-        "preRouteThreshold": row.prompt_threshold,
-    }
-
-
-def router_stages(pipeline: ServingPipeline, plan: Plan | None) -> list[dict[str, Any]]:
-    """The router's ``stages`` entries for ``plan`` (or a provisional routing before the first plan).
-
-    Weights are the planned load share of each variant (traffic split), 1 for the single chosen variant,
-    0 for idle ones (the router keeps those as fallbacks). A cascade stage lists no weights: every row
-    goes to its light model and rows scoring below ``threshold`` also to its heavy model.
-    """
-    planned = {sp.stage: sp for sp in plan.stages} if plan is not None else {}
-    entries = []
-    for stage in pipeline.spec.stages:
-        models = _variant_models(stage)
-        weights = dict.fromkeys(models.values(), 0.0) if stage.cascade is None else {}
-        sp = planned.get(stage.name)
-        if stage.cascade is not None:
-            pass  # the cascade decides: every row goes to the light model, deferred rows also to the heavy one
-        elif sp is not None and sp.allocations:
-            loads = {models[a.variant]: a.load_rps for a in sp.allocations if a.role == "main"}
-            total = sum(loads.values())
-            for model, load in loads.items():
-                weights[model] = round(load / total, 6) if total > 0 else round(1.0 / len(loads), 6)
-        else:
-            best = max(stage.variants, key=lambda v: v.accuracy)
-            weights[best.triton_model] = 1.0
-        entries.append({
-            "name": stage.name,
-            "dependsOn": list(stage.depends_on),
-            "variants": weights,
-            "cascade": _cascade_entry(stage, sp.threshold if sp is not None else None),
-        })
-    return entries
-
-
-def router_update(pipeline: ServingPipeline, plan: Plan) -> dict[str, Any]:
-    """The live ``POST /admin/config`` body for ``plan``: only what the router changes live.
-
-    Non-cascade stages get their weight map, cascade stages their threshold (and pre-route threshold);
-    topology, models and timeouts need a router restart and never change during a run.
-    """
-    stages = []
-    for entry in router_stages(pipeline, plan):
-        update: dict[str, Any] = {"name": entry["name"]}
-        if entry["cascade"] is None:
-            update["variants"] = entry["variants"]
-        else:
-            update["cascade"] = {"threshold": entry["cascade"]["threshold"],
-                                 "preRouteThreshold": entry["cascade"]["preRouteThreshold"]}
-        stages.append(update)
-    return {"stages": stages}
-
-
-def router_config(pipeline: ServingPipeline, upstreams: Mapping[str, list[str]], plan: Plan | None) -> dict[str, Any]:
-    """The router's whole JSON config (the file `paretoserve router --config` reads)."""
-    dynamic = pipeline.spec.slo.dynamic
-    return {
-        "pipeline": pipeline.metadata.name,
-        "stages": router_stages(pipeline, plan),
-        "upstreams": {model: list(urls) for model, urls in upstreams.items()},
-        "deadlineHeader": dynamic.header if dynamic is not None else "x-paretoserve-deadline-ms",
-    }
 
 
 class RouterAdmin:
@@ -292,7 +214,7 @@ class LocalActuator:
         desired = {m: desired_spec(self._specs[m], s) for m, s in settings.items() if m in self._specs}
         grow = [m for m in desired if desired[m].instance_count >= self._specs[m].instance_count]
         shrink = [m for m in desired if m not in grow]
-        update = router_update(self._pipeline, plan)
+        update = router_update(self._pipeline.spec, plan)
         changes: list[tuple[str, str, float]] = []
         router_s = 0.0
         error: str | None = None
@@ -322,3 +244,7 @@ class LocalActuator:
         self._control.apply_spec(spec)
         self._specs[model] = spec
         return [(model, kind, round(self._clock() - started, 3))]
+
+
+__all__ = ["LocalActuator", "LocalLimits", "ModelSettings", "model_settings", "router_config", "router_stages",
+           "router_update"]

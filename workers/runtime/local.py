@@ -282,7 +282,8 @@ class LocalRuntime:
         self.triton_metrics_url = server.metrics_url
         self._log(f"Triton ready (pid {server.pid}, metrics {server.metrics_url}, log {server.log_path})")
         upstreams = {model: [f"http://{server.http_url}"] for model in specs}
-        router = self._stack.enter_context(RouterProcess(router_config(pipeline, upstreams, None), settings, work_dir))
+        router = self._stack.enter_context(RouterProcess(
+            router_config(pipeline.metadata.name, pipeline.spec, upstreams, None), settings, work_dir))
         self.router_pid = router.pid
         self._log(f"router ready at {settings.url} (pid {router.pid}, log {router.log_path})")
         control = self._stack.enter_context(GrpcModelControl(server.grpc_url))

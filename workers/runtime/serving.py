@@ -26,7 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from paretoserve.planner.spec import RouterKind, ServingPipeline, SpecError
+from paretoserve.planner.spec import ServingPipeline, SpecError
+from paretoserve.workers.router.plan_config import discriminator_model
 from paretoserve.workers.triton.repository import (
     TritonModelSpec,
     render_config,
@@ -38,8 +39,6 @@ from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 if TYPE_CHECKING:  # torch and tritonclient load only where a model catalog or a server is used
     from paretoserve.workers.models import ModelCatalog
 
-DISCRIMINATOR_MODEL = "discriminator"
-"""The catalog variant a ``router: discriminator`` cascade asks whether the light answer is wrong."""
 
 DEFAULT_MAX_BATCH = 32
 """Triton's ``max_batch_size`` for every model; changing it is a full reload, so it is fixed per run."""
@@ -62,8 +61,9 @@ def pipeline_models(pipeline: ServingPipeline) -> list[ModelUse]:
             path = f"spec.stages[{i}].variants[{j}].tritonModel"
             uses.setdefault(variant.triton_model, ModelUse(variant.triton_model, path))
     for i, stage in enumerate(pipeline.spec.stages):
-        if stage.cascade is not None and stage.cascade.router is RouterKind.DISCRIMINATOR:
-            uses.setdefault(DISCRIMINATOR_MODEL, ModelUse(DISCRIMINATOR_MODEL, f"spec.stages[{i}].cascade.router"))
+        extra = discriminator_model(stage)
+        if extra is not None:
+            uses.setdefault(extra, ModelUse(extra, f"spec.stages[{i}].cascade.discriminatorModel"))
     return list(uses.values())
 
 

@@ -1,0 +1,44 @@
+"""Live settings for the router sidecars: thresholds and traffic splits pushed to `POST /admin/config`.
+
+The ConfigMap holds each router's full config for its next start; a running router gets the parts that
+may change live (cascade thresholds, pre-routing threshold, variant weights) from the operator after
+every actuation. Pushes are best effort with a short timeout: a router that misses one gets the next,
+and the result is reported in the pipeline's Progressing condition rather than failing the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from paretoserve.operator.children import ROUTER_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class PushReport:
+    pushed: int
+    failed: tuple[str, ...]
+
+
+class RouterPusher:
+    """One HTTP client for the operator's lifetime; `push` posts an update to each pod's router."""
+
+    def __init__(self, *, timeout_s: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
+
+    def push(self, pod_ips: Iterable[str], update: dict[str, Any]) -> PushReport:
+        pushed, failed = 0, []
+        for ip in pod_ips:
+            try:
+                response = self._client.post(f"http://{ip}:{ROUTER_PORT}/admin/config", json=update)
+                response.raise_for_status()
+                pushed += 1
+            except httpx.HTTPError as exc:
+                failed.append(f"{ip}: {type(exc).__name__}")
+        return PushReport(pushed, tuple(failed))
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,120 @@
+"""A pipeline's router settings from its spec and a plan: one rendering for every place a router runs.
+
+The operator writes it into each worker pod's ConfigMap and pushes the live part to the sidecars; the
+one-machine runtime starts its router with it and pushes the same live part when a plan changes. Keeping
+the rendering here, next to the config parser, means one definition of "what the router should do for
+this plan": traffic splits from planned load shares, cascade thresholds from the chosen row, the
+discriminator model the spec names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from paretoserve.planner.model import Plan
+from paretoserve.planner.spec import RouterKind, ServingPipelineSpec, Stage, Variant
+
+DEFAULT_DEADLINE_HEADER = "x-paretoserve-deadline-ms"
+
+
+def variant_models(stage: Stage) -> dict[str, str]:
+    """Variant name -> Triton model name."""
+    return {v.name: v.triton_model for v in stage.variants}
+
+
+def discriminator_model(stage: Stage) -> str | None:
+    cascade = stage.cascade
+    if cascade is None or cascade.router not in (RouterKind.DISCRIMINATOR, RouterKind.HYBRID):
+        return None
+    return cascade.discriminator_model
+
+
+def served_models(stage: Stage, variant: Variant) -> tuple[str, ...]:
+    """Triton models a variant's workers load: its own, plus the discriminator next to a cascade's light model."""
+    extra = discriminator_model(stage)
+    if extra and stage.cascade is not None and stage.cascade.light == variant.name:
+        return (variant.triton_model, extra)
+    return (variant.triton_model,)
+
+
+def cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | None:
+    cascade = stage.cascade
+    if cascade is None:
+        return None
+    models = variant_models(stage)
+    if threshold is None:  # no plan yet: the manifest's fixed threshold, else the best row
+        threshold = (float(cascade.threshold) if cascade.threshold != "auto"
+                     else max(cascade.rows, key=lambda r: (r.heavy_fraction if r.quality is None else r.quality,
+                                                           -r.threshold)).threshold)
+    row = min(cascade.rows, key=lambda r: abs(r.threshold - threshold))
+    return {
+        "light": models[cascade.light],
+        "heavy": models[cascade.heavy],
+        "router": cascade.router.value,
+        "threshold": threshold,
+        "discriminator": discriminator_model(stage),
+        "preRouteThreshold": row.prompt_threshold,
+    }
+
+
+def router_stages(spec: ServingPipelineSpec, plan: Plan | None) -> list[dict[str, Any]]:
+    """The router's ``stages`` entries for ``plan`` (or a provisional routing before the first plan).
+
+    Weights are the planned load share of each variant (traffic split), 1 for the single chosen variant,
+    0 for idle ones (the router keeps those as fallbacks). A cascade stage lists no weights: every row
+    goes to its light model and rows scoring below ``threshold`` also to its heavy model.
+    """
+    planned = {sp.stage: sp for sp in plan.stages} if plan is not None else {}
+    entries = []
+    for stage in spec.stages:
+        models = variant_models(stage)
+        weights = dict.fromkeys(models.values(), 0.0) if stage.cascade is None else {}
+        sp = planned.get(stage.name)
+        if stage.cascade is not None:
+            pass  # the cascade decides: every row goes to the light model, deferred rows also to the heavy one
+        elif sp is not None and sp.allocations:
+            loads = {models[a.variant]: a.load_rps for a in sp.allocations if a.role == "main"}
+            total = sum(loads.values())
+            for model, load in loads.items():
+                weights[model] = round(load / total, 6) if total > 0 else round(1.0 / len(loads), 6)
+        else:
+            best = max(stage.variants, key=lambda v: v.accuracy)
+            weights[best.triton_model] = 1.0
+        entries.append({
+            "name": stage.name,
+            "dependsOn": list(stage.depends_on),
+            "variants": weights,
+            "cascade": cascade_entry(stage, sp.threshold if sp is not None else None),
+        })
+    return entries
+
+
+def router_update(spec: ServingPipelineSpec, plan: Plan | None) -> dict[str, Any]:
+    """The live ``POST /admin/config`` body for ``plan``: only what the router changes live.
+
+    Non-cascade stages get their weight map, cascade stages their threshold (and pre-route threshold);
+    topology, models and timeouts need a router restart and never change during a run.
+    """
+    stages = []
+    for entry in router_stages(spec, plan):
+        update: dict[str, Any] = {"name": entry["name"]}
+        if entry["cascade"] is None:
+            update["variants"] = entry["variants"]
+        else:
+            update["cascade"] = {"threshold": entry["cascade"]["threshold"],
+                                 "preRouteThreshold": entry["cascade"]["preRouteThreshold"]}
+        stages.append(update)
+    return {"stages": stages}
+
+
+def router_config(pipeline: str, spec: ServingPipelineSpec, upstreams: Mapping[str, Sequence[str]],
+                  plan: Plan | None) -> dict[str, Any]:
+    """The router's whole JSON config (the file `paretoserve router --config` reads)."""
+    dynamic = spec.slo.dynamic
+    return {
+        "pipeline": pipeline,
+        "stages": router_stages(spec, plan),
+        "upstreams": {model: list(urls) for model, urls in upstreams.items()},
+        "deadlineHeader": dynamic.header if dynamic is not None else DEFAULT_DEADLINE_HEADER,
+    }
