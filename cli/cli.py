@@ -1,4 +1,4 @@
-"""The `paretoserve` command line: plan a manifest, run the benchmarks.
+"""The `paretoserve` command line: plan, serve locally, profile, replay traces, run experiments and benchmarks.
 
 Bad input never produces a traceback: the CLI prints one line naming the field and exits 2.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +65,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from paretoserve.bench import run_bench
 
     silence_solver_banner()
+    if args.out:  # benchmarks that write files (plots) put them here
+        os.environ["PARETOSERVE_BENCH_OUT"] = args.out
     result = run_bench(args.target, quick=args.quick)
     print(json.dumps(result, indent=2 if not args.json else None))
     return 0
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("target", choices=sorted(BENCHMARKS))
     bench.add_argument("--json", action="store_true", help="compact JSON on one line")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions")
+    bench.add_argument("--out", default=None, help="folder for files a benchmark writes (plots)")
     bench.set_defaults(func=cmd_bench)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
