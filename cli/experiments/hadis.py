@@ -71,7 +71,9 @@ def pair_pipeline(light: str, heavy: str, rows: list[dict[str, str]], latency_s:
                            "predictor": {"kind": "ewma", "windowSeconds": 20, "headroom": 0.2}},
             "stages": [{"name": "generate", "batchSizes": BATCHES, "bounds": {"maxReplicas": GPUS},
                         "variants": [variant(light), variant(heavy)],
-                        "cascade": {"light": light, "heavy": heavy, "router": router, "rows": cascade_rows}}],
+                        "cascade": {"light": light, "heavy": heavy, "router": router,
+                                    # HADIS's discriminator: a 2-layer head on a frozen CLIP ViT-B/32
+                                    "discriminatorModel": "clip-vit-b32-discriminator", "rows": cascade_rows}}],
         },
     })
 
