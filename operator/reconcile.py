@@ -24,6 +24,7 @@ from paretoserve.operator.children import (
     WorkerSettings,
     allocation_for,
     render_children,
+    worker_knobs,
 )
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
 from paretoserve.operator.routers import RouterPusher
@@ -82,10 +83,26 @@ def resizes(pods: Sequence[dict[str, Any]], plan: Plan) -> list[tuple[str, str]]
     return out
 
 
-def _pod_ips(pods: Sequence[dict[str, Any]]) -> list[str]:
-    return [p["status"]["podIP"] for p in pods
-            if p.get("status", {}).get("phase") == "Running" and p.get("status", {}).get("podIP")
-            and not p.get("metadata", {}).get("deletionTimestamp")]
+def push_targets(pods: Sequence[dict[str, Any]], pipeline: ServingPipeline,
+                 plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+    """(pod IP, Triton knobs for the pod's models) of every running worker pod."""
+    stages = {s.name: s for s in pipeline.spec.stages}
+    targets = []
+    for pod in pods:
+        status, meta = pod.get("status", {}), pod.get("metadata", {})
+        if status.get("phase") != "Running" or not status.get("podIP") or meta.get("deletionTimestamp"):
+            continue
+        labels = meta.get("labels", {})
+        stage = stages.get(labels.get(LABEL_STAGE, ""))
+        variant = next((v for v in stage.variants if v.name == labels.get(LABEL_VARIANT)), None) if stage else None
+        knobs: dict[str, Any] = {}
+        if stage is not None and variant is not None:
+            k = worker_knobs(stage, variant, allocation_for(plan, stage.name, variant.name))
+            knobs = {"models": {k["tritonModel"]: {"instanceCount": k["instanceCount"],
+                                                   "preferredBatchSize": k["preferredBatchSize"],
+                                                   "maxQueueDelayMicroseconds": k["maxQueueDelayMicroseconds"]}}}
+        targets.append((status["podIP"], knobs))
+    return targets
 
 
 def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Plan | None,
@@ -129,7 +146,7 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
                 errors.append(str(exc))
         if pusher is not None:
             update = router_update(pipeline.spec, plan)
-            push = pusher.push(_pod_ips(pods), update)
+            push = pusher.push(push_targets(pods, pipeline, plan), update)
             return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors), push.pushed, push.failed)
     return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors))
 

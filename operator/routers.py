@@ -1,5 +1,7 @@
-"""Live settings for the router sidecars: thresholds and traffic splits pushed to `POST /admin/config`.
+"""Live settings for the worker pods, through their router sidecars.
 
+Thresholds and traffic splits go to `POST /admin/config`; the pod's Triton knobs (instance count, dynamic
+batching) to `POST /admin/worker`, which the sidecar applies to its own Triton.
 The ConfigMap holds each router's full config for its next start; a running router gets the parts that
 may change live (cascade thresholds, pre-routing threshold, variant weights) from the operator after
 every actuation. Pushes are best effort with a short timeout: a router that misses one gets the next,
@@ -29,12 +31,17 @@ class RouterPusher:
     def __init__(self, *, timeout_s: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
 
-    def push(self, pod_ips: Iterable[str], update: dict[str, Any]) -> PushReport:
+    def push(self, targets: Iterable[tuple[str, dict[str, Any]]], update: dict[str, Any]) -> PushReport:
+        """Per (pod IP, worker knobs): the live router settings, then the pod's Triton knobs."""
         pushed, failed = 0, []
-        for ip in pod_ips:
+        for ip, knobs in targets:
             try:
                 response = self._client.post(f"http://{ip}:{ROUTER_PORT}/admin/config", json=update)
                 response.raise_for_status()
+                if knobs:
+                    response = self._client.post(f"http://{ip}:{ROUTER_PORT}/admin/worker", json=knobs,
+                                                 timeout=httpx.Timeout(120.0, connect=1.0))
+                    response.raise_for_status()
                 pushed += 1
             except httpx.HTTPError as exc:
                 failed.append(f"{ip}: {type(exc).__name__}")

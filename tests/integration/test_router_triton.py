@@ -328,3 +328,23 @@ async def test_transport_retries_stale_keepalive_and_maps_timeouts_and_refusals(
 
     assert first == second == b'{"ok":true}'
     assert closing.connections == 2
+
+
+async def test_worker_knobs_change_triton_instances_while_serving(triton_server: TritonServer,
+                                                                   offline: Offline) -> None:
+    """`POST /admin/worker` (what the operator sends each pod's sidecar) changes the real Triton's config."""
+    base = f"http://{triton_server.http_url}"
+    async with routed(config_for(base)) as (client, _, _), httpx.AsyncClient(timeout=30) as triton:
+        try:
+            knobs = {"tritonUrl": base, "models": {"tiny_linear": {"instanceCount": 2,
+                                                                   "maxQueueDelayMicroseconds": 300}}}
+            answer = await client.post("/admin/worker", json=knobs, timeout=180)
+            assert answer.status_code == 200 and answer.json()["applied"] == ["tiny_linear"]
+            config = (await triton.get(f"{base}/v2/models/tiny_linear/config")).json()
+            assert config["instance_group"][0]["count"] == 2
+            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 300
+            labels, _ = await classify(client, offline.images)  # still serving after the change
+            assert len(labels) == len(offline.images)
+        finally:
+            restore = {"tritonUrl": base, "models": {"tiny_linear": {"instanceCount": 1}}}
+            await client.post("/admin/worker", json=restore, timeout=180)

@@ -265,10 +265,10 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
 
     from paretoserve.operator.routers import RouterPusher
 
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[str, str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append((request.url.host, json.loads(request.content)))
+        seen.append((request.url.host, request.url.path, json.loads(request.content)))
         return httpx.Response(200 if request.url.host == "10.9.0.1" else 500, json={})
 
     gw = FakeGateway()
@@ -279,5 +279,9 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     pusher = RouterPusher(transport=httpx.MockTransport(handler))
     report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), pusher)
     assert report.routers_pushed == 1 and report.router_push_failures == ("10.9.0.2: HTTPStatusError",)
-    assert {host for host, _ in seen} == {"10.9.0.1", "10.9.0.2"}
-    assert seen[0][1]["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
+    assert {host for host, _, _ in seen} == {"10.9.0.1", "10.9.0.2"}
+    assert seen[0][1] == "/admin/config"
+    assert seen[0][2]["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
+    worker = next(body for host, path, body in seen if path == "/admin/worker")
+    assert worker == {"models": {"large": {"instanceCount": 1, "preferredBatchSize": 1,
+                                           "maxQueueDelayMicroseconds": 10000}}}

@@ -13,7 +13,9 @@
 - ``GET /admin/config``: the live config; ``POST /admin/config``: a partial update of thresholds,
   weights, upstreams or fallback flags, validated as a whole and swapped in atomically (one
   assignment, no ``await`` between validation and swap), answering the new config, or 400 naming
-  the field.
+  the field;
+- ``POST /admin/worker``: the plan's Triton knobs (instance count, dynamic batching) for this pod's
+  own Triton, applied through the repository load API (:mod:`.worker_knobs`).
 
 Every :class:`~.errors.RouterError` becomes its HTTP status and JSON body in one handler, which
 also counts it; anything else is a bug, answered 500 and logged with its traceback.
@@ -46,6 +48,7 @@ from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
 from paretoserve.workers.router.protocol import decode_object, parse_infer_request
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
+from paretoserve.workers.router.worker_knobs import apply_knobs, parse_knobs
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,10 @@ class State(TypedDict):
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type=_JSON, headers=headers)
+
+
+DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
+"""The pod's own Triton (the sidecar shares the pod's network namespace)."""
 
 
 class RouterService:
@@ -259,6 +266,19 @@ class RouterService:
         logger.info("router config updated: %s", sorted(patch))
         return _json(config_to_json(updated))
 
+    async def post_worker(self, request: Request) -> Response:
+        """Apply the plan's Triton knobs (instances, batching) to this pod's own Triton."""
+        raw = decode_object(await request.body(), "the worker update")
+        knobs = parse_knobs(raw)
+        triton_url = str(raw.get("tritonUrl") or DEFAULT_TRITON_URL).rstrip("/")
+        applied, unchanged = [], []
+        # A rare, operator-driven call: one short-lived client, with the load API's own (long) timeout.
+        async with httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(120.0, connect=2.0)) as client:
+            for model, wanted in knobs.items():
+                (applied if await apply_knobs(client, triton_url, model, wanted) else unchanged).append(model)
+        logger.info("worker knobs applied to %s, unchanged %s", applied, unchanged)
+        return _json({"applied": applied, "unchanged": unchanged})
+
     # --- the one error boundary --------------------------------------------------------------
 
     async def on_router_error(self, request: Request, exc: Exception) -> Response:
@@ -301,6 +321,7 @@ def build_router(
             Route("/metrics", service.metrics_text, methods=["GET"]),
             Route("/admin/config", service.get_config, methods=["GET"]),
             Route("/admin/config", service.post_config, methods=["POST"]),
+            Route("/admin/worker", service.post_worker, methods=["POST"]),
         ],
         exception_handlers={RouterError: service.on_router_error, Exception: service.on_internal_error},
         lifespan=lifespan,
