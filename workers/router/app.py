@@ -271,7 +271,8 @@ class RouterService:
         raw = decode_object(await request.body(), "the worker update")
         knobs = parse_knobs(raw)
         triton_url = str(raw.get("tritonUrl") or DEFAULT_TRITON_URL).rstrip("/")
-        applied, unchanged = [], []
+        applied: list[str] = []
+        unchanged: list[str] = []
         # A rare, operator-driven call: one short-lived client, with the load API's own (long) timeout.
         async with httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(120.0, connect=2.0)) as client:
             for model, wanted in knobs.items():
