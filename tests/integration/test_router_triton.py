@@ -336,8 +336,8 @@ async def test_worker_knobs_change_triton_instances_while_serving(triton_server:
     base = f"http://{triton_server.http_url}"
     async with routed(config_for(base)) as (client, _, _), httpx.AsyncClient(timeout=30) as triton:
         try:
-            knobs = {"tritonUrl": base, "models": {"tiny_linear": {"instanceCount": 2,
-                                                                   "maxQueueDelayMicroseconds": 300}}}
+            knobs = {"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,  # the default: gRPC loads
+                     "models": {"tiny_linear": {"instanceCount": 2, "maxQueueDelayMicroseconds": 300}}}
             answer = await client.post("/admin/worker", json=knobs, timeout=180)
             assert answer.status_code == 200 and answer.json()["applied"] == ["tiny_linear"]
             config = (await triton.get(f"{base}/v2/models/tiny_linear/config")).json()
@@ -346,5 +346,6 @@ async def test_worker_knobs_change_triton_instances_while_serving(triton_server:
             labels, _ = await classify(client, offline.images)  # still serving after the change
             assert len(labels) == len(offline.images)
         finally:
-            restore = {"tritonUrl": base, "models": {"tiny_linear": {"instanceCount": 1}}}
+            restore = {"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,
+                       "models": {"tiny_linear": {"instanceCount": 1}}}
             await client.post("/admin/worker", json=restore, timeout=180)

@@ -55,11 +55,13 @@ async def test_endpoint_loads_a_config_override_only_when_something_changes() ->
     app = build_router(config, transport=httpx.MockTransport(triton))
     async with (app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client):
-        knobs = {"models": {"m": {"instanceCount": 2, "maxQueueDelayMicroseconds": 200}}}
+        knobs = {"loadProtocol": "http", "models": {"m": {"instanceCount": 2, "maxQueueDelayMicroseconds": 200}}}
         first = await client.post("/admin/worker", json=knobs)
         second = await client.post("/admin/worker", json=knobs)
         bad = await client.post("/admin/worker", json={"models": {"m": {"instanceCount": -1}}})
+        bad_protocol = await client.post("/admin/worker", json={"loadProtocol": "ftp", "models": {}})
     assert first.json() == {"applied": ["m"], "unchanged": []}
     assert second.json() == {"applied": [], "unchanged": ["m"]}
     assert len(loads) == 1 and loads[0]["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     assert bad.status_code == 400 and "models.m.instanceCount" in bad.text
+    assert bad_protocol.status_code == 400 and "loadProtocol" in bad_protocol.text

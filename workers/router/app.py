@@ -43,12 +43,12 @@ from starlette.types import Receive, Scope, Send
 from paretoserve.workers.router.config import RouterConfig, apply_update, config_to_json
 from paretoserve.workers.router.decisions import Route as RowRoute
 from paretoserve.workers.router.edf import ActiveDeadlines, Clock, EdfAdmission
-from paretoserve.workers.router.errors import BadRequest, NotFound, QueueFull, RouterError
+from paretoserve.workers.router.errors import BadRequest, ConfigError, NotFound, QueueFull, RouterError
 from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
 from paretoserve.workers.router.protocol import decode_object, parse_infer_request
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
-from paretoserve.workers.router.worker_knobs import apply_knobs, parse_knobs
+from paretoserve.workers.router.worker_knobs import apply_knobs, grpc_loader, parse_knobs
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def _json(payload: object, status: int = 200, headers: dict[str, str] | None = N
 
 DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
 """The pod's own Triton (the sidecar shares the pod's network namespace)."""
+DEFAULT_TRITON_GRPC = "127.0.0.1:8001"
 
 
 class RouterService:
@@ -271,12 +272,17 @@ class RouterService:
         raw = decode_object(await request.body(), "the worker update")
         knobs = parse_knobs(raw)
         triton_url = str(raw.get("tritonUrl") or DEFAULT_TRITON_URL).rstrip("/")
+        protocol = raw.get("loadProtocol", "grpc")
+        if protocol not in ("grpc", "http"):
+            raise ConfigError("loadProtocol", f"must be grpc or http, got {protocol!r}")
         applied: list[str] = []
         unchanged: list[str] = []
         # A rare, operator-driven call: one short-lived client, with the load API's own (long) timeout.
         async with httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(120.0, connect=2.0)) as client:
+            load = grpc_loader(str(raw.get("tritonGrpcUrl") or DEFAULT_TRITON_GRPC)) if protocol == "grpc" else None
             for model, wanted in knobs.items():
-                (applied if await apply_knobs(client, triton_url, model, wanted) else unchanged).append(model)
+                changed = await apply_knobs(client, triton_url, model, wanted, load)
+                (applied if changed else unchanged).append(model)
         logger.info("worker knobs applied to %s, unchanged %s", applied, unchanged)
         return _json({"applied": applied, "unchanged": unchanged})
 
