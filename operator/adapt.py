@@ -92,7 +92,12 @@ def applied_plan(body: Mapping[str, Any]) -> Plan | None:
 
 
 def due(body: Mapping[str, Any], pipeline: ServingPipeline, *, now: float) -> bool:
-    last = _status(body).get("policyState", {}).get("lastTickAt")
+    """Reconciled at this generation (reconcile writes the first status; adapting before it would race
+    it and could drop its conditions) and the spec's interval has passed since the last tick."""
+    status = _status(body)
+    if status.get("observedGeneration") != _generation(body):
+        return False
+    last = status.get("policyState", {}).get("lastTickAt")
     return last is None or now - float(last) >= pipeline.spec.adaptation.interval_seconds - 1e-3
 
 

@@ -95,16 +95,12 @@ def _cpu_quantity(cores: float) -> str:
 
 
 def worker_knobs(stage: Stage, variant: Variant, alloc: Allocation | None) -> dict[str, Any]:
-    """What the worker applies to Triton: batching, instances, threads (the ConfigMap's content)."""
-    batch = alloc.batch if alloc else max(stage.batch_sizes)
-    return {
-        "tritonModel": variant.triton_model,
-        "maxBatchSize": max(stage.batch_sizes),
-        "preferredBatchSize": batch,
-        "maxQueueDelayMicroseconds": int(stage.max_queue_delay_ms * 1000),
+    """The plan's Triton knobs for a variant's pods, as the sidecar's `POST /admin/worker` body."""
+    return {"models": {variant.triton_model: {
         "instanceCount": alloc.instances if alloc else 1,
-        "cpuThreads": max(1, int(alloc.cpu if alloc else variant.resources.cpu)),
-    }
+        "preferredBatchSize": alloc.batch if alloc else max(stage.batch_sizes),
+        "maxQueueDelayMicroseconds": int(stage.max_queue_delay_ms * 1000),
+    }}}
 
 
 def _resources(variant: Variant) -> dict[str, Any]:

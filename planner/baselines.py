@@ -144,11 +144,3 @@ def with_adaptation(pipeline: ServingPipeline, **fields: Any) -> ServingPipeline
 
     return derive(pipeline, edit)
 
-
-def with_objective(pipeline: ServingPipeline, **fields: Any) -> ServingPipeline:
-    """Override `spec.objective` fields (camelCase), e.g. cost=1.0, accuracy=0."""
-
-    def edit(spec: dict[str, Any]) -> None:
-        spec["objective"] = {**spec.get("objective", {}), **fields}
-
-    return derive(pipeline, edit)

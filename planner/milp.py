@@ -18,7 +18,6 @@ McCormick chain over the stages' selection binaries.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -475,7 +474,3 @@ def extract(problem: Problem, model: Model) -> list[StagePlan]:
             plans.append(single_plan(stage, option, n))
     return plans
 
-
-def objective_value(model: Model) -> float:
-    value = pulp.value(model.lp.objective)
-    return math.nan if value is None else float(value)

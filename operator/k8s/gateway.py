@@ -26,7 +26,6 @@ FIELD_MANAGER = "paretoserve"
 class Kind:
     group_version: str
     plural: str
-    namespaced: bool = True
 
     @property
     def prefix(self) -> str:
@@ -41,7 +40,7 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ServingPipeline": Kind("paretoserve.io/v1alpha1", "servingpipelines"),
     "Event": Kind("v1", "events"),
-    "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings", namespaced=False),
+    "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings"),
 }
 CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
 

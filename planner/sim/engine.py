@@ -97,13 +97,6 @@ class StageState:
     retiring: set[PoolKey] = field(default_factory=set)
     arrivals: list[tuple[float, int]] = field(default_factory=list)  # (epoch end, arrivals in the epoch)
 
-    def regime_at(self, t: float) -> Regime | None:
-        found = None
-        for r in self.regimes:
-            if r.t_from <= t:
-                found = r
-        return found
-
 
 class Simulator:
     """Simulates one pipeline under one workload; drive it with `ControlLoop.tick` (see `runner.py`)."""

@@ -54,9 +54,6 @@ class Workload:
         return len(self.arrivals_s)
 
 
-def rng_from(seed: int | np.random.Generator) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
 
 def arrivals_from_counts(counts: Sequence[float] | npt.NDArray[np.generic], rng: np.random.Generator | None = None,
                          *, even: bool = False) -> FloatArray:

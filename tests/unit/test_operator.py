@@ -149,9 +149,11 @@ def test_adapt_scales_with_the_observed_load() -> None:
 
 def test_due_follows_the_spec_interval() -> None:
     pipeline = parse_pipeline(PIPELINE)  # default interval 10 s
-    assert adapt.due(body(), pipeline, now=0.0)
-    assert not adapt.due(body({"policyState": {"lastTickAt": 5.0}}), pipeline, now=10.0)
-    assert adapt.due(body({"policyState": {"lastTickAt": 5.0}}), pipeline, now=15.0)
+    assert not adapt.due(body(), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
+    assert adapt.due(body({"observedGeneration": 1}), pipeline, now=0.0)
+    assert not adapt.due(body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}}), pipeline, now=10.0)
+    assert adapt.due(body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}}), pipeline, now=15.0)
+    assert not adapt.due(body({"observedGeneration": 1}, generation=2), pipeline, now=15.0)  # spec changed
 
 
 def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
@@ -230,7 +232,7 @@ def test_only_the_active_kopf_peer_adapts() -> None:
     gw = FakeGateway()
     gw.objects[("ClusterKopfPeering", "", "p")] = {"status": peers}
     registry = PipelineRegistry()
-    registry.observe("ADDED", body())
+    registry.observe("ADDED", body({"observedGeneration": 1}))
     config = dataclasses.replace(OperatorConfig(), peering="p", priority=100, identity="b")
     standby = AdaptationLoop(registry, gw, FakeSource(10.0), config, clock=lambda: now)  # type: ignore[arg-type]
     assert standby.tick() == 0 and gw.statuses == {}
