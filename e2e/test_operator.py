@@ -262,7 +262,10 @@ def test_load_step_moves_replicas_cpu_and_threshold(cluster: Cluster, namespace:
     cluster.wait_for(high_load_plan, "plan for 60 rps: 2 detector pods resized to 2 cores, threshold 0.5",
                      timeout=2 * INTERVAL_S + 6)
     assert time.monotonic() - seen <= 2 * INTERVAL_S + 6
-    status = pipeline_status(cluster, namespace, "adaptive")
+    # the operator writes the children first and reports the plan in status after them
+    status = cluster.wait_for(lambda: (s := pipeline_status(cluster, namespace, "adaptive"))
+                              and "plan" in s and planned_replicas(s).get("detector-det") == 2 and s,
+                              "status reports the 60 rps plan")
     assert status["observedLoadRps"] == pytest.approx(60.0, rel=0.3)  # a 4 s rate() over 1 s scrapes jitters
     assert condition(status, "MetricsUnavailable")["status"] == "False"
 
@@ -303,7 +306,9 @@ def test_metrics_outage_keeps_the_plan_and_sets_metrics_unavailable(
     exporter.set_rate(namespace, "adaptive", 10.0)
     cluster.apply(ADAPTIVE, namespace)
     cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.9, "low-load plan")
-    plan_before = pipeline_status(cluster, namespace, "adaptive")["plan"]["stages"]
+    # the children are written before the status that reports them
+    plan_before = cluster.wait_for(lambda: pipeline_status(cluster, namespace, "adaptive").get("plan"),
+                                   "plan in status")["stages"]
     prometheus.stop()
     try:
         status = cluster.wait_for(
