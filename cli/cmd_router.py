@@ -4,7 +4,8 @@ The operator starts this as the second container of every worker pod, with the r
 (``paretoserve.workers.router.config``) mounted from the pipeline's ConfigMap; locally it fronts one or
 more Triton servers. ``--upstream URL`` (repeatable) serves every model the config's ``upstreams`` leave
 out -- the sidecar's own Triton on localhost. Live changes go to ``POST /admin/config``; metrics are at
-``GET /metrics``.
+``GET /metrics``. ``--worker-knobs FILE`` applies the pod's Triton knobs from its ConfigMap at start and on
+every change, so a pod started after the operator's last push still gets them.
 
 Starlette, uvicorn and httpx are imported inside the command function so the rest of the CLI stays
 fast. A bad config is one line naming the file and the field, exit status 2.
@@ -32,7 +33,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         config = load_config_file(Path(args.config), default_upstreams=tuple(args.upstream or ()))
     except ConfigError as exc:
         raise CliError(f"{args.config}: {exc}") from None
-    serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    knobs = Path(args.worker_knobs) if args.worker_knobs else None
+    serve(config, host=args.host, port=args.port, log_level=args.log_level, knobs_file=knobs)
     return 0
 
 
@@ -46,5 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--upstream", action="append", metavar="URL",
                         help="base URL serving every model the config's upstreams omit (repeatable: replicas)")
+    parser.add_argument("--worker-knobs", metavar="FILE",
+                        help="Triton knobs JSON (the body of POST /admin/worker) applied to the pod's Triton at "
+                             "start and whenever the file changes (the pod's ConfigMap worker.json)")
     parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     parser.set_defaults(func=cmd_router)

@@ -141,7 +141,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "image": settings.router_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["paretoserve", "router", "--host=0.0.0.0", f"--port={ROUTER_PORT}",
-                 "--config=/etc/paretoserve/router.json"],
+                 "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json"],
         "ports": [{"name": "router", "containerPort": ROUTER_PORT}],
         "resources": {"requests": {"cpu": settings.router_cpu, "memory": settings.router_memory},
                       "limits": {"cpu": settings.router_cpu, "memory": settings.router_memory}},

@@ -12,10 +12,13 @@ refusal handling against plain sockets; one smoke test with real uvicorn on a po
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -349,3 +352,47 @@ async def test_worker_knobs_change_triton_instances_while_serving(triton_server:
             restore = {"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,
                        "models": {"tiny_linear": {"instanceCount": 1}}}
             await client.post("/admin/worker", json=restore, timeout=180)
+
+
+async def test_sidecar_applies_its_configmap_knobs_at_start_and_on_change(triton_server: TritonServer,
+                                                                          tmp_path: Path) -> None:
+    """`paretoserve router --worker-knobs FILE`, as in every worker pod: no operator push needed."""
+    base = f"http://{triton_server.http_url}"
+    config = tmp_path / "router.json"
+    stages = [{"name": "classify", "variants": {"tiny_linear": 1}}]
+    config.write_text(json.dumps({"pipeline": "digits", "stages": stages, "upstreams": {"tiny_linear": [base]}}))
+    knobs = tmp_path / "worker.json"
+
+    def write(count: int) -> None:
+        knobs.write_text(json.dumps({"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,
+                                     "models": {"tiny_linear": {"instanceCount": count}}}))
+
+    async def instances(triton: httpx.AsyncClient) -> int:
+        count: int = (await triton.get(f"{base}/v2/models/tiny_linear/config")).json()["instance_group"][0]["count"]
+        return count
+
+    async def wait_for_instances(triton: httpx.AsyncClient, want: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 120
+        while await instances(triton) != want:
+            assert asyncio.get_running_loop().time() < deadline, f"Triton never reached {want} instances"
+            await asyncio.sleep(0.5)
+
+    write(2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(config), "--port", str(port),
+               "--worker-knobs", str(knobs), "--log-level", "info"]
+    log = (tmp_path / "router.log").open("wb")
+    router = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(timeout=30) as triton:
+            assert await instances(triton) == 1
+            await wait_for_instances(triton, 2)
+            write(1)  # the kubelet updating the mounted ConfigMap
+            await wait_for_instances(triton, 1)
+        assert router.poll() is None, (tmp_path / "router.log").read_text()
+    finally:
+        router.send_signal(signal.SIGINT)
+        router.wait(timeout=30)
+        log.close()

@@ -11,6 +11,8 @@ the log named in the error.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,3 +280,41 @@ def test_port_taken_at_start_is_retried_on_fresh_ports(
     finally:
         taken.close()
     assert not server.is_running()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie left for a PID 1 that does not reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_triton_stops_when_its_parent_is_killed(tmp_path: Path, triton_installation: TritonInstallation) -> None:
+    """`kill -9` of `paretoserve up` must not leave a tritonserver holding ports and memory."""
+    script = f"""
+import sys, time
+from pathlib import Path
+from paretoserve.workers.triton.repository import write_repository
+from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
+root = Path({str(tmp_path)!r})
+config = TritonServerConfig(model_repository=write_repository(root / "empty", []), work_dir=root / "work",
+                            backend_cache_dir=root / "backends")
+server = TritonServer(config)
+server.start()
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        triton_pid = int(parent.stdout.readline())
+        assert _alive(triton_pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _alive(triton_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(triton_pid), f"tritonserver {triton_pid} outlived its killed parent"

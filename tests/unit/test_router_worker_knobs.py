@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from paretoserve.workers.router.app import build_router
 from paretoserve.workers.router.config import parse_config
-from paretoserve.workers.router.errors import ConfigError
-from paretoserve.workers.router.worker_knobs import Knobs, override_config, parse_knobs
+from paretoserve.workers.router.errors import ConfigError, UpstreamUnavailable
+from paretoserve.workers.router.worker_knobs import Knobs, override_config, parse_knobs, watch_knobs_file
 
 CONFIG = {"instance_group": [{"count": 1, "kind": "KIND_CPU"}], "max_batch_size": 32,
           "dynamic_batching": {"max_queue_delay_microseconds": 100}}
@@ -65,3 +70,35 @@ async def test_endpoint_loads_a_config_override_only_when_something_changes() ->
     assert len(loads) == 1 and loads[0]["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     assert bad.status_code == 400 and "models.m.instanceCount" in bad.text
     assert bad_protocol.status_code == 400 and "loadProtocol" in bad_protocol.text
+
+
+async def test_knobs_file_is_applied_at_start_retried_until_triton_answers_and_reapplied_on_change(
+    tmp_path: Path,
+) -> None:
+    """The pod's ConfigMap `worker.json`: a pod that starts after the operator's push still gets its knobs."""
+    path = tmp_path / "worker.json"
+    path.write_text(json.dumps({"models": {"m": {"instanceCount": 2}}}))
+    calls: list[dict[str, Any]] = []
+    changes = asyncio.Queue[int]()
+
+    async def apply(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        calls.append(dict(raw))
+        if len(calls) == 1:
+            raise UpstreamUnavailable("Triton is still loading", model="m", url="http://127.0.0.1:8000")
+        changes.put_nowait(raw["models"]["m"]["instanceCount"])
+        return {"applied": ["m"], "unchanged": []}
+
+    watch = asyncio.create_task(watch_knobs_file(path, apply, poll_s=0.01))
+    try:
+        assert await asyncio.wait_for(changes.get(), 5) == 2  # second try: the first found Triton loading
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2  # unchanged file: not applied again
+        path.write_text("{not json")
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2  # invalid content is skipped (and logged) until the file changes
+        path.write_text(json.dumps({"models": {"m": {"instanceCount": 3}}}))
+        assert await asyncio.wait_for(changes.get(), 5) == 3
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch

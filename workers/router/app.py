@@ -15,7 +15,8 @@
   assignment, no ``await`` between validation and swap), answering the new config, or 400 naming
   the field;
 - ``POST /admin/worker``: the plan's Triton knobs (instance count, dynamic batching) for this pod's
-  own Triton, applied through the repository load API (:mod:`.worker_knobs`).
+  own Triton, applied through the repository load API (:mod:`.worker_knobs`). With ``knobs_file``
+  the same body is also read from a file (the pod's ConfigMap) at start and whenever it changes.
 
 Every :class:`~.errors.RouterError` becomes its HTTP status and JSON body in one handler, which
 also counts it; anything else is a bug, answered 500 and logged with its traceback.
@@ -23,13 +24,16 @@ also counts it; anything else is a bug, answered 500 and logged with its traceba
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from pathlib import Path
+from typing import Any, TypedDict
 
 import httpx
 import orjson
@@ -48,7 +52,7 @@ from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
 from paretoserve.workers.router.protocol import decode_object, parse_infer_request
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
-from paretoserve.workers.router.worker_knobs import apply_knobs, grpc_loader, parse_knobs
+from paretoserve.workers.router.worker_knobs import apply_knobs, grpc_loader, parse_knobs, watch_knobs_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +100,14 @@ class RouterService:
         transport: httpx.AsyncBaseTransport | None = None,
         registry: CollectorRegistry | None = None,
         clock: Clock = time.monotonic,
+        knobs_file: Path | None = None,
+        knobs_poll_s: float = 5.0,
     ) -> None:
         self._config = config
         self._transport = transport
+        self._knobs_file = knobs_file
+        self._knobs_poll_s = knobs_poll_s
+        self._knobs_lock = asyncio.Lock()
         self._clock = clock
         self.registry = registry if registry is not None else CollectorRegistry()
         self.admission = EdfAdmission(
@@ -140,9 +149,16 @@ class RouterService:
         async with pool:
             self._pool = pool
             self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock)
+            watch = None
+            if self._knobs_file is not None:
+                watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.apply_worker, self._knobs_poll_s))
             try:
                 yield
             finally:
+                if watch is not None:
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
                 self._pool = self._runner = None
 
     def _deadline(self, request: Request, config: RouterConfig, now: float) -> float:
@@ -269,7 +285,10 @@ class RouterService:
 
     async def post_worker(self, request: Request) -> Response:
         """Apply the plan's Triton knobs (instances, batching) to this pod's own Triton."""
-        raw = decode_object(await request.body(), "the worker update")
+        return _json(await self.apply_worker(decode_object(await request.body(), "the worker update")))
+
+    async def apply_worker(self, raw: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Apply a ``/admin/worker`` body; one change at a time (operator pushes and the knobs file)."""
         knobs = parse_knobs(raw)
         triton_url = str(raw.get("tritonUrl") or DEFAULT_TRITON_URL).rstrip("/")
         protocol = raw.get("loadProtocol", "grpc")
@@ -277,14 +296,15 @@ class RouterService:
             raise ConfigError("loadProtocol", f"must be grpc or http, got {protocol!r}")
         applied: list[str] = []
         unchanged: list[str] = []
-        # A rare, operator-driven call: one short-lived client, with the load API's own (long) timeout.
-        async with httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(120.0, connect=2.0)) as client:
+        # A rare call: one short-lived client, with the load API's own (long) timeout.
+        async with self._knobs_lock, httpx.AsyncClient(transport=self._transport,
+                                                       timeout=httpx.Timeout(120.0, connect=2.0)) as client:
             load = grpc_loader(str(raw.get("tritonGrpcUrl") or DEFAULT_TRITON_GRPC)) if protocol == "grpc" else None
             for model, wanted in knobs.items():
                 changed = await apply_knobs(client, triton_url, model, wanted, load)
                 (applied if changed else unchanged).append(model)
         logger.info("worker knobs applied to %s, unchanged %s", applied, unchanged)
-        return _json({"applied": applied, "unchanged": unchanged})
+        return {"applied": applied, "unchanged": unchanged}
 
     # --- the one error boundary --------------------------------------------------------------
 
@@ -310,9 +330,13 @@ def build_router(
     transport: httpx.AsyncBaseTransport | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock = time.monotonic,
+    knobs_file: Path | None = None,
+    knobs_poll_s: float = 5.0,
 ) -> Starlette:
-    """The router app for ``config``; ``transport`` replaces the upstream transport (tests)."""
-    service = RouterService(config, transport=transport, registry=registry, clock=clock)
+    """The router app for ``config``; ``transport`` replaces the upstream transport (tests);
+    ``knobs_file`` is applied to the pod's Triton at start and on every change (``/admin/worker``'s body)."""
+    service = RouterService(config, transport=transport, registry=registry, clock=clock, knobs_file=knobs_file,
+                            knobs_poll_s=knobs_poll_s)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:

@@ -60,10 +60,11 @@ def uvicorn_config(app: Starlette, *, host: str, port: int, log_level: str = "wa
 
 
 def serve(config: RouterConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", knobs_file: Path | None = None) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (blocks; uvicorn handles the signals)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(uvicorn_config(build_router(config), host=host, port=port, log_level=log_level)).run()
+    app = build_router(config, knobs_file=knobs_file)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
 
 
 class ServerThread:

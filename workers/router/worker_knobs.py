@@ -7,19 +7,28 @@ repository API with a config override (over gRPC by default: an HTTP load stalls
 An instance-count-only change is an in-place update in Triton (no
 reload); a batching change is a reload that keeps the old model serving until the new one is ready.
 `override_config` is pure; `apply_knobs` does the two HTTP calls.
+
+The same knobs are also in the pod's ConfigMap (`worker.json`, mounted next to `router.json`), so a pod that
+starts after the operator's last push, or a push that failed, still converges: `watch_knobs_file` applies the
+file once the pod's Triton answers and again whenever the kubelet updates the mounted file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from paretoserve.workers.router.errors import ConfigError, UpstreamUnavailable
+from paretoserve.workers.router.errors import ConfigError, RouterError, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +137,39 @@ async def apply_knobs(client: httpx.AsyncClient, triton_url: str, model: str, kn
         raise UpstreamUnavailable(f"applying knobs to {model}: {type(exc).__name__}: {exc}", model=model,
                                   url=triton_url) from exc
     return True
+
+
+WorkerUpdate = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+"""Applies a `/admin/worker` body (the router's own handler, so pushes and the file share one lock)."""
+
+
+async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0) -> None:
+    """Apply the knobs in `path` until cancelled: at start, and whenever the file's content changes.
+
+    A content that cannot be applied yet (Triton still loading: `UpstreamUnavailable`) is retried every
+    `poll_s`; one that is invalid is logged with the field named and skipped until the file changes.
+    """
+    settled: str | None = None
+    while True:
+        try:
+            text: str | None = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            logger.warning("cannot read worker knobs %s: %s", path, exc.strerror or exc)
+            text = None
+        if text is not None and text != settled:
+            try:
+                raw = json.loads(text)
+                if not isinstance(raw, Mapping):
+                    raise ConfigError("models", "the knobs file must hold a JSON object")
+                result = await apply(raw)
+                settled = text
+                logger.info("worker knobs from %s: applied %s, unchanged %s", path, result.get("applied"),
+                            result.get("unchanged"))
+            except (ValueError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
+                settled = text
+                logger.error("worker knobs %s are invalid, skipped until the file changes: %s", path, exc)
+            except RouterError as exc:
+                logger.info("worker knobs %s not applied yet (retrying in %gs): %s", path, poll_s, exc)
+            except Exception:  # a bug must not end the watch silently: log it and retry
+                logger.exception("applying worker knobs %s failed (retrying in %gs)", path, poll_s)
+        await asyncio.sleep(poll_s)

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -189,6 +190,16 @@ def _tail(path: Path, lines: int = 40) -> str:
         return f"<cannot read log: {error}>"
 
 
+def _die_with_parent(command: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig TERM`` so a SIGKILLed parent (``kill -9`` of ``paretoserve up``) does not
+    leave Triton running, holding its ports and memory. The signal follows the *thread* that started the
+    server, so it is set only from the main thread (a worker thread's exit would stop a healthy server)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return command
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
+
+
 def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """SIGINT (Triton drains and exits), then SIGKILL to the server's own process group."""
     if process.poll() is not None:
@@ -256,7 +267,7 @@ class TritonServer:
         env = build_environment(installation, os.environ, Path(sys.prefix) / "bin")
         for attempt in range(1, self._config.start_attempts + 1):
             self._ports = TritonPorts.pick_free(self._config.bind_address)
-            command = build_command(installation, backends, self._config, self._ports)
+            command = _die_with_parent(build_command(installation, backends, self._config, self._ports))
             with self.log_path.open("ab") as log:
                 log.write(f"=== attempt {attempt}: {' '.join(command)}\n".encode())
                 log.flush()
