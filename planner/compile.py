@@ -37,6 +37,7 @@ def _rows(stage: Stage, cascade: Cascade) -> tuple[m.CascadeRow, ...]:
             heavy_fraction=r.heavy_fraction,
             quality=r.quality if r.quality is not None else light + r.heavy_fraction * (heavy - light),
             prompt_threshold=r.prompt_threshold,
+            pre_routed_fraction=r.pre_routed_fraction,
         )
         for r in cascade.rows
     ]

@@ -233,6 +233,13 @@ def check_plan(problem: Problem, plan: Plan) -> list[str]:
     return problems
 
 
+def pre_routed_rps(stage: Stage, sp: StagePlan) -> float:
+    """Requests of a cascade stage that go straight to the heavy model at the plan's row (HADIS)."""
+    if stage.cascade is None or sp.cascade_row is None or not 0 <= sp.cascade_row < len(stage.cascade.rows):
+        return 0.0
+    return stage.load_rps * stage.cascade.pre_routed_fraction(stage.cascade.rows[sp.cascade_row])
+
+
 def covers_load(problem: Problem, plan: Plan) -> bool:
     """Whether a plan sized for an earlier load still has the capacity for this problem's loads."""
     plans = {sp.stage: sp for sp in plan.stages}
@@ -247,7 +254,7 @@ def covers_load(problem: Problem, plan: Plan) -> bool:
             if option is None:
                 return False
             capacity[a.role] = capacity.get(a.role, 0.0) + effective_capacity(option, problem) * a.replicas
-        served = capacity["main"] + capacity["light"]
+        served = capacity["main"] + capacity["light"] + pre_routed_rps(stage, sp)
         if served + FEASIBILITY_TOL < stage.load_rps:
             return False
         if capacity["heavy"] + FEASIBILITY_TOL < stage.load_rps * (sp.heavy_fraction or 0.0):
@@ -281,6 +288,7 @@ def _check_stage(problem: Problem, stage: Stage, sp: StagePlan) -> list[str]:
         out.append(f"stage {stage.name}: {replicas} replicas < min {stage.min_replicas}")
     if stage.pinned_replicas is not None and replicas != stage.pinned_replicas:
         out.append(f"stage {stage.name}: {replicas} replicas, pinned {stage.pinned_replicas}")
+    served += pre_routed_rps(stage, sp)
     if abs(served - stage.load_rps) > FEASIBILITY_TOL * max(1.0, stage.load_rps):
         out.append(f"stage {stage.name}: serves {served} of {stage.load_rps} rps")
     if stage.cascade is not None:

@@ -166,23 +166,25 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
     sv.latency = _expr(latency, stage.queue_delay_ms)
 
 
-def pareto_pool(problem: Problem, stage: Stage, options: list[Option]) -> list[tuple[Option, int]]:
-    """Options of a fixed-load pool with their replicas, minus those another option dominates.
+def pareto_pool(problem: Problem, stage: Stage, options: list[Option],
+                load_rps: float | None = None) -> list[tuple[Option, int]]:
+    """Options of a fixed-load pool (default load: the stage's) with their replicas, minus dominated ones.
 
     An option is dropped when another is at least as accurate and no worse on latency, price, CPU, every
     GPU resource, batch term and reconfiguration penalty: it can never be strictly better, whatever the
     other stages do. This keeps only the stage's Pareto front and is what makes IPA-size products fast.
     """
+    load = stage.load_rps if load_rps is None else load_rps
     scored = []
     for option in options:
-        n = fixed_pool_replicas(stage, option, stage.load_rps, problem)
+        n = fixed_pool_replicas(stage, option, load, problem)
         if n is None:
             continue
         gpus = dict((name, amount * n) for name, amount in option.gpus)
         penalty = load_time_of(stage, option.variant) if _fixed_changes(problem, stage, option, n) else 0.0
         vector = (
             -option.accuracy,
-            option.latency_ms + batch_delay_ms(option.batch, stage.load_rps, stage.max_queue_delay_ms),
+            option.latency_ms + batch_delay_ms(option.batch, load, stage.max_queue_delay_ms),
             allocation_price(problem, option, n),
             option.cpu * n,
             option.batch,
@@ -206,19 +208,23 @@ def pareto_pool(problem: Problem, stage: Stage, options: list[Option]) -> list[t
     return kept
 
 
-def pareto_rows(stage: Stage, heavy_options: list[Option]) -> list[int]:
+def pareto_rows(stage: Stage, heavy_options: list[Option], light_options: list[Option]) -> list[int]:
     """Indices of cascade rows no other row dominates.
 
-    Row a dominates row b when it is at least as good in quality, defers no more traffic, and makes no
-    heavy batch wait longer to form (fewer deferrals fill heavy batches more slowly, so this holds only
-    where the wait is capped by the max queue delay or the batch is 1). Ties keep the earlier row.
+    Row a dominates row b when it is at least as good in quality, defers no more traffic, leaves the light
+    model no more traffic (pre-routing), and makes no batch wait longer to form (less traffic fills batches
+    more slowly, so this holds only where the wait is capped by the max queue delay or the batch is 1).
+    Ties keep the earlier row.
     """
-    assert stage.cascade is not None
-    rows = stage.cascade.rows
+    cascade = stage.cascade
+    assert cascade is not None
+    rows = cascade.rows
+    light_loads = [stage.load_rps * cascade.light_fraction(r) for r in rows]
     delays = [
         tuple(batch_delay_ms(o.batch, stage.load_rps * r.heavy_fraction, stage.max_queue_delay_ms)
               for o in heavy_options)
-        for r in rows
+        + tuple(batch_delay_ms(o.batch, light, stage.max_queue_delay_ms) for o in light_options)
+        for r, light in zip(rows, light_loads, strict=True)
     ]
     kept = []
     for b, row in enumerate(rows):
@@ -226,9 +232,11 @@ def pareto_rows(stage: Stage, heavy_options: list[Option]) -> list[int]:
         for a, other in enumerate(rows):
             if a == b or other.quality < row.quality - 1e-12 or other.heavy_fraction > row.heavy_fraction + 1e-12:
                 continue
+            if light_loads[a] > light_loads[b] + 1e-12:
+                continue
             if any(da > db + 1e-12 for da, db in zip(delays[a], delays[b], strict=True)):
                 continue
-            same = (abs(other.quality - row.quality) <= 1e-12
+            same = (abs(other.quality - row.quality) <= 1e-12 and abs(light_loads[a] - light_loads[b]) <= 1e-12
                     and abs(other.heavy_fraction - row.heavy_fraction) <= 1e-12 and delays[a] == delays[b])
             if not same or a < b:
                 dominated = True
@@ -248,24 +256,33 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
     stage = sv.stage
     cascade = stage.cascade
     assert cascade is not None  # guarded by build()
-    light_latency: Terms = []
-    for k, (option, n) in enumerate(pareto_pool(problem, stage, allowed_options(stage, [cascade.light]))):
-        x = lp.add_variable(f"xl_{tag}_{k}", cat=pulp.LpBinary)
-        sv.fixed.append((option, x, n))
-        add_resources(option, x, n)
-        objective.append((x, -problem.objective.batch * option.batch))
-        light_latency.append((x, option.latency_ms + batch_delay_ms(option.batch, stage.load_rps,
-                                                                    stage.max_queue_delay_ms)))
-        if _fixed_changes(problem, stage, option, n):
-            reconfig_terms.append((x, load_time_of(stage, option.variant)))
-    lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
-
+    light_options = allowed_options(stage, [cascade.light])
     heavy_options = allowed_options(stage, [cascade.heavy])
-    sv.row_index = pareto_rows(stage, heavy_options)
+    sv.row_index = pareto_rows(stage, heavy_options, light_options)
     rows = [cascade.rows[j] for j in sv.row_index]
     sv.rows = [lp.add_variable(f"z_{tag}_{j}", cat=pulp.LpBinary) for j in sv.row_index]
     lp += _expr([(z, 1.0) for z in sv.rows]) == 1
     sv.accuracy_selectors = [(row.quality, z) for row, z in zip(rows, sv.rows, strict=True)]
+
+    # The light pool is a fixed-load pool for a given row; rows that pre-route part of the traffic to the
+    # heavy model leave it less, so rows are grouped by light load and each group picks one light option.
+    groups: dict[float, list[Any]] = {}
+    for z, row in zip(sv.rows, rows, strict=True):
+        groups.setdefault(stage.load_rps * cascade.light_fraction(row), []).append(z)
+    light_latency: Terms = []
+    for g, (load, selectors) in enumerate(groups.items()):
+        chosen: Terms = []
+        for k, (option, n) in enumerate(pareto_pool(problem, stage, light_options, load)):
+            x = lp.add_variable(f"xl_{tag}_{g}_{k}", cat=pulp.LpBinary)
+            sv.fixed.append((option, x, n))
+            add_resources(option, x, n)
+            objective.append((x, -problem.objective.batch * option.batch))
+            light_latency.append((x, option.latency_ms + batch_delay_ms(option.batch, load,
+                                                                        stage.max_queue_delay_ms)))
+            if _fixed_changes(problem, stage, option, n):
+                reconfig_terms.append((x, load_time_of(stage, option.variant)))
+            chosen.append((x, 1.0))
+        lp += _expr(chosen) == _expr([(z, 1.0) for z in selectors])
 
     heavy_latency = lp.add_variable(f"lh_{tag}", lowBound=0)
     capacity: Terms = []

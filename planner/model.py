@@ -57,6 +57,7 @@ class CascadeRow:
     heavy_fraction: float
     quality: float
     prompt_threshold: float | None = None
+    pre_routed_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,23 @@ class Cascade:
     heavy: str
     rows: tuple[CascadeRow, ...]
     router: str = "confidence"
+
+    def pre_routed_fraction(self, row: CascadeRow) -> float:
+        """Share of the stage's requests sent straight to the heavy model, skipping the light one.
+
+        The row's measured ``pre_routed_fraction`` when given (a hybrid router pre-routes part of what it
+        defers, the discriminator the rest); otherwise everything a prompt router defers, and nothing for
+        the others (confidence and discriminator cascades send every request through the light model).
+        """
+        if self.router not in ("prompt", "hybrid"):
+            return 0.0
+        if row.pre_routed_fraction is not None:
+            return min(row.pre_routed_fraction, row.heavy_fraction)
+        return row.heavy_fraction if self.router == "prompt" else 0.0
+
+    def light_fraction(self, row: CascadeRow) -> float:
+        """Share of the stage's requests the light model serves at ``row``."""
+        return 1.0 - self.pre_routed_fraction(row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ def _stage_latency_floor(problem: Problem, stage: Stage) -> float:
     options = allowed_options(stage, [stage.cascade.light] if stage.cascade else None)
     best = math.inf
     for o in options:
-        if fixed_pool_replicas(stage, o, stage.load_rps, problem) is None:
+        if fixed_pool_replicas(stage, o, _least_main_load(stage), problem) is None:
             continue
         best = min(best, o.latency_ms)
     if stage.cascade is not None and best < math.inf and all(r.heavy_fraction > 0 for r in stage.cascade.rows):
@@ -120,6 +120,14 @@ def precheck(problem: Problem) -> InfeasibleReason | None:
     return None
 
 
+def _least_main_load(stage: Stage) -> float:
+    """The least load the stage's main (or a cascade's light) pool can be left with: rows that pre-route
+    requests straight to the heavy model leave the light model only the rest."""
+    if stage.cascade is None:
+        return stage.load_rps
+    return stage.load_rps * min(stage.cascade.light_fraction(r) for r in stage.cascade.rows)
+
+
 def _can_carry(problem: Problem, stage: Stage, option: Option) -> bool:
     if stage.cascade is not None and option.variant == stage.cascade.heavy:
         return False
@@ -127,7 +135,7 @@ def _can_carry(problem: Problem, stage: Stage, option: Option) -> bool:
         # A split never beats its best option's capacity times the stage's replica limit.
         limit = stage.pinned_replicas or stage.max_replicas
         return stage.load_rps <= capacity_of(option, problem) * limit + EPS
-    return fixed_pool_replicas(stage, option, stage.load_rps, problem) is not None
+    return fixed_pool_replicas(stage, option, _least_main_load(stage), problem) is not None
 
 
 def diagnose(problem: Problem, limits: SolveLimits) -> InfeasibleReason:

@@ -198,6 +198,17 @@ class CascadeRow(_Model):
     quality: float | None = None
     """Quality of the cascade at this row; unset interpolates light→heavy accuracy by heavyFraction."""
     prompt_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The prompt router's threshold at this row (``preRouteThreshold`` of the router sidecar)."""
+    pre_routed_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Share of the stage's requests the prompt router sends straight to the heavy model (part of
+    heavyFraction); the light model serves only the rest. Unset: all of heavyFraction for the prompt router,
+    none for the others."""
+
+    @model_validator(mode="after")
+    def _pre_routed_within_heavy(self) -> CascadeRow:
+        if self.pre_routed_fraction is not None and self.pre_routed_fraction > self.heavy_fraction:
+            raise _at("preRoutedFraction", "must be <= heavyFraction (pre-routed requests are heavy requests)")
+        return self
 
 
 class Cascade(_Model):

@@ -63,8 +63,9 @@ def cascade_plan(
     if stage.cascade is None:
         raise ValueError(f"stage {stage.name} has no cascade")
     row = stage.cascade.rows[row_index]
-    light_queue = batch_delay_ms(light.batch, stage.load_rps, stage.max_queue_delay_ms)
-    allocs = [allocation(light, light_replicas, stage.load_rps, light_queue, "light")]
+    light_load = stage.load_rps * stage.cascade.light_fraction(row)
+    light_queue = batch_delay_ms(light.batch, light_load, stage.max_queue_delay_ms)
+    allocs = [allocation(light, light_replicas, light_load, light_queue, "light")]
     latency = light.latency_ms + light_queue + stage.queue_delay_ms
     if heavy is not None:
         heavy_load = stage.load_rps * row.heavy_fraction
@@ -125,7 +126,7 @@ def _enumerate_cascade(problem: Problem, stage: Stage) -> Iterator[StagePlan]:
     heavies = allowed_options(stage, [stage.cascade.heavy])
     for j, row in enumerate(stage.cascade.rows):
         for light in lights:
-            n_light = fixed_pool_replicas(stage, light, stage.load_rps, problem)
+            n_light = fixed_pool_replicas(stage, light, stage.load_rps * stage.cascade.light_fraction(row), problem)
             if n_light is None:
                 continue
             if row.heavy_fraction <= 0:

@@ -56,8 +56,11 @@ def pair_pipeline(light: str, heavy: str, rows: list[dict[str, str]], latency_s:
                 "resources": {"cpu": 8.0, "memoryGib": 64.0, "gpus": {"nvidia.com/gpu": 1.0}},
                 "profile": {"points": points}}
 
+    # HADIS's router threshold is a percentile: the hardest `router_threshold` share of prompts goes straight
+    # to the heavy model, so it is also the row's pre-routed share.
     cascade_rows = [{"threshold": float(r["discriminator_threshold"]), "heavyFraction": float(r["route_ratio_heavy"]),
-                     "quality": -float(r["fid"]), "promptThreshold": float(r["router_threshold"])}
+                     "quality": -float(r["fid"]), "promptThreshold": float(r["router_threshold"]),
+                     "preRoutedFraction": min(float(r["router_threshold"]), float(r["route_ratio_heavy"]))}
                     for r in rows if (r["light_model"], r["heavy_model"]) == (light, heavy)]
     return parse_pipeline({
         "apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline",

@@ -83,11 +83,11 @@ WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
   better setting; the InfAdapter row shows the effect.
 - **DiffServe's MILP vs the Proteus-style mix (E4).** 0.55 % against 0.33 % violations, for FID 18.12 against
   20.27: the MILP spends the GPUs on quality (more deferrals to SD-v1.5) and runs closer to the SLO.
-- **HADIS vs DiffServe (E5).** FID 23.90 against 23.52. During peaks the pair selector moves to a lighter
-  pair while the fixed pair, capped at its capacity, happens to fit; and the planner charges the light model
-  for every request, including those the prompt router sends straight to the heavy model, so the hybrid rows
-  gain nothing in the plan (a known planner limitation: light load should be (1 − pre-routed share) × λ).
-  Overlapping pools during pair switches also push the mean to 15.3 GPUs, above the 15-GPU budget.
+- **HADIS vs DiffServe (E5).** FID 23.79 against 23.52, and 0.14 % of requests over the SLO against none.
+  The planner charges the light model only for the requests the prompt router leaves it ((1 − pre-routed
+  share) × λ; charging it for every request had FID at 23.90). The remaining gap is the pair selector: during
+  peaks it moves to a lighter pair while DiffServe's fixed pair, capped at its capacity, happens to fit, and
+  each pair switch (48 reconfigurations against 24) briefly runs both pools, which is where the violations are.
 - **HADIS vs Clipper-Heavy (E5).** Clipper-Heavy has the better FID (18.49) but violates the SLO for 99.7 % of
   requests; HADIS trades quality for latency.
 """

@@ -111,8 +111,7 @@ class Simulator:
         self._latency: dict[tuple[str, str, float, int], dict[int, tuple[float, float]]] = {}
         self._load_time: dict[tuple[str, str], float] = {}
         self._accuracy: dict[tuple[str, str], float] = {}
-        self._prompt: dict[tuple[str, str, str, float, float, float], float] = {}  # cascade row -> router share
-        self._routers: dict[str, str] = {}
+        self._pre_routed: dict[tuple[str, str, str, float, float, float], float] = {}  # cascade row -> its share
         for pipe in (pipeline, *catalog):
             self._learn(compile_problem(pipe, Observation(load_rps=0.0)), pipe.spec.adaptation.target_utilization)
         self.order = topological_order(self.problem.stages)
@@ -158,10 +157,9 @@ class Simulator:
                 self._load_time[(s.name, o.variant)] = o.load_time_s
                 self._accuracy.setdefault((s.name, o.variant), o.accuracy)
             if s.cascade is not None:
-                self._routers[s.name] = s.cascade.router
                 for r in s.cascade.rows:
                     key = (s.name, s.cascade.light, s.cascade.heavy, r.threshold, r.heavy_fraction, r.quality)
-                    self._prompt[key] = r.prompt_threshold or 0.0
+                    self._pre_routed[key] = s.cascade.pre_routed_fraction(r)
 
     def _key(self, a: Allocation) -> PoolKey:
         cpu = -1.0 if self.config.resize != "surge" else a.cpu
@@ -247,12 +245,10 @@ class Simulator:
         if "light" in roles or "heavy" in roles:
             light, heavy = roles.get("light"), roles.get("heavy")
             f = (sp.heavy_fraction or 0.0) if heavy is not None else 0.0
-            router = self._routers.get(st.stage.name, "confidence")
             direct = 0.0
-            if router in ("prompt", "hybrid") and light is not None and heavy is not None:
+            if light is not None and heavy is not None:
                 row = (st.stage.name, light[0], heavy[0], sp.threshold or 0.0, sp.heavy_fraction or 0.0, sp.accuracy)
-                prompt = self._prompt.get(row, 0.0)
-                direct = f if router == "prompt" else min(prompt, f)
+                direct = min(self._pre_routed.get(row, 0.0), f)
             if light is None:
                 direct = 1.0
             rest = (f - direct) / (1.0 - direct) if direct < 1.0 else 0.0

@@ -114,6 +114,7 @@ LIGHT_NE_HEAVY = "cascade.light and cascade.heavy must differ"
 ONE_PROFILE_KIND = "give exactly one of profile.points, profile.sponge, profile.linearCapacity"
 MIN_REPLICAS_LE_MAX = "bounds.minReplicas must be <= bounds.maxReplicas"
 MIN_CPU_LE_MAX = "bounds.minCpu must be <= bounds.maxCpu"
+PRE_ROUTED_LE_HEAVY = "rows[].preRoutedFraction must be <= rows[].heavyFraction"
 DISCRIMINATOR_MODEL = "cascade.discriminatorModel is required by the discriminator and hybrid routers"
 
 SPONGE = {"gamma": 1.0, "delta": 2.0, "epsilon": 3.0, "eta": 4.0, "cpus": [1, 2]}
@@ -221,6 +222,9 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
                     "spec.stages[6].bounds", "cel", "spec.stages[6].bounds.minReplicas", MIN_REPLICAS_LE_MAX),
     InvalidPipeline("min-replicas-above-default-max", set_("spec.stages[0].bounds", {"minReplicas": 101}),
                     "spec.stages[0].bounds", "cel", "spec.stages[0].bounds.minReplicas", MIN_REPLICAS_LE_MAX),
+    InvalidPipeline("pre-routed-above-heavy-fraction", set_(f"{ANSWER}.cascade.rows[1].preRoutedFraction", 0.99),
+                    f"{ANSWER}.cascade.rows[1]", "cel", f"{ANSWER}.cascade.rows[1].preRoutedFraction",
+                    PRE_ROUTED_LE_HEAVY),
     InvalidPipeline("min-cpu-above-max", set_("spec.stages[0].bounds", {"minCpu": 8, "maxCpu": 4}),
                     "spec.stages[0].bounds", "cel", "spec.stages[0].bounds.minCpu", MIN_CPU_LE_MAX),
     # --- only the parser: CEL cannot afford a reachability check over 64 stages -------------------

@@ -99,15 +99,18 @@ def cascade_problem(draw: st.DrawFn) -> Problem:
     light_acc, heavy_acc = sorted(draw(accuracies(2)))
     opts = draw(options("light", light_acc)) + draw(options("heavy", heavy_acc))
     n_rows = draw(st.integers(1, 6))
+    router = draw(st.sampled_from(["confidence", "prompt", "hybrid"]))  # the last two pre-route to heavy
     rows = []
     for j in range(n_rows):
         f = round(j / max(1, n_rows - 1), 3) if n_rows > 1 else draw(st.sampled_from([0.0, 0.5, 1.0]))
         quality = draw(st.one_of(st.just(light_acc + f * (heavy_acc - light_acc)),
                                  st.integers(30, 99).map(lambda v: v / 100)))
-        rows.append(CascadeRow(threshold=j / 10, heavy_fraction=f, quality=quality))
+        pre = draw(st.sampled_from([None, 0.0, 0.2, 0.5, 1.0])) if router != "confidence" else None
+        rows.append(CascadeRow(threshold=j / 10, heavy_fraction=f, quality=quality,
+                               pre_routed_fraction=None if pre is None else min(pre, f)))
     load = float(draw(st.integers(0, 40)))
     stage = Stage(name="gen", options=tuple(opts), load_rps=load,
-                  cascade=Cascade("light", "heavy", tuple(rows)),
+                  cascade=Cascade("light", "heavy", tuple(rows), router=router),
                   min_replicas=(lo := draw(st.integers(0, 2))), max_replicas=max(1, lo) + draw(st.integers(0, 8)),
                   max_queue_delay_ms=float(draw(st.sampled_from([0, 10]))),
                   queue_delay_ms=float(draw(st.sampled_from([0, 15]))))

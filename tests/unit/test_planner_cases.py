@@ -139,6 +139,30 @@ def test_diffserve_threshold_under_a_gpu_budget_by_hand() -> None:
     assert solve(roomy).stages[0].heavy_fraction == pytest.approx(1.0)
 
 
+def test_hybrid_rows_charge_the_light_model_only_for_what_it_serves_by_hand() -> None:
+    # 100 rps. Light b=1: 40 ms -> 25 rps per GPU; heavy b=1: 100 ms -> 10 rps per GPU. 12 GPUs.
+    # Row A (confidence only): heavy 0.6 -> 4 light + 6 heavy = 10 GPUs.
+    # Row B (same quality, hybrid): the prompt router sends the hardest 50 % straight to heavy, the
+    # discriminator 10 % more -> light serves 50 rps (2 GPUs) + heavy 60 rps (6 GPUs) = 8 GPUs.
+    # Charged as if the light model saw every request, B would cost as much as A.
+    gpu = (("nvidia.com/gpu", 1.0),)
+    options = (Option("light", 0.5, 1, 1.0, 40.0, 25.0, gpus=gpu), Option("heavy", 0.9, 1, 1.0, 100.0, 10.0, gpus=gpu))
+    rows = (CascadeRow(0.5, 0.6, 0.8), CascadeRow(0.3, 0.6, 0.8, prompt_threshold=0.7, pre_routed_fraction=0.5))
+    stage = Stage("gen", options, 100.0, cascade=Cascade("light", "heavy", rows, router="hybrid"), max_replicas=20)
+    problem = Problem("hadis", (stage,), slo_ms=1000, budget=Budget(gpus=(("nvidia.com/gpu", 12.0),)),
+                      objective=Objective(accuracy=1, cost=0.01, aggregation=Aggregation.SUM,
+                                          prices=(("nvidia.com/gpu", 1.0),)))
+    plan = solve(problem)
+    assert plan.status is SolveStatus.OPTIMAL and plan.stages[0].cascade_row == 1
+    assert [(a.variant, a.replicas, a.load_rps) for a in plan.stages[0].allocations] == [
+        ("light", 2, 50.0), ("heavy", 6, 60.0)]
+    assert plan.gpus == (("nvidia.com/gpu", 8.0),) and check_plan(problem, plan) == []
+    assert brute_force(problem).objective == pytest.approx(plan.objective)
+    # A confidence cascade sends every request through the light model: the rows cost the same.
+    plain = dataclasses.replace(stage, cascade=Cascade("light", "heavy", rows, router="confidence"))
+    assert solve(dataclasses.replace(problem, stages=(plain,))).gpus == (("nvidia.com/gpu", 10.0),)
+
+
 def test_sponge_fit_and_edf_drain_by_hand() -> None:
     truth = SpongeCoefficients(gamma=20, delta=5, epsilon=30, eta=10)
     points = [Measurement(b, c, truth.latency_ms(b, c)) for b in (1, 2, 4, 8) for c in (1.0, 2.0, 4.0)]
