@@ -28,6 +28,7 @@ LABEL_VARIANT = f"{API_GROUP}/variant"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "paretoserve"
 ANNOTATION_CPU = f"{API_GROUP}/desired-cpu"
+MODELS_MOUNT = "/models"
 TRITON_HTTP_PORT = 8000
 TRITON_METRICS_PORT = 8002
 ROUTER_PORT = 8080
@@ -49,6 +50,11 @@ class WorkerSettings:
     image_pull_policy: str = "IfNotPresent"
     tolerations: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = field(default_factory=dict)
+    model_repository: str = "/models"
+    """Triton's ``--model-repository``: a path in the Triton image (or on ``model_repository_claim``), or a
+    cloud store Triton reads itself (``s3://``, ``gs://``, ``as://``). Each variant's ``tritonModel`` must be in it."""
+    model_repository_claim: str | None = None
+    """A PersistentVolumeClaim holding the model repository, mounted read-only at ``/models``."""
     router_cpu: str = "500m"
     """The router costs ~0.35 ms of CPU per request: 500m carries ~1,400 requests/s per pod."""
     router_memory: str = "128Mi"
@@ -124,7 +130,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "name": "triton",
         "image": settings.triton_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
+        "args": ["tritonserver", f"--model-repository={settings.model_repository}", "--model-control-mode=explicit",
                  *(f"--load-model={m}" for m in served_models(stage, variant)), f"--http-port={TRITON_HTTP_PORT}",
                  f"--metrics-port={TRITON_METRICS_PORT}"],
         "ports": [{"name": "http", "containerPort": TRITON_HTTP_PORT},
@@ -151,6 +157,10 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "containers": [triton, router],
         "volumes": [{"name": "knobs", "configMap": {"name": name}}],
     }
+    if settings.model_repository_claim:
+        triton["volumeMounts"].append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+        pod_spec["volumes"].append({"name": "models", "persistentVolumeClaim": {
+            "claimName": settings.model_repository_claim, "readOnly": True}})
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
     if settings.node_selector:

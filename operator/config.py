@@ -40,6 +40,8 @@ class OperatorConfig:
         workers = WorkerSettings(
             triton_image=env.get("PARETOSERVE_TRITON_IMAGE", defaults.triton_image),
             router_image=env.get("PARETOSERVE_ROUTER_IMAGE", defaults.router_image),
+            model_repository=env.get("PARETOSERVE_MODEL_REPOSITORY") or defaults.model_repository,
+            model_repository_claim=env.get("PARETOSERVE_MODEL_REPOSITORY_CLAIM") or None,
             tolerations=tolerations,
             node_selector=node_selector,
         )

@@ -54,6 +54,24 @@ def test_children_cover_every_variant_with_owner_references() -> None:
         assert (d["spec"]["replicas"] > 0) == (variant in used)
 
 
+def test_worker_pods_read_the_configured_model_repository_and_their_knobs_file() -> None:
+    """The stock Triton image has no models: the repository is a setting (chart: workers.modelRepository*)."""
+    settings = OperatorConfig.from_env({"PARETOSERVE_MODEL_REPOSITORY": "/models/digits",
+                                        "PARETOSERVE_MODEL_REPOSITORY_CLAIM": "digits-models"}).workers
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings)
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    triton, router = pod["containers"]
+    assert "--model-repository=/models/digits" in triton["args"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in triton["volumeMounts"]
+    claim = {"claimName": "digits-models", "readOnly": True}
+    assert {"name": "models", "persistentVolumeClaim": claim} in pod["volumes"]
+    assert "--worker-knobs=/etc/paretoserve/worker.json" in router["args"]
+    default = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), OperatorConfig.from_env({}).workers)
+    pod = next(o for o in default if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert "--model-repository=/models" in pod["containers"][0]["args"]
+    assert [v["name"] for v in pod["volumes"]] == ["knobs"]
+
+
 def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:
     plan = first_plan()
     doc = json.loads(json.dumps(PIPELINE))
