@@ -126,6 +126,12 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
     name = child_name(owner.name, stage.name, variant.name)
     pod_labels = labels(owner, stage.name, variant.name)
     cpu = alloc.cpu if alloc else variant.resources.cpu
+    triton_mounts: list[dict[str, Any]] = [{"name": "knobs", "mountPath": "/etc/paretoserve"}]
+    volumes: list[dict[str, Any]] = [{"name": "knobs", "configMap": {"name": name}}]
+    if settings.model_repository_claim:
+        triton_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": settings.model_repository_claim,
+                                                                    "readOnly": True}})
     triton = {
         "name": "triton",
         "image": settings.triton_image,
@@ -140,7 +146,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"},
                          {"resourceName": "memory", "restartPolicy": "NotRequired"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": TRITON_HTTP_PORT}},
-        "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"}],
+        "volumeMounts": triton_mounts,
     }
     router = {
         "name": "router",
@@ -153,14 +159,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                       "limits": {"cpu": settings.router_cpu, "memory": settings.router_memory}},
         "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"}],
     }
-    pod_spec: dict[str, Any] = {
-        "containers": [triton, router],
-        "volumes": [{"name": "knobs", "configMap": {"name": name}}],
-    }
-    if settings.model_repository_claim:
-        triton["volumeMounts"].append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        pod_spec["volumes"].append({"name": "models", "persistentVolumeClaim": {
-            "claimName": settings.model_repository_claim, "readOnly": True}})
+    pod_spec: dict[str, Any] = {"containers": [triton, router], "volumes": volumes}
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
     if settings.node_selector:
