@@ -9,7 +9,7 @@ COPY cli cli
 COPY planner planner
 COPY operator operator
 COPY workers workers
-RUN pip install --no-cache-dir ".[operator]" starlette uvicorn httpx prometheus-client \
+RUN pip install --no-cache-dir ".[operator,router]" \
     && useradd --uid 10001 paretoserve
 USER 10001
 ENTRYPOINT []
