@@ -10,6 +10,7 @@ the log named in the error.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -309,6 +310,8 @@ time.sleep(600)
     parent = subprocess.Popen([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 120)
+        assert ready, "the parent did not start Triton within 120 s"
         triton_pid = int(parent.stdout.readline())
         assert _alive(triton_pid)
     finally:
