@@ -83,11 +83,14 @@ WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
   better setting; the InfAdapter row shows the effect.
 - **DiffServe's MILP vs the Proteus-style mix (E4).** 0.55 % against 0.33 % violations, for FID 18.12 against
   20.27: the MILP spends the GPUs on quality (more deferrals to SD-v1.5) and runs closer to the SLO.
-- **HADIS vs DiffServe (E5).** FID 23.79 against 23.52, and 0.14 % of requests over the SLO against none.
-  The planner charges the light model only for the requests the prompt router leaves it ((1 − pre-routed
-  share) × λ; charging it for every request had FID at 23.90). The remaining gap is the pair selector: during
-  peaks it moves to a lighter pair while DiffServe's fixed pair, capped at its capacity, happens to fit, and
-  each pair switch (48 reconfigurations against 24) briefly runs both pools, which is where the violations are.
+- **HADIS vs DiffServe (E5).** FID 23.85 against 23.52, and 0.05 % of requests over the SLO against none,
+  at 4 % fewer GPUs (12.8 against 13.3). At the peak, DiffServe's fixed pair, capped at its capacity, happens
+  to fit, while the pair selector moves to the lighter pair whenever its current pair has no feasible plan;
+  each switch briefly runs both pools, which is where the violations are. Two changes narrowed the gap: the
+  planner charges the light model only for the requests the prompt router leaves it ((1 − pre-routed share)
+  × λ), and moving *up* to a better pair waits for `scaleDownStabilization` ticks (moving off an infeasible
+  pair is immediate); before them the selector alternated pairs every tick at the peak (FID 23.79, 0.14 %
+  violations, 13.7 GPUs).
 - **HADIS vs Clipper-Heavy (E5).** Clipper-Heavy has the better FID (18.49) but violates the SLO for 99.7 % of
   requests; HADIS trades quality for latency.
 """

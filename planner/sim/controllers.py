@@ -107,7 +107,14 @@ def capacity_limit(pipelines: Sequence[ServingPipeline], upper: float, *, baseli
 
 @dataclass
 class SelectingLoop:
-    """HADIS: plan every alternative manifest (one per model pair) and keep the best feasible candidate."""
+    """HADIS: plan every alternative manifest (one per model pair) and keep the best feasible candidate.
+
+    Switching pairs loads new models while the old pool drains, so it is treated like a release in the
+    policy: leaving a pair that has no feasible plan happens at once, but moving from a feasible pair to a
+    better one waits until that one has been the best for ``scaleDownStabilization`` consecutive ticks.
+    Without that, at a peak near the better pair's capacity the two alternate tick after tick, and each
+    switch runs two pools at once.
+    """
 
     pipelines: Sequence[ServingPipeline]
     source: MetricsSource
@@ -115,6 +122,17 @@ class SelectingLoop:
     state: PolicyState = field(default_factory=PolicyState)
     limits: SolveLimits | None = None
     lstm: Forecaster | None = None
+    upgrade: tuple[int, int] | None = None
+    """(pipeline index, consecutive ticks it has been the best) of a pending switch to a better pair."""
+
+    def _running(self, applied: Plan | None) -> int | None:
+        """Index of the manifest whose variants the applied plan runs (the tightest match)."""
+        if applied is None:
+            return None
+        used = {a.variant for sp in applied.stages for a in sp.allocations if a.replicas > 0}
+        matches = [(len(names), i) for i, pipeline in enumerate(self.pipelines)
+                   if used and used <= (names := {v.name for st in pipeline.spec.stages for v in st.variants})]
+        return min(matches)[1] if matches else None
 
     def tick(self, now: float) -> StepResult:
         observed = self.source.observe(now)
@@ -123,6 +141,16 @@ class SelectingLoop:
                    for p in self.pipelines]
         feasible = [r for r in results if r.candidate.status.has_plan and r.candidate.objective is not None]
         best = max(feasible, key=lambda r: r.candidate.objective or -math.inf) if feasible else results[0]
+        running = self._running(applied)
+        if running is not None and results[running] in feasible and best is not results[running]:
+            index = results.index(best)
+            streak = self.upgrade[1] + 1 if self.upgrade is not None and self.upgrade[0] == index else 1
+            wait = max(1, self.pipelines[index].spec.adaptation.scale_down_stabilization)
+            self.upgrade = None if streak >= wait else (index, streak)
+            if streak < wait:
+                best = results[running]
+        else:
+            self.upgrade = None
         if best.decision.apply and best.decision.plan is not None:
             self.actuator.apply(best.decision.plan, now=now)
         self.state = best.state

@@ -12,7 +12,7 @@ import pytest
 
 from paretoserve.planner import baselines
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import ControlLoop
+from paretoserve.planner.control import ControlLoop, Observed
 from paretoserve.planner.evaluate import check_plan
 from paretoserve.planner.model import Baseline, Plan
 from paretoserve.planner.sim import COMPLETED, DROPPED, TIMED_OUT, SimConfig, Simulator, Workload, summarize
@@ -346,3 +346,44 @@ def test_every_controller_produces_valid_plans(name: str) -> None:
             if step.candidate.status.has_plan:
                 assert check_plan(step.problem, step.candidate) == []
     assert summarize(result).completed > 0
+
+
+class _Loads:
+    """Pipeline load per 5 s tick (a fake metrics source: the selection logic is what is under test)."""
+
+    def __init__(self, per_tick: list[float]) -> None:
+        self.per_tick = per_tick
+
+    def observe(self, now: float) -> Observed:
+        return Observed(load_history=(self.per_tick[int(now // 5)],) * 10)
+
+
+class _Applied:
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+        self.variants: list[str] = []
+
+    def applied(self) -> Plan | None:
+        return self.plan
+
+    def apply(self, plan: Plan, *, now: float) -> None:
+        self.plan = plan
+        self.variants.append(next(a.variant for sp in plan.stages for a in sp.allocations if a.replicas > 0))
+
+
+def test_selecting_leaves_an_infeasible_pair_at_once_and_upgrades_only_after_stabilization() -> None:
+    adaptation = {"intervalSeconds": 5, "scaleDownStabilization": 3,
+                  "predictor": {"kind": "lastValue", "windowSeconds": 1, "headroom": 0.0}}
+    cheap = pipeline([stage("s", [variant("a", 0.6, {1: 10.0})], bounds={"maxReplicas": 8})], adaptation=adaptation)
+    good = pipeline([stage("s", [variant("b", 0.9, {1: 100.0})], bounds={"maxReplicas": 2})], adaptation=adaptation)
+    # `good` carries at most 2 replicas x 10 rps: 30 rps needs `cheap`, 10 rps fits either.
+    loads = [10.0, 30.0, 10.0, 30.0, 10.0, 10.0, 10.0, 10.0]
+    actuator = _Applied()
+    loop = ctl.SelectingLoop([cheap, good], _Loads(loads), actuator)
+    for tick in range(len(loads)):
+        loop.tick(5.0 * tick)
+    # good; down to cheap at once; no flap back at ticks 2 and 4; back to good after 3 ticks as the best
+    assert actuator.variants[0] == "b"
+    switches = [v for i, v in enumerate(actuator.variants) if i == 0 or v != actuator.variants[i - 1]]
+    assert switches == ["b", "a", "b"]
+    assert actuator.plan is not None and actuator.plan.stages[0].allocations[0].variant == "b"
