@@ -85,8 +85,8 @@ WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
   20.27: the MILP spends the GPUs on quality (more deferrals to SD-v1.5) and runs closer to the SLO.
 - **HADIS vs DiffServe (E5).** FID 23.85 against 23.52, and 0.05 % of requests over the SLO against none,
   at 4 % fewer GPUs (12.8 against 13.3). At the peak, DiffServe's fixed pair, capped at its capacity, happens
-  to fit, while the pair selector moves to the lighter pair whenever its current pair has no feasible plan;
-  each switch briefly runs both pools, which is where the violations are. Two changes narrowed the gap: the
+  to fit, while the pair selector moves to the lighter pair whenever its current pair has no feasible plan,
+  and each switch briefly runs both pools while the new models load. Two changes narrowed the gap: the
   planner charges the light model only for the requests the prompt router leaves it ((1 − pre-routed share)
   × λ), and moving *up* to a better pair waits for `scaleDownStabilization` ticks (moving off an infeasible
   pair is immediate); before them the selector alternated pairs every tick at the peak (FID 23.79, 0.14 %
