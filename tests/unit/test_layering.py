@@ -21,13 +21,17 @@ FORBIDDEN = {
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, *, members: bool = False) -> set[str]:
+    """Absolute imports in the file, function-level ones included; with ``members``, also
+    ``module.name`` for each ``from module import name`` (which may be a submodule)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if members:
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 

@@ -3,12 +3,13 @@ sidecar can import may need more. No image can be built here, so this guards the
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+from .test_layering import _imports
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = {"paretoserve.planner": "planner", "paretoserve.operator": "operator",
@@ -27,18 +28,6 @@ def _source(module: str) -> Path | None:
     return None
 
 
-def _imported(path: Path) -> set[str]:
-    """Every absolute import in the file, function-level (lazy) imports included."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def _third_party_closure(entry: str) -> set[str]:
     """Top-level third-party modules reachable from `entry` through our own modules."""
     seen: set[str] = set()
@@ -52,7 +41,7 @@ def _third_party_closure(entry: str) -> set[str]:
         path = _source(module)
         if path is None:
             continue
-        for name in _imported(path):
+        for name in _imports(path, members=True):
             top = name.split(".")[0]
             if top == "paretoserve":
                 todo.append(name)

@@ -165,7 +165,7 @@ async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0)
                 settled = text
                 logger.info("worker knobs from %s: applied %s, unchanged %s", path, result.get("applied"),
                             result.get("unchanged"))
-            except (ValueError, ConfigError) as exc:  # json.JSONDecodeError is a ValueError
+            except ValueError as exc:  # invalid JSON, or a ConfigError naming the field
                 settled = text
                 logger.error("worker knobs %s are invalid, skipped until the file changes: %s", path, exc)
             except RouterError as exc:
