@@ -240,14 +240,23 @@ def _state(cluster: Cluster, namespace: str) -> tuple[dict[str, int], dict[str, 
     return replicas, cpus, answer["cascade"]["threshold"]
 
 
+def _apply_at_low_load(cluster: Cluster, namespace: str, exporter: LoadExporter) -> dict[str, Any]:
+    """Apply the adaptive pipeline at 10 rps and wait for its low-load plan, in the children and then in the
+    status (the operator writes the children first and the status that reports them after)."""
+    exporter.set_rate(namespace, "adaptive", 10.0)
+    cluster.apply(ADAPTIVE, namespace)
+    cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.9
+                     and _state(cluster, namespace)[0].get("adaptive-detector-det") == 1, "low-load plan")
+    status: dict[str, Any] = cluster.wait_for(
+        lambda: (s := pipeline_status(cluster, namespace, "adaptive")) and "plan" in s and s, "plan in status")
+    return status
+
+
 def test_load_step_moves_replicas_cpu_and_threshold(cluster: Cluster, namespace: str, exporter: LoadExporter,
                                                     prometheus: PrometheusServer,
                                                     operator_process: OperatorProcess) -> None:
-    exporter.set_rate(namespace, "adaptive", 10.0)
-    cluster.apply(ADAPTIVE, namespace)
+    _apply_at_low_load(cluster, namespace, exporter)
     _wait_for_rate(prometheus, namespace, "adaptive", 10.0)
-    cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.9
-                     and _state(cluster, namespace)[0].get("adaptive-detector-det") == 1, "low-load plan")
     exporter.set_rate(namespace, "adaptive", 60.0)
     _wait_for_rate(prometheus, namespace, "adaptive", 60.0)
     seen = time.monotonic()
@@ -283,9 +292,7 @@ def test_operator_killed_mid_adaptation_converges_without_duplicates(
     cluster: Cluster, namespace: str, exporter: LoadExporter, prometheus: PrometheusServer,
     operator_process: OperatorProcess,
 ) -> None:
-    exporter.set_rate(namespace, "adaptive", 10.0)
-    cluster.apply(ADAPTIVE, namespace)
-    cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.9, "low-load plan")
+    _apply_at_low_load(cluster, namespace, exporter)
     before = _children(cluster, namespace)
     exporter.set_rate(namespace, "adaptive", 60.0)
     _wait_for_rate(prometheus, namespace, "adaptive", 60.0)
@@ -303,12 +310,7 @@ def test_metrics_outage_keeps_the_plan_and_sets_metrics_unavailable(
     cluster: Cluster, namespace: str, exporter: LoadExporter, prometheus: PrometheusServer,
     operator_process: OperatorProcess,
 ) -> None:
-    exporter.set_rate(namespace, "adaptive", 10.0)
-    cluster.apply(ADAPTIVE, namespace)
-    cluster.wait_for(lambda: _state(cluster, namespace)[2] == 0.9, "low-load plan")
-    # the children are written before the status that reports them
-    plan_before = cluster.wait_for(lambda: pipeline_status(cluster, namespace, "adaptive").get("plan"),
-                                   "plan in status")["stages"]
+    plan_before = _apply_at_low_load(cluster, namespace, exporter)["plan"]["stages"]
     prometheus.stop()
     try:
         status = cluster.wait_for(
