@@ -5,11 +5,15 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY cli cli
+COPY paretoserve paretoserve
+COPY shell shell
+COPY research research
 COPY planner planner
 COPY operator operator
 COPY workers workers
+# The research package (experiments, benchmarks) is not part of what serves: removed after the install.
 RUN pip install --no-cache-dir ".[operator,router]" \
+    && rm -rf "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/paretoserve/research" \
     && useradd --uid 10001 paretoserve
 USER 10001
 ENTRYPOINT []

@@ -13,15 +13,15 @@ from typing import Any
 
 import kopf
 
-from paretoserve.operator import adapt
+from paretoserve.operator import pipeline_steps
+from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import KubernetesGateway
-from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry
 from paretoserve.operator.metrics import PrometheusSource
-from paretoserve.operator.routers import RouterPusher
+from paretoserve.operator.router_push import RouterPusher
 from paretoserve.operator.telemetry import start_metrics_server
 from paretoserve.planner.spec import API_GROUP, API_VERSION
-from paretoserve.solver_banner import silence_solver_banner
+from paretoserve.workers.solver_banner import silence_solver_banner
 
 RESOURCE = (API_GROUP, API_VERSION, "servingpipelines")
 
@@ -51,15 +51,15 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(*RESOURCE)
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.registry.observe(event.get("type"), adapt.plain(event["object"]))
+    memo.registry.observe(event.get("type"), pipeline_steps.plain(event["object"]))
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    pipeline = adapt.parse_or_fail(body, patch, now=time.time())
-    update = adapt.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time(), pusher=memo.pusher)
+    pipeline = pipeline_steps.parse_or_fail(body, patch, now=time.time())
+    update = pipeline_steps.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time(), pusher=memo.pusher)
     patch.status.update(update.status)
     memo.registry.merge_status(body["metadata"]["namespace"], body["metadata"]["name"], update.status)
     if update.event:

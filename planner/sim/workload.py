@@ -4,7 +4,7 @@ Traces come in two shapes — per-second request counts (the Twitter trace of In
 and explicit timestamps (DiffServe's MAF traces) — and both become one sorted array of arrival times, so
 the engine never sees the difference. Randomness only enters through a `numpy.random.Generator` that the
 caller passes in (or a seed), never through a global generator: the same seed replays the same run.
-Reading the files is the edges' job (`paretoserve.experiments.data`); this module is pure arithmetic.
+Reading the files is the edges' job (`paretoserve.research.experiments.data`); this module is pure arithmetic.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from paretoserve.cli import main
+from paretoserve.shell.main import main
 
 SYSTEM_KEYS = {"slo_attainment", "p99_latency_ms", "accuracy", "cost", "reconfigurations"}
 

@@ -153,7 +153,7 @@ def test_up_serves_until_sigterm_and_load_drives_it(tmp_path: Path, catalog: Mod
 
 def test_profile_writes_points_that_parse(tmp_path: Path, catalog: ModelCatalog,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from paretoserve.cli import main
+    from paretoserve.shell.main import main
 
     manifest = tmp_path / "p.yaml"
     manifest.write_text("# A test pipeline.\n" + yaml.safe_dump(pipeline_doc("profile-test")))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paretoserve.cli import main
+from paretoserve.shell.main import main
 
 PIPELINE = {
     "apiVersion": "paretoserve.io/v1alpha1",
@@ -98,3 +98,13 @@ def test_missing_file_and_not_yaml_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert main(["plan", str(bad), "--load", "1"]) == 2
     assert main(["plan", write(tmp_path, PIPELINE), "--load", "-3"]) == 2
     assert all(len(line) > 0 for line in capsys.readouterr().err.splitlines())
+
+
+def test_the_shell_names_every_benchmark_and_experiment_of_the_research_package() -> None:
+    """The parser names them without importing the research package (the sidecar image leaves it out)."""
+    from paretoserve.research.benchmarks import BENCHMARKS
+    from paretoserve.research.experiments import EXPERIMENTS
+    from paretoserve.shell.commands import bench, experiment
+
+    assert set(bench.NAMES) == set(BENCHMARKS)
+    assert set(experiment.NAMES) == set(EXPERIMENTS)

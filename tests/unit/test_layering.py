@@ -17,7 +17,7 @@ FORBIDDEN = {
     "time", "datetime", "os", "io", "socket", "subprocess", "shutil", "tempfile", "pathlib", "logging",
     "random", "threading", "asyncio", "urllib", "http", "kopf", "kubernetes", "httpx", "requests",
     "prometheus_client", "prometheus_api_client", "tritonclient", "torch",
-    "paretoserve.operator", "paretoserve.workers", "paretoserve.cli",
+    "paretoserve.operator", "paretoserve.workers", "paretoserve.shell", "paretoserve.research",
 }
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from paretoserve.operator import adapt, handlers
+from paretoserve.operator import handlers, pipeline_steps
+from paretoserve.operator.actuator import actuate, resizes, set_conditions
 from paretoserve.operator.children import ANNOTATION_CPU, Owner, WorkerSettings, render_children
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.fake import FakeGateway
 from paretoserve.operator.metrics import MetricsUnavailable, by_stage, history_from_range, load_query
-from paretoserve.operator.reconcile import actuate, resizes, set_conditions
 from paretoserve.planner.control import Observed
 from paretoserve.planner.serialize import plan_from_json, plan_json
 from paretoserve.planner.spec import parse_pipeline
@@ -34,7 +34,7 @@ def body(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str,
 
 
 def first_plan() -> Any:
-    update = adapt.reconcile(FakeGateway(), OperatorConfig(), body(), parse_pipeline(PIPELINE), now=100.0)
+    update = pipeline_steps.reconcile(FakeGateway(), OperatorConfig(), body(), parse_pipeline(PIPELINE), now=100.0)
     return plan_from_json(update.status["plan"])
 
 
@@ -118,7 +118,7 @@ def test_actuate_collects_errors_instead_of_raising() -> None:
 
 def test_reconcile_writes_plan_conditions_and_generation() -> None:
     gw = FakeGateway()
-    update = adapt.reconcile(gw, OperatorConfig(), body(generation=3), parse_pipeline(PIPELINE), now=50.0)
+    update = pipeline_steps.reconcile(gw, OperatorConfig(), body(generation=3), parse_pipeline(PIPELINE), now=50.0)
     status = update.status
     assert status["observedGeneration"] == 3 and status["solverStatus"] == "optimal"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -126,7 +126,7 @@ def test_reconcile_writes_plan_conditions_and_generation() -> None:
     assert plan_from_json(status["plan"]).status.has_plan
     # a restart (resume) with the plan in the status re-applies the same objects: nothing new, nothing deleted
     before = dict(gw.objects)
-    again = adapt.reconcile(gw, OperatorConfig(), body(status=status, generation=3), parse_pipeline(PIPELINE),
+    again = pipeline_steps.reconcile(gw, OperatorConfig(), body(status=status, generation=3), parse_pipeline(PIPELINE),
                             now=60.0)
     assert gw.objects.keys() == before.keys() and not any(a[0] == "delete" for a in gw.actions)
     assert again.status["plan"]["stages"] == status["plan"]["stages"]
@@ -144,9 +144,9 @@ class FakeSource:
 
 def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
     gw = FakeGateway()
-    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
     gw.actions.clear()
-    update = adapt.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+    update = pipeline_steps.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
                          now=20.0)
     assert gw.actions == [] and "plan" not in update.status
     cond = next(c for c in update.status["conditions"] if c["type"] == "MetricsUnavailable")
@@ -155,8 +155,8 @@ def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
 
 def test_adapt_scales_with_the_observed_load() -> None:
     gw = FakeGateway()
-    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
-    update = adapt.adapt(gw, FakeSource(200.0), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    update = pipeline_steps.adapt(gw, FakeSource(200.0), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
                          now=20.0)
     replicas = sum(a["replicas"] for s in update.status["plan"]["stages"] for a in s["allocations"])
     assert replicas > sum(a["replicas"] for s in first["plan"]["stages"] for a in s["allocations"])
@@ -167,11 +167,12 @@ def test_adapt_scales_with_the_observed_load() -> None:
 
 def test_due_follows_the_spec_interval() -> None:
     pipeline = parse_pipeline(PIPELINE)  # default interval 10 s
-    assert not adapt.due(body(), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
-    assert adapt.due(body({"observedGeneration": 1}), pipeline, now=0.0)
-    assert not adapt.due(body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}}), pipeline, now=10.0)
-    assert adapt.due(body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}}), pipeline, now=15.0)
-    assert not adapt.due(body({"observedGeneration": 1}, generation=2), pipeline, now=15.0)  # spec changed
+    assert not pipeline_steps.due(body(), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
+    assert pipeline_steps.due(body({"observedGeneration": 1}), pipeline, now=0.0)
+    ticked = body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}})
+    assert not pipeline_steps.due(ticked, pipeline, now=10.0)
+    assert pipeline_steps.due(ticked, pipeline, now=15.0)
+    assert not pipeline_steps.due(body({"observedGeneration": 1}, generation=2), pipeline, now=15.0)  # spec changed
 
 
 def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
@@ -210,18 +211,18 @@ def test_handlers_are_thin(handler: Any) -> None:
 
 
 def test_gateway_is_the_only_kubernetes_client_user() -> None:
-    operator_dir = Path(adapt.__file__).parent
+    operator_dir = Path(pipeline_steps.__file__).parent
     users = {p.relative_to(operator_dir).as_posix() for p in operator_dir.rglob("*.py")
              if "from kubernetes" in p.read_text() or "import kubernetes" in p.read_text()}
     assert users == {"k8s/gateway.py"}
 
 
 def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
-    from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry
+    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
 
     gw = FakeGateway()
     registry = PipelineRegistry()
-    first = adapt.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
     registry.observe("ADDED", body(first))
     clock = iter([20.0, 21.0, 40.0]).__next__
     loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=clock)  # type: ignore[arg-type]
@@ -236,7 +237,7 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
 def test_only_the_active_kopf_peer_adapts() -> None:
     import dataclasses
 
-    from paretoserve.operator.loop import AdaptationLoop, PipelineRegistry, is_active_peer
+    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry, is_active_peer
 
     seen = "2026-11-25T08:00:00+00:00"  # epoch 1795593600
     now = 1795593600.0 + 10
@@ -268,7 +269,7 @@ def test_rendered_router_config_is_accepted_by_the_router(example: str) -> None:
 
     text = (Path(__file__).parents[2] / "manifests" / "examples" / example).read_text()
     pipeline = load_pipeline_text(text)
-    plan = adapt.reconcile(FakeGateway(), OperatorConfig(), {**json.loads(json.dumps(
+    plan = pipeline_steps.reconcile(FakeGateway(), OperatorConfig(), {**json.loads(json.dumps(
         {"apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "spec": pipeline.spec.model_dump(
             by_alias=True, mode="json")})), "metadata": {"name": "p", "namespace": "n", "uid": "u"}}, pipeline,
         now=0.0).status["plan"]
@@ -283,7 +284,7 @@ def test_rendered_router_config_is_accepted_by_the_router(example: str) -> None:
 def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     import httpx
 
-    from paretoserve.operator.routers import RouterPusher
+    from paretoserve.operator.router_push import RouterPusher
 
     seen: list[tuple[str, str, Any]] = []
 

@@ -13,8 +13,9 @@ from .test_layering import _imports
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = {"paretoserve.planner": "planner", "paretoserve.operator": "operator",
-                "paretoserve.workers": "workers", "paretoserve": "cli"}
-ENTRY = "paretoserve.cmd_router"  # `paretoserve router`, the sidecar's command
+                "paretoserve.workers": "workers", "paretoserve.shell": "shell", "paretoserve.research": "research",
+                "paretoserve": "paretoserve"}
+ENTRY = "paretoserve.shell.commands.router"  # `paretoserve router`, the sidecar's command
 
 
 def _source(module: str) -> Path | None:

@@ -239,7 +239,7 @@ def test_malformed_problem_is_an_error_not_a_crash() -> None:
 
 
 def test_a_time_limit_is_never_reported_as_infeasible() -> None:
-    from paretoserve.bench import dag30_instance
+    from paretoserve.research.benchmarks.planner import dag30_instance
 
     plan = solve(dag30_instance(12.0), limits=SolveLimits(time_limit_s=1e-4))
     assert plan.status is not SolveStatus.INFEASIBLE

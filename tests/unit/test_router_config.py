@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from paretoserve.cli import main
 from paretoserve.planner.spec import RouterKind
+from paretoserve.shell.main import main
 from paretoserve.workers.router.config import apply_update, config_to_json, load_config_text, parse_config
 from paretoserve.workers.router.errors import ConfigError
 

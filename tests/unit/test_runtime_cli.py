@@ -11,8 +11,8 @@ from types import MappingProxyType
 import pytest
 import yaml
 
-from paretoserve.cli import main
 from paretoserve.planner.spec import SpecError, parse_pipeline
+from paretoserve.shell.main import main
 from paretoserve.workers.models.cache import ModelCatalog
 from paretoserve.workers.runtime.serving import check_catalog, max_batch_size, pipeline_models
 

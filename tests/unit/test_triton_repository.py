@@ -4,7 +4,7 @@ The rendered config must mean the same thing in both forms Triton accepts (``con
 start-up, JSON as a load-API override): both are parsed here with Triton's own ``ModelConfig``
 protobuf schema and compared. Invalid specs must fail at construction, naming the field. The
 metrics parser runs on text captured from the real server (Triton 2.51 from nvidia-pytriton 0.7.0,
-via ``python -m paretoserve.workers.triton.bench --metrics-out``).
+via ``python -m paretoserve.research.benchmarks.triton --metrics-out``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ exporting the metrics the operator's control loop reads. Modules, top-down:
 - ``edf`` -- EDF admission; ``upstream`` / ``transport`` -- the long-lived httpx clients;
 - ``config`` -- the JSON config and live updates; ``protocol`` -- KServe v2 messages;
 - ``errors`` -- the exception tree; ``metrics`` -- the Prometheus contract;
-- ``serve`` -- uvicorn; ``bench`` / ``cascade_bench`` / ``loadgen`` -- the benchmarks.
+- ``serve`` -- uvicorn. (Its benchmarks and load generators live in ``paretoserve.research.benchmarks``.)
 
 Import the app from its module (``from paretoserve.workers.router.app import build_router``); this
 package only re-exports the light, pure pieces.

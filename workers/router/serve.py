@@ -1,6 +1,6 @@
 """Running the router under uvicorn: as the sidecar's main process, or in a thread for tests.
 
-The sidecar process is ``paretoserve router --config FILE`` (``paretoserve.cmd_router``), which
+The sidecar process is ``paretoserve router --config FILE`` (``paretoserve.shell.commands.router``), which
 lands in :func:`serve`. uvicorn is tuned for the router's latency budget: its C-accelerated
 pieces are used when installed (``loop="auto"`` picks uvloop, ``http="auto"`` picks httptools;
 both come with the ``workers`` extra), access logging is off (a log line per request costs more

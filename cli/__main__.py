@@ -1,5 +1,0 @@
-"""`python -m paretoserve` runs the command line."""
-
-from paretoserve.cli import entrypoint
-
-entrypoint()

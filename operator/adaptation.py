@@ -1,0 +1,133 @@
+"""The adaptation loop of the operator: one background thread over all known pipelines.
+
+Why not a kopf timer: kopf puts a finalizer on every object that has a timer or daemon, so while the
+operator is down nothing it manages can be deleted, and namespaces hang in Terminating. Instead a
+watching handler (no finalizer) keeps `PipelineRegistry` current, and `AdaptationLoop` wakes every tick,
+adapts each pipeline whose `spec.adaptation.intervalSeconds` is due (state in its status, so restarts
+resume), and writes the status through the gateway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from paretoserve.operator import pipeline_steps
+from paretoserve.operator.config import OperatorConfig
+from paretoserve.operator.k8s.gateway import Gateway, GatewayError
+from paretoserve.operator.metrics import PrometheusSource
+from paretoserve.operator.router_push import RouterPusher
+
+log = logging.getLogger("paretoserve.operator.adaptation")
+
+
+def _timestamp(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def is_active_peer(peers: dict[str, Any], identity: str, priority: int, *, now: float) -> bool:
+    """kopf's rule for this process: no other live peer with a priority >= ours (equal pauses both)."""
+    for peer_id, info in peers.items():
+        if peer_id == identity or not isinstance(info, dict):
+            continue
+        lastseen = info.get("lastseen")
+        alive = lastseen is None or _timestamp(lastseen) + float(info.get("lifetime", 60)) > now
+        if alive and int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
+@dataclass
+class PipelineRegistry:
+    """The latest body of every ServingPipeline, fed by watch events."""
+
+    _bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+                self._bodies.pop(key, None)
+            else:
+                self._bodies[key] = body
+
+    def merge_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            body = self._bodies.get((namespace, name))
+            if body is not None:
+                body["status"] = {**(body.get("status") or {}), **status}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(b) for b in self._bodies.values()]
+
+
+@dataclass
+class AdaptationLoop:
+    registry: PipelineRegistry
+    gateway: Gateway
+    source: PrometheusSource | None
+    config: OperatorConfig
+    clock: Callable[[], float] = time.time
+    pusher: RouterPusher | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def active(self) -> bool:
+        """With peering, only the active kopf peer adapts (a stand-by's kopf handlers are paused too)."""
+        if not self.config.peering:
+            return True
+        try:
+            peering = self.gateway.get_cluster_object("ClusterKopfPeering", self.config.peering)
+        except GatewayError as exc:
+            log.warning("cannot read peering %s: %s", self.config.peering, exc)
+            return False
+        return is_active_peer(peering.get("status") or {}, self.config.identity, self.config.priority,
+                              now=self.clock())
+
+    def tick(self) -> int:
+        """Adapt every due pipeline once (if this process is the active peer); returns how many."""
+        adapted = 0
+        if not self.active():
+            return 0
+        for body in self.registry.snapshot():
+            now = self.clock()
+            pipeline = pipeline_steps.parse_or_none(body)
+            if pipeline is None or not pipeline_steps.due(body, pipeline, now=now):
+                continue
+            meta = body["metadata"]
+            try:
+                update = pipeline_steps.adapt(self.gateway, self.source, self.config, body, pipeline, now=now,
+                                     pusher=self.pusher)
+                update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
+                self.gateway.patch_status(meta["namespace"], meta["name"], update.status)
+                self.registry.merge_status(meta["namespace"], meta["name"], update.status)
+                if update.event:
+                    self.gateway.post_event(body, "Adapted", update.event)
+                adapted += 1
+            except GatewayError as exc:
+                log.warning("adapting %s/%s failed: %s", meta["namespace"], meta["name"], exc)
+        return adapted
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.tick_seconds):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive any single failure
+                log.exception("adaptation tick failed")
+
+    def start(self) -> AdaptationLoop:
+        self._thread = threading.Thread(target=self._run, name="paretoserve-adaptation", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

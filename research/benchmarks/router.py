@@ -1,0 +1,301 @@
+"""`paretoserve bench router`: the latency the router adds, and its throughput on one core.
+
+Measured in one run against one real Triton server serving the light model (``tiny_linear``):
+
+1. **Added latency at 1,000 requests/s.** A load generator in its own process
+   (:mod:`.loadgen`) sends single-image KServe v2 requests at a fixed open-loop rate of 1,000/s,
+   alternating one-second windows between Triton's own endpoint (*direct*) and the router's
+   pipeline endpoint (*router*, a one-stage pipeline forwarding to the same Triton, with a
+   deadline header so the EDF path runs), so both see the same background load of a shared
+   machine. ``added_p99_ms = router_p99_ms - direct_p99_ms`` over all samples (and the same for
+   p50); ``added_p99_ms_paired_windows`` is the median, over each router window and the direct
+   window just before it, of the difference of their p99s (robust to bursts of others' work).
+2. **Maximum throughput on one core.** The router is pointed at a stub upstream that answers
+   instantly (:func:`.loadgen.stub`), and driven closed-loop; ``router_rps_one_core`` is requests
+   per CPU-second of the router process -- what one fully used core sustains -- and
+   ``router_rps_measured`` what it achieved with the CPU share it got.
+
+Placement: the router runs as ``paretoserve router`` pinned to the last CPU (``os.sched_setaffinity``
+on every thread); the load generator and the stub are pinned to the others; Triton is left to the
+scheduler at normal priority (pinned next to the load generator it starved it, which hurt both
+paths). On a shared machine other people's processes also compete for those CPUs, so the router,
+the load generator and the stub run at ``nice -10`` when permitted (reported as ``priority``),
+which approximates a dedicated router core without hiding anything the router itself does.
+Latency is taken from the moment a request is written to its complete response;
+``loadgen_send_lag_p99_ms`` says how late the generator was against its schedule.
+
+Where the router's time goes (py-spy on the pinned router at 1,000 requests/s, ~0.35 ms of CPU
+per request): about 40% in uvloop's own loop (epoll, reads), about 15% in the two socket writes
+(to Triton, to the client), the rest in Python (uvicorn's protocol, Starlette, the pipeline, httpx
+request/response objects, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from paretoserve.workers.models import ensure_trained, load_split
+from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
+from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
+
+RATE_RPS = 1000.0
+NICE = -10
+TARGET_ADDED_P99_MS = 1.0
+LIGHT_MODEL = "tiny_linear"
+DEADLINE_HEADER = "x-paretoserve-deadline-ms"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _placement() -> tuple[set[int] | None, set[int] | None]:
+    """(router CPUs, everything else's CPUs); ``None`` where pinning is impossible."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {cpus[0]}, {cpus[0]}
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _can_raise_priority() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _tune(pid: int, cpus: set[int] | None, nice: int | None) -> None:
+    """Pin every thread of every process in ``pid``'s process group, and set its niceness."""
+    group = os.getpgid(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != group:
+                continue
+            threads = [int(task.name) for task in (entry / "task").iterdir()]
+        except (OSError, ProcessLookupError):
+            continue
+        for tid in threads:
+            try:
+                if cpus is not None:
+                    os.sched_setaffinity(tid, cpus)
+                if nice is not None:
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except OSError:
+                continue
+
+
+@contextmanager
+def _process(command: Sequence[str], cpus: set[int] | None, nice: int | None, log: Path) -> Iterator[int]:
+    """Run ``command`` in its own session, pinned and reniced; SIGINT then SIGKILL on exit."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _tune(process.pid, cpus, nice)
+        yield process.pid
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def _wait_ready(url: str, pid: int, log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready; log: {log}\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loadgen(args: Sequence[str], cpus: set[int] | None, nice: int | None) -> Any:
+    command = [sys.executable, "-I", "-m", "paretoserve.research.benchmarks.router_loadgen", *args]
+
+    def prepare() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=prepare, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _samples(path: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(window index, latency in ms) of every successful request the load generator recorded."""
+    raw = array("d")
+    raw.frombytes(path.read_bytes())
+    pairs = np.asarray(raw).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1] * 1e3
+
+
+def _window_pairs_p99(direct: Path, routed: Path) -> float:
+    """Median over consecutive (direct, router) window pairs of the difference of their p99s.
+
+    A burst of someone else's work on the shared machine lands in one window and inflates a pooled
+    p99; pairing each router window with the direct window just before it cancels most of that.
+    """
+    d_window, d_ms = _samples(direct)
+    r_window, r_ms = _samples(routed)
+    differences = []
+    for window in np.unique(r_window):
+        before = d_ms[d_window == window - 1]
+        after = r_ms[r_window == window]
+        if len(before) >= 100 and len(after) >= 100:
+            differences.append(float(np.percentile(after, 99) - np.percentile(before, 99)))
+    return float(np.median(differences)) if differences else float("nan")
+
+
+def _percentiles(path: Path) -> tuple[float, float, int]:
+    values = _samples(path)[1]
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99)), len(values)
+
+
+def _router_command(config: dict[str, Any], directory: Path, port: int) -> list[str]:
+    path = directory / f"router-{port}.json"
+    path.write_text(json.dumps(config))
+    return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port)]
+
+
+def bench_router(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark (``quick``: shorter windows) and return the JSON report."""
+    duration = 10.0 if quick else 30.0
+    router_cpus, other_cpus = _placement()
+    nice = NICE if _can_raise_priority() else None
+    catalog = ensure_trained()
+    split = load_split()
+    with tempfile.TemporaryDirectory(prefix="paretoserve-bench-router-") as tmp:
+        work = Path(tmp)
+        bodies = work / "bodies.jsonl"
+        with bodies.open("w") as out:
+            for image in split.x_test[:256]:
+                tensor = {"name": "IMAGE", "shape": [1, 8, 8], "datatype": "FP32",
+                          "data": [round(float(v), 4) for v in image.ravel()]}
+                out.write(json.dumps({"inputs": [tensor]}) + "\n")
+        spec = spec_from_cached_variant(catalog.variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
+        repository = write_repository(work / "repository", [spec])
+        triton_config = TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
+        with TritonServer(triton_config) as triton:
+            # Triton is neither pinned nor reniced: it needs more than what the load generator leaves on
+            # one core, and at the router's priority its threads would delay the router's wake-ups.
+            direct_url = f"http://{triton.http_url}/v2/models/{LIGHT_MODEL}/infer"
+            port = _free_port()
+            config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
+                      "upstreams": {LIGHT_MODEL: [f"http://{triton.http_url}"]}}
+            log = work / "router.log"
+            with _process(_router_command(config, work, port), router_cpus, nice, log) as router_pid:
+                base = f"http://127.0.0.1:{port}"
+                _wait_ready(f"{base}/v2/health/ready", router_pid, log)
+                router_url = f"{base}/v2/pipelines/bench/infer"
+                common = ["--bodies", str(bodies), "--rate", str(RATE_RPS), "--header", f"{DEADLINE_HEADER}:1000"]
+                _loadgen(["open", "--url", direct_url, "--url", router_url, "--duration", "4", *common],
+                         other_cpus, nice)  # warm-up: connections, caches, Triton's batcher
+                cpu_before = _cpu_seconds(router_pid)
+                summaries = _loadgen(
+                    ["open", "--url", direct_url, "--url", router_url, "--duration", str(duration),
+                     "--out", str(work / "direct.bin"), "--out", str(work / "router.bin"), *common],
+                    other_cpus, nice,
+                )
+                router_cpu_s = _cpu_seconds(router_pid) - cpu_before
+            direct = _percentiles(work / "direct.bin")
+            routed = _percentiles(work / "router.bin")
+            paired_p99 = _window_pairs_p99(work / "direct.bin", work / "router.bin")
+            ceiling = _ceiling(work, bodies, router_cpus, other_cpus, nice, quick)
+    direct_p50, direct_p99, direct_n = direct
+    router_p50, router_p99, router_n = routed
+    added_p99 = router_p99 - direct_p99
+    per_cpu_second = ceiling["completed"] / ceiling["router_cpu_s"] if ceiling["router_cpu_s"] else 0.0
+    return {
+        "direct_p50_ms": round(direct_p50, 3),
+        "direct_p99_ms": round(direct_p99, 3),
+        "router_p50_ms": round(router_p50, 3),
+        "router_p99_ms": round(router_p99, 3),
+        "added_p50_ms": round(router_p50 - direct_p50, 3),
+        "added_p99_ms": round(added_p99, 3),
+        "added_p99_ms_paired_windows": round(paired_p99, 3),
+        "router_rps_one_core": round(per_cpu_second),
+        "router_rps_measured": ceiling["achieved_rps"],
+        "target_added_p99_ms": TARGET_ADDED_P99_MS,
+        "meets_target": added_p99 <= TARGET_ADDED_P99_MS,
+        "rate_rps": RATE_RPS,
+        "samples": {"direct": direct_n, "router": router_n},
+        "errors": {"direct": summaries[0]["errors"], "router": summaries[1]["errors"]},
+        "router_cpu_ms_per_request_at_rate": round(router_cpu_s * 1e3 / router_n, 3) if router_n else None,
+        "ceiling": ceiling,
+        "loadgen_send_lag_p99_ms": max(s["send_lag_p99_ms"] for s in summaries),
+        "placement": {"router_cpus": sorted(router_cpus) if router_cpus else None,
+                      "other_cpus": sorted(other_cpus) if other_cpus else None},
+        "priority": f"nice {nice} for router, load generator and stub; Triton default" if nice is not None
+        else "default",
+        "windows": f"1 s windows alternating direct/router, {duration:g} s in all",
+        "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
+    }
+
+
+def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus: set[int] | None,
+             nice: int | None, quick: bool) -> dict[str, Any]:
+    """Closed-loop throughput of the router against an instant stub upstream."""
+    response = {"id": "", "model_name": LIGHT_MODEL, "model_version": "1", "outputs": [
+        {"name": "PROBS", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10},
+        {"name": "CONFIDENCE", "datatype": "FP32", "shape": [1, 1], "data": [0.1]},
+        {"name": "LABEL", "datatype": "INT64", "shape": [1, 1], "data": [0]}]}
+    canned = work / "stub-response.json"
+    canned.write_text(json.dumps(response))
+    stub_port, port = _free_port(), _free_port()
+    stub = [sys.executable, "-I", "-m", "paretoserve.research.benchmarks.router_loadgen", "stub",
+            "--port", str(stub_port), "--response", str(canned)]
+    config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
+              "upstreams": {LIGHT_MODEL: [f"http://127.0.0.1:{stub_port}"]}}
+    log = work / "router-ceiling.log"
+    with _process(stub, other_cpus, nice, work / "stub.log"), \
+            _process(_router_command(config, work, port), router_cpus, nice, log) as router_pid:
+        _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
+        url = f"http://127.0.0.1:{port}/v2/pipelines/bench/infer"
+        args = ["closed", "--url", url, "--bodies", str(bodies), "--concurrency", "16"]
+        _loadgen([*args, "--duration", "2"], other_cpus, nice)
+        cpu_before, started = _cpu_seconds(router_pid), time.monotonic()
+        summary = _loadgen([*args, "--duration", "4" if quick else "8"], other_cpus, nice)
+        cpu_s, wall_s = _cpu_seconds(router_pid) - cpu_before, time.monotonic() - started
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"unexpected load generator output: {summary!r}")
+    summary["router_cpu_s"] = round(cpu_s, 3)
+    summary["router_cpu_utilisation"] = round(cpu_s / wall_s, 3) if wall_s else 0.0
+    return summary

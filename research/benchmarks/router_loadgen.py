@@ -1,0 +1,272 @@
+"""Load generator and stub upstream for the router benchmark, each run as its own process.
+
+``bench router`` compares the latency of requests sent straight to Triton with requests sent
+through the router, at a fixed *open-loop* rate: request ``i`` is sent at ``t0 + i / rate``
+whatever happened to the earlier ones, so a slow server cannot slow the load down (no coordinated
+omission). The generator must cost far less than what it measures, so it avoids httpx: a raw
+HTTP/1.1 client on ``asyncio.Protocol`` (uvloop when installed) with the ``httptools`` parser,
+pre-opened keep-alive connections and pre-encoded requests. Latency runs from the moment a request
+is written to the moment its response is complete; how late each send was against its schedule is
+reported too (the event loop's timers have millisecond resolution).
+
+Modes (``python -m paretoserve.research.benchmarks.router_loadgen MODE ...``):
+
+- ``open --url URL [--url URL2 --window S] --rate R --duration S --bodies FILE [--out FILE ...]``:
+  open loop, alternating windows between the URLs; prints a JSON summary per URL and writes
+  ``(window index, latency seconds)`` float64 pairs per URL to the ``--out`` files;
+- ``closed --url URL --concurrency K --duration S --bodies FILE``: K clients back to back (maximum
+  throughput); prints a JSON summary;
+- ``stub --port P --response FILE``: an upstream answering every request with one canned response,
+  to measure the router's own ceiling without the model server's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+
+class _ClientConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.parser.get_status_code())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    async def request(self, payload: bytes) -> int:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)
+        return await self.waiter
+
+
+class Client:
+    """Keep-alive connections to one URL; :meth:`send` returns ``(status, seconds)``."""
+
+    def __init__(self, url: str, bodies: Sequence[bytes], headers: dict[str, str] | None = None) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        head = f"POST {parts.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.payloads = [f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in bodies]
+        self.idle: list[_ClientConnection] = []
+
+    async def connect(self) -> _ClientConnection:
+        _, connection = await asyncio.get_running_loop().create_connection(_ClientConnection, self.host, self.port)
+        return connection
+
+    async def warm(self, connections: int) -> None:
+        self.idle.extend(await asyncio.gather(*(self.connect() for _ in range(connections))))
+
+    async def send(self, index: int) -> tuple[int, float, float]:
+        """Send payload ``index`` (cyclic); ``(status, sent_at, latency_s)``; status 0 on a failure."""
+        connection = self.idle.pop() if self.idle else await self.connect()
+        sent = time.perf_counter()
+        try:
+            status = await connection.request(self.payloads[index % len(self.payloads)])
+        except ConnectionError:
+            return 0, sent, time.perf_counter() - sent
+        latency = time.perf_counter() - sent
+        self.idle.append(connection)
+        return status, sent, latency
+
+
+def _summary(latencies: Sequence[float], errors: int, seconds: float) -> dict[str, Any]:
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3) if ordered else float("nan")
+
+    return {"completed": len(ordered), "errors": errors, "seconds": round(seconds, 3),
+            "achieved_rps": round(len(ordered) / seconds, 1) if seconds else 0.0,
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+            "max_ms": pct(1.0)}
+
+
+async def open_loop(
+    clients: Sequence[Client], rate: float, duration: float, window: float = 1.0
+) -> tuple[list[dict[str, Any]], list[list[tuple[int, float]]]]:
+    """Send ``rate * duration`` requests on schedule, to ``clients[k]`` during the k-th window (cyclic).
+
+    Alternating short windows between targets (e.g. Triton directly, then the router) exposes
+    both to the same background noise of a shared machine. Returns one summary per client and,
+    per client, ``(window index, latency in seconds)`` of every successful request.
+    """
+    for client in clients:
+        await client.warm(32)
+    total = int(rate * duration)
+    latencies: list[list[tuple[int, float]]] = [[] for _ in clients]
+    lags: list[list[float]] = [[] for _ in clients]
+    errors = [0] * len(clients)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(target: int, window_index: int, index: int, intended: float) -> None:
+        status, sent_at, latency = await clients[target].send(index)
+        lags[target].append(sent_at - intended)
+        if status == 200:
+            latencies[target].append((window_index, latency))
+        else:
+            errors[target] += 1
+
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter() + 0.01
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            intended = start + sent / rate
+            window_index = int((intended - start) / window)
+            task = loop.create_task(one(window_index % len(clients), window_index, sent, intended))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += 1
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    elapsed = time.perf_counter() - start
+    summaries = []
+    for k in range(len(clients)):
+        summary = _summary([latency for _, latency in latencies[k]], errors[k], elapsed / len(clients))
+        ordered = sorted(lags[k])
+        summary["offered_rps"] = rate
+        summary["send_lag_p99_ms"] = round(ordered[int(0.99 * (len(ordered) - 1))] * 1e3, 3) if ordered else 0.0
+        summaries.append(summary)
+    unfinished = len(pending)
+    if unfinished:
+        summaries[0]["unfinished"] = unfinished
+    return summaries, latencies
+
+
+async def closed_loop(client: Client, concurrency: int, duration: float) -> dict[str, Any]:
+    """``concurrency`` clients sending back to back for ``duration`` seconds."""
+    await client.warm(concurrency)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        index = offset
+        while time.perf_counter() < stop_at:
+            status, _, latency = await client.send(index)
+            index += concurrency
+            if status == 200:
+                latencies.append(latency)
+            else:
+                errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return _summary(latencies, errors, time.perf_counter() - start)
+
+
+class _StubConnection(asyncio.Protocol):
+    def __init__(self, response: bytes) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.response = response
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_complete(self) -> None:
+        if self.transport is not None:
+            self.transport.write(self.response)
+
+
+async def stub(port: int, body: bytes) -> None:
+    """Answer every request on ``port`` with ``body`` until SIGTERM/SIGINT."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _StubConnection(response), "127.0.0.1", port, backlog=1024)
+    stopped = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    print(json.dumps({"listening": port}), flush=True)
+    await stopped.wait()
+    server.close()
+
+
+def _run(coroutine: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with the workers extra
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paretoserve.research.benchmarks.router_loadgen",
+                                     description=__doc__)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("open", "closed"):
+        p = sub.add_parser(mode)
+        p.add_argument("--url", required=True, action="append", help="target (open: repeat to alternate windows)")
+        p.add_argument("--bodies", type=Path, required=True, help="request bodies, one JSON document per line")
+        p.add_argument("--duration", type=float, required=True)
+        p.add_argument("--header", action="append", default=[], help="NAME:VALUE added to every request")
+        if mode == "open":
+            p.add_argument("--rate", type=float, required=True)
+            p.add_argument("--window", type=float, default=1.0, help="seconds per target when alternating")
+            p.add_argument("--out", type=Path, action="append",
+                           help="per --url: float64 pairs (window index, latency in seconds)")
+        else:
+            p.add_argument("--concurrency", type=int, default=32)
+    s = sub.add_parser("stub")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--response", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.mode == "stub":
+        _run(stub(args.port, args.response.read_bytes()))
+        return 0
+    bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line.strip()]
+    headers = dict(h.split(":", 1) for h in args.header)
+    clients = [Client(url, bodies, headers) for url in args.url]
+    if args.mode == "closed":
+        print(json.dumps(_run(closed_loop(clients[0], args.concurrency, args.duration))), flush=True)
+        return 0
+    summaries, latencies = _run(open_loop(clients, args.rate, args.duration, args.window))
+    for path, samples in zip(args.out or (), latencies, strict=False):
+        with path.open("wb") as out:
+            array("d", [value for pair in samples for value in pair]).tofile(out)
+    print(json.dumps(summaries if len(summaries) > 1 else summaries[0]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,144 @@
+"""Generate docs/results.md from full experiment runs: our numbers beside the papers' headlines.
+
+    paretoserve experiment ipa-video --out runs/ipa-video     # … and the other five
+    paretoserve bench simulator --json > runs/bench-simulator.json
+    python -m paretoserve.research.experiments.report runs --out docs/results.md
+
+Every table comes from a results.json and names the command that produced it; every "direction
+reproduced" verdict is the experiment's own claim check, so the document cannot say more than the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from paretoserve.research.experiments import EXPERIMENTS
+from paretoserve.research.experiments.tables import claims_table, system_table
+
+HEADLINES = {
+    "ipa-video": "IPA (JSys 2024): accuracy up to +21 % at minimal cost increase (earlier version: +35 % normalised "
+                 "accuracy, cost < +5 %), vs FA2 / RIM baselines.",
+    "infadapter": "InfAdapter (EuroMLSys '23): SLO violations down up to 65 % and cost down up to 33 % vs the "
+                  "Kubernetes VPA.",
+    "sponge": "Sponge (EuroMLSys '24): no number in the abstract (a third-party summary claims > 15x fewer SLO "
+              "violations than horizontal autoscalers, unverified); trend only.",
+    "diffserve": "DiffServe (MLSys 2025): response quality up to +24 %, latency-violation rates 19-70 % lower than "
+                 "state-of-the-art baselines.",
+    "hadis": "HADIS (arXiv 2509.00642): response quality up to +35 %, latency-violation rates 2.7-45x lower.",
+    "predictors": "IPA trains its LSTM on 14 days of the Twitter trace and tests on the rest; no error figure in "
+                  "the abstract.",
+}
+
+
+def load_runs(root: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for name in EXPERIMENTS:
+        path = root / name / "results.json"
+        if path.exists():
+            runs[name] = json.loads(path.read_text())
+    return runs
+
+
+def predictor_table(doc: dict[str, Any]) -> str:
+    lines = ["| predictor | MAE | RMSE | under-predicted | under, with +10 % |", "|---|---|---|---|---|"]
+    for name, s in doc["systems"].items():
+        lines.append(f"| `{name}` | {s['mae']:.2f} | {s['rmse']:.2f} | {s['under_rate']:.1%} | "
+                     f"{s['under_rate_with_headroom']:.1%} |")
+    return "\n".join(lines)
+
+
+def section(name: str, doc: dict[str, Any]) -> list[str]:
+    out = [f"## {doc.get('title', name)}", "", f"**Paper.** {HEADLINES.get(name, '')}", ""]
+    command = doc.get("config", {}).get("command", "")
+    if command:
+        out += [f"**Command.** `{command}` (wall time {doc.get('wall_s', '?')} s)", ""]
+    if name == "predictors":
+        out += [predictor_table(doc), ""]
+    else:
+        out += [system_table(doc), ""]
+        claims = claims_table(doc.get("claims", []))
+        if claims:
+            out += ["**Against the paper.**", "", claims, ""]
+    notes = doc.get("notes", [])
+    if notes:
+        out += ["**Setup.**", ""] + [f"- {n}" for n in notes] + [""]
+    return out
+
+
+WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
+
+- **InfAdapter vs the ResNet-18/34/50 VPAs (cost).** InfAdapter has 46–74 % fewer violating seconds than each
+  of them, but spends more cores (15.2 against 7.8, 12.0 and 13.2): those VPAs hold one lighter variant on at
+  most 20 cores and cannot carry the window's peak, so they are cheap because they violate. Against the VPAs
+  that run the accurate variants (ResNet-101/152) InfAdapter is both cheaper (−13 %, −24 %) and better on
+  violations (−80 %, −81 %), the direction of the paper. The trade-off is SLO first, then accuracy, then cost.
+- **ParetoServe's 10 s loop vs InfAdapter's 30 s loop (E2).** Same program; ours re-plans three times as often
+  and switches variants more (45 against 16 reconfigurations), each switch paying a 6–8 s model load while the
+  load ramps from ~90 to ~250 requests/s: 14.5 % against 7.0 % violating seconds. For models with long load
+  times, a longer interval, a larger `scaleDownStabilization` or a non-zero `objective.reconfiguration` is the
+  better setting; the InfAdapter row shows the effect.
+- **DiffServe's MILP vs the Proteus-style mix (E4).** 0.55 % against 0.33 % violations, for FID 18.12 against
+  20.27: the MILP spends the GPUs on quality (more deferrals to SD-v1.5) and runs closer to the SLO.
+- **HADIS vs DiffServe (E5).** FID 23.85 against 23.52, and 0.05 % of requests over the SLO against none,
+  at 4 % fewer GPUs (12.8 against 13.3). At the peak, DiffServe's fixed pair, capped at its capacity, happens
+  to fit, while the pair selector moves to the lighter pair whenever its current pair has no feasible plan,
+  and each switch briefly runs both pools while the new models load. Two changes narrowed the gap: the
+  planner charges the light model only for the requests the prompt router leaves it ((1 − pre-routed share)
+  × λ), and moving *up* to a better pair waits for `scaleDownStabilization` ticks (moving off an infeasible
+  pair is immediate); before them the selector alternated pairs every tick at the peak (FID 23.79, 0.14 %
+  violations, 13.7 GPUs).
+- **HADIS vs Clipper-Heavy (E5).** Clipper-Heavy has the better FID (18.49) but violates the SLO for 99.7 % of
+  requests; HADIS trades quality for latency.
+"""
+
+
+def render(runs: dict[str, dict[str, Any]], bench: dict[str, Any] | None) -> str:
+    parts = [
+        "# Results: ParetoServe beside the papers (trace-driven simulation)",
+        "",
+        "<!-- GENERATED by `python -m paretoserve.research.experiments.report` from full runs; "
+        "do not edit by hand. -->",
+        "",
+        "All numbers come from ParetoServe's discrete-event simulator (`paretoserve.planner.sim`) driven by the "
+        "same control loop the operator runs, with the seed systems' published data in `../shared/data`. "
+        "The papers measured on Kubernetes clusters and GPU testbeds; compare **directions and ratios** against "
+        "the same baselines in the same simulator, not absolute values. Where a system is ParetoServe's program "
+        "under another name (IPA, InfAdapter, dynainf, DiffServe's MILP, HADIS), the row is labelled "
+        "`paretoserve` and the notes say so. SLO attainment counts dropped and timed-out requests as violations; "
+        "cost is mean allocated cores (CPU experiments) or GPUs (diffusion experiments).",
+        "",
+    ]
+    if bench is not None:
+        parts += ["## Simulator speed", "", "`paretoserve bench simulator --json`: "
+                  f"**{bench.get('requests_per_s', 0):,} simulated requests/s** on one core "
+                  f"({bench.get('requests', 0):,} requests over three pipelines; with the control loop solving every "
+                  f"10 s: {bench.get('with_control_loop', {}).get('requests_per_s', 0):,} requests/s).", ""]
+    summary = ["## Summary", "", "| experiment | claim | direction reproduced |", "|---|---|---|"]
+    for name, doc in runs.items():
+        for c in doc.get("claims", []):
+            verdict = {True: "yes", False: "**no**", None: "n/a"}[c["reproduced"]]
+            summary.append(f"| {name} | {c['claim']} | {verdict} |")
+    parts += summary + ["", WHERE_WE_DO_WORSE]
+    for name, doc in runs.items():
+        parts += section(name, doc)
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paretoserve.research.experiments.report", description=__doc__)
+    parser.add_argument("runs", help="directory holding one sub-directory per experiment (DIR/NAME/results.json)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--bench", default=None, help="JSON printed by `paretoserve bench simulator --json`")
+    args = parser.parse_args(argv)
+    runs = load_runs(Path(args.runs))
+    bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+    Path(args.out).write_text(render(runs, bench) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The `paretoserve` command line: plan, serve locally, profile, replay traces, run experiments and benchmarks.
+
+Bad input never produces a traceback: the CLI prints one line naming the field and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from paretoserve.shell.commands import bench, experiment, plan, router, runtime
+from paretoserve.shell.errors import EXIT_USAGE, CliError
+
+COMMANDS = (plan, bench, experiment, runtime, router)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paretoserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed a one-line usage error
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"paretoserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def entrypoint() -> None:
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `paretoserve plan ... | head`
+        code = 0
+    sys.exit(code)
