@@ -24,14 +24,13 @@ from paretoserve.operator.children import (
     WorkerSettings,
     allocation_for,
     render_children,
-    worker_knobs,
 )
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.planner.model import Plan
 from paretoserve.planner.serialize import plan_json
 from paretoserve.planner.spec import ServingPipeline
-from paretoserve.workers.router.plan_config import router_update
+from paretoserve.workers.plan_rendering import router_update, worker_body
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Infeasible", "MetricsUnavailable")
 
@@ -97,7 +96,7 @@ def push_targets(pods: Sequence[dict[str, Any]], pipeline: ServingPipeline,
         variant = next((v for v in stage.variants if v.name == labels.get(LABEL_VARIANT)), None) if stage else None
         knobs: dict[str, Any] = {}
         if stage is not None and variant is not None:
-            knobs = worker_knobs(stage, variant, allocation_for(plan, stage.name, variant.name))
+            knobs = worker_body(stage, variant, allocation_for(plan, stage.name, variant.name))
         targets.append((status["podIP"], knobs))
     return targets
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from paretoserve.planner.model import Allocation, Plan
 from paretoserve.planner.spec import API_GROUP, API_VERSION, KIND, ServingPipelineSpec, Stage, Variant
-from paretoserve.workers.router import plan_config
-from paretoserve.workers.router.plan_config import served_models
+from paretoserve.workers import plan_rendering
+from paretoserve.workers.plan_rendering import served_models
 
 LABEL_PIPELINE = f"{API_GROUP}/pipeline"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -98,15 +98,6 @@ def allocation_for(plan: Plan | None, stage: str, variant: str) -> Allocation | 
 
 def _cpu_quantity(cores: float) -> str:
     return f"{round(cores * 1000)}m"
-
-
-def worker_knobs(stage: Stage, variant: Variant, alloc: Allocation | None) -> dict[str, Any]:
-    """The plan's Triton knobs for a variant's pods, as the sidecar's `POST /admin/worker` body."""
-    return {"models": {variant.triton_model: {
-        "instanceCount": alloc.instances if alloc else 1,
-        "preferredBatchSize": alloc.batch if alloc else max(stage.batch_sizes),
-        "maxQueueDelayMicroseconds": int(stage.max_queue_delay_ms * 1000),
-    }}}
 
 
 def _resources(variant: Variant) -> dict[str, Any]:
@@ -190,7 +181,7 @@ def render_children(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None,
             objects.append({
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": _metadata(owner, name, stage.name, variant.name),
-                "data": {"worker.json": json.dumps(worker_knobs(stage, variant, alloc), sort_keys=True),
+                "data": {"worker.json": json.dumps(plan_rendering.worker_body(stage, variant, alloc), sort_keys=True),
                          "router.json": router_cfg},
             })
             objects.append(render_deployment(owner, stage, variant, alloc, settings))
@@ -233,5 +224,5 @@ def router_config(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None, *,
             for model in served_models(stage, variant):
                 local = f"http://127.0.0.1:{TRITON_HTTP_PORT}"
                 upstreams.setdefault(model, [local if model in local_models else url])
-    return plan_config.router_config(owner.name, spec, upstreams,
+    return plan_rendering.router_config(owner.name, spec, upstreams,
                                      plan if plan is not None and plan.status.has_plan else None)

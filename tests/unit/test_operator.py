@@ -274,7 +274,7 @@ def test_rendered_router_config_is_accepted_by_the_router(example: str) -> None:
             by_alias=True, mode="json")})), "metadata": {"name": "p", "namespace": "n", "uid": "u"}}, pipeline,
         now=0.0).status["plan"]
     objects = render_children(Owner("p", "n", "u"), pipeline.spec, plan_from_json(plan), WorkerSettings())
-    from paretoserve.workers.router.plan_config import router_update
+    from paretoserve.workers.plan_rendering import router_update
 
     for cm in (o for o in objects if o["kind"] == "ConfigMap"):
         config = parse_config(json.loads(cm["data"]["router.json"]))
@@ -305,4 +305,4 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     assert seen[0][2]["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
     worker = next(body for host, path, body in seen if path == "/admin/worker")
     assert worker == {"models": {"large": {"instanceCount": 1, "preferredBatchSize": 1,
-                                           "maxQueueDelayMicroseconds": 10000}}}
+                                           "maxQueueDelayMicroseconds": 0}}}  # batch 1: no batching wait

@@ -10,7 +10,7 @@ one ``tritonserver`` and of the router, so the one `ControlLoop` drives both wor
 | batch size | dynamic batching ``preferred_batch_size`` and the stage's max queue delay |
 | cascade threshold, traffic split | router ``POST /admin/config`` (threshold, variant weights) |
 
-`model_settings` and the router rendering (workers/router/plan_config.py) are pure (unit-tested);
+`model_settings` and the router rendering (workers/router/plan_rendering.py) are pure (unit-tested);
 `LocalActuator` applies their result in an order that never drops requests: models that grow first, then the
 router, then models that shrink. Every variant stays loaded with at least one instance, so a routing change
 never meets an unloaded model. An instance-count-only change is an in-place Triton update (~2 s); anything
@@ -29,11 +29,12 @@ import httpx
 
 from paretoserve.planner.model import Plan
 from paretoserve.planner.spec import ServingPipeline
-from paretoserve.workers.router.plan_config import (
+from paretoserve.workers.plan_rendering import (
     discriminator_model,
     router_config,
     router_stages,
     router_update,
+    triton_knobs,
     variant_models,
 )
 from paretoserve.workers.triton.repository import TritonModelSpec
@@ -67,19 +68,22 @@ class ModelSettings:
 
 
 def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -> dict[str, ModelSettings]:
-    """Per Triton model: instances = Σ replicas × instances, threads = cores per replica / instances."""
+    """Per Triton model, the plan's per-pod knobs (`plan_rendering.triton_knobs`, the same rule a Kubernetes
+    pod gets) on one machine: one Triton serves every replica, so instances = Σ replicas × instances."""
     wanted: dict[str, dict[str, Any]] = {}
     stages = {s.name: s for s in pipeline.spec.stages}
     for sp in plan.stages:
         stage = stages[sp.stage]
-        models = variant_models(stage)
+        variants = {v.name: v for v in stage.variants}
         for a in sp.allocations:
-            model = models[a.variant]
-            entry = wanted.setdefault(model, {"instances": 0, "threads": 1, "batch": 1, "delay_ms": 0.0})
-            entry["instances"] += a.replicas * a.instances
-            entry["threads"] = max(entry["threads"], round(a.cpu / max(1, a.instances)))
-            entry["batch"] = max(entry["batch"], a.batch)
-            entry["delay_ms"] = max(entry["delay_ms"], stage.max_queue_delay_ms)
+            variant = variants[a.variant]
+            knobs = triton_knobs(stage, variant, a)
+            entry = wanted.setdefault(variant.triton_model, {"instances": 0, "threads": 1, "batch": None, "delay": 0})
+            entry["instances"] += a.replicas * knobs.instances
+            entry["threads"] = max(entry["threads"], knobs.threads)
+            if knobs.preferred_batch is not None:
+                entry["batch"] = max(entry["batch"] or 1, knobs.preferred_batch)
+            entry["delay"] = max(entry["delay"], knobs.max_queue_delay_us)
     out: dict[str, ModelSettings] = {}
     for stage in pipeline.spec.stages:
         for model in variant_models(stage).values():
@@ -90,11 +94,10 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
     for model, entry in wanted.items():
         instances = max(1, min(int(entry["instances"]), limits.max_instances_per_model))
         threads = max(1, min(int(entry["threads"]), limits.cores // instances))
-        batch = int(entry["batch"])
         out[model] = ModelSettings(
             model, instances=instances, threads=threads,
-            preferred_batch=(batch,) if batch > 1 else (),
-            max_queue_delay_us=int(round(entry["delay_ms"] * 1000)) if batch > 1 else 0,
+            preferred_batch=(entry["batch"],) if entry["batch"] is not None else (),
+            max_queue_delay_us=int(entry["delay"]),
             capped=instances < entry["instances"] or threads < entry["threads"],
         )
     return out

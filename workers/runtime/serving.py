@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from paretoserve.planner.spec import ServingPipeline, SpecError
-from paretoserve.workers.router.plan_config import discriminator_model
+from paretoserve.workers.plan_rendering import discriminator_model
 from paretoserve.workers.triton.repository import (
     TritonModelSpec,
     render_config,

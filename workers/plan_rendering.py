@@ -1,18 +1,24 @@
-"""A pipeline's router settings from its spec and a plan: one rendering for every place a router runs.
+"""What the workers should run for a plan: one rendering for both actuators (Kubernetes and local).
 
-The operator writes it into each worker pod's ConfigMap and pushes the live part to the sidecars; the
-one-machine runtime starts its router with it and pushes the same live part when a plan changes. Keeping
-the rendering here, next to the config parser, means one definition of "what the router should do for
-this plan": traffic splits from planned load shares, cascade thresholds from the chosen row, the
-discriminator model the spec names.
+- Triton knobs (`triton_knobs`): per pod of a variant, the instance count, dynamic batching and CPU threads
+  the plan's allocation asks for. The operator writes them into each worker pod's ConfigMap and pushes them
+  to its sidecar (`worker_body`, the `POST /admin/worker` body); the one-machine runtime reloads its Triton
+  models with them. Batching is on only where the planner charged for it (batch > 1): at batch 1 Triton
+  must not hold requests back waiting for a batch.
+- Router settings (`router_config`, `router_update`): traffic splits from planned load shares, cascade
+  thresholds from the chosen row, the discriminator model the spec names. The operator writes the whole
+  config into the ConfigMap and pushes the live part; the local runtime starts its router with it.
+
+It lives outside the sidecar package (`workers/router/`), which only parses and serves what this renders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from paretoserve.planner.model import Plan
+from paretoserve.planner.model import Allocation, Plan
 from paretoserve.planner.spec import RouterKind, ServingPipelineSpec, Stage, Variant
 
 DEFAULT_DEADLINE_HEADER = "x-paretoserve-deadline-ms"
@@ -36,6 +42,46 @@ def served_models(stage: Stage, variant: Variant) -> tuple[str, ...]:
     if extra and stage.cascade is not None and stage.cascade.light == variant.name:
         return (variant.triton_model, extra)
     return (variant.triton_model,)
+
+
+@dataclass(frozen=True, slots=True)
+class TritonKnobs:
+    """The Triton settings of one pod (one replica) of a variant."""
+
+    instances: int
+    threads: int
+    """CPU threads per instance: the replica's cores shared among its instances."""
+    preferred_batch: int | None
+    """Dynamic batching's preferred size; None when the plan runs batch 1 (no batching wait)."""
+    max_queue_delay_us: int
+    """How long Triton may hold a request to form a batch; 0 when the plan runs batch 1."""
+
+
+def triton_knobs(stage: Stage, variant: Variant, alloc: Allocation | None) -> TritonKnobs:
+    """The knobs for one pod of `variant` under `alloc` (None: not in the plan -> the variant's base size)."""
+    if alloc is None:
+        return TritonKnobs(1, max(1, round(variant.resources.cpu)), None, 0)
+    batched = alloc.batch > 1
+    return TritonKnobs(
+        instances=alloc.instances,
+        threads=max(1, round(alloc.cpu / max(1, alloc.instances))),
+        preferred_batch=alloc.batch if batched else None,
+        max_queue_delay_us=int(round(stage.max_queue_delay_ms * 1000)) if batched else 0,
+    )
+
+
+def worker_body(stage: Stage, variant: Variant, alloc: Allocation | None) -> dict[str, Any]:
+    """The sidecar's `POST /admin/worker` body (and the ConfigMap's worker.json) for a variant's pods.
+
+    The pod's CPU comes from the resize subresource, not from here; batch 1 is sent as preferred size 1,
+    which the sidecar renders as "no preferred size".
+    """
+    knobs = triton_knobs(stage, variant, alloc)
+    return {"models": {variant.triton_model: {
+        "instanceCount": knobs.instances,
+        "preferredBatchSize": knobs.preferred_batch or 1,
+        "maxQueueDelayMicroseconds": knobs.max_queue_delay_us,
+    }}}
 
 
 def cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | None:

@@ -1,0 +1,61 @@
+"""One rendering of a plan for the workers: the Kubernetes and the local actuator give Triton the same knobs.
+
+Both actuators turn a plan's allocation (variant, batch, instances) into Triton settings: on Kubernetes the
+operator writes them into each worker pod's ConfigMap and pushes them to its sidecar (`POST /admin/worker`);
+locally the runtime reloads the model with them. If the two rules differ, a pipeline behaves differently on a
+cluster than on the machine it was tried on: at batch 1 a pod would hold requests in Triton's queue waiting
+for batches the planner never charged for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from paretoserve.operator.children import Owner, WorkerSettings, render_children
+from paretoserve.planner.model import Allocation, Plan, SolveStatus, StagePlan
+from paretoserve.planner.spec import ServingPipeline, parse_pipeline
+from paretoserve.workers.runtime.actuator import LocalLimits, model_settings
+
+
+def _pipeline() -> ServingPipeline:
+    variant = {"name": "large", "tritonModel": "cnn_large", "accuracy": 0.99,
+               "profile": {"points": [{"batch": 1, "latencyMs": 2.0}, {"batch": 8, "latencyMs": 6.0}]}}
+    return parse_pipeline({"apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline",
+                           "metadata": {"name": "digits"},
+                           "spec": {"slo": {"latencyMs": 50}, "stages": [
+                               {"name": "classify", "batchSizes": [1, 2, 4, 8], "maxQueueDelayMs": 5,
+                                "variants": [variant]}]}})
+
+
+def _plan(allocation: Allocation) -> Plan:
+    return Plan(SolveStatus.OPTIMAL, (StagePlan("classify", (allocation,), 0.0, 2.0, 0.99),))
+
+
+def _kubernetes(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, Any]:
+    """What the operator puts in the worker pods' ConfigMap (worker.json, also pushed to the sidecar)."""
+    children = render_children(Owner("digits", "ns", "uid"), pipeline.spec, _plan(allocation), WorkerSettings())
+    config_map = next(o for o in children if o["kind"] == "ConfigMap" and "worker.json" in o.get("data", {}))
+    knobs: dict[str, Any] = json.loads(config_map["data"]["worker.json"])["models"]["cnn_large"]
+    return {"instances": knobs["instanceCount"],
+            "preferred_batch": knobs.get("preferredBatchSize") if (knobs.get("preferredBatchSize") or 1) > 1 else None,
+            "max_queue_delay_us": knobs.get("maxQueueDelayMicroseconds", 0)}
+
+
+def _local(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, Any]:
+    """What the one-machine runtime reloads its Triton model with."""
+    limits = LocalLimits(cores=64, max_instances_per_model=64)
+    settings = model_settings(pipeline, _plan(allocation), limits)["cnn_large"]
+    return {"instances": settings.instances,
+            "preferred_batch": settings.preferred_batch[0] if settings.preferred_batch else None,
+            "max_queue_delay_us": settings.max_queue_delay_us or 0}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8])
+@pytest.mark.parametrize("instances", [1, 3])
+def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, instances: int) -> None:
+    pipeline = _pipeline()
+    allocation = Allocation("large", batch, float(instances), instances, 1, 10.0, 2.0, 0.0, "main")
+    assert _kubernetes(pipeline, allocation) == _local(pipeline, allocation)
