@@ -28,6 +28,8 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
+from paretoserve.workers.observe import contract
+
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parent
 
@@ -73,8 +75,8 @@ class LoadExporter:
             self._series[(namespace, pipeline)] = (base + rate * (now - since), rps, now)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("paretoserve_pipeline_requests", "Requests entering the pipeline",
-                                     labels=["namespace", "pipeline"])
+        family = CounterMetricFamily(contract.PIPELINE_REQUESTS, "Requests entering the pipeline",
+                                     labels=[contract.NAMESPACE, contract.PIPELINE])
         now = time.time()
         with self._lock:
             for (ns, name), (base, rate, since) in self._series.items():

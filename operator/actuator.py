@@ -1,17 +1,18 @@
-"""From a desired plan to gateway calls, and from decisions to the CR status.
+"""The Kubernetes actuator of the control loop: from a plan to gateway calls.
 
-`actuate` is the Kubernetes actuator of the control loop: it applies the rendered children, deletes
-children no longer rendered (a variant removed from the spec), and resizes running pods whose CPU
-differs from the plan — also the pods a Deployment created since, at the template's base size, which
-is how replacement pods get the planned CPU. Everything else here is pure: what to delete, what to
-resize, which conditions to set, and the status patch after a decision.
+`KubernetesActuator` is what `planner.control.step` applies plans through on a cluster. Unlike the
+simulator's pools, a cluster drifts from the plan between steps (a Deployment starts pods at the template's
+base size, someone deletes a child), so a kept plan is converged again (`hold`) as well as a new one
+applied. `actuate` applies the rendered children, deletes children no longer rendered (a variant removed
+from the spec), resizes running pods whose CPU differs from the plan (which is how replacement pods get the
+planned CPU) and pushes live settings to the router sidecars. Everything else here is pure: what to delete,
+what to resize, where to push.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from paretoserve.operator.children import (
@@ -28,11 +29,8 @@ from paretoserve.operator.children import (
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.planner.model import Plan
-from paretoserve.planner.serialize import plan_json
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.plan_rendering import router_update, worker_body
-
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Infeasible", "MetricsUnavailable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,34 +145,25 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
     return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors))
 
 
-def iso(now: float) -> str:
-    return dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass
+class KubernetesActuator:
+    """`planner.control.Actuator` for one pipeline; `report` holds what the last actuation did."""
 
+    gateway: Gateway
+    owner: Owner
+    pipeline: ServingPipeline
+    settings: WorkerSettings
+    pusher: RouterPusher | None = None
+    running: Plan | None = None
+    """The plan in force, as read from the pipeline's status."""
+    report: ActuationReport = field(default_factory=lambda: ActuationReport(0, (), (), ()))
 
-def set_conditions(previous: Sequence[dict[str, Any]], updates: dict[str, tuple[bool, str, str]],
-                   *, now: float, generation: int) -> list[dict[str, Any]]:
-    """metav1.Condition list: `updates` maps type -> (status, reason, message); transitions keep time."""
-    by_type = {c["type"]: dict(c) for c in previous if c.get("type") in CONDITION_TYPES}
-    for kind, (status, reason, message) in updates.items():
-        value = "True" if status else "False"
-        old = by_type.get(kind)
-        changed = old is None or old.get("status") != value
-        by_type[kind] = {
-            "type": kind, "status": value, "reason": reason, "message": message[:1000],
-            "observedGeneration": generation,
-            "lastTransitionTime": iso(now) if changed or old is None else old.get("lastTransitionTime", iso(now)),
-        }
-    return [by_type[k] for k in CONDITION_TYPES if k in by_type]
+    def applied(self) -> Plan | None:
+        return self.running
 
+    def apply(self, plan: Plan, *, now: float) -> None:
+        self.hold(plan, now=now)
 
-def _without_nulls(value: Any) -> Any:
-    """A merge patch deletes keys set to null, so the stored status would differ from what was sent."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
-
-
-def plan_status(plan: Plan | None) -> dict[str, Any] | None:
-    return None if plan is None else _without_nulls(plan_json(plan))
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        self.report = actuate(self.gateway, self.owner, self.pipeline, plan, self.settings, self.pusher)
+        self.running = plan

@@ -9,7 +9,6 @@ resume), and writes the status through the gateway.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -17,29 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from paretoserve.operator import pipeline_steps
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway, GatewayError
-from paretoserve.operator.metrics import PrometheusSource
+from paretoserve.operator.peering import is_active_peer
 from paretoserve.operator.router_push import RouterPusher
+from paretoserve.operator.status import due, read_status
+from paretoserve.planner.control import MetricsSource
+from paretoserve.planner.spec import ServingPipeline
+from paretoserve.workers.observe.prometheus import PrometheusSource
+from paretoserve.workers.plan_rendering import stage_models
 
 log = logging.getLogger("paretoserve.operator.adaptation")
-
-
-def _timestamp(value: str) -> float:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def is_active_peer(peers: dict[str, Any], identity: str, priority: int, *, now: float) -> bool:
-    """kopf's rule for this process: no other live peer with a priority >= ours (equal pauses both)."""
-    for peer_id, info in peers.items():
-        if peer_id == identity or not isinstance(info, dict):
-            continue
-        lastseen = info.get("lastseen")
-        alive = lastseen is None or _timestamp(lastseen) + float(info.get("lifetime", 60)) > now
-        if alive and int(info.get("priority", 0)) >= priority:
-            return False
-    return True
 
 
 @dataclass
@@ -68,11 +58,26 @@ class PipelineRegistry:
             return [dict(b) for b in self._bodies.values()]
 
 
+def prometheus_sources(config: OperatorConfig, client: httpx.Client) -> pipeline_steps.SourceFor:
+    """Each pipeline's Prometheus source (one shared HTTP client), or None without a Prometheus URL."""
+    url = config.prometheus_url
+    if url is None:
+        raise ValueError("prometheus_sources: no Prometheus URL configured")
+
+    def source(namespace: str, pipeline: ServingPipeline) -> MetricsSource:
+        return PrometheusSource(url, pipeline.metadata.name, namespace=namespace,
+                                stage_models=stage_models(pipeline.spec),
+                                window_s=pipeline.spec.adaptation.predictor.window_seconds,
+                                step_s=config.step_seconds, rate_window_s=config.rate_window_seconds, client=client)
+
+    return source
+
+
 @dataclass
 class AdaptationLoop:
     registry: PipelineRegistry
     gateway: Gateway
-    source: PrometheusSource | None
+    sources: pipeline_steps.SourceFor | None
     config: OperatorConfig
     clock: Callable[[], float] = time.time
     pusher: RouterPusher | None = None
@@ -99,11 +104,11 @@ class AdaptationLoop:
         for body in self.registry.snapshot():
             now = self.clock()
             pipeline = pipeline_steps.parse_or_none(body)
-            if pipeline is None or not pipeline_steps.due(body, pipeline, now=now):
+            if pipeline is None or not due(read_status(body), pipeline, now=now):
                 continue
             meta = body["metadata"]
             try:
-                update = pipeline_steps.adapt(self.gateway, self.source, self.config, body, pipeline, now=now,
+                update = pipeline_steps.adapt(self.gateway, self.sources, self.config, body, pipeline, now=now,
                                      pusher=self.pusher)
                 update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
                 self.gateway.patch_status(meta["namespace"], meta["name"], update.status)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import kopf
 
 from paretoserve.operator import pipeline_steps
-from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
+from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry, prometheus_sources
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import KubernetesGateway
-from paretoserve.operator.metrics import PrometheusSource
 from paretoserve.operator.router_push import RouterPusher
+from paretoserve.operator.status import plain
 from paretoserve.operator.telemetry import start_metrics_server
 from paretoserve.planner.spec import API_GROUP, API_VERSION
 from paretoserve.workers.solver_banner import silence_solver_banner
@@ -31,11 +32,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
     memo.config = config
     memo.gateway = KubernetesGateway.from_environment()
-    source = PrometheusSource(config.prometheus_url, step_s=config.step_seconds,
-                              rate_window_s=config.rate_window_seconds) if config.prometheus_url else None
+    memo.prometheus = httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0))
+    sources = prometheus_sources(config, memo.prometheus) if config.prometheus_url else None
     memo.registry = PipelineRegistry()
     memo.pusher = RouterPusher() if config.push_routers else None
-    memo.loop = AdaptationLoop(memo.registry, memo.gateway, source, config, pusher=memo.pusher).start()
+    memo.loop = AdaptationLoop(memo.registry, memo.gateway, sources, config, pusher=memo.pusher).start()
     settings.posting.level = 20  # INFO and above become Kubernetes Events
     settings.peering.lifetime = config.peering_lifetime_seconds
     start_metrics_server(config.metrics_port)
@@ -45,13 +46,14 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.loop.stop()
+    memo.prometheus.close()
     if memo.pusher is not None:
         memo.pusher.close()
 
 
 @kopf.on.event(*RESOURCE)
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.registry.observe(event.get("type"), pipeline_steps.plain(event["object"]))
+    memo.registry.observe(event.get("type"), plain(event["object"]))
 
 
 @kopf.on.resume(*RESOURCE)

@@ -10,16 +10,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from paretoserve.operator.children import Owner
 from paretoserve.planner.model import Plan
+from paretoserve.workers.observe import contract as metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 DECISIONS = Counter(
-    "paretoserve_operator_decisions_total", "Planning decisions by outcome",
-    ["namespace", "pipeline", "solver_status", "applied"], registry=REGISTRY,
+    metric.OPERATOR_DECISIONS, "Planning decisions by outcome",
+    [metric.NAMESPACE, metric.PIPELINE, metric.SOLVER_STATUS, metric.APPLIED], registry=REGISTRY,
 )
 SOLVE_SECONDS = Histogram(
-    "paretoserve_operator_solve_seconds", "Time to build and solve the integer program",
-    ["namespace", "pipeline"], registry=REGISTRY,
+    metric.OPERATOR_SOLVE_SECONDS, "Time to build and solve the integer program",
+    [metric.NAMESPACE, metric.PIPELINE], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 

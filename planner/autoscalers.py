@@ -14,8 +14,7 @@ tests and the result tables treat them like any other controller. Stage plans ar
   [cores for the median load, cores for the peak load] (plus the margin), like the VPA updater's
   lower/upper bounds.
 
-`AutoscalerLoop` runs such a policy against a `MetricsSource` and an `Actuator`; it is the same three
-steps as `control.ControlLoop` with the policy in place of predict → solve → decide.
+`AutoscalerPolicy` makes such a rule a `control.Policy`, so the one control step drives it like any other.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import Actuator, MetricsSource, Observed
+from paretoserve.planner.control import Observed, StepResult
 from paretoserve.planner.evaluate import finalize
 from paretoserve.planner.model import Option, Plan, Problem, SolveStatus, Stage, StagePlan
-from paretoserve.planner.policy import signature
+from paretoserve.planner.policy import Decision, signature
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.planner.stageplans import single_plan
 
@@ -183,9 +182,9 @@ def vpa_decide(problem: Problem, applied: Plan | None, observed: Observed, now: 
     return _plan(problem, chosen, "vpa"), VpaState(updates)
 
 
-# -- the loop -----------------------------------------------------------------------------------------
+# -- as a control-loop policy --------------------------------------------------------------------------
 
-AutoscalerPolicy = Callable[[Problem, Plan | None, Observed, float, S], tuple[Plan, S]]
+AutoscalerRule = Callable[[Problem, Plan | None, Observed, float, S], tuple[Plan, S]]
 
 
 def mean_recent(history: Sequence[float], seconds: int) -> float:
@@ -193,24 +192,21 @@ def mean_recent(history: Sequence[float], seconds: int) -> float:
     return float(sum(recent) / len(recent)) if recent else 0.0
 
 
-@dataclass
-class AutoscalerLoop(Generic[S]):
-    """Observe → policy → apply when the plan changed. VPA compiles at load 1 (multipliers only)."""
+@dataclass(frozen=True)
+class AutoscalerPolicy(Generic[S]):
+    """An HPA/VPA rule as a `control.Policy`: compile at the recent mean load (VPA: at load 1, multipliers
+    only), apply the rule, and change what runs only when the rule's plan differs from the applied one."""
 
     pipeline: ServingPipeline
-    source: MetricsSource
-    actuator: Actuator
-    policy: AutoscalerPolicy[S]
-    state: S
+    rule: AutoscalerRule[S]
     metric_window_s: int = 15
     unit_load: bool = False
 
-    def tick(self, now: float) -> Plan:
-        observed = self.source.observe(now)
+    def propose(self, observed: Observed, applied: Plan | None, state: S, *, now: float,
+                replan: bool = False) -> StepResult[S]:
         load = 1.0 if self.unit_load else mean_recent(observed.load_history, self.metric_window_s)
         problem = compile_problem(self.pipeline, Observation(load_rps=load))
-        applied = self.actuator.applied()
-        plan, self.state = self.policy(problem, applied, observed, now, self.state)
-        if plan.status is SolveStatus.OPTIMAL and (applied is None or signature(plan) != signature(applied)):
-            self.actuator.apply(plan, now=now)
-        return plan
+        plan, new_state = self.rule(problem, applied, observed, now, state)
+        changed = plan.status is SolveStatus.OPTIMAL and (applied is None or signature(plan) != signature(applied))
+        decision = Decision(changed, plan if changed else applied, "rule changed the plan" if changed else "unchanged")
+        return StepResult(decision, new_state, plan, load, problem, observed)

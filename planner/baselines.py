@@ -43,7 +43,7 @@ def apply_baseline(problem: Problem) -> Problem:
 
 # -- Baselines as edits of the manifest ---------------------------------------------------------------
 #
-# `plan_step` compiles the ServingPipeline it is given, so a baseline that pins variants, replicas, cores
+# `control.ParetoPolicy` compiles the ServingPipeline it is given, so a baseline that pins variants, replicas, cores
 # or a cascade threshold for a whole run is most simply the same manifest with narrower choices: the
 # program, the predictor and the policy stay the same, only the feasible set shrinks. Every edit goes
 # through `parse_pipeline` again, so an edited manifest is validated like a user's.

@@ -21,19 +21,28 @@ class PolicyState:
     """Consecutive decisions whose plan was cheaper than the applied one."""
     last_change_at: float | None = None
     decisions: int = 0
+    pending_switch: tuple[int, int] | None = None
+    """Selecting policies (HADIS): (alternative, consecutive steps it has been the best) of a pending move
+    from the running alternative to a better one (`selection.choose`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lowerStreak": self.lower_streak, "lastChangeAt": self.last_change_at, "decisions": self.decisions}
+        data: dict[str, Any] = {"lowerStreak": self.lower_streak, "lastChangeAt": self.last_change_at,
+                                "decisions": self.decisions}
+        if self.pending_switch is not None:
+            data["pendingSwitch"] = {"alternative": self.pending_switch[0], "streak": self.pending_switch[1]}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> PolicyState:
         if not data:
             return cls()
         last = data.get("lastChangeAt")
+        pending = data.get("pendingSwitch")
         return cls(
             lower_streak=int(data.get("lowerStreak", 0)),
             last_change_at=None if last is None else float(last),
             decisions=int(data.get("decisions", 0)),
+            pending_switch=(int(pending["alternative"]), int(pending["streak"])) if pending else None,
         )
 
 

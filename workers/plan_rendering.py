@@ -29,6 +29,11 @@ def variant_models(stage: Stage) -> dict[str, str]:
     return {v.name: v.triton_model for v in stage.variants}
 
 
+def stage_models(spec: ServingPipelineSpec) -> dict[str, list[str]]:
+    """Stage -> the Triton models of its variants (what the metrics of a stage are read from)."""
+    return {s.name: sorted({v.triton_model for v in s.variants}) for s in spec.stages}
+
+
 def discriminator_model(stage: Stage) -> str | None:
     cascade = stage.cascade
     if cascade is None or cascade.router not in (RouterKind.DISCRIMINATOR, RouterKind.HYBRID):

@@ -1,24 +1,22 @@
 """Controllers: every way of producing plans at each tick, behind one interface, plus the run driver.
 
-A controller is something with `tick(now)` that observes a `MetricsSource` and applies plans to an
-`Actuator` — here both are the `Simulator`. ParetoServe and most baselines are the *same*
-`control.ControlLoop` on a differently constrained manifest (`baselines.pin_variants`, `pin_replicas`,
-`fix_threshold`, …) or with a `Baseline` pin; the static baselines are that loop fed the trace's peak once;
-HPA and VPA are `autoscalers.AutoscalerLoop` with their rule; HADIS is `SelectingLoop`, which runs
-`control.plan_step` on one manifest per model pair and keeps the best candidate. `simulate` ticks a
-controller at its adaptation interval and lets the simulator advance in between — there is no second
-copy of the planning loop here.
+Every controller is the one `control.ControlLoop` (observe → predict → plan → decide → actuate) with the
+`Simulator` as both metrics source and actuator; only the policy differs. ParetoServe and most baselines
+are `control.ParetoPolicy` on a differently constrained manifest (`baselines.pin_variants`, `pin_replicas`,
+`fix_threshold`, …) or with a `Baseline` pin; the static baselines are that policy fed the trace's peak
+once; HPA and VPA are `autoscalers.AutoscalerPolicy` with their rule; HADIS is `selection.SelectingPolicy`.
+`simulate` ticks a controller at its adaptation interval and lets the simulator advance in between.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from paretoserve.planner.autoscalers import (
-    AutoscalerLoop,
+    AutoscalerPolicy,
     HpaSettings,
     HpaState,
     VpaSettings,
@@ -28,10 +26,11 @@ from paretoserve.planner.autoscalers import (
 )
 from paretoserve.planner.baselines import with_adaptation
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import Actuator, ControlLoop, MetricsSource, Observed, StepResult, plan_step
+from paretoserve.planner.control import ControlLoop, MetricsSource, Observed, pareto_loop
 from paretoserve.planner.model import Baseline, Plan, Problem, SolveLimits
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import Forecaster
+from paretoserve.planner.selection import SelectingPolicy
 from paretoserve.planner.sim.engine import SimConfig, Simulator
 from paretoserve.planner.sim.records import SimResult
 from paretoserve.planner.sim.workload import Workload
@@ -105,58 +104,6 @@ def capacity_limit(pipelines: Sequence[ServingPipeline], upper: float, *, baseli
     return lo
 
 
-@dataclass
-class SelectingLoop:
-    """HADIS: plan every alternative manifest (one per model pair) and keep the best feasible candidate.
-
-    Switching pairs loads new models while the old pool drains, so it is treated like a release in the
-    policy: leaving a pair that has no feasible plan happens at once, but moving from a feasible pair to a
-    better one waits until that one has been the best for ``scaleDownStabilization`` consecutive ticks.
-    Without that, at a peak near the better pair's capacity the two alternate tick after tick, and each
-    switch runs two pools at once.
-    """
-
-    pipelines: Sequence[ServingPipeline]
-    source: MetricsSource
-    actuator: Actuator
-    state: PolicyState = field(default_factory=PolicyState)
-    limits: SolveLimits | None = None
-    lstm: Forecaster | None = None
-    upgrade: tuple[int, int] | None = None
-    """(pipeline index, consecutive ticks it has been the best) of a pending switch to a better pair."""
-
-    def _running(self, applied: Plan | None) -> int | None:
-        """Index of the manifest whose variants the applied plan runs (the tightest match)."""
-        if applied is None:
-            return None
-        used = {a.variant for sp in applied.stages for a in sp.allocations if a.replicas > 0}
-        matches = [(len(names), i) for i, pipeline in enumerate(self.pipelines)
-                   if used and used <= (names := {v.name for st in pipeline.spec.stages for v in st.variants})]
-        return min(matches)[1] if matches else None
-
-    def tick(self, now: float) -> StepResult:
-        observed = self.source.observe(now)
-        applied = self.actuator.applied()
-        results = [plan_step(p, observed, applied, self.state, now=now, limits=self.limits, lstm=self.lstm)
-                   for p in self.pipelines]
-        feasible = [r for r in results if r.candidate.status.has_plan and r.candidate.objective is not None]
-        best = max(feasible, key=lambda r: r.candidate.objective or -math.inf) if feasible else results[0]
-        running = self._running(applied)
-        if running is not None and results[running] in feasible and best is not results[running]:
-            index = results.index(best)
-            streak = self.upgrade[1] + 1 if self.upgrade is not None and self.upgrade[0] == index else 1
-            wait = max(1, self.pipelines[index].spec.adaptation.scale_down_stabilization)
-            self.upgrade = None if streak >= wait else (index, streak)
-            if streak < wait:
-                best = results[running]
-        else:
-            self.upgrade = None
-        if best.decision.apply and best.decision.plan is not None:
-            self.actuator.apply(best.decision.plan, now=now)
-        self.state = best.state
-        return best
-
-
 def _source(sim: Simulator, pipeline: ServingPipeline, cap_rps: float | None) -> MetricsSource:
     if cap_rps is None:
         return sim
@@ -169,7 +116,7 @@ def loop(name: str, pipeline: ServingPipeline, *, baseline: Baseline = Baseline.
 
     def make(sim: Simulator) -> Controller:
         source = _source(sim, pipeline, cap_rps)
-        ticker = ControlLoop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits)
+        ticker = pareto_loop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits)
         return Controller(name, ticker, pipeline.spec.adaptation.interval_seconds)
 
     return make
@@ -182,7 +129,7 @@ def static(name: str, pipeline: ServingPipeline, peak_rps: float, *, baseline: B
     load = peak_rps if cap_rps is None else min(peak_rps, cap_rps)
 
     def make(sim: Simulator) -> Controller:
-        ticker = ControlLoop(fixed, PinnedLoad(sim, load), sim, baseline=baseline, limits=limits)
+        ticker = pareto_loop(fixed, PinnedLoad(sim, load), sim, baseline=baseline, limits=limits)
         return Controller(name, ticker, math.inf)
 
     return make
@@ -198,7 +145,8 @@ def hpa(name: str, pipeline: ServingPipeline, settings: HpaSettings | None = Non
         return hpa_decide(problem, applied, observed, now, state, chosen)
 
     def make(sim: Simulator) -> Controller:
-        ticker = AutoscalerLoop(pipeline, sim, sim, policy, HpaState(), metric_window_s=chosen.metric_window_s)
+        ticker = ControlLoop(AutoscalerPolicy(pipeline, policy, metric_window_s=chosen.metric_window_s), sim, sim,
+                             HpaState())
         return Controller(name, ticker, interval_s)
 
     return make
@@ -214,7 +162,8 @@ def vpa(name: str, pipeline: ServingPipeline, settings: VpaSettings | None = Non
         return vpa_decide(problem, applied, observed, now, state, chosen)
 
     def make(sim: Simulator) -> Controller:
-        return Controller(name, AutoscalerLoop(pipeline, sim, sim, policy, VpaState(), unit_load=True), interval_s)
+        ticker = ControlLoop(AutoscalerPolicy(pipeline, policy, unit_load=True), sim, sim, VpaState())
+        return Controller(name, ticker, interval_s)
 
     return make
 
@@ -224,7 +173,8 @@ def selecting(name: str, pipelines: Sequence[ServingPipeline], *, lstm: Forecast
     """HADIS-style: the best of several manifests (model pairs) at every tick."""
 
     def make(sim: Simulator) -> Controller:
-        ticker = SelectingLoop(pipelines, _source(sim, pipelines[0], cap_rps), sim, limits=limits, lstm=lstm)
+        policy = SelectingPolicy(pipelines, limits=limits, lstm=lstm)
+        ticker = ControlLoop(policy, _source(sim, pipelines[0], cap_rps), sim, PolicyState())
         return Controller(name, ticker, pipelines[0].spec.adaptation.interval_seconds)
 
     return make

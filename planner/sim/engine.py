@@ -180,6 +180,9 @@ class Simulator:
     def applied(self) -> Plan | None:
         return self._applied
 
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        """Simulated pools run exactly what they were told: nothing drifts, nothing to converge."""
+
     def apply(self, plan: Plan, *, now: float) -> None:
         first = self._applied is None
         by_name = {st.stage.name: st for st in self.states}

@@ -25,6 +25,11 @@ class FakeActuator:
     def applied(self) -> Plan | None:
         return self.plan
 
+    held: list[float] = field(default_factory=list)
+
     def apply(self, plan: Plan, *, now: float) -> None:
         self.plan = plan
         self.applied_at.append(now)
+
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        self.held.append(now)

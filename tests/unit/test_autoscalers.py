@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from paretoserve.planner.autoscalers import (
-    AutoscalerLoop,
+    AutoscalerPolicy,
     HpaSettings,
     HpaState,
     VpaSettings,
@@ -18,7 +18,7 @@ from paretoserve.planner.autoscalers import (
     vpa_decide,
 )
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import Observed
+from paretoserve.planner.control import ControlLoop, Observed
 from paretoserve.planner.model import Plan, Problem
 from paretoserve.planner.spec import ServingPipeline, parse_pipeline
 
@@ -120,7 +120,7 @@ def test_autoscaler_loop_applies_only_changed_plans() -> None:
                state: HpaState) -> tuple[Plan, HpaState]:
         return hpa_decide(problem, applied, obs, now, state, settings)
 
-    loop = AutoscalerLoop(manifest(), source, actuator, policy, HpaState())
+    loop = ControlLoop(AutoscalerPolicy(manifest(), policy), source, actuator, HpaState())
     loop.tick(0.0)
     loop.tick(15.0)
     assert actuator.applied_at == [0.0] and actuator.plan is not None and replicas(actuator.plan) == 4

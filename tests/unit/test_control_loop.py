@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from paretoserve.planner.control import ControlLoop
+from paretoserve.planner.control import pareto_loop
 from paretoserve.planner.model import SolveStatus
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import bin_maxima, ewma, last_value, moving_max, predict
@@ -41,7 +41,7 @@ def test_loop_scales_up_at_once_and_down_after_stabilization() -> None:
     doc = {**PIPELINE, "spec": {**PIPELINE["spec"], "adaptation": {  # type: ignore[dict-item]
         "scaleDownStabilization": 3, "predictor": {"kind": "lastValue", "headroom": 0}}}}
     source, actuator = FakeSource(load=30.0), FakeActuator()
-    loop = ControlLoop(parse_pipeline(doc), source, actuator)
+    loop = pareto_loop(parse_pipeline(doc), source, actuator)
     first = loop.tick(0.0)
     assert first.decision.apply and replicas(actuator) == 2  # 30 rps on the 20-rps 'large' variant
     source.load = 70.0
@@ -59,7 +59,7 @@ def test_loop_scales_up_at_once_and_down_after_stabilization() -> None:
 
 def test_loop_keeps_the_last_plan_when_the_planner_fails() -> None:
     source, actuator = FakeSource(load=30.0), FakeActuator()
-    loop = ControlLoop(parse_pipeline(PIPELINE), source, actuator)
+    loop = pareto_loop(parse_pipeline(PIPELINE), source, actuator)
     loop.tick(0.0)
     kept = actuator.plan
     source.load = 10_000.0  # beyond maxReplicas: infeasible

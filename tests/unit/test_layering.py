@@ -73,3 +73,23 @@ def test_every_source_folder_is_declared_in_pyproject() -> None:
             relative = init.parent.relative_to(REPO / folder)
             name = ".".join([package, *relative.parts]) if relative.parts else package
             assert name in listed, f"{name} ({init.parent}) is missing from [tool.setuptools] packages"
+
+
+def _calls(path: Path) -> set[str]:
+    """Names of the functions and methods called in the file (`f(...)` -> f, `x.f(...)` -> f)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+    return names
+
+
+def test_the_control_step_exists_once() -> None:
+    """Only planner/control.py decides and actuates; policies propose (selection.py combines proposals)."""
+    sources = [p for folder in ("planner", "workers", "operator", "shell", "research")
+               for p in (REPO / folder).rglob("*.py")]
+    deciders = {p.relative_to(REPO).as_posix() for p in sources if "decide" in _calls(p)}
+    proposers = {p.relative_to(REPO).as_posix() for p in sources if "propose" in _calls(p)}
+    assert deciders == {"planner/control.py"}
+    assert proposers == {"planner/control.py", "planner/selection.py"}

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from paretoserve.operator import handlers, pipeline_steps
-from paretoserve.operator.actuator import actuate, resizes, set_conditions
+from paretoserve.operator.actuator import actuate, resizes
 from paretoserve.operator.children import ANNOTATION_CPU, Owner, WorkerSettings, render_children
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.fake import FakeGateway
-from paretoserve.operator.metrics import MetricsUnavailable, by_stage, history_from_range, load_query
-from paretoserve.planner.control import Observed
+from paretoserve.operator.status import due, read_status, set_conditions
+from paretoserve.planner.control import MetricsSource, Observed
 from paretoserve.planner.serialize import plan_from_json, plan_json
-from paretoserve.planner.spec import parse_pipeline
+from paretoserve.planner.spec import ServingPipeline, parse_pipeline
+from paretoserve.workers.observe.queries import MetricsUnavailable
 
 from .test_cli import PIPELINE
 
@@ -133,10 +134,17 @@ def test_reconcile_writes_plan_conditions_and_generation() -> None:
 
 
 class FakeSource:
+    """The operator's per-pipeline metrics sources, at a fixed load (None: Prometheus unreachable)."""
+
     def __init__(self, load: float | None) -> None:
         self.load = load
+        self.asked: list[tuple[str, str]] = []
 
-    def observe(self, namespace: str, pipeline: str, *, window_s: int, now: float) -> Observed:
+    def __call__(self, namespace: str, pipeline: ServingPipeline) -> MetricsSource:
+        self.asked.append((namespace, pipeline.metadata.name))
+        return self
+
+    def observe(self, now: float) -> Observed:
         if self.load is None:
             raise MetricsUnavailable("connection refused")
         return Observed(load_history=(self.load,) * 10)
@@ -146,7 +154,7 @@ def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
     gw = FakeGateway()
     first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
     gw.actions.clear()
-    update = pipeline_steps.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+    update = pipeline_steps.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),
                          now=20.0)
     assert gw.actions == [] and "plan" not in update.status
     cond = next(c for c in update.status["conditions"] if c["type"] == "MetricsUnavailable")
@@ -156,7 +164,7 @@ def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
 def test_adapt_scales_with_the_observed_load() -> None:
     gw = FakeGateway()
     first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
-    update = pipeline_steps.adapt(gw, FakeSource(200.0), OperatorConfig(), body(first), parse_pipeline(PIPELINE),  # type: ignore[arg-type]
+    update = pipeline_steps.adapt(gw, FakeSource(200.0), OperatorConfig(), body(first), parse_pipeline(PIPELINE),
                          now=20.0)
     replicas = sum(a["replicas"] for s in update.status["plan"]["stages"] for a in s["allocations"])
     assert replicas > sum(a["replicas"] for s in first["plan"]["stages"] for a in s["allocations"])
@@ -167,12 +175,12 @@ def test_adapt_scales_with_the_observed_load() -> None:
 
 def test_due_follows_the_spec_interval() -> None:
     pipeline = parse_pipeline(PIPELINE)  # default interval 10 s
-    assert not pipeline_steps.due(body(), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
-    assert pipeline_steps.due(body({"observedGeneration": 1}), pipeline, now=0.0)
+    assert not due(read_status(body()), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
+    assert due(read_status(body({"observedGeneration": 1})), pipeline, now=0.0)
     ticked = body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}})
-    assert not pipeline_steps.due(ticked, pipeline, now=10.0)
-    assert pipeline_steps.due(ticked, pipeline, now=15.0)
-    assert not pipeline_steps.due(body({"observedGeneration": 1}, generation=2), pipeline, now=15.0)  # spec changed
+    assert not due(read_status(ticked), pipeline, now=10.0)
+    assert due(read_status(ticked), pipeline, now=15.0)
+    assert not due(read_status(body({"observedGeneration": 1}, generation=2)), pipeline, now=15.0)  # spec changed
 
 
 def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
@@ -181,14 +189,6 @@ def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
     third = set_conditions(second, {"Ready": (False, "C", "")}, now=30.0, generation=2)
     assert second[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
     assert third[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
-
-
-def test_prometheus_answers_are_parsed() -> None:
-    rng = [{"metric": {}, "values": [[1, "2.5"], [6, "NaN"], [11, "4"]]}]
-    assert history_from_range(rng, step_s=5, window_s=10) == (0.0,) * 5 + (4.0,) * 5
-    assert history_from_range([], step_s=5, window_s=10) == ()
-    assert by_stage([{"metric": {"stage": "a"}, "value": [0, "12.5"]}]) == {"a": 12.5}
-    assert 'pipeline="p"' in load_query("ns", "p", 30)
 
 
 def test_plan_json_round_trip() -> None:
@@ -225,7 +225,7 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
     first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
     registry.observe("ADDED", body(first))
     clock = iter([20.0, 21.0, 40.0]).__next__
-    loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=clock)  # type: ignore[arg-type]
+    loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=clock)
     assert loop.tick() == 1  # due: last tick never happened
     assert gw.statuses[("ns1", "tiny")]["observedLoadRps"] == 200.0
     assert loop.tick() == 0  # 1 s later: not due (interval 10 s)
@@ -237,7 +237,8 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
 def test_only_the_active_kopf_peer_adapts() -> None:
     import dataclasses
 
-    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry, is_active_peer
+    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
+    from paretoserve.operator.peering import is_active_peer
 
     seen = "2026-11-25T08:00:00+00:00"  # epoch 1795593600
     now = 1795593600.0 + 10
@@ -253,10 +254,10 @@ def test_only_the_active_kopf_peer_adapts() -> None:
     registry = PipelineRegistry()
     registry.observe("ADDED", body({"observedGeneration": 1}))
     config = dataclasses.replace(OperatorConfig(), peering="p", priority=100, identity="b")
-    standby = AdaptationLoop(registry, gw, FakeSource(10.0), config, clock=lambda: now)  # type: ignore[arg-type]
+    standby = AdaptationLoop(registry, gw, FakeSource(10.0), config, clock=lambda: now)
     assert standby.tick() == 0 and gw.statuses == {}
     leader = AdaptationLoop(registry, gw, FakeSource(10.0), dataclasses.replace(config, priority=200, identity="a"),
-                            clock=lambda: now)  # type: ignore[arg-type]
+                            clock=lambda: now)
     assert leader.tick() == 1 and gw.statuses[("ns1", "tiny")]["policyState"]["adaptedBy"] == "a"
 
 
@@ -306,3 +307,50 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     worker = next(body for host, path, body in seen if path == "/admin/worker")
     assert worker == {"models": {"large": {"instanceCount": 1, "preferredBatchSize": 1,
                                            "maxQueueDelayMicroseconds": 0}}}  # batch 1: no batching wait
+
+
+def test_a_restart_lets_the_policy_decide_and_persists_its_state() -> None:
+    """Reconcile on resume is the one control step: a cheaper plan at the recorded load waits for
+    scaleDownStabilization like anywhere else, and the streak survives in the status."""
+    gw = FakeGateway()
+    busy = pipeline_steps.adapt(gw, FakeSource(200.0), OperatorConfig(), body(
+        pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status),
+        parse_pipeline(PIPELINE), now=20.0).status
+    calm = {**busy, "observedLoadRps": 1.0}
+    resumed = pipeline_steps.reconcile(gw, OperatorConfig(), body(calm), parse_pipeline(PIPELINE), now=30.0).status
+    assert resumed["plan"]["stages"] == busy["plan"]["stages"]  # deferred, not overwritten by the candidate
+    assert resumed["policyState"]["lowerStreak"] == 1
+    again = pipeline_steps.reconcile(gw, OperatorConfig(), body(resumed), parse_pipeline(PIPELINE), now=40.0).status
+    assert again["policyState"]["lowerStreak"] == 2
+
+
+def test_a_spec_change_replans_at_once_but_keeps_the_plan_when_the_new_spec_is_infeasible() -> None:
+    gw = FakeGateway()
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    tight = json.loads(json.dumps(PIPELINE))
+    tight["spec"]["slo"]["latencyMs"] = 1  # nothing meets it
+    changed = {**body(first, generation=2), "spec": tight["spec"]}
+    update = pipeline_steps.reconcile(gw, OperatorConfig(), changed, parse_pipeline(tight), now=10.0).status
+    assert update["solverStatus"] == "infeasible" and update["plan"]["stages"] == first["plan"]["stages"]
+    assert update["observedGeneration"] == 2
+    assert {a["variant"] for s in first["plan"]["stages"] for a in s["allocations"]} == {"large", "r18"}
+    smaller = json.loads(json.dumps(PIPELINE))
+    smaller["spec"]["stages"][0]["variants"] = smaller["spec"]["stages"][0]["variants"][:1]  # 'large' removed
+    changed = {**body(first, generation=3), "spec": smaller["spec"]}
+    update = pipeline_steps.reconcile(gw, OperatorConfig(), changed, parse_pipeline(smaller), now=20.0).status
+    assert {a["variant"] for s in update["plan"]["stages"] for a in s["allocations"]} == {"small", "r18"}
+    assert update["policyState"]["lowerStreak"] == 0  # cheaper, yet applied at once: the spec changed
+
+
+def test_adapt_reads_the_pipelines_own_source() -> None:
+    gw, sources = FakeGateway(), FakeSource(5.0)
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    pipeline_steps.adapt(gw, sources, OperatorConfig(), body(first), parse_pipeline(PIPELINE), now=20.0)
+    assert sources.asked == [("ns1", "tiny")]
+
+
+def test_an_unreadable_status_is_read_as_no_plan_and_a_fresh_policy_state() -> None:
+    status = read_status(body({"plan": {"stages": [{"bogus": 1}]}, "policyState": {"lowerStreak": "x"},
+                               "observedLoadRps": "nan?", "conditions": "no"}))
+    assert status.applied is None and status.policy_state.lower_streak == 0
+    assert status.observed_load_rps == 0.0 and status.conditions == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from paretoserve.planner.control import ControlLoop, Observed
+from paretoserve.planner.control import Observed, pareto_loop
 from paretoserve.planner.model import Plan
 from paretoserve.workers.runtime.actuator import AppliedRecord, ModelSettings
 from paretoserve.workers.runtime.local import (
@@ -48,10 +48,13 @@ class Actuator:
     def apply(self, plan: Plan, *, now: float) -> None:
         self.plans.append(plan)
 
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        pass
+
 
 def test_the_runner_ticks_the_one_control_loop_and_records_steps() -> None:
     actuator, steps, logs = Actuator(), [], []
-    loop = ControlLoop(pipeline(), Source((5.0, 8.0)), actuator)
+    loop = pareto_loop(pipeline(), Source((5.0, 8.0)), actuator)
     runner = LoopRunner(loop, 1.0, logs.append, steps.append, observed_rate=lambda: 8.0, clock=lambda: 42.0)
     result = runner.tick()
     assert result is not None and result.decision.apply and len(actuator.plans) == 1
@@ -62,7 +65,7 @@ def test_the_runner_ticks_the_one_control_loop_and_records_steps() -> None:
 
 def test_a_failed_tick_is_logged_and_the_runner_carries_on() -> None:
     logs: list[str] = []
-    runner = LoopRunner(ControlLoop(pipeline(), Source((), fail=True), Actuator()), 0.01, logs.append,
+    runner = LoopRunner(pareto_loop(pipeline(), Source((), fail=True), Actuator()), 0.01, logs.append,
                         lambda step: None)
     assert runner.tick() is None and runner.errors == 1
     assert logs == ["loop tick failed: ConnectionError: metrics down"]

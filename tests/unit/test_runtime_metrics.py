@@ -1,25 +1,24 @@
-"""Metrics text -> `Observed`: the router's contract, Triton's queue time per stage, Prometheus answers."""
+"""Metrics text -> `Observed` without Prometheus: the router's contract, Triton's queue time per stage; and the
+warm-up of `paretoserve up --prometheus` (the Prometheus reader itself: tests/unit/test_observe.py)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from paretoserve.planner.control import Observed
+from paretoserve.workers.observe.queries import MetricsUnavailable, NoLoadSamples
 from paretoserve.workers.router.metrics import RouterMetrics
 from paretoserve.workers.runtime.metrics import (
     LocalMetricsSource,
-    PrometheusMetricsSource,
+    PrometheusWarmup,
     RateHistory,
     RouterSnapshot,
     parse_router_metrics,
-    prometheus_range_values,
-    prometheus_vector,
     stage_queue_delays,
 )
 from paretoserve.workers.triton.control import parse_metrics
@@ -146,40 +145,39 @@ def test_local_source_counts_failed_scrapes() -> None:
     source.__exit__(None, None, None)
 
 
-def _vector(*series: tuple[dict[str, str], str]) -> dict[str, Any]:
-    return {"status": "success", "data": {"resultType": "vector",
-                                          "result": [{"metric": m, "value": [0, v]} for m, v in series]}}
+class Scripted:
+    """A MetricsSource answering (or raising) from a script, one entry per observation."""
+
+    def __init__(self, *script: Observed | Exception) -> None:
+        self.script = list(script)
+
+    def observe(self, now: float) -> Observed:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
 
 
-def test_prometheus_answers() -> None:
-    matrix = {"status": "success", "data": {"resultType": "matrix", "result": [
-        {"metric": {}, "values": [[1, "2"], [2, "NaN"], [3, "4.5"]]}]}}
-    assert prometheus_range_values(matrix) == [2.0, 4.5]
-    assert prometheus_range_values({"status": "success", "data": {"result": []}}) == []
-    assert prometheus_vector(_vector(({"model": "a"}, "1.5"), ({"model": "b"}, "NaN")), "model") == {"a": 1.5}
-    with pytest.raises(ValueError, match="bad query"):
-        prometheus_vector({"status": "error", "error": "bad query"})
+def test_prometheus_warmup_plans_for_no_load_until_the_first_samples() -> None:
+    seen = Observed(load_history=(4.0,))
+    logged: list[str] = []
+    warmup = PrometheusWarmup(Scripted(NoLoadSamples("no request-rate samples"), seen, NoLoadSamples("gone")),
+                              logged.append)
+    assert warmup.observe(100.0) == Observed(load_history=())
+    assert logged and "no request-rate samples" in logged[0]
+    assert warmup.observe(101.0) == seen
+    with pytest.raises(NoLoadSamples, match="gone"):  # after data was seen, missing data is an error again
+        warmup.observe(102.0)
 
 
-def test_prometheus_source_queries_the_same_three_signals() -> None:
-    queries: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        query = request.url.params["query"]
-        queries.append(query)
-        if request.url.path == "/api/v1/query_range":
-            return httpx.Response(200, json={"status": "success", "data": {"result": [
-                {"metric": {}, "values": [[1, "3"], [2, "5"]]}]}})
-        if "nv_inference_queue_duration_us" in query:
-            return httpx.Response(200, json=_vector(({"model": "tiny_linear"}, "1500"), ({"model": "x"}, "9")))
-        return httpx.Response(200, json=_vector(({}, "80")))
-
-    with PrometheusMetricsSource("http://prom:9090/", "digits", {"classify": ["tiny_linear"], "other": ["y"]},
-                                 window_s=60, transport=httpx.MockTransport(handler)) as source:
-        observed = source.observe(1000.0)
-    assert observed == Observed(load_history=(3.0, 5.0), queue_delay_ms={"classify": 1.5},
-                                min_remaining_budget_ms=80.0)
-    assert 'paretoserve_pipeline_requests_total{pipeline="digits"}' in queries[0]
+def test_prometheus_warmup_has_a_grace_period_and_never_hides_other_failures() -> None:
+    warmup = PrometheusWarmup(Scripted(NoLoadSamples("a"), NoLoadSamples("b")), lambda _: None, grace_s=30.0)
+    assert warmup.observe(100.0) == Observed(load_history=())
+    with pytest.raises(NoLoadSamples, match="b"):  # e.g. the scrape config lacks the `pipeline` label
+        warmup.observe(131.0)
+    down = PrometheusWarmup(Scripted(MetricsUnavailable("Prometheus at http://p: ConnectError")), lambda _: None)
+    with pytest.raises(MetricsUnavailable, match="ConnectError"):
+        down.observe(100.0)
 
 
 def test_snapshot_defaults() -> None:

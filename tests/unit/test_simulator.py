@@ -15,6 +15,8 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import ControlLoop, Observed
 from paretoserve.planner.evaluate import check_plan
 from paretoserve.planner.model import Baseline, Plan
+from paretoserve.planner.policy import PolicyState
+from paretoserve.planner.selection import SelectingPolicy
 from paretoserve.planner.sim import COMPLETED, DROPPED, TIMED_OUT, SimConfig, Simulator, Workload, summarize
 from paretoserve.planner.sim import controllers as ctl
 from paretoserve.planner.sim.pools import fifo_dispatch
@@ -366,6 +368,9 @@ class _Applied:
     def applied(self) -> Plan | None:
         return self.plan
 
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        pass
+
     def apply(self, plan: Plan, *, now: float) -> None:
         self.plan = plan
         self.variants.append(next(a.variant for sp in plan.stages for a in sp.allocations if a.replicas > 0))
@@ -379,11 +384,16 @@ def test_selecting_leaves_an_infeasible_pair_at_once_and_upgrades_only_after_sta
     # `good` carries at most 2 replicas x 10 rps: 30 rps needs `cheap`, 10 rps fits either.
     loads = [10.0, 30.0, 10.0, 30.0, 10.0, 10.0, 10.0, 10.0]
     actuator = _Applied()
-    loop = ctl.SelectingLoop([cheap, good], _Loads(loads), actuator)
-    for tick in range(len(loads)):
-        loop.tick(5.0 * tick)
+    state = PolicyState()
+    pending: list[tuple[int, int] | None] = []
+    for tick in range(len(loads)):  # a fresh loop every tick, its state read back from the status form
+        restored = PolicyState.from_dict(state.to_dict())
+        loop = ControlLoop(SelectingPolicy([cheap, good]), _Loads(loads), actuator, restored)
+        state = loop.tick(5.0 * tick).state
+        pending.append(state.pending_switch)
     # good; down to cheap at once; no flap back at ticks 2 and 4; back to good after 3 ticks as the best
     assert actuator.variants[0] == "b"
     switches = [v for i, v in enumerate(actuator.variants) if i == 0 or v != actuator.variants[i - 1]]
     assert switches == ["b", "a", "b"]
+    assert pending[2] == (1, 1) and pending[5] == (1, 2) and pending[6] is None  # persisted between ticks
     assert actuator.plan is not None and actuator.plan.stages[0].allocations[0].variant == "b"

@@ -1,7 +1,8 @@
 """The router's Prometheus metrics: a contract with the operator and the Grafana dashboard.
 
-Names and labels are fixed (``operator/metrics.py`` and ``charts/.../grafana-dashboard.json``
-query them; the scrape configuration adds ``namespace``)::
+Names and labels are fixed (the names are `paretoserve.workers.observe.contract`'s constants: the control
+loop's Prometheus queries and ``charts/.../grafana-dashboard.json`` read them; the scrape configuration
+adds ``namespace``)::
 
     paretoserve_pipeline_requests_total{pipeline}                     requests entering the pipeline
     paretoserve_pipeline_request_duration_seconds{pipeline}           end to end, errors included
@@ -32,8 +33,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-NO_STAGE = "-"
-PROXY_STAGE = "proxy"
+from paretoserve.workers.observe import contract as c
+
+NO_STAGE = c.NO_STAGE
+PROXY_STAGE = c.PROXY_STAGE
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf,
 )
@@ -50,14 +53,14 @@ class _QueueCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         length, remaining_ms = self._probe()
         queue = GaugeMetricFamily(
-            "paretoserve_router_queue_length", "Upstream calls waiting in the EDF queue.", labels=["pipeline"]
+            c.ROUTER_QUEUE_LENGTH, "Upstream calls waiting in the EDF queue.", labels=[c.PIPELINE]
         )
         queue.add_metric([self._pipeline], float(length))
         yield queue
         deadline = GaugeMetricFamily(
-            "paretoserve_router_min_deadline_remaining_ms",
+            c.MIN_DEADLINE_REMAINING,
             "Milliseconds left to the tightest deadline among the requests the router is serving.",
-            labels=["pipeline"],
+            labels=[c.PIPELINE],
         )
         if remaining_ms is not None:
             deadline.add_metric([self._pipeline], remaining_ms)
@@ -70,35 +73,35 @@ class RouterMetrics:
     def __init__(self, pipeline: str, registry: CollectorRegistry, probe: QueueProbe) -> None:
         self.pipeline = pipeline
         self.pipeline_requests = Counter(
-            "paretoserve_pipeline_requests", "Requests entering the pipeline.", ["pipeline"], registry=registry
+            c.PIPELINE_REQUESTS, "Requests entering the pipeline.", [c.PIPELINE], registry=registry
         )
         self.pipeline_duration = Histogram(
-            "paretoserve_pipeline_request_duration_seconds", "End-to-end pipeline request duration.",
-            ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry,
+            c.PIPELINE_REQUEST_DURATION, "End-to-end pipeline request duration.",
+            [c.PIPELINE], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.requests = Counter(
-            "paretoserve_router_requests", "Rows answered per stage, model and route.",
-            ["pipeline", "stage", "model", "route"], registry=registry,
+            c.ROUTER_REQUESTS, "Rows answered per stage, model and route.",
+            [c.PIPELINE, c.STAGE, c.MODEL, c.ROUTE], registry=registry,
         )
         self.deferrals = Counter(
-            "paretoserve_router_deferrals", "Rows the cascade deferred from the light to the heavy model.",
-            ["pipeline", "stage"], registry=registry,
+            c.ROUTER_DEFERRALS, "Rows the cascade deferred from the light to the heavy model.",
+            [c.PIPELINE, c.STAGE], registry=registry,
         )
         self.fallbacks = Counter(
-            "paretoserve_router_fallbacks", "Rows answered by a fallback model after a backend failure.",
-            ["pipeline", "stage"], registry=registry,
+            c.ROUTER_FALLBACKS, "Rows answered by a fallback model after a backend failure.",
+            [c.PIPELINE, c.STAGE], registry=registry,
         )
         self.errors = Counter(
-            "paretoserve_router_errors", "Requests answered with an explicit error.",
-            ["pipeline", "stage", "reason"], registry=registry,
+            c.ROUTER_ERRORS, "Requests answered with an explicit error.",
+            [c.PIPELINE, c.STAGE, c.REASON], registry=registry,
         )
         self.call_duration = Histogram(
-            "paretoserve_router_request_duration_seconds", "Duration of one upstream call, EDF queueing included.",
-            ["pipeline", "stage", "model"], buckets=LATENCY_BUCKETS, registry=registry,
+            c.ROUTER_REQUEST_DURATION, "Duration of one upstream call, EDF queueing included.",
+            [c.PIPELINE, c.STAGE, c.MODEL], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.upstream_failures = Counter(
-            "paretoserve_router_upstream_failures", "Failed upstream attempts (retried or not).",
-            ["pipeline", "model", "reason"], registry=registry,
+            c.ROUTER_UPSTREAM_FAILURES, "Failed upstream attempts (retried or not).",
+            [c.PIPELINE, c.MODEL, c.REASON], registry=registry,
         )
         registry.register(_QueueCollector(pipeline, probe))
         self._pipeline_requests = self.pipeline_requests.labels(pipeline)

@@ -211,6 +211,9 @@ class LocalActuator:
         spec = self._specs.get(model)
         return 0.0 if spec is None or not spec.preferred_batch_sizes else spec.max_queue_delay_us / 1000.0
 
+    def hold(self, plan: Plan | None, *, now: float) -> None:
+        """One Triton and one router that this process started: their settings change only through `apply`."""
+
     def apply(self, plan: Plan, *, now: float) -> None:
         """Grow models, update the router, shrink models; the plan counts as applied only if all succeed."""
         settings = model_settings(self._pipeline, plan, self._limits)

@@ -3,7 +3,7 @@
 What a cluster does with pods, this does with processes: one ``tritonserver`` serving every variant of the
 pipeline (cached digits models, loaded by config override), the router as a subprocess in front of it
 (``paretoserve router``, configured from the pipeline), and the adaptation loop — the planner's
-`ControlLoop`, not a copy — fed by `LocalMetricsSource` (or `PrometheusMetricsSource`) and acting through
+`ControlLoop`, not a copy — fed by `LocalMetricsSource` (or `PrometheusSource`, as on a cluster) and acting through
 `LocalActuator`. `LocalRuntime` owns all of it as one context manager: leaving the ``with`` block (normally,
 on an exception, or on Ctrl-C/SIGTERM turned into `KeyboardInterrupt` by the CLI) stops the loop, the
 metrics sampler, the router and Triton, in that order, and leaves no process behind.
@@ -35,11 +35,13 @@ from typing import Any
 
 import httpx
 
-from paretoserve.planner.control import ControlLoop, MetricsSource, StepResult
+from paretoserve.planner.control import ControlLoop, MetricsSource, StepResult, pareto_loop
+from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import ensure_trained
+from paretoserve.workers.observe.prometheus import PrometheusSource
 from paretoserve.workers.runtime.actuator import AppliedRecord, LocalActuator, LocalLimits, RouterAdmin, router_config
-from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusMetricsSource
+from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusWarmup
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep
 from paretoserve.workers.runtime.serving import (
     GrpcModelControl,
@@ -179,7 +181,7 @@ def applied_event(record: AppliedRecord) -> AppliedEvent:
 class LoopRunner:
     """Ticks the `ControlLoop` every ``interval_s`` in a thread; a failed tick is logged, not fatal."""
 
-    def __init__(self, loop: ControlLoop, interval_s: float, log: Callable[[str], None],
+    def __init__(self, loop: ControlLoop[PolicyState], interval_s: float, log: Callable[[str], None],
                  on_step: Callable[[LoopStep], None], *, observed_rate: Callable[[], float | None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._loop = loop
@@ -192,7 +194,7 @@ class LoopRunner:
         self._thread = threading.Thread(target=self._run, name="paretoserve-loop", daemon=True)
         self.errors = 0
 
-    def tick(self) -> StepResult | None:
+    def tick(self) -> StepResult[PolicyState] | None:
         now = self._clock()
         try:
             result = self._loop.tick(now)
@@ -295,14 +297,17 @@ class LocalRuntime:
         window = adaptation.predictor.window_seconds
         source: MetricsSource
         if settings.prometheus:
-            source = self._stack.enter_context(
-                PrometheusMetricsSource(settings.prometheus, pipeline.metadata.name, stage_models, window_s=window))
+            # per-second steps of rate() over 5 s: needs a scrape interval of 2 s or less (and the static
+            # `pipeline` label on the router and Triton targets: paretoserve.workers.observe.contract)
+            source = PrometheusWarmup(self._stack.enter_context(PrometheusSource(
+                settings.prometheus, pipeline.metadata.name, stage_models=stage_models, window_s=window, step_s=1,
+                rate_window_s=5, batching_delay_ms=self.actuator.batching_delay_ms)), self._log)
         else:
             self.metrics = self._stack.enter_context(LocalMetricsSource(
                 pipeline.metadata.name, f"{settings.url}/metrics", server.metrics_url, stage_models,
                 window_s=window, batching_delay_ms=self.actuator.batching_delay_ms))
             source = self.metrics
-        loop = ControlLoop(pipeline, source, self.actuator)
+        loop = pareto_loop(pipeline, source, self.actuator)
         self.loop_runner = LoopRunner(loop, adaptation.interval_seconds, self._log, self._record_step,
                                       observed_rate=self._last_rate)
         if self.loop_runner.tick() is None:  # the first plan is in force before any traffic

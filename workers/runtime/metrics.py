@@ -1,16 +1,19 @@
-"""Observations for the control loop on one machine: router and Triton metrics, or a Prometheus server.
+"""Observations for the control loop on one machine without Prometheus: the router's and Triton's /metrics.
 
 `ControlLoop` asks a `MetricsSource` for an `Observed`: the pipeline's request rate, one sample per second
 (the predictors need a per-second history), the queueing delay per stage (DiffServe's term that the
 planner adds to a stage's latency) and the tightest remaining per-request deadline (Sponge). Locally
-there is no Prometheus, so `LocalMetricsSource` scrapes the router's ``/metrics`` once a second in a
-thread (counter deltas → rates) and Triton's ``/metrics`` at each observation (queue time per request of
-each stage's models since the previous observation). With ``--prometheus URL`` the same three signals
-come from PromQL (`PrometheusMetricsSource`), as the operator reads them on a cluster.
+there need not be a Prometheus, so `LocalMetricsSource` (the default of ``paretoserve up``) scrapes the
+router's ``/metrics`` once a second in a thread (counter deltas → rates) and Triton's ``/metrics`` at each
+observation (queue time per request of each model since the previous observation). With
+``--prometheus URL`` the same three signals come from
+`paretoserve.workers.observe.prometheus.PrometheusSource`, the reader the operator uses on a cluster.
 
-Parsing is pure (`parse_router_metrics`, `stage_queue_delays`, `prometheus_*`) and unit-tested on text.
-Triton's queue time includes the dynamic-batching wait, which the planner already charges as the batch
-formation delay; that configured wait is subtracted so it is not counted twice.
+Parsing is pure (`parse_router_metrics`, `stage_queue_delays`) and unit-tested on text; metric names come
+from `paretoserve.workers.observe.contract`, and a stage's delay is the worst of its models'
+(`paretoserve.workers.observe.queries.worst_per_stage`, as on the Prometheus path). Triton's queue time
+includes the dynamic-batching wait, which the planner already charges as the batch formation delay; that
+configured wait is subtracted so it is not counted twice.
 """
 
 from __future__ import annotations
@@ -22,19 +25,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from paretoserve.planner.control import Observed
+from paretoserve.planner.control import MetricsSource, Observed
+from paretoserve.workers.observe import contract as c
+from paretoserve.workers.observe.queries import BatchingDelay, NoLoadSamples, worst_per_stage
 from paretoserve.workers.triton.control import ModelMetrics, parse_metrics
-
-PIPELINE_REQUESTS = "paretoserve_pipeline_requests"
-ROUTER_REQUESTS = "paretoserve_router_requests"
-ROUTER_ERRORS = "paretoserve_router_errors"
-ROUTER_DEFERRALS = "paretoserve_router_deferrals"
-MIN_DEADLINE = "paretoserve_router_min_deadline_remaining_ms"
 
 
 @dataclass(frozen=True)
@@ -59,20 +57,20 @@ def parse_router_metrics(text: str, pipeline: str) -> RouterSnapshot:
     for family in text_string_to_metric_families(text):
         name = family.name.removesuffix("_total")  # untyped exposition keeps the suffix in the family name
         for sample in family.samples:
-            if sample.name.endswith("_created") or sample.labels.get("pipeline", pipeline) != pipeline:
+            if sample.name.endswith("_created") or sample.labels.get(c.PIPELINE, pipeline) != pipeline:
                 continue
             value = float(sample.value)
-            if name == PIPELINE_REQUESTS:
+            if name == c.PIPELINE_REQUESTS:
                 requests += value
-            elif name == ROUTER_DEFERRALS:
+            elif name == c.ROUTER_DEFERRALS:
                 deferrals += value
-            elif name == ROUTER_ERRORS:
-                reason = sample.labels.get("reason", "unknown")
+            elif name == c.ROUTER_ERRORS:
+                reason = sample.labels.get(c.REASON, "unknown")
                 errors[reason] = errors.get(reason, 0.0) + value
-            elif name == ROUTER_REQUESTS:
-                key = (sample.labels.get("stage", ""), sample.labels.get("model", ""), sample.labels.get("route", ""))
+            elif name == c.ROUTER_REQUESTS:
+                key = (sample.labels.get(c.STAGE, ""), sample.labels.get(c.MODEL, ""), sample.labels.get(c.ROUTE, ""))
                 routes[key] = routes.get(key, 0.0) + value
-            elif name == MIN_DEADLINE and math.isfinite(value):
+            elif name == c.MIN_DEADLINE_REMAINING and math.isfinite(value):
                 deadline = value if deadline is None else min(deadline, value)
     return RouterSnapshot(requests, deadline, deferrals, errors, routes)
 
@@ -81,27 +79,19 @@ def stage_queue_delays(
     before: Mapping[str, ModelMetrics],
     after: Mapping[str, ModelMetrics],
     stage_models: Mapping[str, Sequence[str]],
-    batching_delay_ms: Callable[[str], float] = lambda _: 0.0,
+    batching_delay_ms: BatchingDelay | None = None,
 ) -> dict[str, float]:
     """Per stage, the worst mean Triton queue time (ms per request) of its models between two scrapes.
 
-    Stages whose models served nothing in between are left out (no evidence of queueing).
+    Models that served nothing in between have no mean (no evidence of queueing), so stages whose models
+    all served nothing are left out.
     """
-    delays: dict[str, float] = {}
-    for stage, models in stage_models.items():
-        worst: float | None = None
-        for model in models:
-            if model not in after:
-                continue
-            delta = after[model].since(before[model]) if model in before else after[model]
-            if delta.request_success <= 0:
-                continue
-            queue_ms = delta.queue_duration_us / delta.request_success / 1000.0
-            queue_ms = max(0.0, queue_ms - batching_delay_ms(model))
-            worst = queue_ms if worst is None else max(worst, queue_ms)
-        if worst is not None:
-            delays[stage] = round(worst, 3)
-    return delays
+    per_model: dict[str, float] = {}
+    for model, current in after.items():
+        delta = current.since(before[model]) if model in before else current
+        if delta.request_success > 0:
+            per_model[model] = delta.queue_duration_us / delta.request_success / 1000.0
+    return worst_per_stage(per_model, stage_models, batching_delay_ms)
 
 
 class RateHistory:
@@ -141,7 +131,7 @@ class LocalMetricsSource:
 
     def __init__(self, pipeline: str, router_metrics_url: str, triton_metrics_url: str,
                  stage_models: Mapping[str, Sequence[str]], *, window_s: int, interval_s: float = 1.0,
-                 batching_delay_ms: Callable[[str], float] = lambda _: 0.0, timeout_s: float = 2.0,
+                 batching_delay_ms: BatchingDelay | None = None, timeout_s: float = 2.0,
                  clock: Callable[[], float] = time.time, transport: httpx.BaseTransport | None = None) -> None:
         self._pipeline = pipeline
         self._router_url = router_metrics_url
@@ -205,68 +195,33 @@ class LocalMetricsSource:
                         min_remaining_budget_ms=self.router.min_deadline_ms)
 
 
-# --- Prometheus --------------------------------------------------------------------------------------
+class PrometheusWarmup:
+    """``paretoserve up --prometheus``: no load, rather than an error, until Prometheus has the router's rate.
 
+    The router starts seconds before the first loop tick and ``rate()`` needs two scrapes of it, so at
+    first Prometheus has no request-rate samples for the pipeline (`NoLoadSamples`). Until its first
+    samples, or for ``grace_s`` after the first observation, that is an empty history (the first plan is in
+    force before any traffic, as with `LocalMetricsSource` before its second scrape); afterwards it is an
+    error again, which the loop runner logs (e.g. a scrape config without the static ``pipeline`` label).
+    Every other `MetricsUnavailable` (unreachable server, error answer) is an error from the start.
+    """
 
-def prometheus_range_values(payload: Mapping[str, Any]) -> list[float]:
-    """Values of the first series of a ``query_range`` answer, oldest first (pure)."""
-    if payload.get("status") != "success":
-        raise ValueError(f"prometheus query failed: {payload.get('error', payload.get('status'))}")
-    result = payload.get("data", {}).get("result", [])
-    if not result:
-        return []
-    return [float(value) for _, value in result[0].get("values", []) if value not in ("NaN", "+Inf", "-Inf")]
-
-
-def prometheus_vector(payload: Mapping[str, Any], label: str | None = None) -> dict[str, float]:
-    """An instant-vector answer keyed by ``label`` (``""`` for an unlabelled scalar-like result; pure)."""
-    if payload.get("status") != "success":
-        raise ValueError(f"prometheus query failed: {payload.get('error', payload.get('status'))}")
-    out: dict[str, float] = {}
-    for series in payload.get("data", {}).get("result", []):
-        raw = series.get("value", [0, "NaN"])[1]
-        if raw in ("NaN", "+Inf", "-Inf"):
-            continue
-        key = series.get("metric", {}).get(label, "") if label else ""
-        out[key] = float(raw)
-    return out
-
-
-class PrometheusMetricsSource:
-    """`MetricsSource` reading the same signals from a Prometheus server that scrapes router and Triton."""
-
-    def __init__(self, url: str, pipeline: str, stage_models: Mapping[str, Sequence[str]], *, window_s: int,
-                 timeout_s: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
-        self._url = url.rstrip("/")
-        self._pipeline = pipeline
-        self._stage_models = {k: list(v) for k, v in stage_models.items()}
-        self._window_s = max(1, window_s)
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)), transport=transport)
-
-    def __enter__(self) -> PrometheusMetricsSource:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._client.close()
-
-    def _get(self, path: str, params: Mapping[str, str | float]) -> dict[str, Any]:
-        response = self._client.get(f"{self._url}{path}", params=dict(params))
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
+    def __init__(self, source: MetricsSource, log: Callable[[str], None], *, grace_s: float = 60.0) -> None:
+        self._source = source
+        self._log = log
+        self._grace_s = grace_s
+        self._until: float | None = None
+        self._seen = False
 
     def observe(self, now: float) -> Observed:
-        selector = f'{{pipeline="{self._pipeline}"}}'
-        history = prometheus_range_values(self._get("/api/v1/query_range", {
-            "query": f"sum(rate({PIPELINE_REQUESTS}_total{selector}[5s]))",
-            "start": now - self._window_s, "end": now, "step": 1}))
-        per_model = prometheus_vector(self._get("/api/v1/query", {
-            "query": "sum by (model) (rate(nv_inference_queue_duration_us[30s])) / "
-                     "sum by (model) (rate(nv_inference_request_success[30s]))", "time": now}), "model")
-        queue = {stage: round(max(per_model[m] for m in models if m in per_model) / 1000.0, 3)
-                 for stage, models in self._stage_models.items() if any(m in per_model for m in models)}
-        deadline = prometheus_vector(self._get("/api/v1/query", {
-            "query": f"min({MIN_DEADLINE}{selector})", "time": now}))
-        return Observed(load_history=tuple(history), queue_delay_ms=queue,
-                        min_remaining_budget_ms=deadline.get(""))
+        if self._until is None:
+            self._until = now + self._grace_s
+        try:
+            observed = self._source.observe(now)
+        except NoLoadSamples as exc:
+            if self._seen or now > self._until:
+                raise
+            self._log(f"{exc}; planning for no load until Prometheus has scraped the router twice")
+            return Observed(load_history=())
+        self._seen = True
+        return observed

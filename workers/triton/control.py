@@ -32,6 +32,7 @@ import numpy.typing as npt
 import tritonclient.http as triton_http
 from prometheus_client.parser import text_string_to_metric_families
 
+from paretoserve.workers.observe import contract
 from paretoserve.workers.triton.repository import (
     INPUT_NAME,
     OUTPUT_CONFIDENCE,
@@ -45,10 +46,10 @@ _COUNTERS: Mapping[str, str] = MappingProxyType(
     {
         "nv_inference_count": "inference_count",
         "nv_inference_exec_count": "exec_count",
-        "nv_inference_request_success": "request_success",
+        contract.TRITON_REQUEST_SUCCESS: "request_success",
         "nv_inference_request_failure": "request_failure",
         "nv_inference_request_duration_us": "request_duration_us",
-        "nv_inference_queue_duration_us": "queue_duration_us",
+        contract.TRITON_QUEUE_DURATION: "queue_duration_us",
         "nv_inference_compute_input_duration_us": "compute_input_duration_us",
         "nv_inference_compute_infer_duration_us": "compute_infer_duration_us",
         "nv_inference_compute_output_duration_us": "compute_output_duration_us",
