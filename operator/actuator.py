@@ -28,19 +28,10 @@ from paretoserve.operator.children import (
 )
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
 from paretoserve.operator.router_push import RouterPusher
+from paretoserve.operator.status import ActuationReport
 from paretoserve.planner.model import Plan
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.plan_rendering import router_update, worker_body
-
-
-@dataclass(frozen=True, slots=True)
-class ActuationReport:
-    applied: int
-    deleted: tuple[str, ...]
-    resized: tuple[str, ...]
-    errors: tuple[str, ...]
-    routers_pushed: int = 0
-    router_push_failures: tuple[str, ...] = ()
 
 
 def selector(owner: Owner) -> str:

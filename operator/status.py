@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretoserve.operator.actuator import ActuationReport
 from paretoserve.planner.control import StepResult
 from paretoserve.planner.model import Plan
 from paretoserve.planner.policy import PolicyState
@@ -22,6 +21,18 @@ from paretoserve.planner.serialize import plan_from_json, plan_json
 from paretoserve.planner.spec import ServingPipeline
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Infeasible", "MetricsUnavailable")
+
+
+@dataclass(frozen=True, slots=True)
+class ActuationReport:
+    """What one actuation did (the Kubernetes actuator fills it; the conditions report it)."""
+
+    applied: int
+    deleted: tuple[str, ...]
+    resized: tuple[str, ...]
+    errors: tuple[str, ...]
+    routers_pushed: int = 0
+    router_push_failures: tuple[str, ...] = ()
 
 
 def plain(value: Any) -> Any:

@@ -81,15 +81,6 @@ def test_a_port_in_use_is_refused_before_starting_anything(capsys: pytest.Captur
     assert code == 2 and f"--port: 127.0.0.1:{port} is already in use" in err
 
 
-def test_load_refuses_a_url_where_no_router_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code, err = _run(["load", "--trace", str(_trace(tmp_path)), "--window", "0:2", "--scale", "1",
-                      "--url", f"http://127.0.0.1:{port}", "--pipeline", "digits", "--slo-ms", "50"], capsys)
-    assert code == 2 and "--url: no ready router" in err
-
-
 def _catalog(*variants: str) -> ModelCatalog:
     return ModelCatalog(Path("/nowhere"), "v", MappingProxyType(dict.fromkeys(variants)))  # type: ignore[arg-type]
 

@@ -40,7 +40,8 @@ from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import ensure_trained
 from paretoserve.workers.observe.prometheus import PrometheusSource
-from paretoserve.workers.runtime.actuator import AppliedRecord, LocalActuator, LocalLimits, RouterAdmin, router_config
+from paretoserve.workers.plan_rendering import router_config, stage_models
+from paretoserve.workers.runtime.actuator import AppliedRecord, LocalActuator, LocalLimits, RouterAdmin
 from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusWarmup
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep
 from paretoserve.workers.runtime.serving import (
@@ -292,7 +293,7 @@ class LocalRuntime:
         admin = self._stack.enter_context(RouterAdmin(settings.url))
         limits = LocalLimits(settings.cores, settings.max_instances_per_model or settings.cores)
         self.actuator = LocalActuator(pipeline, specs, control, admin, limits, on_apply=self._record_applied)
-        stage_models = {s.name: sorted({v.triton_model for v in s.variants}) for s in pipeline.spec.stages}
+        models_of_stage = stage_models(pipeline.spec)
         adaptation = pipeline.spec.adaptation
         window = adaptation.predictor.window_seconds
         source: MetricsSource
@@ -300,11 +301,11 @@ class LocalRuntime:
             # per-second steps of rate() over 5 s: needs a scrape interval of 2 s or less (and the static
             # `pipeline` label on the router and Triton targets: paretoserve.workers.observe.contract)
             source = PrometheusWarmup(self._stack.enter_context(PrometheusSource(
-                settings.prometheus, pipeline.metadata.name, stage_models=stage_models, window_s=window, step_s=1,
+                settings.prometheus, pipeline.metadata.name, stage_models=models_of_stage, window_s=window, step_s=1,
                 rate_window_s=5, batching_delay_ms=self.actuator.batching_delay_ms)), self._log)
         else:
             self.metrics = self._stack.enter_context(LocalMetricsSource(
-                pipeline.metadata.name, f"{settings.url}/metrics", server.metrics_url, stage_models,
+                pipeline.metadata.name, f"{settings.url}/metrics", server.metrics_url, models_of_stage,
                 window_s=window, batching_delay_ms=self.actuator.batching_delay_ms))
             source = self.metrics
         loop = pareto_loop(pipeline, source, self.actuator)
