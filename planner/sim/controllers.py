@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from paretoserve.planner.autoscalers import (
     AutoscalerPolicy,
@@ -27,7 +28,7 @@ from paretoserve.planner.autoscalers import (
 from paretoserve.planner.baselines import with_adaptation
 from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import ControlLoop, MetricsSource, Observed, pareto_loop
-from paretoserve.planner.model import Baseline, Plan, Problem, SolveLimits
+from paretoserve.planner.model import Baseline, SolveLimits
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import Forecaster
 from paretoserve.planner.selection import SelectingPolicy
@@ -36,6 +37,8 @@ from paretoserve.planner.sim.records import SimResult
 from paretoserve.planner.sim.workload import Workload
 from paretoserve.planner.solve import solve
 from paretoserve.planner.spec import ServingPipeline
+
+S = TypeVar("S")
 
 
 class Ticker(Protocol):
@@ -135,37 +138,26 @@ def static(name: str, pipeline: ServingPipeline, peak_rps: float, *, baseline: B
     return make
 
 
+def _autoscaler(name: str, policy: AutoscalerPolicy[S], state: S, interval_s: float) -> ControllerFactory:
+    def make(sim: Simulator) -> Controller:
+        return Controller(name, ControlLoop(policy, sim, sim, state), interval_s)
+
+    return make
+
+
 def hpa(name: str, pipeline: ServingPipeline, settings: HpaSettings | None = None,
         interval_s: float = 15.0) -> ControllerFactory:
     """Kubernetes HPA on each stage's (most accurate or given) variant, synced every `interval_s`."""
     chosen = settings or HpaSettings()
-
-    def policy(problem: Problem, applied: Plan | None, observed: Observed, now: float,
-               state: HpaState) -> tuple[Plan, HpaState]:
-        return hpa_decide(problem, applied, observed, now, state, chosen)
-
-    def make(sim: Simulator) -> Controller:
-        ticker = ControlLoop(AutoscalerPolicy(pipeline, policy, metric_window_s=chosen.metric_window_s), sim, sim,
-                             HpaState())
-        return Controller(name, ticker, interval_s)
-
-    return make
+    policy = AutoscalerPolicy(pipeline, partial(hpa_decide, settings=chosen), metric_window_s=chosen.metric_window_s)
+    return _autoscaler(name, policy, HpaState(), interval_s)
 
 
 def vpa(name: str, pipeline: ServingPipeline, settings: VpaSettings | None = None,
         interval_s: float = 60.0) -> ControllerFactory:
-    """A VPA-like vertical scaler of one variant, deciding every `interval_s`."""
-    chosen = settings or VpaSettings()
-
-    def policy(problem: Problem, applied: Plan | None, observed: Observed, now: float,
-               state: VpaState) -> tuple[Plan, VpaState]:
-        return vpa_decide(problem, applied, observed, now, state, chosen)
-
-    def make(sim: Simulator) -> Controller:
-        ticker = ControlLoop(AutoscalerPolicy(pipeline, policy, unit_load=True), sim, sim, VpaState())
-        return Controller(name, ticker, interval_s)
-
-    return make
+    """A VPA-like vertical scaler of one variant (compiled at unit load: multipliers only), every `interval_s`."""
+    policy = AutoscalerPolicy(pipeline, partial(vpa_decide, settings=settings or VpaSettings()), unit_load=True)
+    return _autoscaler(name, policy, VpaState(), interval_s)
 
 
 def selecting(name: str, pipelines: Sequence[ServingPipeline], *, lstm: Forecaster | None = None,

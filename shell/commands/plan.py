@@ -5,28 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.model import Baseline, Plan, SolveLimits
 from paretoserve.planner.solve import solve
-from paretoserve.planner.spec import ServingPipeline, SpecError, load_pipeline_text
+from paretoserve.planner.spec import SpecError
 from paretoserve.shell.errors import CliError
+from paretoserve.shell.manifests import read_pipeline
 from paretoserve.shell.render import plan_json, plan_table
 from paretoserve.workers.solver_banner import silence_solver_banner
-
-
-def read_pipeline(path: str) -> ServingPipeline:
-    """The pipeline in `path`, or a CliError naming the file and the field."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        return load_pipeline_text(text)
-    except SpecError as exc:
-        raise CliError(f"{path}: {exc}") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -24,9 +24,8 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from paretoserve.shell.errors import CliError
+from paretoserve.shell.manifests import read_manifest
 
 DEFAULT_TRACE_HINT = "../shared/data/traces/twitter-2018-04-workload.tbz2"
 
@@ -41,29 +40,12 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
-def _load_manifest(path: str) -> tuple[Any, dict[str, Any]]:
-    """(parsed pipeline, raw document) or a CliError naming the file and field."""
-    from paretoserve.planner.spec import KIND, SpecError, load_pipeline_text
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        pipeline = load_pipeline_text(text)
-    except SpecError as exc:
-        raise CliError(f"{path}: {exc}") from None
-    docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-    raw = next((d for d in docs if d.get("kind") == KIND), docs[0])
-    return pipeline, raw
-
-
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    pipeline, raw = _load_manifest(args.file)
+    pipeline, raw = read_manifest(args.file)
     from paretoserve.planner.spec import SpecError
     from paretoserve.workers.runtime.profiler import (
         ProfileGrid,
@@ -134,7 +116,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    pipeline, _ = _load_manifest(args.file)
+    pipeline, _ = read_manifest(args.file)
     for flag, value in (("--cores", args.cores), ("--max-instances", args.max_instances)):
         if value is not None and value < 1:
             raise CliError(f"{flag}: must be >= 1, got {value}")
