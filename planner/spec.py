@@ -48,6 +48,12 @@ class _Model(BaseModel):
 
 
 Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
+
+TRITON_MODEL_NAME = r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$"
+"""A Triton model name as ParetoServe accepts it everywhere (spec, CRD, router config, `/admin/worker`):
+1-64 characters, safe in a URL path segment and a command-line argument (no leading dot or dash)."""
+DEADLINE_HEADER_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+"""An HTTP header name for per-request deadlines: lower-case token characters, 1-64 long."""
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
