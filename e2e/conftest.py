@@ -106,9 +106,12 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace ``e2e-<uuid>`` per test, deleted (without waiting) afterwards."""
+    """A fresh namespace ``e2e-<uuid>`` per test, deleted (without waiting) afterwards. It enforces
+    PodSecurity "restricted", so the API server itself proves that every pod the operator creates meets it."""
     name = f"e2e-{uuid.uuid4().hex[:12]}"
     cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
     # Pods are rejected until the ServiceAccount controller has created `default`.
     cluster.wait_for(
         lambda: cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,

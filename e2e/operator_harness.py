@@ -154,9 +154,11 @@ class OperatorProcess:
     """`python -m paretoserve.operator` in its own process group, restartable (crash tests)."""
 
     def __init__(self, kubeconfig: Path, env: dict[str, str], log: Path,
-                 peering: tuple[str, int] | None = None) -> None:
-        """`peering=(name, priority)` joins kopf peering; None runs `--standalone`."""
+                 peering: tuple[str, int] | None = None, namespaces: tuple[str, ...] = ()) -> None:
+        """`peering=(name, priority)` joins kopf peering; None runs `--standalone`. `namespaces`: watch only
+        these (the chart's namespace-scoped mode), else the whole cluster."""
         self.kubeconfig, self.env, self.log, self.peering = kubeconfig, env, log, peering
+        self.namespaces = namespaces
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -167,9 +169,12 @@ class OperatorProcess:
             mode = [f"--peering={name}", f"--priority={priority}"]
         else:
             mode = ["--standalone"]
+        scope = [f"--namespace={n}" for n in self.namespaces] or ["--all-namespaces"]
+        if self.namespaces:
+            env["PARETOSERVE_WATCH_NAMESPACES"] = ",".join(self.namespaces)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "paretoserve.operator", *mode, "--all-namespaces",
+            [sys.executable, "-I", "-m", "paretoserve.operator", *mode, *scope,
              f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

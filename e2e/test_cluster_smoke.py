@@ -26,6 +26,9 @@ def _container(cpu: str, gpus: int, memory: str = "256Mi") -> dict[str, Any]:
             {"resourceName": "cpu", "restartPolicy": "NotRequired"},
             {"resourceName": "memory", "restartPolicy": "NotRequired"},
         ],
+        # the e2e namespaces enforce PodSecurity "restricted"
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 1000,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     }
 
 

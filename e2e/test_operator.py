@@ -133,7 +133,18 @@ def test_chart_lints_and_renders() -> None:
                               capture_output=True, text=True, check=True).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
     assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                     "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+                     "CustomResourceDefinition", "Deployment", "NetworkPolicy", "Secret", "Service", "ServiceAccount"]
+    scoped = subprocess.run([helm(), "template", "t", chart, "--kube-version", "1.35.0",
+                             "--set", "operator.watchNamespaces={team-a,team-b}"],
+                            capture_output=True, text=True, check=True).stdout
+    objects = [d for d in yaml.safe_load_all(scoped) if d]
+    assert not [d for d in objects if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")]
+    assert sorted(d["metadata"]["namespace"] for d in objects if d["kind"] == "Role") == ["team-a", "team-b"]
+    operator = next(d for d in objects if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    args = operator["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--standalone" in args and "--all-namespaces" not in args
+    context = operator["containers"][0]["securityContext"]
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -281,7 +292,7 @@ def test_load_step_moves_replicas_cpu_and_threshold(cluster: Cluster, namespace:
 
 def _children(cluster: Cluster, namespace: str) -> list[tuple[str, str]]:
     out = []
-    for kind in ("deployments", "services", "configmaps", "poddisruptionbudgets"):
+    for kind in ("deployments", "services", "configmaps", "poddisruptionbudgets", "networkpolicies", "secrets"):
         for item in cluster.get_json("-n", namespace, kind)["items"]:
             if item["metadata"].get("labels", {}).get("paretoserve.io/pipeline") == "adaptive":
                 out.append((kind, item["metadata"]["name"]))
@@ -371,3 +382,69 @@ def test_standby_operator_takes_over_when_the_active_one_dies(
         standby.stop()
         if not operator_process.alive():
             operator_process.start()
+
+
+def test_an_object_the_pipeline_does_not_own_is_reported_not_taken_over(cluster: Cluster, namespace: str,
+                                                                        operator_process: OperatorProcess) -> None:
+    """A user who may only create pipelines cannot use the operator to rewrite (or later delete) an object
+    that happens to have a child's name: server-side apply without force plus the ownership check."""
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "adaptive-detector-det"},
+               "data": {"owner": "someone else"}}
+    cluster.apply(foreign, namespace)
+    cluster.apply(ADAPTIVE, namespace)
+    status = cluster.wait_for(lambda: (s := pipeline_status(cluster, namespace, "adaptive"))
+                              and condition(s, "Degraded").get("reason") == "Conflict" and s, "Degraded/Conflict")
+    message = condition(status, "Degraded")["message"]
+    assert f"ConfigMap {namespace}/adaptive-detector-det exists and is not owned" in message
+    kept = cluster.get_json("-n", namespace, "configmap", "adaptive-detector-det")
+    assert kept["data"] == {"owner": "someone else"} and not kept["metadata"].get("ownerReferences")
+    assert "adaptive-answer-heavy" in deployments(cluster, namespace)  # everything else is applied
+    cluster.kubectl("-n", namespace, "delete", "servingpipeline", "adaptive", "--wait=true", timeout=120)
+    cluster.wait_for(lambda: "adaptive-answer-heavy" not in deployments(cluster, namespace), "children collected")
+    assert cluster.get_json("-n", namespace, "configmap", "adaptive-detector-det")["data"] == {"owner": "someone else"}
+
+
+def test_namespace_scoped_install_works_without_cluster_wide_permissions(
+    cluster: Cluster, namespace: str, system_namespace: str, prometheus: PrometheusServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    release, release_ns = "scoped", f"{namespace}-op"
+    cluster.kubectl("create", "namespace", release_ns)
+    try:
+        installed = subprocess.run(
+            [helm(), "--kubeconfig", str(cluster.kubeconfig), "install", release,
+             str(REPO_ROOT / "charts" / "paretoserve"), "-n", release_ns,
+             "--set", "operator.enabled=false", "--set", "crds.enabled=false",
+             "--set", f"operator.watchNamespaces={{{namespace}}}", "--wait", "--timeout", "60s"],
+            capture_output=True, text=True)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        selector = f"app.kubernetes.io/instance={release}"
+        assert cluster.get_json("clusterroles,clusterrolebindings", "-l", selector)["items"] == []
+        account = f"system:serviceaccount:{release_ns}:{release}-paretoserve"
+
+        def can(verb: str, resource: str, where: list[str]) -> bool:
+            done = cluster.kubectl("auth", "can-i", verb, resource, *where, f"--as={account}", check=False)
+            return done.stdout.strip() == "yes"
+
+        assert can("create", "deployments", ["-n", namespace])
+        assert can("patch", "pods", ["-n", namespace, "--subresource=resize"])
+        assert not can("create", "deployments", ["-n", "default"]) and not can("list", "secrets", ["-n", namespace])
+        assert not can("list", "namespaces", []) and not can("create", "clusterrolebindings", [])
+        workdir = tmp_path_factory.mktemp("scoped")
+        kubeconfig = service_account_kubeconfig(cluster, release_ns, f"{release}-paretoserve", workdir / "kubeconfig")
+        proc = OperatorProcess(kubeconfig, operator_env(prometheus, "scoped"), workdir / "operator.log",
+                               namespaces=(namespace,))
+        proc.start()
+        try:
+            cluster.apply(ADAPTIVE, namespace)
+            cluster.wait_for(lambda: (s := pipeline_status(cluster, namespace, "adaptive"))
+                             and condition(s, "Ready").get("status") == "True", "Ready under a namespaced Role")
+            assert {"adaptive-detector-det", "adaptive-answer-light", "adaptive-answer-heavy"} <= set(
+                deployments(cluster, namespace))
+        finally:
+            proc.stop()
+            print((workdir / "operator.log").read_text()[-3000:])
+    finally:
+        subprocess.run([helm(), "--kubeconfig", str(cluster.kubeconfig), "uninstall", release, "-n", release_ns],
+                       check=False, capture_output=True)
+        cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

@@ -11,22 +11,14 @@ what to resize, where to push.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from paretoserve.operator.children import (
-    LABEL_MANAGED,
-    LABEL_PIPELINE,
-    LABEL_STAGE,
-    LABEL_VARIANT,
-    MANAGER,
-    Owner,
-    WorkerSettings,
-    allocation_for,
-    render_children,
-)
+from paretoserve.operator.children import WorkerSettings, admin_token, allocation_for, render_children
 from paretoserve.operator.k8s.gateway import CHILD_KINDS, Gateway, GatewayError
+from paretoserve.operator.naming import LABEL_MANAGED, LABEL_PIPELINE, LABEL_STAGE, LABEL_VARIANT, MANAGER, Owner
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.operator.status import ActuationReport
 from paretoserve.planner.model import Plan
@@ -38,10 +30,28 @@ def selector(owner: Owner) -> str:
     return f"{LABEL_PIPELINE}={owner.name},{LABEL_MANAGED}={MANAGER}"
 
 
-def orphans(existing: Sequence[dict[str, Any]], desired: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(kind, name) of owned objects that the desired set no longer contains."""
+def owned_by(obj: dict[str, Any], uids: set[str] | str) -> bool:
+    """True when a controller ownerReference of `obj` points at one of `uids`. Labels are not ownership:
+    anyone who may create objects in the namespace can copy them."""
+    wanted = {uids} if isinstance(uids, str) else uids
+    return any(ref.get("controller") and ref.get("uid") in wanted
+               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def orphans(existing: Sequence[dict[str, Any]], desired: Sequence[dict[str, Any]],
+            owner_uid: str) -> list[tuple[str, str]]:
+    """(kind, name) of objects this pipeline owns that the desired set no longer contains."""
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
-    return sorted({(o["kind"], o["metadata"]["name"]) for o in existing} - wanted)
+    return sorted({(o["kind"], o["metadata"]["name"]) for o in existing if owned_by(o, owner_uid)} - wanted)
+
+
+def own_pods(deployments: Sequence[dict[str, Any]], replica_sets: Sequence[dict[str, Any]],
+             pods: Sequence[dict[str, Any]], owner_uid: str) -> list[dict[str, Any]]:
+    """The pods of this pipeline's own Deployments (pipeline -> Deployment -> ReplicaSet -> Pod by uid): a
+    look-alike pod that only copies the labels gets no resize and no push."""
+    deployment_uids = {d["metadata"]["uid"] for d in deployments if owned_by(d, owner_uid) and "uid" in d["metadata"]}
+    rs_uids = {r["metadata"]["uid"] for r in replica_sets if owned_by(r, deployment_uids) and "uid" in r["metadata"]}
+    return [p for p in pods if owned_by(p, rs_uids)]
 
 
 def _cores(quantity: str | None) -> float | None:
@@ -90,50 +100,75 @@ def push_targets(pods: Sequence[dict[str, Any]], pipeline: ServingPipeline,
     return targets
 
 
+@dataclass
+class _Progress:
+    applied: int = 0
+    errors: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+    def attempt(self, action: Callable[[], object]) -> bool:
+        try:
+            action()
+            return True
+        except GatewayError as exc:
+            self.errors.append(str(exc))
+            return False
+
+    def listed(self, gateway: Gateway, kind: str, owner: Owner) -> list[dict[str, Any]]:
+        """The pipeline's objects of `kind` by label (ownership is checked separately); [] on failure."""
+        try:
+            return gateway.list(kind, owner.namespace, selector(owner))
+        except GatewayError as exc:
+            self.errors.append(str(exc))
+            return []
+
+
+def _apply_owned(gateway: Gateway, owner: Owner, desired: Sequence[dict[str, Any]],
+                 existing: Sequence[dict[str, Any]], progress: _Progress) -> None:
+    """Server-side apply of each desired object that is ours or does not exist yet; an object of the same
+    name that this pipeline does not own is a conflict, reported and left alone (never taken over)."""
+    ours = {(o["kind"], o["metadata"]["name"]) for o in existing if owned_by(o, owner.uid)}
+    for obj in desired:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key not in ours:
+            try:
+                current = gateway.get(obj["kind"], owner.namespace, key[1])
+            except GatewayError as exc:
+                progress.errors.append(str(exc))
+                continue
+            if current is not None and not owned_by(current, owner.uid):
+                progress.conflicts.append(f"{key[0]} {owner.namespace}/{key[1]}")
+                continue
+        if progress.attempt(partial(gateway.apply, obj)):
+            progress.applied += 1
+
+
 def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Plan | None,
-            settings: WorkerSettings, pusher: RouterPusher | None = None) -> ActuationReport:
+            settings: WorkerSettings, pusher: RouterPusher | None = None, *, admin_key: bytes = b"") -> ActuationReport:
     """Make the cluster match the plan; errors are collected, not raised, so one bad object does not
     stop the rest (the handler reports them in the Degraded condition)."""
-    desired = render_children(owner, pipeline.spec, plan, settings)
-    errors: list[str] = []
-    applied = 0
-    for obj in desired:
-        try:
-            gateway.apply(obj)
-            applied += 1
-        except GatewayError as exc:
-            errors.append(str(exc))
-    existing: list[dict[str, Any]] = []
-    for kind in CHILD_KINDS:
-        try:
-            existing += [{**o, "kind": kind} for o in gateway.list(kind, owner.namespace, selector(owner))]
-        except GatewayError as exc:
-            errors.append(str(exc))
-    deleted = []
-    for kind, name in orphans(existing, desired):
-        try:
-            gateway.delete(kind, owner.namespace, name)
-            deleted.append(f"{kind}/{name}")
-        except GatewayError as exc:
-            errors.append(str(exc))
-    resized = []
+    desired = render_children(owner, pipeline.spec, plan, settings, admin_key=admin_key)
+    progress = _Progress()
+    listed = {kind: progress.listed(gateway, kind, owner) for kind in CHILD_KINDS}
+    existing = [{**o, "kind": kind} for kind, items in listed.items() for o in items]
+    _apply_owned(gateway, owner, desired, existing, progress)
+    deleted = [f"{kind}/{name}" for kind, name in orphans(existing, desired, owner.uid)
+               if progress.attempt(partial(gateway.delete, kind, owner.namespace, name))]
+    resized: list[str] = []
+    pushed = 0
+    push_failures: tuple[str, ...] = ()
+    push_pending: tuple[str, ...] = ()
     if plan is not None and plan.status.has_plan:
-        try:
-            pods = gateway.list("Pod", owner.namespace, selector(owner))
-        except GatewayError as exc:
-            errors.append(str(exc))
-            pods = []
-        for pod, cpu in resizes(pods, plan):
-            try:
-                gateway.resize_cpu(owner.namespace, pod, "triton", cpu)
-                resized.append(f"{pod}={cpu}")
-            except GatewayError as exc:
-                errors.append(str(exc))
+        pods = own_pods(listed["Deployment"], progress.listed(gateway, "ReplicaSet", owner),
+                        progress.listed(gateway, "Pod", owner), owner.uid)
+        resized = [f"{pod}={cpu}" for pod, cpu in resizes(pods, plan)
+                   if progress.attempt(partial(gateway.resize_cpu, owner.namespace, pod, "triton", cpu))]
         if pusher is not None:
-            update = router_update(pipeline.spec, plan)
-            push = pusher.push(push_targets(pods, pipeline, plan), update)
-            return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors), push.pushed, push.failed)
-    return ActuationReport(applied, tuple(deleted), tuple(resized), tuple(errors))
+            push = pusher.push(push_targets(pods, pipeline, plan), router_update(pipeline.spec, plan),
+                               token=admin_token(admin_key, owner))
+            pushed, push_failures, push_pending = push.pushed, push.failed, push.pending
+    return ActuationReport(progress.applied, tuple(deleted), tuple(resized), tuple(progress.errors), pushed,
+                           push_failures, tuple(progress.conflicts), push_pending)
 
 
 @dataclass
@@ -146,6 +181,8 @@ class KubernetesActuator:
     settings: WorkerSettings
     pusher: RouterPusher | None = None
     running: Plan | None = None
+    admin_key: bytes = b""
+    """The operator's key the routers' admin tokens derive from (`children.admin_token`)."""
     """The plan in force, as read from the pipeline's status."""
     report: ActuationReport = field(default_factory=lambda: ActuationReport(0, (), (), ()))
 
@@ -156,5 +193,6 @@ class KubernetesActuator:
         self.hold(plan, now=now)
 
     def hold(self, plan: Plan | None, *, now: float) -> None:
-        self.report = actuate(self.gateway, self.owner, self.pipeline, plan, self.settings, self.pusher)
+        self.report = actuate(self.gateway, self.owner, self.pipeline, plan, self.settings, self.pusher,
+                             admin_key=self.admin_key)
         self.running = plan

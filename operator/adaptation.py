@@ -1,5 +1,9 @@
 """The adaptation loop of the operator: one background thread over all known pipelines.
 
+Each due pipeline is adapted by a worker of a small pool, one at a time per pipeline, and any failure (a
+solver error, a bad status, a slow push) stays with that pipeline: it is reported in its Degraded condition
+and the others keep their intervals.
+
 Why not a kopf timer: kopf puts a finalizer on every object that has a timer or daemon, so while the
 operator is down nothing it manages can be deleted, and namespaces hang in Terminating. Instead a
 watching handler (no finalizer) keeps `PipelineRegistry` current, and `AdaptationLoop` wakes every tick,
@@ -10,9 +14,11 @@ resume), and writes the status through the gateway.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +29,7 @@ from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway, GatewayError
 from paretoserve.operator.peering import is_active_peer
 from paretoserve.operator.router_push import RouterPusher
-from paretoserve.operator.status import due, read_status
+from paretoserve.operator.status import adaptation_failed, due, read_status
 from paretoserve.planner.control import MetricsSource
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.observe.prometheus import PrometheusSource
@@ -58,6 +64,15 @@ class PipelineRegistry:
             return [dict(b) for b in self._bodies.values()]
 
 
+def prometheus_client(config: OperatorConfig) -> httpx.Client:
+    """The one HTTP client for Prometheus: TLS verified (the chart's CA bundle, else the system's), the
+    bearer token from a Secret when one is configured."""
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=config.prometheus_ca_file) \
+        if config.prometheus_ca_file else True
+    headers = {"Authorization": f"Bearer {config.prometheus_bearer_token}"} if config.prometheus_bearer_token else {}
+    return httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), verify=verify, headers=headers)
+
+
 def prometheus_sources(config: OperatorConfig, client: httpx.Client) -> pipeline_steps.SourceFor:
     """Each pipeline's Prometheus source (one shared HTTP client), or None without a Prometheus URL."""
     url = config.prometheus_url
@@ -83,6 +98,13 @@ class AdaptationLoop:
     pusher: RouterPusher | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: set[tuple[str, str]] = field(default_factory=set)
+    _pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.config.adaptation_workers,
+                                        thread_name_prefix="paretoserve-adapt")
 
     def active(self) -> bool:
         """With peering, only the active kopf peer adapts (a stand-by's kopf handlers are paused too)."""
@@ -97,28 +119,63 @@ class AdaptationLoop:
                               now=self.clock())
 
     def tick(self) -> int:
-        """Adapt every due pipeline once (if this process is the active peer); returns how many."""
-        adapted = 0
+        """Hand every due pipeline to a worker (if this process is the active peer); returns how many.
+
+        A pipeline whose previous adaptation still runs is skipped, so a slow one (a long solve, a stalled
+        push) occupies one worker and delays nobody else's interval."""
         if not self.active():
             return 0
+        submitted = 0
         for body in self.registry.snapshot():
             now = self.clock()
             pipeline = pipeline_steps.parse_or_none(body)
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
             if pipeline is None or not due(read_status(body), pipeline, now=now):
                 continue
-            meta = body["metadata"]
+            with self._lock:
+                if key in self._in_flight:
+                    continue
+                self._in_flight.add(key)
+            self._pool.submit(self._adapt_one, body, pipeline, now)
+            submitted += 1
+        return submitted
+
+    def _adapt_one(self, body: dict[str, Any], pipeline: ServingPipeline, now: float) -> None:
+        """One pipeline's step; any failure stays with this pipeline (Degraded), never reaches the others."""
+        meta = body["metadata"]
+        try:
+            update = pipeline_steps.adapt(self.gateway, self.sources, self.config, body, pipeline, now=now,
+                                          pusher=self.pusher)
+            update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
+            self._write(body, update.status)
+            if update.event:
+                self.gateway.post_event(body, "Adapted", update.event)
+        except GatewayError as exc:
+            log.warning("adapting %s/%s failed: %s", meta["namespace"], meta["name"], exc)
+        except Exception as exc:  # noqa: BLE001 - one pipeline's bug must not stop the others
+            log.exception("adapting %s/%s failed", meta["namespace"], meta["name"])
             try:
-                update = pipeline_steps.adapt(self.gateway, self.sources, self.config, body, pipeline, now=now,
-                                     pusher=self.pusher)
-                update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
-                self.gateway.patch_status(meta["namespace"], meta["name"], update.status)
-                self.registry.merge_status(meta["namespace"], meta["name"], update.status)
-                if update.event:
-                    self.gateway.post_event(body, "Adapted", update.event)
-                adapted += 1
-            except GatewayError as exc:
-                log.warning("adapting %s/%s failed: %s", meta["namespace"], meta["name"], exc)
-        return adapted
+                self._write(body, adaptation_failed(read_status(body), f"{type(exc).__name__}: {exc}", now=now))
+            except GatewayError as write_error:
+                log.warning("cannot report the failure of %s/%s: %s", meta["namespace"], meta["name"], write_error)
+        finally:
+            with self._lock:
+                self._in_flight.discard((meta["namespace"], meta["name"]))
+
+    def _write(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.gateway.patch_status(meta["namespace"], meta["name"], status)
+        self.registry.merge_status(meta["namespace"], meta["name"], status)
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Block until no adaptation is in flight (tests, shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+            time.sleep(0.005)
+        return False
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.tick_seconds):
@@ -136,3 +193,4 @@ class AdaptationLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._pool.shutdown(wait=False, cancel_futures=True)

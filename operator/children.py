@@ -3,8 +3,17 @@
 Per (stage, variant) the operator keeps one Deployment of Triton worker pods with the router sidecar,
 one Service, one ConfigMap with the worker's Triton knobs (batch size, dynamic batching, instances,
 threads) and, when it runs more than one replica, a PodDisruptionBudget. Variants the plan does not use
-keep their Deployment at zero replicas, so switching variants is a scale, not a create. Every object
-carries an ownerReference to the pipeline, so deleting the pipeline garbage-collects them.
+keep their Deployment at zero replicas, so switching variants is a scale, not a create. Per pipeline it
+keeps the front-door Service, the Secret holding the routers' admin token and the NetworkPolicies
+(`network_policies.py`). Every object carries an ownerReference to the pipeline, so deleting the pipeline
+garbage-collects them.
+
+Worker pods meet PodSecurity "restricted" (non-root, no privilege escalation, all capabilities dropped,
+RuntimeDefault seccomp, read-only root filesystem with emptyDirs where Triton and the router write) and
+mount no ServiceAccount token. Triton's HTTP and gRPC endpoints listen on the pod's loopback only, so its
+model-repository API is reachable by its own sidecar alone; only its metrics port listens on the pod IP.
+The router serves inference on `ROUTER_PORT` and its admin API (bearer token) and metrics on
+`ROUTER_ADMIN_PORT`; cross-stage calls go to the other variants' routers, never to their Triton.
 
 Nothing here talks to the API server: `render_children` is a function of the pipeline's identity, its
 spec, the plan and the operator settings, and the unit tests compare its output field by field.
@@ -13,32 +22,35 @@ spec, the plan and the operator settings, and the unit tests compare its output 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from paretoserve.operator.naming import (
+    ADMIN_TOKEN_DIR,
+    ADMIN_TOKEN_KEY,
+    ANNOTATION_CPU,
+    LABEL_PIPELINE,
+    MODELS_MOUNT,
+    ROUTER_ADMIN_PORT,
+    ROUTER_PORT,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    WORKER_UID,
+    Owner,
+    admin_secret_name,
+    child_name,
+    labels,
+    metadata,
+    pipeline_labels,
+)
+from paretoserve.operator.network_policies import render_network_policy
 from paretoserve.planner.model import Allocation, Plan
-from paretoserve.planner.spec import API_GROUP, API_VERSION, KIND, ServingPipelineSpec, Stage, Variant
+from paretoserve.planner.spec import ServingPipelineSpec, Stage, Variant
 from paretoserve.workers import plan_rendering
 from paretoserve.workers.plan_rendering import served_models
-
-LABEL_PIPELINE = f"{API_GROUP}/pipeline"
-LABEL_STAGE = f"{API_GROUP}/stage"
-LABEL_VARIANT = f"{API_GROUP}/variant"
-LABEL_MANAGED = "app.kubernetes.io/managed-by"
-MANAGER = "paretoserve"
-ANNOTATION_CPU = f"{API_GROUP}/desired-cpu"
-MODELS_MOUNT = "/models"
-TRITON_HTTP_PORT = 8000
-TRITON_METRICS_PORT = 8002
-ROUTER_PORT = 8080
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    name: str
-    namespace: str
-    uid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,34 +67,24 @@ class WorkerSettings:
     cloud store Triton reads itself (``s3://``, ``gs://``, ``as://``). Each variant's ``tritonModel`` must be in it."""
     model_repository_claim: str | None = None
     """A PersistentVolumeClaim holding the model repository, mounted read-only at ``/models``."""
+    model_repository_secret: str | None = None
+    """A Secret whose keys become the Triton container's environment (cloud store credentials such as
+    AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_*), never logged or put in status."""
+    service_account_name: str | None = None
+    """The worker pods' ServiceAccount (for workload identity, e.g. IRSA); its token is still not mounted
+    unless the cloud identity needs it (``automount_service_account_token``)."""
+    automount_service_account_token: bool = False
     router_cpu: str = "500m"
     """The router costs ~0.35 ms of CPU per request: 500m carries ~1,400 requests/s per pod."""
     router_memory: str = "128Mi"
-
-
-def child_name(pipeline: str, stage: str, variant: str) -> str:
-    """DNS-1123 name of a (stage, variant) child, at most 63 characters."""
-    base = f"{pipeline}-{stage}-{variant}"
-    if len(base) <= 63:
-        return base
-    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-    return f"{base[:54].rstrip('-')}-{digest}"
-
-
-def labels(owner: Owner, stage: str, variant: str) -> dict[str, str]:
-    return {LABEL_PIPELINE: owner.name, LABEL_STAGE: stage, LABEL_VARIANT: variant, LABEL_MANAGED: MANAGER}
-
-
-def _metadata(owner: Owner, name: str, stage: str, variant: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": labels(owner, stage, variant),
-        "ownerReferences": [{
-            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": owner.name, "uid": owner.uid,
-            "controller": True, "blockOwnerDeletion": True,
-        }],
-    }
+    network_policies: bool = True
+    """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
+    client_peers: tuple[dict[str, Any], ...] = ()
+    """NetworkPolicy peers allowed on the routers' inference port; empty: every pod of the pipeline's namespace."""
+    operator_peers: tuple[dict[str, Any], ...] = ()
+    """Peers allowed on the routers' admin port (the operator's pods); empty: none but the pipeline's namespace."""
+    prometheus_peers: tuple[dict[str, Any], ...] = ()
+    """Peers allowed to scrape the routers' and Triton's metrics ports."""
 
 
 def allocation_for(plan: Plan | None, stage: str, variant: str) -> Allocation | None:
@@ -112,13 +114,24 @@ def _resources(variant: Variant) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+"""PodSecurity "restricted" for every container the operator creates."""
+
+
 def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Allocation | None,
                       settings: WorkerSettings) -> dict[str, Any]:
     name = child_name(owner.name, stage.name, variant.name)
     pod_labels = labels(owner, stage.name, variant.name)
     cpu = alloc.cpu if alloc else variant.resources.cpu
-    triton_mounts: list[dict[str, Any]] = [{"name": "knobs", "mountPath": "/etc/paretoserve"}]
-    volumes: list[dict[str, Any]] = [{"name": "knobs", "configMap": {"name": name}}]
+    triton_mounts: list[dict[str, Any]] = [{"name": "knobs", "mountPath": "/etc/paretoserve"},
+                                           {"name": "triton-tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "knobs", "configMap": {"name": name}},
+        {"name": "admin-token", "secret": {"secretName": admin_secret_name(owner.name), "defaultMode": 0o440}},
+        {"name": "triton-tmp", "emptyDir": {}},
+        {"name": "router-tmp", "emptyDir": {}},
+    ]
     if settings.model_repository_claim:
         triton_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": settings.model_repository_claim,
@@ -127,30 +140,50 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "name": "triton",
         "image": settings.triton_image,
         "imagePullPolicy": settings.image_pull_policy,
+        # HTTP and gRPC (with the model-repository API) on loopback: only the sidecar reaches them.
         "args": ["tritonserver", f"--model-repository={settings.model_repository}", "--model-control-mode=explicit",
-                 *(f"--load-model={m}" for m in served_models(stage, variant)), f"--http-port={TRITON_HTTP_PORT}",
-                 f"--metrics-port={TRITON_METRICS_PORT}"],
-        "ports": [{"name": "http", "containerPort": TRITON_HTTP_PORT},
-                  {"name": "metrics", "containerPort": TRITON_METRICS_PORT}],
+                 *(f"--load-model={m}" for m in served_models(stage, variant)),
+                 "--http-address=127.0.0.1", f"--http-port={TRITON_HTTP_PORT}",
+                 "--grpc-address=127.0.0.1", f"--grpc-port={TRITON_GRPC_PORT}",
+                 "--metrics-address=0.0.0.0", f"--metrics-port={TRITON_METRICS_PORT}"],
+        "ports": [{"name": "metrics", "containerPort": TRITON_METRICS_PORT}],
         "resources": _resources(variant),
         # CPU is resized in place; GPUs cannot be (they change through replicas).
         "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"},
                          {"resourceName": "memory", "restartPolicy": "NotRequired"}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": TRITON_HTTP_PORT}},
+        "securityContext": RESTRICTED,
         "volumeMounts": triton_mounts,
     }
+    if settings.model_repository_secret:
+        triton["envFrom"] = [{"secretRef": {"name": settings.model_repository_secret}}]
     router = {
         "name": "router",
         "image": settings.router_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["paretoserve", "router", "--host=0.0.0.0", f"--port={ROUTER_PORT}",
+                 "--admin-host=0.0.0.0", f"--admin-port={ROUTER_ADMIN_PORT}",
+                 f"--admin-token-file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
+                 f"--triton-url=http://127.0.0.1:{TRITON_HTTP_PORT}", f"--triton-grpc-url=127.0.0.1:{TRITON_GRPC_PORT}",
                  "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json"],
-        "ports": [{"name": "router", "containerPort": ROUTER_PORT}],
+        "ports": [{"name": "router", "containerPort": ROUTER_PORT},
+                  {"name": "router-admin", "containerPort": ROUTER_ADMIN_PORT}],
         "resources": {"requests": {"cpu": settings.router_cpu, "memory": settings.router_memory},
                       "limits": {"cpu": settings.router_cpu, "memory": settings.router_memory}},
-        "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"}],
+        # Ready when the router answers and its pool runs; the router fails requests its Triton cannot serve.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "router"}},
+        "securityContext": RESTRICTED,
+        "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"},
+                         {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True},
+                         {"name": "router-tmp", "mountPath": "/tmp"}],
     }
-    pod_spec: dict[str, Any] = {"containers": [triton, router], "volumes": volumes}
+    pod_spec: dict[str, Any] = {
+        "containers": [triton, router], "volumes": volumes,
+        "automountServiceAccountToken": settings.automount_service_account_token,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
+                            "fsGroup": WORKER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if settings.service_account_name:
+        pod_spec["serviceAccountName"] = settings.service_account_name
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
     if settings.node_selector:
@@ -158,7 +191,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {**_metadata(owner, name, stage.name, variant.name),
+        "metadata": {**metadata(owner, name, stage.name, variant.name),
                      "annotations": {ANNOTATION_CPU: _cpu_quantity(cpu)}},
         "spec": {
             "replicas": alloc.replicas if alloc else 0,
@@ -168,10 +201,25 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
     }
 
 
+def render_admin_secret(owner: Owner, token: str) -> dict[str, Any]:
+    """The routers' admin token (`admin_token`), mounted by every worker pod of the pipeline."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {**metadata(owner, admin_secret_name(owner.name), "", ""),
+                         "labels": pipeline_labels(owner)},
+            "stringData": {ADMIN_TOKEN_KEY: token}}
+
+
+def admin_token(key: bytes, owner: Owner) -> str:
+    """The pipeline's router admin token: derived from the operator's key, so the operator never reads it
+    back and a recreated pipeline (new uid) gets a new one."""
+    return hmac.new(key, f"{owner.namespace}/{owner.name}/{owner.uid}".encode(), hashlib.sha256).hexdigest()
+
+
 def render_children(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None,
-                    settings: WorkerSettings) -> list[dict[str, Any]]:
-    """Every object the pipeline owns, in apply order (ConfigMaps before the Deployments that mount them)."""
-    objects: list[dict[str, Any]] = []
+                    settings: WorkerSettings, *, admin_key: bytes = b"") -> list[dict[str, Any]]:
+    """Every object the pipeline owns, in apply order (ConfigMaps and the Secret before the Deployments
+    that mount them)."""
+    objects: list[dict[str, Any]] = [render_admin_secret(owner, admin_token(admin_key, owner))]
     for stage in spec.stages:
         for variant in stage.variants:
             alloc = allocation_for(plan, stage.name, variant.name)
@@ -180,43 +228,46 @@ def render_children(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None,
                                     sort_keys=True)
             objects.append({
                 "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": _metadata(owner, name, stage.name, variant.name),
+                "metadata": metadata(owner, name, stage.name, variant.name),
                 "data": {"worker.json": json.dumps(plan_rendering.worker_body(stage, variant, alloc), sort_keys=True),
                          "router.json": router_cfg},
             })
             objects.append(render_deployment(owner, stage, variant, alloc, settings))
             objects.append({
                 "apiVersion": "v1", "kind": "Service",
-                "metadata": _metadata(owner, name, stage.name, variant.name),
+                "metadata": metadata(owner, name, stage.name, variant.name),
                 "spec": {"selector": labels(owner, stage.name, variant.name),
-                         "ports": [{"name": "router", "port": ROUTER_PORT, "targetPort": "router"},
-                                   {"name": "http", "port": TRITON_HTTP_PORT, "targetPort": "http"},
-                                   {"name": "metrics", "port": TRITON_METRICS_PORT, "targetPort": "metrics"}]},
+                         "ports": [{"name": "router", "port": ROUTER_PORT, "targetPort": "router"}]},
             })
             if alloc is not None and alloc.replicas > 1:
                 objects.append({
                     "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                    "metadata": _metadata(owner, name, stage.name, variant.name),
+                    "metadata": metadata(owner, name, stage.name, variant.name),
                     "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(owner, stage.name, variant.name)}},
                 })
     objects.append({  # the pipeline's front door: any worker pod's router serves the whole pipeline
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {**_metadata(owner, owner.name, "", ""),
-                     "labels": {LABEL_PIPELINE: owner.name, LABEL_MANAGED: MANAGER}},
+        "metadata": {**metadata(owner, owner.name, "", ""),
+                     "labels": pipeline_labels(owner)},
         "spec": {"selector": {LABEL_PIPELINE: owner.name},
                  "ports": [{"name": "router", "port": ROUTER_PORT, "targetPort": "router"}]},
     })
+    if settings.network_policies:
+        objects.append(render_network_policy(owner, client_peers=settings.client_peers,
+                                             operator_peers=settings.operator_peers,
+                                             prometheus_peers=settings.prometheus_peers))
     return objects
 
 
 def _service_url(owner: Owner, stage: str, variant: str) -> str:
-    return f"http://{child_name(owner.name, stage, variant)}.{owner.namespace}.svc:{TRITON_HTTP_PORT}"
+    """Another variant's models, through its routers' model proxy (its Triton listens on loopback only)."""
+    return f"http://{child_name(owner.name, stage, variant)}.{owner.namespace}.svc:{ROUTER_PORT}"
 
 
 def router_config(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None, *,
                   local_models: tuple[str, ...]) -> dict[str, Any]:
     """A sidecar's config: the whole pipeline (any pod's router can serve it), models this pod's Triton
-    loads on localhost, every other model through the Service of the (stage, variant) that loads it."""
+    loads on localhost, every other model through the routers of the (stage, variant) that loads it."""
     upstreams: dict[str, list[str]] = {}
     for stage in spec.stages:
         for variant in stage.variants:

@@ -1,19 +1,37 @@
-"""Operator settings, read once at start-up from the environment (set by the Helm chart's values)."""
+"""Operator settings, read once at start-up from the environment (set by the Helm chart's values).
+
+A bad value stops the operator with one line naming the variable (`ConfigError`), never a traceback. The
+secrets among them (the admin key the routers' tokens derive from, Prometheus' bearer token) come from
+Kubernetes Secrets through the environment and are never logged or written to a status or an Event.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from paretoserve.operator.children import WorkerSettings
+
+log = logging.getLogger("paretoserve.operator.config")
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An environment variable the chart sets has a value the operator cannot use."""
 
 
 @dataclass(frozen=True, slots=True)
 class OperatorConfig:
     prometheus_url: str | None = None
     """Where to read metrics; unset means every pipeline reports MetricsUnavailable and keeps its plan."""
+    prometheus_ca_file: str | None = None
+    """CA bundle to verify Prometheus' TLS certificate with; TLS is always verified (system CAs otherwise)."""
+    prometheus_bearer_token: str | None = field(default=None, repr=False)
     tick_seconds: float = 2.0
     """How often the adaptation timer wakes; each pipeline adapts at its own spec interval."""
     metrics_port: int = 9090
@@ -29,32 +47,99 @@ class OperatorConfig:
     peering_lifetime_seconds: int = 60
     push_routers: bool = True
     """POST live thresholds and splits to the router sidecars (off where pods run no containers, e.g. kwok)."""
+    watch_namespaces: tuple[str, ...] = ()
+    """Namespace-scoped install (chart: operator.watchNamespaces): kopf watches these only and, holding no
+    cluster-wide permission, must not scan CRDs cluster-wide. Empty: the whole cluster."""
+    adaptation_workers: int = 4
+    """Pipelines adapted at once; one slow pipeline occupies one worker, never the loop."""
+    admin_key: bytes = field(default=b"", repr=False)
+    """The key the routers' per-pipeline admin tokens derive from (chart: a generated Secret)."""
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
-        tolerations = tuple(json.loads(env.get("PARETOSERVE_TOLERATIONS", "[]")))
-        node_selector = dict(json.loads(env.get("PARETOSERVE_NODE_SELECTOR", "{}")))
+        read = _Reader(env)
         defaults = WorkerSettings()
         workers = WorkerSettings(
             triton_image=env.get("PARETOSERVE_TRITON_IMAGE", defaults.triton_image),
             router_image=env.get("PARETOSERVE_ROUTER_IMAGE", defaults.router_image),
             model_repository=env.get("PARETOSERVE_MODEL_REPOSITORY") or defaults.model_repository,
             model_repository_claim=env.get("PARETOSERVE_MODEL_REPOSITORY_CLAIM") or None,
-            tolerations=tolerations,
-            node_selector=node_selector,
+            model_repository_secret=env.get("PARETOSERVE_MODEL_REPOSITORY_SECRET") or None,
+            service_account_name=env.get("PARETOSERVE_WORKER_SERVICE_ACCOUNT") or None,
+            automount_service_account_token=read.flag("PARETOSERVE_WORKER_AUTOMOUNT_TOKEN", False),
+            tolerations=tuple(read.json_list("PARETOSERVE_TOLERATIONS")),
+            node_selector=read.json_object("PARETOSERVE_NODE_SELECTOR"),
+            network_policies=read.flag("PARETOSERVE_NETWORK_POLICIES", True),
+            client_peers=tuple(read.json_list("PARETOSERVE_CLIENT_PEERS")),
+            operator_peers=tuple(read.json_list("PARETOSERVE_OPERATOR_PEERS")),
+            prometheus_peers=tuple(read.json_list("PARETOSERVE_PROMETHEUS_PEERS")),
         )
+        key = env.get("PARETOSERVE_ADMIN_KEY", "")
+        if not key:
+            log.warning("PARETOSERVE_ADMIN_KEY is not set: routers' admin tokens change when the operator restarts")
+            key = secrets.token_hex(32)
         return cls(
             prometheus_url=env.get("PARETOSERVE_PROMETHEUS_URL") or None,
-            tick_seconds=float(env.get("PARETOSERVE_TICK_SECONDS", "2")),
-            metrics_port=int(env.get("PARETOSERVE_METRICS_PORT", "9090")),
-            rate_window_seconds=int(env.get("PARETOSERVE_RATE_WINDOW_SECONDS", "30")),
-            step_seconds=int(env.get("PARETOSERVE_STEP_SECONDS", "5")),
+            prometheus_ca_file=env.get("PARETOSERVE_PROMETHEUS_CA_FILE") or None,
+            prometheus_bearer_token=env.get("PARETOSERVE_PROMETHEUS_BEARER_TOKEN") or None,
+            tick_seconds=read.number("PARETOSERVE_TICK_SECONDS", 2.0, float, 0.1, 3600),
+            metrics_port=read.number("PARETOSERVE_METRICS_PORT", 9090, int, 1, 65535),
+            rate_window_seconds=read.number("PARETOSERVE_RATE_WINDOW_SECONDS", 30, int, 1, 3600),
+            step_seconds=read.number("PARETOSERVE_STEP_SECONDS", 5, int, 1, 3600),
             peering=env.get("PARETOSERVE_PEERING") or None,
-            priority=int(env.get("PARETOSERVE_PRIORITY", "0")),
+            priority=read.number("PARETOSERVE_PRIORITY", 0, int, -(2**31), 2**31 - 1),
             identity=env.get("POD_ID", ""),
-            peering_lifetime_seconds=int(env.get("PARETOSERVE_PEERING_LIFETIME_SECONDS", "60")),
-            push_routers=env.get("PARETOSERVE_PUSH_ROUTERS", "true").lower() not in ("0", "false", "no"),
+            peering_lifetime_seconds=read.number("PARETOSERVE_PEERING_LIFETIME_SECONDS", 60, int, 1, 3600),
+            push_routers=read.flag("PARETOSERVE_PUSH_ROUTERS", True),
+            watch_namespaces=tuple(n for n in env.get("PARETOSERVE_WATCH_NAMESPACES", "").split(",") if n),
+            adaptation_workers=read.number("PARETOSERVE_ADAPTATION_WORKERS", 4, int, 1, 64),
+            admin_key=key.encode(),
             workers=workers,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    env: Mapping[str, str]
+
+    def number(self, name: str, default: T, kind: Callable[[str], T], low: float, high: float) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+        if not low <= float(value) <= high:  # type: ignore[arg-type]
+            raise ConfigError(f"{name}: must be in [{low:g}, {high:g}], got {raw!r}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes"):
+            return True
+        if raw in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+    def _json(self, name: str, default: str) -> Any:
+        try:
+            return json.loads(self.env.get(name) or default)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: not JSON: {exc.msg}") from None
+
+    def json_list(self, name: str) -> list[dict[str, Any]]:
+        value = self._json(name, "[]")
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{name}: expected a JSON list of objects")
+        return value
+
+    def json_object(self, name: str) -> dict[str, str]:
+        value = self._json(name, "{}")
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{name}: expected a JSON object of strings")
+        return value

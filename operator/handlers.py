@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 import kopf
 
-from paretoserve.operator import pipeline_steps
-from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry, prometheus_sources
-from paretoserve.operator.config import OperatorConfig
-from paretoserve.operator.k8s.gateway import KubernetesGateway
+from paretoserve.operator import pipeline_steps, telemetry
+from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry, prometheus_client, prometheus_sources
+from paretoserve.operator.config import ConfigError, OperatorConfig
+from paretoserve.operator.k8s.gateway import GatewayError, KubernetesGateway
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.operator.status import plain
 from paretoserve.operator.telemetry import start_metrics_server
@@ -29,16 +28,20 @@ RESOURCE = (API_GROUP, API_VERSION, "servingpipelines")
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = OperatorConfig.from_env()
+    try:
+        config = OperatorConfig.from_env()
+    except ConfigError as exc:  # one line naming the variable; the operator stops
+        raise kopf.PermanentError(f"invalid setting: {exc}") from None
     memo.config = config
     memo.gateway = KubernetesGateway.from_environment()
-    memo.prometheus = httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0))
+    memo.prometheus = prometheus_client(config)
     sources = prometheus_sources(config, memo.prometheus) if config.prometheus_url else None
     memo.registry = PipelineRegistry()
     memo.pusher = RouterPusher() if config.push_routers else None
     memo.loop = AdaptationLoop(memo.registry, memo.gateway, sources, config, pusher=memo.pusher).start()
     settings.posting.level = 20  # INFO and above become Kubernetes Events
     settings.peering.lifetime = config.peering_lifetime_seconds
+    settings.scanning.disabled = bool(config.watch_namespaces)  # no cluster-wide CRD watch in namespaced mode
     start_metrics_server(config.metrics_port)
     silence_solver_banner()
 
@@ -54,6 +57,9 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*RESOURCE)
 def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.registry.observe(event.get("type"), plain(event["object"]))
+    if event.get("type") == "DELETED":
+        meta = event["object"]["metadata"]
+        telemetry.forget(meta["namespace"], meta["name"])
 
 
 @kopf.on.resume(*RESOURCE)
@@ -61,7 +67,13 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(*RESOURCE, field="spec")
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pipeline = pipeline_steps.parse_or_fail(body, patch, now=time.time())
-    update = pipeline_steps.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time(), pusher=memo.pusher)
+    try:
+        update = pipeline_steps.reconcile(memo.gateway, memo.config, body, pipeline, now=time.time(),
+                                          pusher=memo.pusher)
+    except GatewayError:
+        raise  # the API server: kopf retries with backoff
+    except Exception as exc:  # a bug for this spec: visible in its status, and no endless retries
+        pipeline_steps.fail_permanently(body, patch, f"{type(exc).__name__}: {exc}", now=time.time())
     patch.status.update(update.status)
     memo.registry.merge_status(body["metadata"]["namespace"], body["metadata"]["name"], update.status)
     if update.event:

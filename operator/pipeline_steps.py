@@ -16,19 +16,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
 from paretoserve.operator.actuator import KubernetesActuator
-from paretoserve.operator.children import Owner
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.gateway import Gateway
+from paretoserve.operator.naming import Owner
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.operator.status import (
     PipelineStatus,
     metrics_unavailable,
     plain,
+    plan_fits,
     read_status,
     set_conditions,
     status_after,
@@ -76,19 +77,25 @@ def parse_or_fail(body: Mapping[str, Any], patch: kopf.Patch, *, now: float) -> 
     try:
         return parse_pipeline(plain(body))
     except SpecError as exc:
-        status = read_status(body)
-        patch.status["conditions"] = set_conditions(status.conditions, {
-            "Ready": (False, "InvalidSpec", str(exc)), "Degraded": (True, "InvalidSpec", str(exc))},
-            now=now, generation=status.generation)
-        patch.status["observedGeneration"] = status.generation
-        raise kopf.PermanentError(str(exc)) from exc
+        fail_permanently(body, patch, str(exc), now=now)
+
+
+def fail_permanently(body: Mapping[str, Any], patch: kopf.Patch, message: str, *, now: float) -> NoReturn:
+    """Mark the pipeline not Ready and Degraded/InvalidSpec, and tell kopf not to retry this generation."""
+    status = read_status(body)
+    patch.status["conditions"] = set_conditions(status.conditions, {
+        "Ready": (False, "InvalidSpec", message), "Degraded": (True, "InvalidSpec", message)},
+        now=now, generation=status.generation)
+    patch.status["observedGeneration"] = status.generation
+    raise kopf.PermanentError(message)
 
 
 def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any], status: PipelineStatus,
               pipeline: ServingPipeline, source: MetricsSource, *, now: float, pusher: RouterPusher | None,
               replan: bool, from_metrics: bool = False) -> StatusUpdate:
     owner = owner_of(body)
-    actuator = KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, status.applied)
+    applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
+    actuator = KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, applied, config.admin_key)
     policy = ParetoPolicy(pipeline, clock=time.perf_counter)
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
     record_decision(owner, result.candidate, applied=result.decision.apply)

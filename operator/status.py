@@ -10,6 +10,7 @@ semantics (transition times move only when a status flips). All pure.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from paretoserve.planner.serialize import plan_from_json, plan_json
 from paretoserve.planner.spec import ServingPipeline
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Infeasible", "MetricsUnavailable")
+MAX_CPU, MAX_INSTANCES, MAX_BATCH = 1024.0, 64, 4096
+"""Bounds a plan read back from the status must respect (the API's own limits on a variant's resources)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,10 @@ class ActuationReport:
     errors: tuple[str, ...]
     routers_pushed: int = 0
     router_push_failures: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    """Objects of a child's name that this pipeline does not own: left alone, never taken over."""
+    router_push_pending: tuple[str, ...] = ()
+    """Pods whose push was still running when the push budget ran out (it completes in the background)."""
 
 
 def plain(value: Any) -> Any:
@@ -64,8 +71,11 @@ class PipelineStatus:
 
     @property
     def last_tick_at(self) -> float | None:
-        last = self.policy_data.get("lastTickAt")
-        return None if last is None else float(last)
+        try:
+            last = float(self.policy_data["lastTickAt"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return last if math.isfinite(last) else None
 
 
 def _applied_plan(data: Any) -> Plan | None:
@@ -82,6 +92,29 @@ def _policy_state(data: dict[str, Any]) -> PolicyState:
         return PolicyState.from_dict(data)
     except (KeyError, TypeError, ValueError):
         return PolicyState()  # unreadable: start the streaks again rather than fail the pipeline
+
+
+def plan_fits(plan: Plan, pipeline: ServingPipeline) -> bool:
+    """Whether a plan read back from the status could have been made for this spec: known stages and
+    variants, replicas within the stage's bounds, sane sizes. The status is a cache anyone with
+    `servingpipelines/status` access can write, so it is validated like input; a plan that does not fit is
+    dropped (the policy replans) rather than applied."""
+    stages = {s.name: s for s in pipeline.spec.stages}
+    for sp in plan.stages:
+        stage = stages.get(sp.stage)
+        if stage is None:
+            return False
+        variants = {v.name for v in stage.variants}
+        total = 0
+        for a in sp.allocations:
+            if a.variant not in variants or not (0 <= a.replicas <= stage.bounds.max_replicas):
+                return False
+            if not (0 < a.cpu <= MAX_CPU and 1 <= a.instances <= MAX_INSTANCES and 1 <= a.batch <= MAX_BATCH):
+                return False
+            total += a.replicas
+        if total > stage.bounds.max_replicas:
+            return False
+    return True
 
 
 def read_status(body: Mapping[str, Any]) -> PipelineStatus:
@@ -149,17 +182,19 @@ def plan_status(plan: Plan | None) -> dict[str, Any] | None:
 
 
 def _report_conditions(report: ActuationReport, plan: Plan | None, candidate: Plan) -> dict[str, tuple[bool, str, str]]:
-    ok = not report.errors
+    ok = not report.errors and not report.conflicts
+    pushes_open = report.router_push_failures + report.router_push_pending
     ready = plan is not None and plan.status.has_plan and ok
     infeasible = not candidate.status.has_plan
     return {
         "Ready": (ready, "PlanApplied" if ready else ("ApplyFailed" if not ok else "NoPlan"),
-                  "plan applied" if ready else "; ".join(report.errors) or candidate.message),
-        "Progressing": (bool(report.resized or report.deleted or report.router_push_failures),
-                        "Resizing" if report.resized else ("RoutersPending" if report.router_push_failures
-                                                           else "Stable"),
-                        ", ".join(report.resized + report.deleted + report.router_push_failures)),
-        "Degraded": (not ok, "ApplyFailed" if not ok else "AsPlanned", "; ".join(report.errors)),
+                  "plan applied" if ready else "; ".join(report.conflicts + report.errors) or candidate.message),
+        "Progressing": (bool(report.resized or report.deleted or pushes_open),
+                        "Resizing" if report.resized else ("RoutersPending" if pushes_open else "Stable"),
+                        ", ".join(report.resized + report.deleted + pushes_open)),
+        "Degraded": (not ok, "Conflict" if report.conflicts else ("ApplyFailed" if not ok else "AsPlanned"),
+                     "; ".join([*(f"{c} exists and is not owned by this pipeline" for c in report.conflicts),
+                                *report.errors])),
         "Infeasible": (infeasible, candidate.status.value if infeasible else "Feasible",
                        candidate.message if infeasible else ""),
     }
@@ -191,5 +226,15 @@ def metrics_unavailable(status: PipelineStatus, message: str, *, now: float) -> 
     return {
         "conditions": set_conditions(status.conditions, {
             "MetricsUnavailable": (True, "PrometheusUnreachable", message)}, now=now, generation=status.generation),
+        "policyState": {**status.policy_data, "lastTickAt": now},
+    }
+
+
+def adaptation_failed(status: PipelineStatus, message: str, *, now: float) -> dict[str, Any]:
+    """The status patch when a pipeline's adaptation raised: the plan stays, the failure is visible, and the
+    tick counts as done (a failing pipeline retries at its interval, not in a hot loop)."""
+    return {
+        "conditions": set_conditions(status.conditions, {
+            "Degraded": (True, "AdaptationFailed", message)}, now=now, generation=status.generation),
         "policyState": {**status.policy_data, "lastTickAt": now},
     }

@@ -6,10 +6,12 @@ prometheus_client's HTTP server started from the kopf startup handler.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from paretoserve.operator.children import Owner
-from paretoserve.planner.model import Plan
+from paretoserve.operator.naming import Owner
+from paretoserve.planner.model import Plan, SolveStatus
 from paretoserve.workers.observe import contract as metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -29,6 +31,16 @@ def record_decision(owner: Owner, candidate: Plan, *, applied: bool) -> None:
     DECISIONS.labels(owner.namespace, owner.name, candidate.status.value, str(applied).lower()).inc()
     if candidate.solve_ms is not None:
         SOLVE_SECONDS.labels(owner.namespace, owner.name).observe(candidate.solve_ms / 1000.0)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted pipeline's series, so that churn does not grow the operator's /metrics forever."""
+    for status in SolveStatus:
+        for applied in ("true", "false"):
+            with contextlib.suppress(KeyError):
+                DECISIONS.remove(namespace, name, status.value, applied)
+    with contextlib.suppress(KeyError):
+        SOLVE_SECONDS.remove(namespace, name)
 
 
 def start_metrics_server(port: int) -> None:

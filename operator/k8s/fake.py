@@ -36,8 +36,17 @@ class FakeGateway:
         meta = obj["metadata"]
         self._check("apply")
         self.actions.append(("apply", obj["kind"], meta["name"]))
-        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(obj)
-        return obj
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        stored = copy.deepcopy(obj)
+        previous = self.objects.get(key, {}).get("metadata", {})
+        stored["metadata"]["uid"] = previous.get("uid") or meta.get("uid") or f"uid-{obj['kind']}-{meta['name']}"
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check("get")
+        obj = self.objects.get((kind, namespace, name))
+        return None if obj is None else copy.deepcopy(obj)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self._check("delete")

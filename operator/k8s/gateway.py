@@ -36,13 +36,18 @@ KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("v1", "configmaps"),
     "Service": Kind("v1", "services"),
     "Pod": Kind("v1", "pods"),
+    "Secret": Kind("v1", "secrets"),
     "Deployment": Kind("apps/v1", "deployments"),
+    "ReplicaSet": Kind("apps/v1", "replicasets"),
+    "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ServingPipeline": Kind("paretoserve.io/v1alpha1", "servingpipelines"),
     "Event": Kind("v1", "events"),
     "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings"),
 }
-CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget")
+CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
+"""Kinds whose orphans are found by label and deleted. The admin-token Secret is one per pipeline and never
+orphaned (garbage collection deletes it with the pipeline), so the operator never needs to list Secrets."""
 
 
 class GatewayError(RuntimeError):
@@ -55,6 +60,7 @@ class GatewayError(RuntimeError):
 
 class Gateway(Protocol):
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def resize_cpu(self, namespace: str, pod: str, container: str, cpu: str) -> dict[str, Any]: ...
@@ -111,11 +117,22 @@ class KubernetesGateway:
         return f"{path}/{name}" if name else path
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply without `force`: a field another manager owns is a 409 conflict, not a takeover."""
         meta = obj["metadata"]
         with _mapped(f"apply {obj['kind']} {meta['namespace']}/{meta['name']}"):
             return self._call("PATCH", self._path(obj["kind"], meta["namespace"], meta["name"]), body=obj,
-                              query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                              query=[("fieldManager", FIELD_MANAGER)],
                               content_type="application/apply-patch+yaml")
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            with _mapped(f"get {kind} {namespace}/{name}"):
+                return self._call("GET", self._path(kind, namespace, name))
+        except GatewayError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:

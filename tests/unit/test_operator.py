@@ -13,9 +13,10 @@ import pytest
 
 from paretoserve.operator import handlers, pipeline_steps
 from paretoserve.operator.actuator import actuate, resizes
-from paretoserve.operator.children import ANNOTATION_CPU, Owner, WorkerSettings, render_children
+from paretoserve.operator.children import WorkerSettings, admin_token, render_children
 from paretoserve.operator.config import OperatorConfig
 from paretoserve.operator.k8s.fake import FakeGateway
+from paretoserve.operator.naming import ANNOTATION_CPU, Owner
 from paretoserve.operator.status import due, read_status, set_conditions
 from paretoserve.planner.control import MetricsSource, Observed
 from paretoserve.planner.serialize import plan_from_json, plan_json
@@ -70,7 +71,7 @@ def test_worker_pods_read_the_configured_model_repository_and_their_knobs_file()
     default = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), OperatorConfig.from_env({}).workers)
     pod = next(o for o in default if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert "--model-repository=/models" in pod["containers"][0]["args"]
-    assert [v["name"] for v in pod["volumes"]] == ["knobs"]
+    assert "models" not in [v["name"] for v in pod["volumes"]]
 
 
 def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:
@@ -86,24 +87,39 @@ def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:
     assert large["metadata"]["annotations"][ANNOTATION_CPU] == "1000m"
 
 
-def pod(name: str, stage: str, variant: str, cpu: str) -> dict[str, Any]:
-    return {"kind": "Pod", "metadata": {"name": name, "namespace": "ns1", "labels": {
-        "paretoserve.io/pipeline": "tiny", "paretoserve.io/stage": stage, "paretoserve.io/variant": variant,
-        "app.kubernetes.io/managed-by": "paretoserve"}},
-        "spec": {"containers": [{"name": "triton", "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}}]},
-        "status": {"phase": "Running"}}
+LABELS = {"paretoserve.io/pipeline": "tiny", "app.kubernetes.io/managed-by": "paretoserve"}
+
+
+def controlled_by(uid: str) -> list[dict[str, Any]]:
+    return [{"apiVersion": "v1", "kind": "Owner", "name": "x", "uid": uid, "controller": True}]
+
+
+def pod(name: str, stage: str, variant: str, cpu: str, gw: FakeGateway | None = None) -> dict[str, Any]:
+    """A worker pod; with `gw`, owned as the Deployment controller makes it (Deployment -> ReplicaSet -> Pod)."""
+    meta: dict[str, Any] = {"name": name, "namespace": "ns1", "labels": {
+        **LABELS, "paretoserve.io/stage": stage, "paretoserve.io/variant": variant}}
+    if gw is not None:
+        deployment = gw.objects[("Deployment", "ns1", f"tiny-{stage}-{variant}")]
+        owners = controlled_by(deployment["metadata"]["uid"])
+        rs = gw.apply({"kind": "ReplicaSet", "metadata": {"name": f"tiny-{stage}-{variant}-abc", "namespace": "ns1",
+                                                          "labels": dict(meta["labels"]), "ownerReferences": owners}})
+        meta["ownerReferences"] = controlled_by(rs["metadata"]["uid"])
+    resources = {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}
+    return {"kind": "Pod", "metadata": meta, "spec": {"containers": [{"name": "triton", "resources": resources}]},
+            "status": {"phase": "Running"}}
 
 
 def test_actuate_applies_deletes_orphans_and_resizes_pods() -> None:
     plan = first_plan()
     gw = FakeGateway()
     orphan = {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {
-        "name": "tiny-old-gone", "namespace": "ns1",
-        "labels": {"paretoserve.io/pipeline": "tiny", "app.kubernetes.io/managed-by": "paretoserve"}}}
+        "name": "tiny-old-gone", "namespace": "ns1", "labels": LABELS, "ownerReferences": controlled_by("uid-1")}}
     gw.apply(orphan)
+    actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings())  # creates the Deployments
     large = next(a for sp in plan.stages for a in sp.allocations if a.variant == "large")
-    gw.apply(pod("p1", "detector", "large", "250m"))
-    gw.apply(pod("p2", "detector", "large", f"{round(large.cpu * 1000)}m"))
+    gw.apply(pod("p1", "detector", "large", "250m", gw))
+    gw.apply(pod("p2", "detector", "large", f"{round(large.cpu * 1000)}m", gw))
+    gw.apply(pod("look-alike", "detector", "large", "250m"))  # the labels, but no owner: never touched
     report = actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings())
     assert report.errors == ()
     assert ("delete", "Deployment", "tiny-old-gone") in gw.actions
@@ -226,10 +242,10 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
     registry.observe("ADDED", body(first))
     clock = iter([20.0, 21.0, 40.0]).__next__
     loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=clock)
-    assert loop.tick() == 1  # due: last tick never happened
+    assert loop.tick() == 1 and loop.wait_idle()  # due: last tick never happened
     assert gw.statuses[("ns1", "tiny")]["observedLoadRps"] == 200.0
     assert loop.tick() == 0  # 1 s later: not due (interval 10 s)
-    assert loop.tick() == 1
+    assert loop.tick() == 1 and loop.wait_idle()
     registry.observe("DELETED", body())
     assert registry.snapshot() == []
 
@@ -258,7 +274,7 @@ def test_only_the_active_kopf_peer_adapts() -> None:
     assert standby.tick() == 0 and gw.statuses == {}
     leader = AdaptationLoop(registry, gw, FakeSource(10.0), dataclasses.replace(config, priority=200, identity="a"),
                             clock=lambda: now)
-    assert leader.tick() == 1 and gw.statuses[("ns1", "tiny")]["policyState"]["adaptedBy"] == "a"
+    assert leader.tick() == 1 and leader.wait_idle() and gw.statuses[("ns1", "tiny")]["policyState"]["adaptedBy"] == "a"
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parents[2] / "manifests" / "examples")
@@ -288,22 +304,28 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     from paretoserve.operator.router_push import RouterPusher
 
     seen: list[tuple[str, str, Any]] = []
+    tokens: list[tuple[int | None, str]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((request.url.host, request.url.path, json.loads(request.content)))
+        tokens.append((request.url.port, request.headers.get("authorization", "")))
         return httpx.Response(200 if request.url.host == "10.9.0.1" else 500, json={})
 
     gw = FakeGateway()
-    for name, ip in (("p1", "10.9.0.1"), ("p2", "10.9.0.2")):
-        p = pod(name, "detector", "large", "1000m")
+    actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    for name, ip, owned in (("p1", "10.9.0.1", True), ("p2", "10.9.0.2", True), ("fake", "10.9.0.3", False)):
+        p = pod(name, "detector", "large", "1000m", gw if owned else None)
         p["status"]["podIP"] = ip
         gw.apply(p)
     pusher = RouterPusher(transport=httpx.MockTransport(handler))
-    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), pusher)
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), pusher, admin_key=b"k")
+    pusher.close()
     assert report.routers_pushed == 1 and report.router_push_failures == ("10.9.0.2: HTTPStatusError",)
-    assert {host for host, _, _ in seen} == {"10.9.0.1", "10.9.0.2"}
-    assert seen[0][1] == "/admin/config"
-    assert seen[0][2]["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
+    assert {host for host, _, _ in seen} == {"10.9.0.1", "10.9.0.2"}  # the look-alike pod gets nothing
+    assert {port for port, _ in tokens} == {8081}
+    assert {token for _, token in tokens} == {f"Bearer {admin_token(b'k', OWNER)}"}
+    config = next(body for host, path, body in seen if path == "/admin/config")
+    assert config["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
     worker = next(body for host, path, body in seen if path == "/admin/worker")
     assert worker == {"models": {"large": {"instanceCount": 1, "preferredBatchSize": 1,
                                            "maxQueueDelayMicroseconds": 0}}}  # batch 1: no batching wait
