@@ -3,16 +3,28 @@
 The manifest says what may be chosen; the observation says what the world looks like now (the load to
 plan for, queueing delays, the tightest per-request deadline, what runs today). Every caller — the CLI,
 the simulator, the local runtime and the operator — builds its problem here, so they plan identically.
+
+Observations come from metrics a client can influence (a deadline header feeds the tightest remaining
+budget), so they are checked here: a load that is not a finite number in [0, MAX_LOAD_RPS] is refused
+with a `SpecError` naming `load`; a remaining budget that is not a number counts as no observation and
+one outside [0, SLO] is clamped into it; queueing delays that are not finite and >= 0 count as 0 and are
+capped at MAX_OBSERVED_DELAY_MS.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from paretoserve.planner import model as m
+from paretoserve.planner.bounds import MAX_LATENCY_MS
 from paretoserve.planner.profiles import variant_options
 from paretoserve.planner.spec import Cascade, ServingPipeline, SpecError, Stage
+
+MAX_LOAD_RPS = 1e9
+"""The most pipeline requests/s a plan may be asked for (x loadMultiplier <= 1e6 stays finite)."""
+MAX_OBSERVED_DELAY_MS = MAX_LATENCY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +93,14 @@ def compile_problem(
 ) -> m.Problem:
     """The problem for this pipeline at this observation; pins express scale-only/switch-only baselines."""
     spec = pipeline.spec
-    if observation.load_rps < 0:
-        raise SpecError("load", f"must be >= 0, got {observation.load_rps}")
+    load = observation.load_rps
+    if not (isinstance(load, int | float) and math.isfinite(load) and 0 <= load <= MAX_LOAD_RPS):
+        raise SpecError("load", f"must be a finite number of requests/s in [0, {MAX_LOAD_RPS:g}], got {load!r}")
     utilization = spec.adaptation.target_utilization
     stages = []
     for stage in spec.stages:
-        compiled = compile_stage(stage, observation.load_rps, utilization=utilization,
-                                 queue_delay_ms=observation.queue_delay_ms.get(stage.name, 0.0))
+        compiled = compile_stage(stage, load, utilization=utilization,
+                                 queue_delay_ms=_delay(observation.queue_delay_ms.get(stage.name, 0.0)))
         pins = tuple((pinned_variants or {}).get(stage.name, ()))
         replicas = (pinned_replicas or {}).get(stage.name)
         if pins or replicas is not None:
@@ -107,8 +120,9 @@ def compile_problem(
     )
     drain = None
     dynamic = spec.slo.dynamic
-    if dynamic is not None and observation.min_remaining_budget_ms is not None:
-        drain = observation.min_remaining_budget_ms - dynamic.safety_fraction * spec.slo.latency_ms
+    remaining = remaining_budget_ms(observation.min_remaining_budget_ms, spec.slo.latency_ms)
+    if dynamic is not None and remaining is not None:
+        drain = plannable_drain(remaining - dynamic.safety_fraction * spec.slo.latency_ms, stages)
     return m.Problem(
         name=pipeline.metadata.name,
         stages=tuple(stages),
@@ -119,3 +133,32 @@ def compile_problem(
         drain_budget_ms=drain,
         current=observation.current,
     )
+
+
+def plannable_drain(drain_ms: float, stages: Sequence[m.Stage]) -> float | None:
+    """Sponge's EDF drain budget, or None when no plan could meet it.
+
+    If some stage has no option that finishes even one batch within the budget, the tightest queued requests
+    are lost whatever runs: the router answers them with an explicit 504, and planning for them could only
+    report "infeasible" and freeze the plan in force. The tightest deadline is a signal any client can set
+    (a deadline header), so a few such requests must not steer the planner: the budget is then ignored."""
+    for stage in stages:
+        fastest = min((o.latency_ms for o in stage.options), default=math.inf)
+        if drain_ms < fastest:
+            return None
+    return drain_ms
+
+
+def remaining_budget_ms(value: float | None, slo_ms: float) -> float | None:
+    """The tightest remaining deadline as the planner uses it: None for no (or a non-numeric) observation,
+    otherwise clamped to [0, SLO] (no request's remaining budget exceeds the SLO it was given)."""
+    if value is None or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return min(max(float(value), 0.0), slo_ms)
+
+
+def _delay(value: float) -> float:
+    """An observed queueing delay: non-finite or negative readings count as 0, the rest capped."""
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0.0
+    return min(float(value), MAX_OBSERVED_DELAY_MS)

@@ -13,6 +13,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from paretoserve.planner.model import (
     Aggregation,
     Allocation,
@@ -26,14 +29,24 @@ from paretoserve.planner.model import (
 
 EPS = 1e-9
 FEASIBILITY_TOL = 1e-6
+MAX_DRAIN_BATCHES = 1e12
+"""Past this many batches in the drain budget the EDF bound cannot bind (and floor() would overflow)."""
 
 
 def effective_capacity(option: Option, problem: Problem) -> float:
-    """Requests/s one replica sustains, also bounded by Sponge's EDF drain budget if set."""
+    """Requests/s one replica sustains, also bounded by Sponge's EDF drain budget if set.
+
+    Overflow-safe: a drain budget that is huge (or infinite) against the latency does not bind, and one
+    that is not a number leaves no capacity (`validate` refuses both before any solver runs).
+    """
     cap = option.capacity_rps
     if problem.drain_budget_ms is not None:
-        batches_in_budget = math.floor(problem.drain_budget_ms / option.latency_ms + EPS)
-        cap = min(cap, float(option.batch * option.instances * batches_in_budget))
+        ratio = problem.drain_budget_ms / option.latency_ms
+        if math.isnan(ratio):
+            return 0.0
+        if ratio < MAX_DRAIN_BATCHES:
+            batches_in_budget = math.floor(ratio + EPS)
+            cap = min(cap, float(option.batch * option.instances * batches_in_budget))
     return max(cap, 0.0)
 
 
@@ -48,7 +61,12 @@ def replicas_for(load_rps: float, capacity_rps: float) -> int | None:
 
 def fixed_pool_replicas(stage: Stage, option: Option, load_rps: float, problem: Problem) -> int | None:
     """Replicas of a pool with a known load, after the stage's bounds and pins; None if infeasible."""
-    needed = replicas_for(load_rps, effective_capacity(option, problem))
+    return pool_replicas(stage, effective_capacity(option, problem), load_rps)
+
+
+def pool_replicas(stage: Stage, capacity_rps: float, load_rps: float) -> int | None:
+    """`fixed_pool_replicas` for an option whose effective capacity is already known."""
+    needed = replicas_for(load_rps, capacity_rps)
     if needed is None:
         return None
     needed = max(needed, stage.min_replicas)
@@ -58,6 +76,23 @@ def fixed_pool_replicas(stage: Stage, option: Option, load_rps: float, problem: 
         needed = stage.pinned_replicas
     if needed > stage.max_replicas:
         return None
+    return needed
+
+
+def pool_replicas_many(stage: Stage, capacities: npt.NDArray[np.float64],
+                       load_rps: float) -> npt.NDArray[np.float64]:
+    """`pool_replicas` for many capacities at once: replica counts as floats, NaN where none fits."""
+    if load_rps <= EPS:
+        needed = np.zeros_like(capacities)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            needed = np.maximum(1.0, np.ceil(load_rps / capacities - EPS))
+        needed[capacities <= EPS] = np.nan
+    needed = np.maximum(needed, float(stage.min_replicas))  # NaN stays NaN
+    if stage.pinned_replicas is not None:
+        needed[needed > stage.pinned_replicas] = np.nan
+        needed[~np.isnan(needed)] = float(stage.pinned_replicas)
+    needed[needed > stage.max_replicas] = np.nan
     return needed
 
 
@@ -137,7 +172,16 @@ def changed(problem: Problem, stage: str, alloc: Allocation) -> bool:
 
 
 def load_time_of(stage: Stage, variant: str) -> float:
+    """Load time of a variant (O(options): for many look-ups use `load_times`)."""
     return max((o.load_time_s for o in stage.options if o.variant == variant), default=0.0)
+
+
+def load_times(stage: Stage) -> dict[str, float]:
+    """Load time of every variant of the stage, in one pass."""
+    out: dict[str, float] = {}
+    for o in stage.options:
+        out[o.variant] = max(out.get(o.variant, 0.0), o.load_time_s)
+    return out
 
 
 def topological_order(stages: Sequence[Stage]) -> list[Stage]:

@@ -14,6 +14,9 @@ oracle uses. Stage kinds and the papers they come from:
 The DAG's latency is bounded with start-time variables, t_j ≥ t_i + L_i for each edge and t + L ≤ SLO
 for every stage, so no path is ever enumerated. A product of stage accuracies is linearised exactly by a
 McCormick chain over the stages' selection binaries.
+
+`build` looks at an injected `Deadline` between stages and every `CHECK_EVERY` options, so the time
+budget of a solve covers building the program too (`OutOfTime` names the phase).
 """
 
 from __future__ import annotations
@@ -21,17 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pulp
 
 from paretoserve.planner.evaluate import (
     EPS,
     allocation_price,
     batch_delay_ms,
-    changed,
     cost_normalizer,
     effective_capacity,
-    fixed_pool_replicas,
-    load_time_of,
+    load_times,
     max_load_time,
     normalized,
     split_batch_delay_ms,
@@ -39,15 +41,26 @@ from paretoserve.planner.evaluate import (
 )
 from paretoserve.planner.model import (
     Aggregation,
-    Allocation,
+    Deadline,
     Option,
+    OutOfTime,
     Problem,
     SolveLimits,
     SolveStatus,
     Stage,
     StagePlan,
 )
-from paretoserve.planner.stageplans import allowed_options, cascade_plan, single_plan, split_plan
+from paretoserve.planner.stageplans import (
+    CHECK_EVERY,
+    PoolFacts,
+    allowed_options,
+    cascade_plan,
+    fixed_changes,
+    pareto_pool,
+    pareto_rows,
+    single_plan,
+    split_plan,
+)
 
 Terms = list[tuple[Any, float]]
 
@@ -57,6 +70,8 @@ class StageVars:
     """The decision variables of one stage, kept for decoding."""
 
     stage: Stage
+    deadline: Deadline = field(default_factory=Deadline.none)
+    load_time: dict[str, float] = field(default_factory=dict)  # per variant
     fixed: list[tuple[Option, Any, int]] = field(default_factory=list)  # option, x, replicas
     heavy: list[tuple[Option, Any, Any]] = field(default_factory=list)  # option, x, n
     rows: list[Any] = field(default_factory=list)  # z_j
@@ -84,17 +99,19 @@ def _expr(terms: Terms, constant: float = 0.0) -> Any:
     return pulp.LpAffineExpression([(v, c) for v, c in summed.items() if c != 0.0], constant=constant)
 
 
-def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False) -> Model:
-    """Encode the problem. The relaxations drop one constraint family to diagnose infeasibility."""
+def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False,
+          deadline: Deadline | None = None) -> Model:
+    """Encode the problem. The relaxations drop one constraint family to diagnose infeasibility.
+
+    Raises `OutOfTime` (from `deadline.check`) when the time budget runs out while building.
+    """
+    deadline = deadline or Deadline.none()
     lp = pulp.LpProblem("paretoserve", pulp.LpMaximize)
     obj = problem.objective
     product = obj.aggregation is Aggregation.PRODUCT
-    if product and len(problem.stages) > 1 and any(
-        s.multi_variant and s.load_rps > 0 for s in problem.stages
-    ):
+    if product and len(problem.stages) > 1 and any(s.multi_variant and s.load_rps > 0 for s in problem.stages):
         raise UnsupportedProblem(
-            "accuracy aggregation 'product' needs single-variant stages when the pipeline has several stages"
-        )
+            "accuracy aggregation 'product' needs single-variant stages when the pipeline has several stages")
     objective: Terms = []
     cpu_terms: Terms = []
     gpu_terms: dict[str, Terms] = {}
@@ -110,7 +127,8 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
             gpu_terms.setdefault(name, []).append((amount, per * replicas))
 
     for s_index, stage in enumerate(problem.stages):
-        sv = StageVars(stage)
+        deadline.check(f"building stage {stage.name!r} ({len(stage.options)} options)")
+        sv = StageVars(stage, deadline, load_times(stage))
         tag = f"s{s_index}"
         if stage.cascade is not None:
             _build_cascade(lp, problem, sv, tag, objective, add_resources, reconfig_terms)
@@ -135,6 +153,7 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
         for name, limit in problem.budget.gpus:
             lp += _expr(gpu_terms.get(name, [])) <= limit
 
+    deadline.check("linking the stages' accuracies")
     _add_accuracy(lp, problem, stage_vars, objective, product)
 
     max_lt = max_load_time(problem)
@@ -145,6 +164,7 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
         objective.append((worst, -obj.reconfiguration / max_lt))
 
     lp += _expr(objective)
+    deadline.check("finishing the program")
     return Model(lp, stage_vars)
 
 
@@ -152,7 +172,9 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
                   add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
     stage = sv.stage
     latency: Terms = []
-    for k, (option, n) in enumerate(pareto_pool(problem, stage, allowed_options(stage))):
+    for k, (option, n) in enumerate(pareto_pool(problem, stage, allowed_options(stage), deadline=sv.deadline)):
+        if k % CHECK_EVERY == 0:
+            sv.deadline.check(f"adding the options of stage {stage.name!r}")
         x = lp.add_variable(f"x_{tag}_{k}", cat=pulp.LpBinary)
         sv.fixed.append((option, x, n))
         add_resources(option, x, n)
@@ -160,95 +182,10 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
         latency.append((x, option.latency_ms + batch_delay_ms(option.batch, stage.load_rps,
                                                               stage.max_queue_delay_ms)))
         sv.accuracy_selectors.append((option.accuracy, x))
-        if _fixed_changes(problem, stage, option, n):
-            reconfig_terms.append((x, load_time_of(stage, option.variant)))
+        if fixed_changes(problem, stage, option, n):
+            reconfig_terms.append((x, sv.load_time[option.variant]))
     lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
     sv.latency = _expr(latency, stage.queue_delay_ms)
-
-
-def pareto_pool(problem: Problem, stage: Stage, options: list[Option],
-                load_rps: float | None = None) -> list[tuple[Option, int]]:
-    """Options of a fixed-load pool (default load: the stage's) with their replicas, minus dominated ones.
-
-    An option is dropped when another is at least as accurate and no worse on latency, price, CPU, every
-    GPU resource, batch term and reconfiguration penalty: it can never be strictly better, whatever the
-    other stages do. This keeps only the stage's Pareto front and is what makes IPA-size products fast.
-    """
-    load = stage.load_rps if load_rps is None else load_rps
-    scored = []
-    for option in options:
-        n = fixed_pool_replicas(stage, option, load, problem)
-        if n is None:
-            continue
-        gpus = dict((name, amount * n) for name, amount in option.gpus)
-        penalty = load_time_of(stage, option.variant) if _fixed_changes(problem, stage, option, n) else 0.0
-        vector = (
-            -option.accuracy,
-            option.latency_ms + batch_delay_ms(option.batch, load, stage.max_queue_delay_ms),
-            allocation_price(problem, option, n),
-            option.cpu * n,
-            option.batch,
-            penalty,
-        )
-        scored.append((option, n, vector, gpus))
-    kept: list[tuple[Option, int]] = []
-    for i, (option, n, vec, gpus) in enumerate(scored):
-        dominated = False
-        for j, (_, _, other, other_gpus) in enumerate(scored):
-            if i == j or any(o > v + 1e-12 for o, v in zip(other, vec, strict=True)):
-                continue
-            if any(other_gpus.get(g, 0.0) > gpus.get(g, 0.0) + 1e-12 for g in other_gpus):
-                continue
-            equal = all(abs(o - v) <= 1e-12 for o, v in zip(other, vec, strict=True)) and other_gpus == gpus
-            if not equal or j < i:  # strictly better, or an identical twin listed earlier
-                dominated = True
-                break
-        if not dominated:
-            kept.append((option, n))
-    return kept
-
-
-def pareto_rows(stage: Stage, heavy_options: list[Option], light_options: list[Option]) -> list[int]:
-    """Indices of cascade rows no other row dominates.
-
-    Row a dominates row b when it is at least as good in quality, defers no more traffic, leaves the light
-    model no more traffic (pre-routing), and makes no batch wait longer to form (less traffic fills batches
-    more slowly, so this holds only where the wait is capped by the max queue delay or the batch is 1).
-    Ties keep the earlier row.
-    """
-    cascade = stage.cascade
-    assert cascade is not None
-    rows = cascade.rows
-    light_loads = [stage.load_rps * cascade.light_fraction(r) for r in rows]
-    delays = [
-        tuple(batch_delay_ms(o.batch, stage.load_rps * r.heavy_fraction, stage.max_queue_delay_ms)
-              for o in heavy_options)
-        + tuple(batch_delay_ms(o.batch, light, stage.max_queue_delay_ms) for o in light_options)
-        for r, light in zip(rows, light_loads, strict=True)
-    ]
-    kept = []
-    for b, row in enumerate(rows):
-        dominated = False
-        for a, other in enumerate(rows):
-            if a == b or other.quality < row.quality - 1e-12 or other.heavy_fraction > row.heavy_fraction + 1e-12:
-                continue
-            if light_loads[a] > light_loads[b] + 1e-12:
-                continue
-            if any(da > db + 1e-12 for da, db in zip(delays[a], delays[b], strict=True)):
-                continue
-            same = (abs(other.quality - row.quality) <= 1e-12 and abs(light_loads[a] - light_loads[b]) <= 1e-12
-                    and abs(other.heavy_fraction - row.heavy_fraction) <= 1e-12 and delays[a] == delays[b])
-            if not same or a < b:
-                dominated = True
-                break
-        if not dominated:
-            kept.append(b)
-    return kept
-
-
-def _fixed_changes(problem: Problem, stage: Stage, option: Option, replicas: int) -> bool:
-    alloc = Allocation(option.variant, option.batch, option.cpu, option.instances, replicas, 0.0, 0.0, 0.0)
-    return changed(problem, stage.name, alloc)
 
 
 def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
@@ -270,23 +207,32 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
     for z, row in zip(sv.rows, rows, strict=True):
         groups.setdefault(stage.load_rps * cascade.light_fraction(row), []).append(z)
     light_latency: Terms = []
+    facts = PoolFacts.of(problem, stage, light_options)
     for g, (load, selectors) in enumerate(groups.items()):
+        sv.deadline.check(f"adding light pool {g} of {len(groups)} of stage {stage.name!r}")
         chosen: Terms = []
-        for k, (option, n) in enumerate(pareto_pool(problem, stage, light_options, load)):
+        for k, (option, n) in enumerate(pareto_pool(problem, stage, light_options, load, sv.deadline, facts)):
+            if k and k % CHECK_EVERY == 0:
+                sv.deadline.check(f"adding light pool {g} of {len(groups)} of stage {stage.name!r}")
             x = lp.add_variable(f"xl_{tag}_{g}_{k}", cat=pulp.LpBinary)
             sv.fixed.append((option, x, n))
             add_resources(option, x, n)
             objective.append((x, -problem.objective.batch * option.batch))
             light_latency.append((x, option.latency_ms + batch_delay_ms(option.batch, load,
                                                                         stage.max_queue_delay_ms)))
-            if _fixed_changes(problem, stage, option, n):
-                reconfig_terms.append((x, load_time_of(stage, option.variant)))
+            if fixed_changes(problem, stage, option, n):
+                reconfig_terms.append((x, sv.load_time[option.variant]))
             chosen.append((x, 1.0))
         lp += _expr(chosen) == _expr([(z, 1.0) for z in selectors])
 
     heavy_latency = lp.add_variable(f"lh_{tag}", lowBound=0)
     capacity: Terms = []
+    # The heavy batch's wait depends on the row: q_b = Σ_j q(b, j)·z_j, one variable per batch size (so each
+    # option's latency constraint has three terms, not one per row).
+    waits: dict[int, tuple[Any, float]] = {}
     for k, option in enumerate(heavy_options):
+        if k % CHECK_EVERY == 0:
+            sv.deadline.check(f"adding the heavy options of stage {stage.name!r}")
         cap = effective_capacity(option, problem)
         if cap <= EPS:
             continue
@@ -298,39 +244,44 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
         add_resources(option, n, 1)
         objective.append((x, -problem.objective.batch * option.batch))
         capacity.append((n, cap))
-        delays = [batch_delay_ms(option.batch, stage.load_rps * row.heavy_fraction, stage.max_queue_delay_ms)
-                  for row in rows]
-        big_m = option.latency_ms + max(delays)
-        terms: Terms = [(z, d) for z, d in zip(sv.rows, delays, strict=True)] + [(x, big_m)]
-        lp += heavy_latency >= _expr(terms, option.latency_ms - big_m)
-        _variable_pool_changes(lp, problem, stage, option, x, n, f"{tag}_{k}", reconfig_terms)
+        if option.batch not in waits:
+            delays = [batch_delay_ms(option.batch, stage.load_rps * row.heavy_fraction, stage.max_queue_delay_ms)
+                      for row in rows]
+            wait = lp.add_variable(f"qh_{tag}_{option.batch}", lowBound=0)
+            lp += _expr([(wait, 1.0)] + [(z, -d) for z, d in zip(sv.rows, delays, strict=True)]) == 0
+            waits[option.batch] = (wait, max(delays))
+        wait, longest = waits[option.batch]
+        big_m = option.latency_ms + longest
+        lp += heavy_latency >= _expr([(wait, 1.0), (x, big_m)], option.latency_ms - big_m)
+        _variable_pool_changes(lp, problem, sv, option, x, n, f"{tag}_{k}", reconfig_terms)
     lp += _expr(capacity) >= _expr([(z, stage.load_rps * row.heavy_fraction)
                                     for z, row in zip(sv.rows, rows, strict=True)])
-    active = [(x, 1.0) for _, x, _ in sv.heavy]
-    lp += _expr(active) <= 1
+    heavy_on = lp.add_variable(f"yh_{tag}", lowBound=0, upBound=1)  # = Σ x_h: a heavy option is chosen
+    lp += _expr([(heavy_on, 1.0)] + [(x, -1.0) for _, x, _ in sv.heavy]) == 0
     for z, row in zip(sv.rows, rows, strict=True):
         if row.heavy_fraction > 0:
-            lp += z <= _expr(active)
+            lp += z <= heavy_on
     sv.latency = _expr(light_latency + [(heavy_latency, 1.0)], stage.queue_delay_ms)
 
 
-def _variable_pool_changes(lp: Any, problem: Problem, stage: Stage, option: Option, x: Any, n: Any,
+def _variable_pool_changes(lp: Any, problem: Problem, sv: StageVars, option: Option, x: Any, n: Any,
                            tag: str, reconfig_terms: list[tuple[Any, float]]) -> None:
     """Loading-cost indicator of an option whose replica count is a decision variable."""
     if problem.objective.reconfiguration <= 0:
         return
+    stage = sv.stage
     current = [c for c in problem.current if c.stage == stage.name and c.variant == option.variant]
     if not current or (current[0].batch, current[0].cpu, current[0].instances) != (
         option.batch, option.cpu, option.instances
     ):
-        reconfig_terms.append((x, load_time_of(stage, option.variant)))
+        reconfig_terms.append((x, sv.load_time[option.variant]))
         return
     prev = current[0].replicas
     moved = lp.add_variable(f"chg_{tag}", cat=pulp.LpBinary)
     big_m = stage.max_replicas + prev
     lp += n - prev <= big_m * moved
     lp += prev - n <= big_m * moved + big_m * (1 - x)
-    reconfig_terms.append((moved, load_time_of(stage, option.variant)))
+    reconfig_terms.append((moved, sv.load_time[option.variant]))
 
 
 def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
@@ -339,6 +290,8 @@ def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: 
     latency = lp.add_variable(f"ls_{tag}", lowBound=0)
     per_variant: dict[str, Terms] = {}
     for k, option in enumerate(allowed_options(stage)):
+        if k % CHECK_EVERY == 0:
+            sv.deadline.check(f"adding the options of stage {stage.name!r}")
         cap = effective_capacity(option, problem)
         if cap <= EPS and stage.load_rps > 0:
             continue
@@ -353,7 +306,7 @@ def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: 
         add_resources(option, n, 1)
         objective.append((x, -problem.objective.batch * option.batch))
         lp += latency >= (option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)) * x
-        _variable_pool_changes(lp, problem, stage, option, x, n, f"{tag}_{k}", reconfig_terms)
+        _variable_pool_changes(lp, problem, sv, option, x, n, f"{tag}_{k}", reconfig_terms)
         if stage.load_rps > 0:
             sv.accuracy_selectors.append((option.accuracy / stage.load_rps, load))
         else:
@@ -429,14 +382,21 @@ class SolverOutcome:
     message: str = ""
 
 
-def run_solver(model: Model, limits: SolveLimits) -> SolverOutcome:
-    """Solve with HiGHS (or CBC) under a time limit and map the outcome honestly."""
+def run_solver(model: Model, limits: SolveLimits, deadline: Deadline | None = None) -> SolverOutcome:
+    """Solve with HiGHS (or CBC) under a time limit and map the outcome honestly.
+
+    With a deadline, HiGHS gets only the time left once the program has been passed to it; a deadline
+    that passes before gives TIME_LIMIT_NO_SOLUTION with the phase as message (no fallback to CBC).
+    """
+    deadline = deadline or Deadline.none()
     names = [limits.solver] + (["cbc"] if limits.solver == "highs" else [])
     last_error = ""
     for name in names:
         try:
-            solver = _make_solver(name, limits)
+            solver = _make_solver(name, limits, deadline)
             model.lp.solve(solver)
+        except OutOfTime as exc:
+            return SolverOutcome(SolveStatus.TIME_LIMIT_NO_SOLUTION, name, exc.phase)
         except Exception as exc:  # noqa: BLE001 - any solver failure falls back, then reports ERROR
             last_error = f"{name}: {type(exc).__name__}: {exc}"
             continue
@@ -444,13 +404,79 @@ def run_solver(model: Model, limits: SolveLimits) -> SolverOutcome:
     return SolverOutcome(SolveStatus.ERROR, names[-1], last_error)
 
 
-def _make_solver(name: str, limits: SolveLimits) -> Any:
+SOLVER_SHARE = 0.8
+"""Share of the time left that HiGHS may use: it overshoots its limit a little on large programs, and
+reading the solution back and decoding it take the rest."""
+
+
+class _DeadlineHiGHS(pulp.HiGHS):  # type: ignore[misc]
+    """PuLP's HiGHS interface with the program passed in bulk (PuLP adds it row by row in Python, outside
+    HiGHS's timer: seconds for the largest programs) and HiGHS's time limit cut to what is left of the
+    deadline once it has been passed."""
+
+    def __init__(self, deadline: Deadline, **options: Any) -> None:
+        super().__init__(**options)
+        self.deadline = deadline
+
+    def buildSolverModel(self, lp: Any) -> None:  # noqa: N802 - PuLP's name
+        import highspy
+
+        inf = highspy.kHighsInf
+        sign = -1.0 if lp.sense == pulp.LpMaximize else 1.0
+        columns = lp.variables()
+        for i, var in enumerate(columns):
+            var.index = i
+        bound = [(-inf if v.lowBound is None else v.lowBound, inf if v.upBound is None else v.upBound)
+                 for v in columns]
+        model = lp.solverModel
+        costs = np.array([sign * lp.objective.get(v, 0.0) for v in columns], dtype=np.float64)
+        model.addCols(len(columns), costs, np.array([b[0] for b in bound], dtype=np.float64),
+                      np.array([b[1] for b in bound], dtype=np.float64), 0, np.zeros(len(columns), dtype=np.int32),
+                      np.zeros(0, dtype=np.int32), np.zeros(0))
+        integer = [v.index for v in columns if v.cat == pulp.LpInteger] if self.mip else []
+        if integer:
+            model.changeColsIntegrality(len(integer), np.array(integer, dtype=np.int32),
+                                        np.full(len(integer), int(highspy.HighsVarType.kInteger), dtype=np.uint8))
+        starts: list[int] = []
+        indices: list[int] = []
+        values: list[float] = []
+        lower: list[float] = []
+        upper: list[float] = []
+        for i, constraint in enumerate(lp._constraints.values()):
+            if i % 4096 == 0:
+                self.deadline.check("passing the program to the solver")
+            constraint.index = i
+            starts.append(len(indices))
+            for var, coefficient in constraint.items():
+                if coefficient != 0:
+                    indices.append(var.index)
+                    values.append(coefficient)
+            lb, ub = constraint.getLb(), constraint.getUb()
+            lower.append(-inf if lb is None else lb)
+            upper.append(inf if ub is None else ub)
+        model.addRows(len(starts), np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64),
+                      len(indices), np.array(starts, dtype=np.int32), np.array(indices, dtype=np.int32),
+                      np.array(values, dtype=np.float64))
+
+    def callSolver(self, lp: Any) -> None:  # noqa: N802 - PuLP's name
+        left = self.deadline.remaining()
+        if left is not None:
+            if left <= 0:
+                raise OutOfTime("passing the program to the solver")
+            lp.solverModel.setOptionValue("time_limit", float(min(self.timeLimit, SOLVER_SHARE * left)))
+        lp.solverModel.run()
+
+
+def _make_solver(name: str, limits: SolveLimits, deadline: Deadline) -> Any:
     if name == "highs":
-        return pulp.HiGHS(msg=False, timeLimit=limits.time_limit_s, threads=limits.threads,
-                          gapRel=limits.relative_gap, gapAbs=1e-9)
+        return _DeadlineHiGHS(deadline, msg=False, timeLimit=limits.time_limit_s, threads=limits.threads,
+                              gapRel=limits.relative_gap, gapAbs=1e-9)
     if name == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=limits.time_limit_s, gapRel=limits.relative_gap,
-                                 threads=limits.threads)
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise OutOfTime("starting the CBC solver")
+        limit = limits.time_limit_s if left is None else min(limits.time_limit_s, left)
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=limits.relative_gap, threads=limits.threads)
     raise ValueError(f"unknown solver {name!r} (use 'highs' or 'cbc')")
 
 

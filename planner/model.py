@@ -9,6 +9,7 @@ operator exchange exactly the same values, and so that tests can build them by h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -150,9 +151,47 @@ class Problem:
 @dataclass(frozen=True, slots=True)
 class SolveLimits:
     time_limit_s: float = 5.0
+    """Wall-clock limit of the whole solve (building, solving, diagnosing) when `solve` gets a clock; of the
+    solver calls alone without one."""
     solver: str = "highs"  # "highs" or "cbc"
     threads: int = 1
     relative_gap: float = 1e-9
+
+
+class OutOfTime(Exception):
+    """The solve's time budget ran out in `phase` (raised by `Deadline.check`, reported as a status)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(phase)
+        self.phase = phase
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The end of a solve's time budget on an injected clock (the planner reads no clock of its own).
+
+    Without a clock (`Deadline.none()`) it never expires: then only the solver's own limit bounds time.
+    """
+
+    clock: Callable[[], float] | None
+    at: float
+
+    @staticmethod
+    def none() -> Deadline:
+        return Deadline(None, 0.0)
+
+    @staticmethod
+    def after(seconds: float, clock: Callable[[], float] | None) -> Deadline:
+        return Deadline(clock, (clock() + seconds) if clock is not None else 0.0)
+
+    def remaining(self) -> float | None:
+        """Seconds left, or None without a clock."""
+        return None if self.clock is None else self.at - self.clock()
+
+    def check(self, phase: str) -> None:
+        """Raise `OutOfTime(phase)` if the budget is spent."""
+        if self.clock is not None and self.clock() >= self.at:
+            raise OutOfTime(phase)
 
 
 class SolveStatus(StrEnum):
@@ -173,6 +212,8 @@ class Binding(StrEnum):
     SLO = "slo"
     BUDGET = "budget"
     CAPACITY = "capacity"
+    UNKNOWN = "unknown"
+    """Infeasible, but the time limit ran out before the binding family was found."""
 
 
 @dataclass(frozen=True, slots=True)

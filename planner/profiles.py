@@ -4,6 +4,11 @@ Three forms appear in the seed systems and in our manifests: a table of measured
 instances) points (IPA, DiffServe, our profiler); Sponge's fitted l(b, c) = γ·b/c + δ·b + ε/c + η; and
 InfAdapter's linear capacity-versus-cores model. This module turns any of them into `Option`s for the
 planner and fits the two parametric models from measurements (least squares, no I/O).
+
+Every option a parsed manifest declares becomes an option here: the parser has already refused fits
+that give a non-positive latency or capacity on the grid (a variant is never dropped silently), and
+`Stage.option_count` bounds what this module enumerates (points at batch sizes the stage does not allow
+and cores outside its CPU bounds are skipped; nothing else is).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from paretoserve.planner.model import Option
-from paretoserve.planner.spec import Stage, Variant
+from paretoserve.planner.spec import SpecError, Stage, Variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +95,17 @@ def variant_options(variant: Variant, stage: Stage, *, utilization: float = 1.0)
         for b in stage.batch_sizes:
             for c in profile.sponge.cpus:
                 lat = fit.latency_ms(b, c)
-                if lat > 0:
-                    raw.append((b, c, 1, lat, b * 1000.0 / lat))
+                if not lat > 0:  # refused by parse_pipeline; reached only by an unvalidated Variant
+                    raise SpecError(f"{stage.name}/{variant.name}.profile.sponge",
+                                    f"non-positive latency {lat:g} ms at batch {b}, {c:g} cores")
+                raw.append((b, c, 1, lat, b * 1000.0 / lat))
     elif profile.linear_capacity is not None:
         lin = profile.linear_capacity
         model = LinearCapacityModel(lin.slope, lin.intercept)
         for c in lin.cpus:
+            if not model.capacity(c) > 0:  # refused by parse_pipeline, as above
+                raise SpecError(f"{stage.name}/{variant.name}.profile.linearCapacity",
+                                f"non-positive throughput at {c:g} cores")
             raw.append((1, c, 1, lin.latency_ms, model.capacity(c)))
     return [
         Option(

@@ -5,6 +5,11 @@ solver could not prove optimal in time), INFEASIBLE with the binding resource (S
 and the stage when one stage alone is to blame), TIME_LIMIT_NO_SOLUTION, or ERROR with a message.
 Infeasibility is diagnosed by cheap per-stage checks first and, failing those, by re-solving with the
 budget and then the SLO relaxed.
+
+With an injected clock, `SolveLimits.time_limit_s` bounds the whole solve: building the program (checked
+between stages and every few dozen options), the solver call (given only the time left) and the
+diagnosing re-solves. A budget that runs out gives TIME_LIMIT_NO_SOLUTION naming the phase and the option
+count (or INFEASIBLE with binding UNKNOWN when only the diagnosis was cut short), never an unbounded run.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from paretoserve.planner.evaluate import EPS, finalize, fixed_pool_replicas, sta
 from paretoserve.planner.evaluate import effective_capacity as capacity_of
 from paretoserve.planner.model import (
     Binding,
+    Deadline,
     InfeasibleReason,
     Option,
+    OutOfTime,
     Plan,
     Problem,
     SolveLimits,
@@ -34,28 +41,59 @@ Clock = Callable[[], float]
 
 
 def solve(problem: Problem, *, limits: SolveLimits | None = None, clock: Clock | None = None) -> Plan:
-    """Plan the problem. `clock` (seconds, e.g. time.perf_counter) is only used to fill `solve_ms`."""
-    started = clock() if clock else None
-    plan = _solve(problem, limits or SolveLimits())
-    if clock is not None and started is not None:
-        plan = replace(plan, solve_ms=(clock() - started) * 1000.0)
-    return plan
+    """Plan the problem within `limits.time_limit_s`.
+
+    `clock` (seconds, e.g. time.perf_counter) fills `solve_ms` and makes the time limit cover the whole
+    solve; without one only the solver calls are limited (the planner reads no clock of its own).
+    """
+    limits = limits or SolveLimits()
+    if not (isinstance(limits.time_limit_s, int | float) and math.isfinite(limits.time_limit_s)
+            and limits.time_limit_s > 0):
+        return Plan(status=SolveStatus.ERROR,
+                    message=f"the time limit must be a positive number of seconds, got {limits.time_limit_s!r}")
+    if clock is None:
+        return _solve(problem, limits, Deadline.none())
+    started = clock()
+    plan = _solve(problem, limits, Deadline(clock, started + limits.time_limit_s))
+    return replace(plan, solve_ms=(clock() - started) * 1000.0)
 
 
-def _solve(problem: Problem, limits: SolveLimits) -> Plan:
+def _out_of_time(problem: Problem, limits: SolveLimits, phase: str, solver: str = "") -> Plan:
+    options = sum(len(s.options) for s in problem.stages)
+    return Plan(status=SolveStatus.TIME_LIMIT_NO_SOLUTION, solver=solver,
+                message=f"no solution: the {limits.time_limit_s:g} s time limit ran out while {phase} "
+                        f"({options} options in {len(problem.stages)} stages)")
+
+
+def _solver_limits(limits: SolveLimits, deadline: Deadline) -> SolveLimits:
+    """The solver's share of the budget: what is left of it (raises OutOfTime when nothing is)."""
+    left = deadline.remaining()
+    if left is None:
+        return limits
+    if left <= 0:
+        raise OutOfTime("passing the program to the solver")
+    return replace(limits, time_limit_s=min(limits.time_limit_s, left))
+
+
+def _solve(problem: Problem, limits: SolveLimits, deadline: Deadline) -> Plan:
     try:
         validate(problem)
         problem = apply_baseline(problem)
     except ProblemError as exc:
         return Plan(status=SolveStatus.ERROR, message=str(exc))
-    reason = precheck(problem)
-    if reason is not None:
-        return Plan(status=SolveStatus.INFEASIBLE, reason=reason, message=reason.message)
     try:
-        model = milp.build(problem)
+        deadline.check("validating the problem")
+        reason = precheck(problem)
+        if reason is not None:
+            return Plan(status=SolveStatus.INFEASIBLE, reason=reason, message=reason.message)
+        deadline.check("pre-checking the problem")
+        model = milp.build(problem, deadline=deadline)
+        solver_limits = _solver_limits(limits, deadline)
     except milp.UnsupportedProblem as exc:
         return Plan(status=SolveStatus.ERROR, message=str(exc))
-    outcome = milp.run_solver(model, limits)
+    except OutOfTime as exc:
+        return _out_of_time(problem, limits, exc.phase)
+    outcome = milp.run_solver(model, solver_limits, deadline)
     if outcome.status.has_plan:
         try:
             stage_plans = milp.extract(problem, model)
@@ -64,21 +102,21 @@ def _solve(problem: Problem, limits: SolveLimits) -> Plan:
                         message=f"could not decode the solver's solution: {exc!r}")
         return finalize(problem, stage_plans, solver=outcome.solver, status=outcome.status)
     if outcome.status is SolveStatus.INFEASIBLE:
-        reason = diagnose(problem, limits)
+        reason = diagnose(problem, limits, deadline)
         return Plan(status=SolveStatus.INFEASIBLE, solver=outcome.solver, reason=reason,
                     message=reason.message)
     if outcome.status is SolveStatus.TIME_LIMIT_NO_SOLUTION:
-        return Plan(status=outcome.status, solver=outcome.solver,
-                    message=f"no solution found within the {limits.time_limit_s} s time limit")
+        return _out_of_time(problem, limits, outcome.message or "solving", outcome.solver)
     return Plan(status=SolveStatus.ERROR, solver=outcome.solver, message=outcome.message or "solver error")
 
 
 def _stage_latency_floor(problem: Problem, stage: Stage) -> float:
     """The fastest this stage can be, ignoring budgets; inf if no option can carry its load."""
     options = allowed_options(stage, [stage.cascade.light] if stage.cascade else None)
+    least = _least_main_load(stage)
     best = math.inf
     for o in options:
-        if fixed_pool_replicas(stage, o, _least_main_load(stage), problem) is None:
+        if fixed_pool_replicas(stage, o, least, problem) is None:
             continue
         best = min(best, o.latency_ms)
     if stage.cascade is not None and best < math.inf and all(r.heavy_fraction > 0 for r in stage.cascade.rows):
@@ -95,8 +133,8 @@ def precheck(problem: Problem) -> InfeasibleReason | None:
         options = allowed_options(stage)
         if not options:
             return InfeasibleReason(Binding.CAPACITY, f"stage {stage.name!r} has no variant to run", stage.name)
-        carry = [o for o in options if _can_carry(problem, stage, o)]
-        if not carry:
+        least = _least_main_load(stage)
+        if not any(_can_carry(problem, stage, o, least) for o in options):
             return InfeasibleReason(
                 Binding.CAPACITY,
                 f"stage {stage.name!r}: no variant serves {stage.load_rps:g} rps within "
@@ -128,25 +166,40 @@ def _least_main_load(stage: Stage) -> float:
     return stage.load_rps * min(stage.cascade.light_fraction(r) for r in stage.cascade.rows)
 
 
-def _can_carry(problem: Problem, stage: Stage, option: Option) -> bool:
+def _can_carry(problem: Problem, stage: Stage, option: Option, least_load: float) -> bool:
     if stage.cascade is not None and option.variant == stage.cascade.heavy:
         return False
     if stage.multi_variant:
         # A split never beats its best option's capacity times the stage's replica limit.
         limit = stage.pinned_replicas or stage.max_replicas
         return stage.load_rps <= capacity_of(option, problem) * limit + EPS
-    return fixed_pool_replicas(stage, option, _least_main_load(stage), problem) is not None
+    return fixed_pool_replicas(stage, option, least_load, problem) is not None
 
 
-def diagnose(problem: Problem, limits: SolveLimits) -> InfeasibleReason:
-    """Name the binding constraint family by re-solving with one family relaxed."""
-    if _feasible(problem, limits, relax_budget=True):
+UNDIAGNOSED = "infeasible; the time limit ran out before the binding constraint (budget, SLO, capacity) was found"
+
+
+def diagnose(problem: Problem, limits: SolveLimits, deadline: Deadline | None = None) -> InfeasibleReason:
+    """Name the binding constraint family by re-solving with one family relaxed (within the deadline)."""
+    deadline = deadline or Deadline.none()
+    budget = _feasible(problem, limits, deadline, relax_budget=True)
+    if budget:
         return InfeasibleReason(Binding.BUDGET, "the plan needs more resources than the budget allows")
-    if _feasible(problem, limits, relax_slo=True):
+    slo = _feasible(problem, limits, deadline, relax_slo=True) if budget is not None else None
+    if slo:
         return InfeasibleReason(Binding.SLO, f"no combination of variants meets the {problem.slo_ms:g} ms SLO")
+    if slo is None:
+        return InfeasibleReason(Binding.UNKNOWN, UNDIAGNOSED)
     return InfeasibleReason(Binding.CAPACITY, "no combination of variants and replicas carries the load")
 
 
-def _feasible(problem: Problem, limits: SolveLimits, **relax: bool) -> bool:
-    model = milp.build(problem, **relax)
-    return milp.run_solver(model, limits).status.has_plan
+def _feasible(problem: Problem, limits: SolveLimits, deadline: Deadline, **relax: bool) -> bool | None:
+    """Whether the relaxed problem has a plan; None when the time budget did not allow an answer."""
+    try:
+        model = milp.build(problem, deadline=deadline, **relax)
+        status = milp.run_solver(model, _solver_limits(limits, deadline), deadline).status
+    except OutOfTime:
+        return None
+    if status is SolveStatus.TIME_LIMIT_NO_SOLUTION:
+        return None
+    return status.has_plan

@@ -5,6 +5,11 @@ contract for Python. Every entry point (CLI, simulator, local runtime, operator)
 `parse_pipeline`, so an invalid manifest fails the same way everywhere: a `SpecError` whose message
 names the field path (``spec.stages[1].cascade.light: ...``). Field names are the CR's camelCase; the
 attributes are snake_case. Cross-field rules mirror the CEL rules of the CRD.
+
+Every field is bounded (lengths, list sizes, map sizes, numeric maxima; docs/api.md lists the bounds), and
+so is the planner's option space: a stage may declare at most `MAX_OPTIONS_PER_STAGE` options and a
+pipeline `MAX_OPTIONS_PER_PIPELINE` (`option_count`), so no accepted manifest can make the planner's
+build step unbounded. `load_pipeline_text` bounds the YAML itself (size, nesting, alias expansion).
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from paretoserve.planner import bounds as lim
+from paretoserve.planner.bounds import check_resource_keys, whole_gpus
 
 API_GROUP = "paretoserve.io"
 API_VERSION = "v1alpha1"
 KIND = "ServingPipeline"
-
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
+DNS_LABEL = lim.DNS_LABEL  # the contract's name patterns, public here too (bounds.py has the numbers)
+TRITON_MODEL_NAME = lim.TRITON_MODEL_NAME
+DEADLINE_HEADER_NAME = lim.DEADLINE_HEADER_NAME
+RESOURCE_NAME = lim.RESOURCE_NAME
 
 class SpecError(ValueError):
     """An invalid ServingPipeline; `path` is the offending field, e.g. ``spec.slo.latencyMs``."""
@@ -48,14 +57,15 @@ class _Model(BaseModel):
 
 
 Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
-
-TRITON_MODEL_NAME = r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$"
-"""A Triton model name as ParetoServe accepts it everywhere (spec, CRD, router config, `/admin/worker`):
-1-64 characters, safe in a URL path segment and a command-line argument (no leading dot or dash)."""
-DEADLINE_HEADER_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-"""An HTTP header name for per-request deadlines: lower-case token characters, 1-64 long."""
+TritonModel = Annotated[str, Field(pattern=TRITON_MODEL_NAME, min_length=1, max_length=64)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+Latency = Annotated[float, Field(gt=0, le=lim.MAX_LATENCY_MS)]
+Cores = Annotated[float, Field(gt=0, le=lim.MAX_CPU)]
+Weight = Annotated[float, Field(ge=0, le=lim.MAX_WEIGHT)]
+SignedScore = Annotated[float, Field(ge=-lim.MAX_WEIGHT, le=lim.MAX_WEIGHT)]
+GpuCount = Annotated[int, BeforeValidator(whole_gpus), Field(ge=0, le=lim.MAX_GPUS_PER_REPLICA)]
+GpuBudget = Annotated[int, BeforeValidator(whole_gpus), Field(ge=0, le=lim.MAX_GPU_BUDGET)]
 
 
 class Percentile(int, Enum):
@@ -68,13 +78,14 @@ class Percentile(int, Enum):
 class DynamicSLO(_Model):
     """Per-request deadlines (Sponge): each request carries its own remaining budget."""
 
-    header: str = "x-paretoserve-deadline-ms"
+    header: Annotated[str, Field(pattern=DEADLINE_HEADER_NAME, min_length=1, max_length=64)] = (
+        "x-paretoserve-deadline-ms")
     safety_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     """Share of the base SLO kept free when draining the queue in EDF order (Sponge uses 0.1)."""
 
 
 class SLO(_Model):
-    latency_ms: PositiveFloat
+    latency_ms: Latency
     percentile: Annotated[Percentile, Field(strict=False)] = Percentile.P99
     dynamic: DynamicSLO | None = None
 
@@ -88,22 +99,34 @@ class AccuracyAggregation(StrEnum):
 class Objective(_Model):
     """Weights of α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter)."""
 
-    accuracy: NonNegativeFloat = 1.0
-    cost: NonNegativeFloat = 0.01
-    batch: NonNegativeFloat = 0.0
-    reconfiguration: NonNegativeFloat = 0.0
+    accuracy: Weight = 1.0
+    cost: Weight = 0.01
+    batch: Weight = 0.0
+    reconfiguration: Weight = 0.0
     accuracy_aggregation: Annotated[AccuracyAggregation, Field(strict=False)] = AccuracyAggregation.PRODUCT
     normalize_cost: bool = False
     """Divide cost by the budget's total price (InfAdapter's Σn/C_max)."""
-    prices: dict[str, NonNegativeFloat] = Field(default_factory=lambda: {"cpu": 1.0})
-    """Price per unit and replica of `cpu` (cores), `memory` (GiB) and GPU resources."""
+    prices: dict[str, Weight] = Field(default_factory=lambda: {"cpu": 1.0}, max_length=lim.MAX_MAP_KEYS)
+    """Price per unit and replica of `cpu` (cores), `memory` (GiB) and GPU resources; absent ones cost 0."""
+
+    @field_validator("prices")
+    @classmethod
+    def _price_keys(cls, prices: dict[str, float]) -> dict[str, float]:
+        check_resource_keys(prices, lim.PRICED_RESOURCES)
+        return prices
 
 
 class Budget(_Model):
-    cpu: NonNegativeFloat | None = None
+    cpu: Annotated[float, Field(ge=0, le=lim.MAX_CPU_BUDGET)] | None = None
     """Cores for the whole pipeline; unset means unbounded."""
-    gpus: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    gpus: dict[str, GpuBudget] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
     """GPUs by resource name, e.g. ``{"nvidia.com/gpu": 8}``."""
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_keys(cls, gpus: dict[str, int]) -> dict[str, int]:
+        check_resource_keys(gpus)
+        return gpus
 
 
 class PredictorKind(StrEnum):
@@ -126,43 +149,61 @@ class Adaptation(_Model):
     """Consecutive lower plans required before resources are released (InfAdapter uses 4)."""
     target_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
     """Share of a replica's profiled throughput the planner may use (InfAdapter's κ = 0.8)."""
-    solver_time_limit_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
+    solver_time_limit_seconds: Annotated[float, Field(gt=0, le=lim.MAX_SOLVER_TIME_LIMIT_S)] = 5.0
+    """Wall-clock limit of one whole solve: building the program, the solver and the diagnosis."""
 
 
 class Resources(_Model):
-    cpu: NonNegativeFloat = 1.0
-    memory_gib: NonNegativeFloat = 1.0
-    gpus: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    cpu: Cores = 1.0
+    memory_gib: Annotated[float, Field(ge=0, le=lim.MAX_MEMORY_GIB)] = 1.0
+    gpus: dict[str, GpuCount] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_keys(cls, gpus: dict[str, int]) -> dict[str, int]:
+        check_resource_keys(gpus)
+        return gpus
 
 
 class ProfilePoint(_Model):
     batch: Annotated[int, Field(ge=1, le=4096)]
-    cpu: PositiveFloat | None = None
+    cpu: Cores | None = None
     """Cores per replica for this point; unset means the variant's `resources.cpu`."""
     instances: Annotated[int, Field(ge=1, le=64)] = 1
-    latency_ms: PositiveFloat
+    latency_ms: Latency
     """Latency of one batch at the SLO percentile."""
-    throughput_rps: PositiveFloat | None = None
+    throughput_rps: Annotated[float, Field(gt=0, le=lim.MAX_THROUGHPUT_RPS)] | None = None
     """Sustained requests/s of one replica; unset means instances × batch / latency."""
 
 
 class SpongeFit(_Model):
     """Sponge's l(b, c) = γ·b/c + δ·b + ε/c + η in milliseconds, evaluated on a grid."""
 
-    gamma: float
-    delta: float
-    epsilon: float
-    eta: float
-    cpus: list[PositiveFloat] = Field(min_length=1, max_length=128)
+    gamma: SignedScore
+    delta: SignedScore
+    epsilon: SignedScore
+    eta: SignedScore
+    cpus: list[Cores] = Field(min_length=1, max_length=128)
+
+    def latency_ms(self, batch: int, cpu: float) -> float:
+        return self.gamma * batch / cpu + self.delta * batch + self.epsilon / cpu + self.eta
 
 
 class LinearCapacity(_Model):
     """InfAdapter's capacity model: throughput = slope·cores + intercept at batch 1."""
 
-    slope: float
-    intercept: float
-    latency_ms: PositiveFloat
-    cpus: list[PositiveFloat] = Field(min_length=1, max_length=128)
+    slope: SignedScore
+    intercept: SignedScore
+    latency_ms: Latency
+    cpus: list[Cores] = Field(min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _positive_capacity(self) -> LinearCapacity:
+        for c in self.cpus:
+            if self.slope * c + self.intercept <= 0:
+                raise ValueError(f"slope x cores + intercept must be a positive throughput at every listed core "
+                                 f"count; it is {self.slope * c + self.intercept:g} at {c:g} cores")
+        return self
 
 
 class Profile(_Model):
@@ -180,12 +221,12 @@ class Profile(_Model):
 
 class Variant(_Model):
     name: Name
-    triton_model: Annotated[str, Field(min_length=1, max_length=128)]
-    accuracy: float
+    triton_model: TritonModel
+    accuracy: SignedScore
     """Accuracy or quality score; higher is better (use −WER, −FID)."""
     resources: Resources = Field(default_factory=Resources)
     profile: Profile
-    load_time_seconds: NonNegativeFloat = 0.0
+    load_time_seconds: Annotated[float, Field(ge=0, le=lim.MAX_LOAD_TIME_S)] = 0.0
 
 
 class RouterKind(StrEnum):
@@ -195,13 +236,19 @@ class RouterKind(StrEnum):
     HYBRID = "hybrid"
 
 
+PROMPT_ROUTERS = (RouterKind.PROMPT, RouterKind.HYBRID)
+"""Routers that pre-route by a prompt score: every cascade row needs a `promptThreshold`, others none."""
+DISCRIMINATOR_ROUTERS = (RouterKind.DISCRIMINATOR, RouterKind.HYBRID)
+"""Routers that score the light model's output with `discriminatorModel`; the others take none."""
+
+
 class CascadeRow(_Model):
     """One operating point of a cascade: f(t) for DiffServe, a Pareto row for HADIS."""
 
     threshold: Annotated[float, Field(ge=0, le=1)]
     heavy_fraction: Annotated[float, Field(ge=0, le=1)]
     """Share of the stage's requests the heavy model also serves (f(t), route ratio)."""
-    quality: float | None = None
+    quality: SignedScore | None = None
     """Quality of the cascade at this row; unset interpolates light→heavy accuracy by heavyFraction."""
     prompt_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     """The prompt router's threshold at this row (``preRouteThreshold`` of the router sidecar)."""
@@ -221,18 +268,34 @@ class Cascade(_Model):
     light: Name
     heavy: Name
     router: Annotated[RouterKind, Field(strict=False)] = RouterKind.CONFIDENCE
-    discriminator_model: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    discriminator_model: TritonModel | None = None
     """Triton model that scores the light model's output (discriminator and hybrid routers); the light
     variant's workers serve it next to the light model."""
     threshold: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
     rows: list[CascadeRow] = Field(min_length=1, max_length=256)
 
+    @model_validator(mode="after")
+    def _router_fields(self) -> Cascade:
+        # What the router sidecar requires of the config the operator renders (workers/router/config.py).
+        prompt = self.router in PROMPT_ROUTERS
+        for k, row in enumerate(self.rows):
+            if prompt and row.prompt_threshold is None:
+                raise _at(f"rows[{k}].promptThreshold", f"the {self.router.value} router needs a promptThreshold "
+                                                        "on every row")
+            if not prompt and row.prompt_threshold is not None:
+                raise _at(f"rows[{k}].promptThreshold", f"not used by the {self.router.value} router (only by "
+                                                        "prompt and hybrid); remove it")
+        if self.discriminator_model is not None and self.router not in DISCRIMINATOR_ROUTERS:
+            raise _at("discriminatorModel", f"not used by the {self.router.value} router (only by discriminator "
+                                            "and hybrid); remove it")
+        return self
+
 
 class StageBounds(_Model):
     min_replicas: Annotated[int, Field(ge=0, le=10000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=10000)] = 100
-    min_cpu: NonNegativeFloat | None = None
-    max_cpu: PositiveFloat | None = None
+    min_cpu: Annotated[float, Field(ge=0, le=lim.MAX_CPU)] | None = None
+    max_cpu: Cores | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> StageBounds:
@@ -243,19 +306,34 @@ class StageBounds(_Model):
         return self
 
 
+def variant_option_count(variant: Variant, batch_sizes: list[int]) -> int:
+    """Options a variant declares: its points, batch sizes × cores (Sponge), or its core counts (linear)."""
+    profile = variant.profile
+    if profile.sponge is not None:
+        return len(batch_sizes) * len(profile.sponge.cpus)
+    if profile.linear_capacity is not None:
+        return len(profile.linear_capacity.cpus)
+    return len(profile.points)
+
+
 class Stage(_Model):
     name: Name
     depends_on: list[Name] = Field(default_factory=list, max_length=32)
     variants: list[Variant] = Field(min_length=1, max_length=16)
-    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1], max_length=32)
-    max_queue_delay_ms: NonNegativeFloat = 10.0
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1], min_length=1,
+                                                                    max_length=32)
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=lim.MAX_QUEUE_DELAY_MS)] = 10.0
     """Triton's dynamic-batching max queue delay; bounds the batch-formation wait."""
-    load_multiplier: PositiveFloat = 1.0
+    load_multiplier: Annotated[float, Field(gt=0, le=lim.MAX_LOAD_MULTIPLIER)] = 1.0
     """Requests this stage receives per pipeline request (fan-out, repeated agent calls)."""
     multi_variant: bool = False
     """Serve several variants at once with a traffic split (InfAdapter)."""
     cascade: Cascade | None = None
     bounds: StageBounds = Field(default_factory=StageBounds)
+
+    @property
+    def option_count(self) -> int:
+        return sum(variant_option_count(v, self.batch_sizes) for v in self.variants)
 
     @model_validator(mode="after")
     def _consistent(self) -> Stage:
@@ -269,13 +347,26 @@ class Stage(_Model):
                     raise _at(f"cascade.{role}", f"must name a variant of this stage ({', '.join(names)})")
             if self.cascade.light == self.cascade.heavy:
                 raise _at("cascade.heavy", "must differ from cascade.light")
-            needs_model = self.cascade.router in (RouterKind.DISCRIMINATOR, RouterKind.HYBRID)
+            needs_model = self.cascade.router in DISCRIMINATOR_ROUTERS
             if needs_model and self.cascade.discriminator_model is None:
                 raise _at("cascade.discriminatorModel", f"the {self.cascade.router.value} router needs one")
             if self.multi_variant:
                 raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
         if self.name in self.depends_on:
             raise _at(f"dependsOn[{self.depends_on.index(self.name)}]", "a stage cannot depend on itself")
+        if self.option_count > lim.MAX_OPTIONS_PER_STAGE:
+            raise _at("variants", f"the stage declares {self.option_count} options (profile points, batchSizes x "
+                                  f"sponge.cpus, linearCapacity.cpus over its variants); at most "
+                                  f"{lim.MAX_OPTIONS_PER_STAGE} per stage")
+        for i, variant in enumerate(self.variants):
+            fit = variant.profile.sponge
+            if fit is None:
+                continue
+            for b, c in ((b, c) for b in self.batch_sizes for c in fit.cpus):
+                if fit.latency_ms(b, c) <= 0:
+                    raise _at(f"variants[{i}].profile.sponge",
+                              "the fit must give a positive latency at every batch size and listed core count; "
+                              f"it gives {fit.latency_ms(b, c):g} ms at batch {b}, {c:g} cores")
         return self
 
 
@@ -301,6 +392,10 @@ class ServingPipelineSpec(_Model):
         if cycle:
             first = names.index(cycle[0])
             raise _at(f"stages[{first}].dependsOn", "dependsOn forms a cycle: " + " -> ".join(cycle))
+        total = sum(s.option_count for s in self.stages)
+        if total > lim.MAX_OPTIONS_PER_PIPELINE:
+            raise _at("stages", f"the pipeline declares {total} options in all; "
+                                f"at most {lim.MAX_OPTIONS_PER_PIPELINE}")
         return self
 
 
@@ -377,17 +472,45 @@ def parse_pipeline(document: Mapping[str, Any]) -> ServingPipeline:
             subpath, message = message[1:].split("@ ", 1)
             path = f"{path}{'' if subpath.startswith('[') else '.'}{subpath}"
         raise SpecError(path, message) from None
+    except RecursionError:  # a self-referential structure (YAML aliases) that load_yaml_documents did not see
+        raise SpecError("<root>", "the document refers to itself") from None
+
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: faster, nesting <= 1000
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """The non-empty documents of a YAML text, bounded in size, nesting and alias expansion."""
+    if len(text) > lim.MAX_MANIFEST_BYTES:
+        raise SpecError("<yaml>", f"the text is larger than {lim.MAX_MANIFEST_BYTES} bytes")
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]  # noqa: S506 - a safe loader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SpecError("<yaml>", f"not valid YAML: {exc.problem or exc.context}{where}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError("<yaml>", f"not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise SpecError("<yaml>", "not valid YAML: nested too deeply") from None
+    try:
+        for doc in docs:
+            lim.check_expansion(doc)
+    except ValueError as exc:
+        raise SpecError("<yaml>", str(exc)) from None
+    return docs
+
+
+def pipeline_document(docs: list[Any]) -> Any:
+    """The first ServingPipeline among YAML documents (else the first document); SpecError if none."""
+    for doc in docs:
+        if isinstance(doc, Mapping) and doc.get("kind") == KIND:
+            return doc
+    if docs:
+        return docs[0]
+    raise SpecError("<root>", "the document is empty")
 
 
 def load_pipeline_text(text: str) -> ServingPipeline:
     """Parse the first ServingPipeline document of a YAML text."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError("<yaml>", f"not valid YAML: {exc}".splitlines()[0]) from None
-    for doc in docs:
-        if isinstance(doc, Mapping) and doc.get("kind") == KIND:
-            return parse_pipeline(doc)
-    if docs:
-        return parse_pipeline(docs[0])
-    raise SpecError("<root>", "the document is empty")
+    return parse_pipeline(pipeline_document(load_yaml_documents(text)))

@@ -1,22 +1,39 @@
-"""Turn per-stage choices into `StagePlan`s, and enumerate every valid choice of a stage.
+"""Turn per-stage choices into `StagePlan`s, enumerate every valid choice of a stage, and drop dominated ones.
 
 Both the MILP (when it decodes a solution) and the brute-force oracle (when it enumerates) go through
-these builders, so a stage's latency, load split and accuracy are computed one way only.
+these builders, so a stage's latency, load split and accuracy are computed one way only. The MILP also
+uses the exact reductions here (`pareto_pool`, `pareto_rows`): a choice that another choice matches or
+beats on every criterion the objective and the constraints can see is never needed. `pareto_front` is a
+sort and sweep, O(n log n) for up to three criteria.
 """
 
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from paretoserve.planner.evaluate import (
+    EPS,
+    allocation_price,
     batch_delay_ms,
+    changed,
     effective_capacity,
     fixed_pool_replicas,
+    load_times,
+    max_load_time,
+    pool_replicas_many,
     replicas_for,
     split_batch_delay_ms,
 )
-from paretoserve.planner.model import Allocation, Option, Problem, Stage, StagePlan
+from paretoserve.planner.model import Allocation, Deadline, Option, Problem, Stage, StagePlan
+
+CHECK_EVERY = 64
+"""Options between two looks at the deadline in the loops that scale with the option count."""
 
 
 def allowed_options(stage: Stage, variants: Sequence[str] | None = None) -> list[Option]:
@@ -163,3 +180,158 @@ def _enumerate_split(problem: Problem, stage: Stage) -> Iterator[StagePlan]:
             loads = fill_most_accurate_first(stage, chosen, problem)
             if loads is not None:
                 yield split_plan(stage, chosen, loads)
+
+
+# -- exact reductions ---------------------------------------------------------------------------------------
+
+
+def pareto_front(vectors: Sequence[Sequence[float]] | npt.NDArray[np.float64]) -> list[int]:
+    """Indices (ascending) of the vectors no other vector dominates (smaller is better in every coordinate);
+    of identical vectors only the first is kept.
+
+    Sort and sweep: in lexicographic order every dominating vector comes before the ones it dominates, so
+    each vector is compared only with the kept ones before it. Coordinates every vector shares are dropped
+    first (they decide nothing). With up to three left, the kept vectors form a staircase (second
+    coordinate ascending, third strictly descending) and one binary search decides: O(n log n) in all.
+    With more, the comparison with the kept vectors is one vectorised test per vector (O(n·k) numpy work,
+    k the front's size); the option caps keep n ≤ 2,048 per stage.
+    """
+    if not len(vectors):
+        return []
+    table = np.asarray(vectors, dtype=float).reshape(len(vectors), -1)
+    table = table[:, np.any(table != table[0], axis=0)]
+    order = np.lexsort((np.arange(len(table)), *table.T[::-1])).tolist()
+    kept: list[int] = []
+    if table.shape[1] <= 3:
+        padded = np.zeros((len(table), 3))
+        padded[:, :table.shape[1]] = table
+        second, third = padded[:, 1].tolist(), padded[:, 2].tolist()
+        xs: list[float] = []  # second coordinate, ascending
+        ys: list[float] = []  # third coordinate, strictly descending
+        for i in order:
+            a, b = second[i], third[i]
+            j = bisect_right(xs, a)
+            if j and ys[j - 1] <= b:  # an earlier vector is no worse anywhere
+                continue
+            kept.append(i)
+            lo = hi = bisect_left(xs, a)
+            while hi < len(xs) and ys[hi] >= b:
+                hi += 1
+            xs[lo:hi], ys[lo:hi] = [a], [b]
+        return sorted(kept)
+    front = np.empty_like(table)
+    size = 0
+    for i in order:
+        row = table[i]
+        if size and bool(np.any(np.all(front[:size] <= row, axis=1))):
+            continue
+        front[size] = row
+        size += 1
+        kept.append(i)
+    return sorted(kept)
+
+
+def fixed_changes(problem: Problem, stage: Stage, option: Option, replicas: int) -> bool:
+    """Whether running `replicas` of `option` changes what runs now (the loading-cost indicator)."""
+    alloc = Allocation(option.variant, option.batch, option.cpu, option.instances, replicas, 0.0, 0.0, 0.0)
+    return changed(problem, stage.name, alloc)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFacts:
+    """What `pareto_pool` needs of each option that does not depend on the pool's load (computed once for
+    the many light-model pools of a cascade)."""
+
+    options: list[Option]
+    capacity: npt.NDArray[np.float64]
+    """Effective capacity of one replica."""
+    latency: npt.NDArray[np.float64]
+    batch: npt.NDArray[np.int64]
+    per_replica: npt.NDArray[np.float64]
+    """Per option: price, cores and each budgeted GPU resource of one replica (0 where nothing weighs it)."""
+    fixed: npt.NDArray[np.float64]
+    """Per option: -accuracy (0 when unweighted) and the batch term (0 when unweighted)."""
+    load_time: dict[str, float]
+
+    @staticmethod
+    def of(problem: Problem, stage: Stage, options: list[Option]) -> PoolFacts:
+        obj = problem.objective
+        gpus = [name for name, _ in problem.budget.gpus]
+        per_replica = [
+            [allocation_price(problem, o, 1) if obj.cost > 0 else 0.0,
+             o.cpu if problem.budget.cpu is not None else 0.0,
+             *(dict(o.gpus).get(name, 0.0) for name in gpus)]
+            for o in options
+        ]
+        fixed = [[-o.accuracy if obj.accuracy > 0 else 0.0, float(o.batch) if obj.batch > 0 else 0.0]
+                 for o in options]
+        loading = obj.reconfiguration > 0 and max_load_time(problem) > EPS
+        return PoolFacts(
+            options,
+            np.array([effective_capacity(o, problem) for o in options], dtype=np.float64),
+            np.array([o.latency_ms for o in options], dtype=np.float64),
+            np.array([o.batch for o in options], dtype=np.int64),
+            np.asarray(per_replica, dtype=np.float64).reshape(len(options), 2 + len(gpus)),
+            np.asarray(fixed, dtype=np.float64).reshape(len(options), 2),
+            load_times(stage) if loading else {},
+        )
+
+
+def pareto_pool(problem: Problem, stage: Stage, options: list[Option], load_rps: float | None = None,
+                deadline: Deadline | None = None, facts: PoolFacts | None = None) -> list[tuple[Option, int]]:
+    """Options of a fixed-load pool (default load: the stage's) with their replicas, minus dominated ones.
+
+    An option is dropped when another is no worse on every criterion the program can see: accuracy (when
+    the objective weighs it), latency with the batch-formation wait, price (when cost is weighed), cores
+    (under a CPU budget), each budgeted GPU resource, the batch term and the loading-cost penalty (when
+    weighed): it can never be strictly better, whatever the other stages do. Ties keep the earlier option.
+    This keeps only the stage's Pareto front and is what makes IPA-size products fast.
+    """
+    load = stage.load_rps if load_rps is None else load_rps
+    facts = facts or PoolFacts.of(problem, stage, options)
+    if deadline is not None:
+        deadline.check(f"filtering the options of stage {stage.name!r}")
+    replicas = pool_replicas_many(stage, facts.capacity, load)
+    rows = np.flatnonzero(~np.isnan(replicas))
+    if not len(rows):
+        return []
+    n = replicas[rows]
+    waits = {b: batch_delay_ms(int(b), load, stage.max_queue_delay_ms) for b in np.unique(facts.batch[rows])}
+    latency = facts.latency[rows] + np.array([waits[b] for b in facts.batch[rows]])
+    penalty = np.zeros(len(rows))
+    if facts.load_time:
+        for i, k in enumerate(rows.tolist()):
+            option = facts.options[k]
+            if facts.load_time.get(option.variant) and fixed_changes(problem, stage, option, int(n[i])):
+                penalty[i] = facts.load_time[option.variant]
+    vectors = np.column_stack([facts.fixed[rows, 0], latency, facts.per_replica[rows] * n[:, None],
+                               facts.fixed[rows, 1], penalty])
+    return [(facts.options[rows[i]], int(n[i])) for i in pareto_front(vectors)]
+
+
+def pareto_rows(stage: Stage, heavy_options: list[Option], light_options: list[Option]) -> list[int]:
+    """Indices of cascade rows no other row dominates.
+
+    Row a dominates row b when it is at least as good in quality, defers no more traffic, leaves the light
+    model no more traffic (pre-routing), and makes no batch wait longer to form. A batch fills no faster
+    at a lower rate, so the last condition holds only between rows whose waits are equal (capped by the
+    max queue delay, or batch 1): rows are grouped by their waits, and each group is a three-criterion
+    front. Ties keep the earlier row.
+    """
+    cascade = stage.cascade
+    assert cascade is not None
+    heavy_batches = sorted({o.batch for o in heavy_options})
+    light_batches = sorted({o.batch for o in light_options})
+    groups: dict[tuple[float, ...], list[int]] = {}
+    vectors: list[tuple[float, ...]] = []
+    for j, row in enumerate(cascade.rows):
+        light = stage.load_rps * cascade.light_fraction(row)
+        waits = tuple(batch_delay_ms(b, stage.load_rps * row.heavy_fraction, stage.max_queue_delay_ms)
+                      for b in heavy_batches)
+        waits += tuple(batch_delay_ms(b, light, stage.max_queue_delay_ms) for b in light_batches)
+        groups.setdefault(waits, []).append(j)
+        vectors.append((-row.quality, row.heavy_fraction, light))
+    kept: list[int] = []
+    for members in groups.values():
+        kept += [members[i] for i in pareto_front([vectors[j] for j in members])]
+    return sorted(kept)

@@ -25,6 +25,15 @@ def validate(problem: Problem) -> None:
         raise ProblemError("the problem has no stages")
     if not (_finite(problem.slo_ms) and problem.slo_ms > 0):
         raise ProblemError(f"slo_ms must be a positive number, got {problem.slo_ms!r}")
+    if problem.drain_budget_ms is not None and not _finite(problem.drain_budget_ms):
+        raise ProblemError(f"drain_budget_ms must be a finite number, got {problem.drain_budget_ms!r}")
+    obj = problem.objective
+    weights = [obj.accuracy, obj.cost, obj.batch, obj.reconfiguration, *(p for _, p in obj.prices)]
+    if not all(_finite(w) and w >= 0 for w in weights):
+        raise ProblemError("objective weights and prices must be finite numbers >= 0")
+    budget = [*(() if problem.budget.cpu is None else (problem.budget.cpu,)), *(g for _, g in problem.budget.gpus)]
+    if not all(_finite(b) and b >= 0 for b in budget):
+        raise ProblemError("budgets must be finite numbers >= 0")
     names = [s.name for s in problem.stages]
     if len(set(names)) != len(names):
         raise ProblemError("stage names must be unique")
@@ -39,6 +48,8 @@ def validate(problem: Problem) -> None:
             raise ProblemError(f"{where}: load_rps must be >= 0, got {s.load_rps!r}")
         if s.min_replicas < 0 or s.max_replicas < 1 or s.min_replicas > s.max_replicas:
             raise ProblemError(f"{where}: need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
+        if not all(_finite(d) and d >= 0 for d in (s.max_queue_delay_ms, s.queue_delay_ms)):
+            raise ProblemError(f"{where}: max_queue_delay_ms and queue_delay_ms must be finite numbers >= 0")
         for o in s.options:
             if o.batch < 1 or o.instances < 1:
                 raise ProblemError(f"{where}: option {o.variant} needs batch >= 1 and instances >= 1")
@@ -46,8 +57,11 @@ def validate(problem: Problem) -> None:
                 raise ProblemError(f"{where}: option {o.variant} b={o.batch} needs latency_ms > 0")
             if not (_finite(o.capacity_rps) and o.capacity_rps >= 0):
                 raise ProblemError(f"{where}: option {o.variant} b={o.batch} needs capacity_rps >= 0")
-            if o.cpu < 0 or o.memory_gib < 0 or any(g < 0 for _, g in o.gpus):
-                raise ProblemError(f"{where}: option {o.variant} has negative resources")
+            amounts = [o.cpu, o.memory_gib, o.load_time_s, *(g for _, g in o.gpus)]
+            if not all(_finite(a) and a >= 0 for a in amounts):
+                raise ProblemError(f"{where}: option {o.variant} needs finite resources and load time >= 0")
+            if not _finite(o.accuracy):
+                raise ProblemError(f"{where}: option {o.variant} needs a finite accuracy")
             if product and not 0 <= o.accuracy <= 1:
                 raise ProblemError(
                     f"{where}: accuracy of {o.variant} is {o.accuracy}; the product aggregation needs "
@@ -61,6 +75,8 @@ def validate(problem: Problem) -> None:
             if not s.cascade.rows:
                 raise ProblemError(f"{where}: the cascade has no rows")
             for r in s.cascade.rows:
+                if not _finite(r.quality):
+                    raise ProblemError(f"{where}: cascade quality must be finite")
                 if not 0 <= r.heavy_fraction <= 1:
                     raise ProblemError(f"{where}: heavy_fraction must lie in [0, 1]")
                 if product and not 0 <= r.quality <= 1:

@@ -59,7 +59,9 @@ def pair_pipeline(light: str, heavy: str, rows: list[dict[str, str]], latency_s:
     # HADIS's router threshold is a percentile: the hardest `router_threshold` share of prompts goes straight
     # to the heavy model, so it is also the row's pre-routed share.
     cascade_rows = [{"threshold": float(r["discriminator_threshold"]), "heavyFraction": float(r["route_ratio_heavy"]),
-                     "quality": -float(r["fid"]), "promptThreshold": float(r["router_threshold"]),
+                     "quality": -float(r["fid"]),
+                     # only the prompt and hybrid routers take a prompt threshold (the sidecar refuses it otherwise)
+                     **({"promptThreshold": float(r["router_threshold"])} if router in ("prompt", "hybrid") else {}),
                      "preRoutedFraction": min(float(r["router_threshold"]), float(r["route_ratio_heavy"]))}
                     for r in rows if (r["light_model"], r["heavy_model"]) == (light, heavy)]
     return parse_pipeline({

@@ -18,6 +18,11 @@ Fields of `InvalidPipeline`:
 - ``server_path``: the more precise path the API server reports (CEL ``fieldPath``); defaults to ``path``.
 - ``rule``: for ``cel`` cases, the message of the CEL rule that fires.
 - ``base``: the example under ``manifests/examples/`` that is mutated.
+
+The list covers the security review's spec fuzz cases (Appendix A) that a manifest can carry, and every
+bound of the contract (string patterns and lengths, list and map sizes, numeric maxima, the planner's
+option-space caps, the router's cross-field rules). Cases that are not a manifest (invalid UTF-8, YAML
+nested 20,000 deep, a billion laughs, NaN) are tested on the YAML loader and the CLI (test_cli.py).
 """
 
 from __future__ import annotations
@@ -116,8 +121,48 @@ MIN_REPLICAS_LE_MAX = "bounds.minReplicas must be <= bounds.maxReplicas"
 MIN_CPU_LE_MAX = "bounds.minCpu must be <= bounds.maxCpu"
 PRE_ROUTED_LE_HEAVY = "rows[].preRoutedFraction must be <= rows[].heavyFraction"
 DISCRIMINATOR_MODEL = "cascade.discriminatorModel is required by the discriminator and hybrid routers"
+DISCRIMINATOR_MODEL_UNUSED = "cascade.discriminatorModel is used only by the discriminator and hybrid routers"
+PROMPT_THRESHOLD_NEEDED = "the prompt and hybrid routers need rows[].promptThreshold on every row"
+PROMPT_THRESHOLD_UNUSED = "rows[].promptThreshold is used only by the prompt and hybrid routers"
+STAGE_OPTIONS = ("the stage declares more than 2048 options (profile points, batchSizes x sponge.cpus, "
+                 "linearCapacity.cpus)")
+PIPELINE_OPTIONS = ("the pipeline declares more than 16384 options in all (profile points, batchSizes x "
+                    "sponge.cpus, linearCapacity.cpus)")
+SPONGE_POSITIVE = "a sponge profile must give a positive latency at every batch size and listed core count"
+LINEAR_POSITIVE = ("linearCapacity must give a positive throughput (slope x cores + intercept) at every listed "
+                   "core count")
+PRICE_KEYS = "prices keys must be cpu, memory or an extended-resource name like nvidia.com/gpu"
+GPU_KEYS = "gpus keys must be extended-resource names like nvidia.com/gpu (not cpu or memory)"
 
 SPONGE = {"gamma": 1.0, "delta": 2.0, "epsilon": 3.0, "eta": 4.0, "cpus": [1, 2]}
+
+def _sponge_stage(name: str, variants: int, cpus: int, batch_sizes: list[int]) -> dict[str, Any]:
+    fit = {"gamma": 40.0, "delta": 1.0, "epsilon": 60.0, "eta": 10.0, "cpus": [1 + i / 8 for i in range(cpus)]}
+    return {"name": name, "batchSizes": batch_sizes,
+            "variants": [{"name": f"v{i}", "tritonModel": f"m{i}", "accuracy": 0.9, "profile": {"sponge": fit}}
+                         for i in range(variants)]}
+
+
+def _stages(*stages: dict[str, Any]) -> Mutation:
+    """Replace the pipeline's stages (a fresh pipeline of independent stages)."""
+
+    def mutate(doc: Manifest) -> None:
+        doc["spec"]["stages"] = [copy.deepcopy(s) for s in stages]
+
+    return mutate
+
+
+def _points_variants(stage: str, variants: int, points: int) -> Mutation:
+    """Give the stage ``variants`` variants of ``points`` profile points each."""
+
+    def mutate(doc: Manifest) -> None:
+        node, last = _parent(doc, stage)
+        table = [{"batch": 1, "cpu": 1 + i / 4, "latencyMs": 100.0 / (1 + i / 4)} for i in range(points)]
+        node[last]["variants"] = [{"name": f"x{i}", "tritonModel": f"x{i}", "accuracy": 0.9,
+                                   "profile": {"points": table}} for i in range(variants)]
+
+    return mutate
+
 
 def _many(path: str, count: int) -> Mutation:
     """Replace the list at ``path`` by ``count`` renamed copies of its first element (no dependsOn in it)."""
@@ -241,5 +286,129 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
                     "spec.stages[0].multiVariant"),
     InvalidPipeline("65-stages", _many("spec.stages", 65), "spec.stages"),
     InvalidPipeline("17-variants", _many("spec.stages[0].variants", 17), "spec.stages[0].variants"),
+    # --- the security review's spec fuzz cases (Appendix A), as manifests --------------------------------
+    InvalidPipeline("10000-batch-sizes", set_("spec.stages[0].batchSizes", list(range(1, 10001))),
+                    "spec.stages[0].batchSizes"),
+    InvalidPipeline("batch-size-1e9", set_("spec.stages[0].batchSizes", [1, 10**9]), "spec.stages[0].batchSizes[1]"),
+    InvalidPipeline("513-points", set_("spec.stages[0].variants[0].profile.points",
+                                       [{"batch": 1, "latencyMs": 90 + i} for i in range(513)]),
+                    "spec.stages[0].variants[0].profile.points"),
+    InvalidPipeline("slo-boolean", set_("spec.slo.latencyMs", True), "spec.slo.latencyMs"),
+    InvalidPipeline("slo-1e308", set_("spec.slo.latencyMs", 1e308), "spec.slo.latencyMs"),
+    InvalidPipeline("unicode-stage-name", set_("spec.stages[6].name", "kritik\u00e9r"), "spec.stages[6].name"),
+    InvalidPipeline("stage-name-64-chars", set_("spec.stages[6].name", "c" * 64), "spec.stages[6].name"),
+    InvalidPipeline("accuracy-1e308", set_("spec.stages[0].variants[0].accuracy", 1e308),
+                    "spec.stages[0].variants[0].accuracy"),
+    InvalidPipeline("load-multiplier-1e308", set_("spec.stages[2].loadMultiplier", 1e308),
+                    "spec.stages[2].loadMultiplier"),
+    InvalidPipeline("throughput-1e308", set_("spec.stages[2].variants[0].profile.points[0].throughputRps", 1e308),
+                    "spec.stages[2].variants[0].profile.points[0].throughputRps"),
+    InvalidPipeline("solver-time-limit-600", set_("spec.adaptation.solverTimeLimitSeconds", 600),
+                    "spec.adaptation.solverTimeLimitSeconds"),
+    InvalidPipeline("prices-17-keys", set_("spec.objective.prices", {f"vendor{i}.com/gpu": 1.0 for i in range(17)}),
+                    "spec.objective.prices"),
+    InvalidPipeline("budget-gpus-17-keys", set_("spec.budget.gpus", {f"vendor{i}.com/gpu": 1 for i in range(17)}),
+                    "spec.budget.gpus"),
+    # F11: values the operator's renderer cannot turn into a pod (OverflowError before)
+    InvalidPipeline("max-queue-delay-1e306", set_("spec.stages[5].maxQueueDelayMs", 1e306),
+                    "spec.stages[5].maxQueueDelayMs"),
+    InvalidPipeline("cpu-1e308", set_("spec.stages[0].variants[0].resources.cpu", 1e308),
+                    "spec.stages[0].variants[0].resources.cpu"),
+    InvalidPipeline("memory-1e308", set_("spec.stages[0].variants[0].resources.memoryGib", 1e308),
+                    "spec.stages[0].variants[0].resources.memoryGib"),
+    # F12: accepted before, then unusable (variants silently dropped, wrong resources, a router that refuses)
+    InvalidPipeline("sponge-negative-coeffs",
+                    set_("spec.stages[0].variants[0].profile",
+                         {"sponge": {"gamma": -1.0, "delta": -2.0, "epsilon": -3.0, "eta": -4.0, "cpus": [1, 2]}}),
+                    "spec.stages[0]", "cel", "spec.stages[0].variants", SPONGE_POSITIVE),
+    InvalidPipeline("sponge-negative-at-one-corner",
+                    set_("spec.stages[0].variants[0].profile",
+                         {"sponge": {"gamma": 10.0, "delta": -30.0, "epsilon": 10.0, "eta": 100.0, "cpus": [1, 8]}}),
+                    "spec.stages[0]", "cel", "spec.stages[0].variants", SPONGE_POSITIVE),
+    InvalidPipeline("linear-negative-slope",
+                    set_("spec.stages[1].variants[0].profile",
+                         {"linearCapacity": {"slope": -9.5, "intercept": 10.0, "latencyMs": 300, "cpus": [1, 2]}}),
+                    "spec.stages[1].variants[0].profile.linearCapacity", "cel", rule=LINEAR_POSITIVE),
+    InvalidPipeline("gpu-fraction", set_("spec.stages[5].variants[0].resources.gpus", {"nvidia.com/gpu": 0.5}),
+                    "spec.stages[5].variants[0].resources.gpus.nvidia.com/gpu"),
+    InvalidPipeline("gpu-key-named-cpu", set_("spec.stages[5].variants[0].resources.gpus", {"cpu": 64, "memory": 0}),
+                    "spec.stages[5].variants[0].resources.gpus", "cel", rule=GPU_KEYS),
+    InvalidPipeline("cpu-zero", set_("spec.stages[0].variants[0].resources.cpu", 0),
+                    "spec.stages[0].variants[0].resources.cpu"),
+    InvalidPipeline("unicode-triton-model", set_("spec.stages[0].variants[0].tritonModel", "mod\u00e8le"),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("triton-model-traversal", set_("spec.stages[0].variants[0].tritonModel", "../../etc/passwd"),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("triton-model-flag-injection",
+                    set_("spec.stages[0].variants[0].tritonModel", "x --model-control-mode=poll"),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("triton-model-url-chars", set_("spec.stages[0].variants[0].tritonModel", "a?b#c/../d%2e"),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("dynamic-header-crlf", set_("spec.slo.dynamic", {"header": "X-Deadline\r\nInjected: 1"}),
+                    "spec.slo.dynamic.header"),
+    InvalidPipeline("dynamic-header-10k", set_("spec.slo.dynamic", {"header": "x" * 10000}), "spec.slo.dynamic.header"),
+    InvalidPipeline("cascade-prompt-no-prompt-threshold", set_(f"{ANSWER}.cascade.router", "prompt"),
+                    f"{ANSWER}.cascade.rows", "cel", f"{ANSWER}.cascade.rows", PROMPT_THRESHOLD_NEEDED),
+    InvalidPipeline("cascade-confidence-with-prompt-threshold", set_(f"{ANSWER}.cascade.rows[1].promptThreshold", 0.3),
+                    f"{ANSWER}.cascade.rows", "cel", f"{ANSWER}.cascade.rows", PROMPT_THRESHOLD_UNUSED),
+    # F8: the 65,536-option stage that hung the planner, and a pipeline above the total cap
+    InvalidPipeline("sponge-options-65536", _stages(_sponge_stage("big", 16, 128, list(range(1, 33)))),
+                    "spec.stages[0]", "cel", "spec.stages[0].variants", STAGE_OPTIONS),
+    InvalidPipeline("points-options-2560", _points_variants("spec.stages[0]", 5, 512),
+                    "spec.stages[0]", "cel", "spec.stages[0].variants", STAGE_OPTIONS),
+    InvalidPipeline("pipeline-options-18432", _stages(*(_sponge_stage(f"s{i}", 16, 128, [1]) for i in range(9))),
+                    "spec.stages", "cel", "spec.stages", PIPELINE_OPTIONS),
+    # F26 and the other maps: known resource names only, whole GPUs
+    InvalidPipeline("price-key-unknown", set_("spec.objective.prices.cpus", 1.0), "spec.objective.prices", "cel",
+                    rule=PRICE_KEYS),
+    InvalidPipeline("budget-gpus-key-cpu", set_("spec.budget.gpus", {"cpu": 8}), "spec.budget.gpus", "cel",
+                    rule=GPU_KEYS),
+    InvalidPipeline("budget-gpus-fraction", set_("spec.budget.gpus", {"nvidia.com/gpu": 7.5}),
+                    "spec.budget.gpus.nvidia.com/gpu"),
+    InvalidPipeline("gpus-per-replica-65", set_("spec.stages[5].variants[1].resources.gpus", {"nvidia.com/gpu": 65}),
+                    "spec.stages[5].variants[1].resources.gpus.nvidia.com/gpu"),
+    InvalidPipeline("price-above-max", set_("spec.objective.prices.memory", 2e6), "spec.objective.prices.memory"),
+    InvalidPipeline("cost-weight-above-max", set_("spec.objective.cost", 1e7), "spec.objective.cost"),
+    InvalidPipeline("budget-cpu-above-max", set_("spec.budget.cpu", 1e9), "spec.budget.cpu"),
+    # --- every other new bound ----------------------------------------------------------------------------
+    InvalidPipeline("discriminator-model-on-confidence-router",
+                    set_(f"{ANSWER}.cascade.discriminatorModel", "judge"), ANSWER, "cel",
+                    f"{ANSWER}.cascade.discriminatorModel", DISCRIMINATOR_MODEL_UNUSED),
+    InvalidPipeline("discriminator-model-bad-name", set_("spec.stages[0].cascade.discriminatorModel", "../judge"),
+                    "spec.stages[0].cascade.discriminatorModel", base="diffserve-cascade.yaml"),
+    InvalidPipeline("triton-model-65-chars", set_("spec.stages[0].variants[0].tritonModel", "m" * 65),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("triton-model-leading-dash", set_("spec.stages[0].variants[0].tritonModel", "-model"),
+                    "spec.stages[0].variants[0].tritonModel"),
+    InvalidPipeline("dynamic-header-upper-case", set_("spec.slo.dynamic", {"header": "X-Deadline-Ms"}),
+                    "spec.slo.dynamic.header"),
+    InvalidPipeline("empty-batch-sizes", set_("spec.stages[0].batchSizes", []), "spec.stages[0].batchSizes"),
+    InvalidPipeline("max-queue-delay-above-one-minute", set_("spec.stages[5].maxQueueDelayMs", 60001),
+                    "spec.stages[5].maxQueueDelayMs"),
+    InvalidPipeline("cpu-above-1024", set_("spec.stages[0].variants[0].resources.cpu", 1025),
+                    "spec.stages[0].variants[0].resources.cpu"),
+    InvalidPipeline("memory-above-16384", set_("spec.stages[5].variants[1].resources.memoryGib", 16385),
+                    "spec.stages[5].variants[1].resources.memoryGib"),
+    InvalidPipeline("point-cpu-above-1024", set_("spec.stages[0].variants[0].profile.points[0].cpu", 2048),
+                    "spec.stages[0].variants[0].profile.points[0].cpu"),
+    InvalidPipeline("point-latency-above-one-hour",
+                    set_("spec.stages[0].variants[0].profile.points[0].latencyMs", 3600001),
+                    "spec.stages[0].variants[0].profile.points[0].latencyMs"),
+    InvalidPipeline("sponge-coefficient-above-max",
+                    set_("spec.stages[0].variants[0].profile", {"sponge": {**SPONGE, "eta": 1e7}}),
+                    "spec.stages[0].variants[0].profile.sponge.eta"),
+    InvalidPipeline("sponge-cpus-above-1024",
+                    set_("spec.stages[0].variants[0].profile", {"sponge": {**SPONGE, "cpus": [1, 4096]}}),
+                    "spec.stages[0].variants[0].profile.sponge.cpus[1]"),
+    InvalidPipeline("linear-latency-above-one-hour",
+                    set_("spec.stages[1].variants[0].profile",
+                         {"linearCapacity": {"slope": 9.5, "intercept": 10.0, "latencyMs": 1e7, "cpus": [1, 2]}}),
+                    "spec.stages[1].variants[0].profile.linearCapacity.latencyMs"),
+    InvalidPipeline("row-quality-above-max", set_(f"{ANSWER}.cascade.rows[1].quality", 1e9),
+                    f"{ANSWER}.cascade.rows[1].quality"),
+    InvalidPipeline("load-time-above-one-hour", set_("spec.stages[5].variants[1].loadTimeSeconds", 3601),
+                    "spec.stages[5].variants[1].loadTimeSeconds"),
+    InvalidPipeline("max-cpu-above-1024", set_("spec.stages[0].bounds", {"maxCpu": 4096}),
+                    "spec.stages[0].bounds.maxCpu"),
 ]
 

@@ -108,3 +108,75 @@ def test_the_shell_names_every_benchmark_and_experiment_of_the_research_package(
 
     assert set(bench.NAMES) == set(BENCHMARKS)
     assert set(experiment.NAMES) == set(EXPERIMENTS)
+
+
+# -- hostile input: one line naming the option or the field, exit 2, never a traceback (F22) ------------------
+
+DYNAMIC = json.loads(json.dumps(PIPELINE))
+DYNAMIC["spec"]["slo"]["dynamic"] = {"safetyFraction": 0.1}
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--load", "nan"], "--load"),
+    (["--load", "inf"], "--load"),
+    (["--load", "-1"], "--load"),
+    (["--load", "1e308"], "--load"),
+    (["--load", "1", "--min-deadline-ms", "nan"], "--min-deadline-ms"),
+    (["--load", "1", "--min-deadline-ms", "inf"], "--min-deadline-ms"),
+    (["--load", "1", "--min-deadline-ms", "1.7e308"], "--min-deadline-ms"),
+    (["--load", "1", "--min-deadline-ms", "-5"], "--min-deadline-ms"),
+    (["--load", "1", "--min-deadline-ms=-1e9"], "--min-deadline-ms"),
+    (["--load", "1", "--time-limit", "-1"], "--time-limit"),
+    (["--load", "1", "--time-limit", "nan"], "--time-limit"),
+    (["--load", "1", "--time-limit", "0"], "--time-limit"),
+    (["--load", "1", "--time-limit", "1e9"], "--time-limit"),
+])
+def test_options_the_planner_cannot_honour_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], option: str
+) -> None:
+    assert main(["plan", write(tmp_path, DYNAMIC), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"paretoserve: error: {option}:"), err
+
+
+def test_a_deadline_for_a_pipeline_without_a_dynamic_slo_is_an_error_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", write(tmp_path, PIPELINE), "--load", "1", "--min-deadline-ms", "50"]) == 2
+    assert "spec.slo.dynamic" in capsys.readouterr().err
+    assert main(["plan", write(tmp_path, DYNAMIC), "--load", "1", "--min-deadline-ms", "150", "--json"]) == 0
+
+
+def _laughs() -> str:
+    text = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, 10):
+        text += f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"apiVersion: \xff\xfe paretoserve.io/v1alpha1\n", "not UTF-8"),
+    (("[" * 20000 + "]" * 20000).encode(), "<yaml>"),
+    (_laughs().encode(), "expands to more than"),
+    (b"&a [*a]\n", "nested more than"),
+    (b"", "empty"),
+    (b"- a\n- b\n", "must be a mapping"),
+    (b"spec: [unclosed\n", "not valid YAML"),
+    (b"#" * (3 * 1024 * 1024 + 1), "larger than"),
+])
+def test_hostile_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
+                                           says: str) -> None:
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    assert main(["plan", str(path), "--load", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and says in err[0], err
+
+
+def test_a_spec_the_planner_would_have_dropped_silently_is_refused(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(json.dumps(PIPELINE))
+    doc["spec"]["stages"][1]["variants"][0]["profile"] = {
+        "sponge": {"gamma": -1.0, "delta": -2.0, "epsilon": -3.0, "eta": -4.0, "cpus": [1, 2]}}
+    assert main(["plan", write(tmp_path, doc), "--load", "1"]) == 2
+    assert "spec.stages[1].variants[0].profile.sponge" in capsys.readouterr().err

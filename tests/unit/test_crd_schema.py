@@ -223,8 +223,9 @@ def test_cel_rules_are_well_formed() -> None:
                 assert step in target.get("properties", {}), f"{where}: fieldPath {rule['fieldPath']} not in schema"
                 target = target["properties"][step]
         # every variable the rule reads through self.<field> must be a declared property of the node
-        for field in re.findall(r"\bself\.(\w+)", rule["rule"]):
-            assert field in node["properties"], f"{where}: rule reads undeclared self.{field}"
+        # (self.all(...) on a map is a macro, not a field)
+        for field in re.findall(r"\bself\.(\w+)\b(?!\s*\()", rule["rule"]):
+            assert field in node.get("properties", {}), f"{where}: rule reads undeclared self.{field}"
 
 
 def test_cel_inputs_are_bounded() -> None:
@@ -245,7 +246,8 @@ def test_cel_inputs_are_bounded() -> None:
 # An entry that stops being a difference fails the test.
 CRD_ONLY_BOUNDS: dict[tuple[str, str], Any] = {}
 BOUND_KEYS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
-              "minItems", "maxItems")
+              "minItems", "maxItems", "minProperties", "maxProperties")
+LENGTH_KEYS = {"array": ("minItems", "maxItems"), "map": ("minProperties", "maxProperties")}
 
 
 def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
@@ -279,9 +281,9 @@ def _bounds(metadata: list[Any], kind: str) -> dict[str, Any]:
         elif isinstance(m, at.Le):
             out["maximum"] = m.le
         elif isinstance(m, at.MinLen):
-            out["minItems" if kind == "array" else "minLength"] = m.min_length
+            out[LENGTH_KEYS.get(kind, ("minLength",))[0]] = m.min_length
         elif isinstance(m, at.MaxLen):
-            out["maxItems" if kind == "array" else "maxLength"] = m.max_length
+            out[LENGTH_KEYS.get(kind, ("", "maxLength"))[1]] = m.max_length
         elif getattr(m, "pattern", None):
             out["pattern"] = m.pattern
     return out
@@ -343,7 +345,7 @@ class Mirror:
             if "items" in node:
                 self.value(node["items"], get_args(base)[0], [], f"{path}[]")
         elif origin is dict:
-            kind = "object"
+            kind = "map"
             self.type(node, "object", path)
             self.value(node.get("additionalProperties", {}), get_args(base)[1], [], f"{path}{{}}")
         elif isinstance(base, type) and issubclass(base, Enum):
@@ -391,6 +393,41 @@ def test_crd_mirrors_spec_py() -> None:
     mirror.model(SCHEMA["properties"]["spec"], specmod.ServingPipelineSpec, ".spec")
     assert mirror.problems == []
     assert mirror.used_crd_only == set(CRD_ONLY_BOUNDS), "stale CRD_ONLY_BOUNDS entries"
+
+
+def test_the_crd_carries_the_name_patterns_of_spec_py_character_for_character() -> None:
+    spec = SCHEMA["properties"]["spec"]["properties"]
+    stage = spec["stages"]["items"]["properties"]
+    assert stage["variants"]["items"]["properties"]["tritonModel"]["pattern"] == specmod.TRITON_MODEL_NAME
+    assert stage["cascade"]["properties"]["discriminatorModel"]["pattern"] == specmod.TRITON_MODEL_NAME
+    assert spec["slo"]["properties"]["dynamic"]["properties"]["header"]["pattern"] == specmod.DEADLINE_HEADER_NAME
+    key_rules = [(path, rule["rule"]) for path, _, rule in cel_rules() if "keys must be" in rule["message"]]
+    assert [path for path, _ in key_rules] == [".spec.objective.prices", ".spec.budget.gpus",
+                                               ".spec.stages[].variants[].resources.gpus"]
+    assert all(f".matches('{specmod.RESOURCE_NAME}')" in rule for _, rule in key_rules)
+    assert "k == 'cpu' || k == 'memory'" in key_rules[0][1]
+
+
+def test_the_option_caps_in_cel_are_spec_pys() -> None:
+    from paretoserve.planner import bounds
+
+    caps = {path: rule["rule"] for path, _, rule in cel_rules() if "options" in rule["message"]}
+    assert caps[".spec"].endswith(f".sum()).sum() <= {bounds.MAX_OPTIONS_PER_PIPELINE}")
+    assert caps[".spec.stages[]"].endswith(f".sum() <= {bounds.MAX_OPTIONS_PER_STAGE}")
+    # both count like Stage.option_count: points, batchSizes x sponge.cpus, linearCapacity.cpus
+    for rule in caps.values():
+        assert "size(v.profile.points)" in rule and "size(v.profile.sponge.cpus)" in rule
+        assert "size(v.profile.linearCapacity.cpus)" in rule
+
+
+def test_the_maps_are_bounded_and_gpus_are_whole() -> None:
+    spec = SCHEMA["properties"]["spec"]["properties"]
+    resources = spec["stages"]["items"]["properties"]["variants"]["items"]["properties"]["resources"]
+    for node in (spec["objective"]["properties"]["prices"], spec["budget"]["properties"]["gpus"],
+                 resources["properties"]["gpus"]):
+        assert node["maxProperties"] == 16
+    assert spec["budget"]["properties"]["gpus"]["additionalProperties"]["type"] == "integer"
+    assert resources["properties"]["gpus"]["additionalProperties"]["type"] == "integer"
 
 
 def test_root_requires_spec_and_keeps_status() -> None:
@@ -537,7 +574,7 @@ def test_diffserve_quality_curve() -> None:
 
 
 def test_enough_invalid_cases() -> None:
-    assert len(INVALID_PIPELINES) >= 15
+    assert len(INVALID_PIPELINES) >= 80
     ids = [c.id for c in INVALID_PIPELINES]
     assert len(ids) == len(set(ids))
     assert {c.layer for c in INVALID_PIPELINES} == {"schema", "cel", "parser"}
