@@ -77,6 +77,7 @@ class WorkerSettings:
     router_cpu: str = "500m"
     """The router costs ~0.35 ms of CPU per request: 500m carries ~1,400 requests/s per pod."""
     router_memory: str = "128Mi"
+    router_max_body_bytes: int = 4 * 1024 * 1024
     network_policies: bool = True
     """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
     client_peers: tuple[dict[str, Any], ...] = ()
@@ -164,6 +165,8 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                  "--admin-host=0.0.0.0", f"--admin-port={ROUTER_ADMIN_PORT}",
                  f"--admin-token-file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
                  f"--triton-url=http://127.0.0.1:{TRITON_HTTP_PORT}", f"--triton-grpc-url=127.0.0.1:{TRITON_GRPC_PORT}",
+                 # JSON decoding takes several times a body's size: 4 MiB fits the sidecar's memory limit
+                 f"--max-body-bytes={settings.router_max_body_bytes}",
                  "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json"],
         "ports": [{"name": "router", "containerPort": ROUTER_PORT},
                   {"name": "router-admin", "containerPort": ROUTER_ADMIN_PORT}],

@@ -168,4 +168,5 @@ def router_config(pipeline: str, spec: ServingPipelineSpec, upstreams: Mapping[s
         "stages": router_stages(spec, plan),
         "upstreams": {model: list(urls) for model, urls in upstreams.items()},
         "deadlineHeader": dynamic.header if dynamic is not None else DEFAULT_DEADLINE_HEADER,
+        "sloMs": spec.slo.latency_ms,  # the router caps client deadline headers at the SLO
     }

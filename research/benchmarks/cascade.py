@@ -5,13 +5,13 @@ requests the heavy model also serves at threshold ``t``, and the accuracy reache
 f(t), HADIS' Pareto rows). This benchmark measures that table with the real thing: a real Triton
 server serving ``tiny_linear`` (light), ``cnn_large`` (heavy) and the ``discriminator``, and the
 router itself (in process, over its real upstream transport), sweeping the threshold through
-``POST /admin/config`` exactly as the operator would. Every held-out image is classified at every
-threshold (batched requests, routed row by row), for three routers: ``confidence`` (defer when the
-light model's max softmax < t), ``discriminator`` (defer when 1 - P(light wrong) < t) and
-``hybrid`` (pre-route rows with request hardness >= 0.35 straight to the heavy model, the
-discriminator check on the rest). The all-light and all-heavy end points are measured through the
-router too. Each curve is cross-checked against the same decision recomputed offline from the
-models' raw outputs (``matches_offline``).
+``POST /admin/config`` (the admin app, with its bearer token) exactly as the operator would. Every
+held-out image is classified at every threshold (batched requests, routed row by row), for three
+routers: ``confidence`` (defer when the light model's max softmax < t), ``discriminator`` (defer
+when 1 - P(light wrong) < t) and ``hybrid`` (pre-route rows with request hardness >= 0.35 straight
+to the heavy model, the discriminator check on the rest). The all-light and all-heavy end points are
+measured through the router too. Each curve is cross-checked against the same decision recomputed
+offline from the models' raw outputs (``matches_offline``).
 
 Reported: the rows (threshold, heavyFraction, accuracy) per router, the best operating point --
 the smallest heavy fraction whose accuracy is within 0.5 percentage points of all-heavy -- the
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,10 +125,12 @@ async def _sweep(upstream: str, images: npt.NDArray[np.float32], labels: npt.NDA
     results: dict[str, Any] = {"routers": {}}
     offline: dict[str, npt.NDArray[Any]] = {}
     for name, raw in _configs(upstream).items():
-        app = build_router(parse_config(raw))
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://router", timeout=120.0
-        ) as client:
+        token = secrets.token_urlsafe(16)
+        apps = build_router(parse_config(raw), admin_token=token)
+        async with apps.running(), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=apps.data), base_url="http://router", timeout=120.0
+        ) as client, httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin), base_url="http://admin",
+                                       headers={"authorization": f"Bearer {token}"}) as admin:
             path = f"/v2/pipelines/{name}/infer"
             if name in ("light", "heavy"):
                 predicted, _ = await _classify(client, path, images)
@@ -140,8 +143,8 @@ async def _sweep(upstream: str, images: npt.NDArray[np.float32], labels: npt.NDA
                 continue
             rows = []
             for t in grid:
-                update = await client.post("/admin/config", json={"stages": [{"name": "classify",
-                                                                              "cascade": {"threshold": t}}]})
+                update = await admin.post("/admin/config", json={"stages": [{"name": "classify",
+                                                                             "cascade": {"threshold": t}}]})
                 update.raise_for_status()
                 predicted, heavy_rows = await _classify(client, path, images)
                 rows.append({"threshold": t, "heavyFraction": heavy_rows / len(images),

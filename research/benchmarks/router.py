@@ -190,9 +190,12 @@ def _percentiles(path: Path) -> tuple[float, float, int]:
 
 
 def _router_command(config: dict[str, Any], directory: Path, port: int) -> list[str]:
+    """The sidecar's command line as on a pod: the data listener on ``port``, the admin one on a free port
+    (its API stays off: no token file; nothing here needs it)."""
     path = directory / f"router-{port}.json"
     path.write_text(json.dumps(config))
-    return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port)]
+    return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port),
+            "--admin-port", str(_free_port())]
 
 
 def bench_router(quick: bool = False) -> dict[str, Any]:

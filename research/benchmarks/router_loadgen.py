@@ -17,7 +17,18 @@ Modes (``python -m paretoserve.research.benchmarks.router_loadgen MODE ...``):
 - ``closed --url URL --concurrency K --duration S --bodies FILE``: K clients back to back (maximum
   throughput); prints a JSON summary;
 - ``stub --port P --response FILE``: an upstream answering every request with one canned response,
-  to measure the router's own ceiling without the model server's cost.
+  to measure the router's own ceiling without the model server's cost;
+- ``stub --port P --control``: a scriptable fake Triton for hostile-input tests. It answers
+  ``/v2/models/{m}/infer`` by the behaviour last posted to ``/stub/behaviour/{m}`` (default: a
+  well-formed answer with as many rows as the request), and Triton's knob API
+  (``GET /v2/models/{m}/config``, ``POST /v2/repository/models/{m}/load``); ``GET /stub/log`` lists the
+  requests it received. A behaviour (JSON) is ``{"kind": "echo", ...}`` with optional
+  ``confidence``, ``rowsDelta`` (answer that many rows more or fewer), ``shapeRows`` (declare a
+  different row count than the data holds), ``drop`` (output names to leave out), ``datatypes``
+  (name -> declared datatype), ``strings`` (name of an output whose values become strings),
+  ``padBytes`` (an extra top-level field of that size), ``parameters`` (the answer's own
+  ``parameters``) and ``delayS``; or ``{"kind": "raw", "status": S, "body": TEXT}`` (any answer),
+  ``{"kind": "close"}`` (drop the connection) or ``{"kind": "garbage"}`` (not HTTP).
 """
 
 from __future__ import annotations
@@ -186,6 +197,37 @@ async def closed_loop(client: Client, concurrency: int, duration: float) -> dict
     return _summary(latencies, errors, time.perf_counter() - start)
 
 
+def _http(status: int, body: bytes) -> bytes:
+    reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}.get(status, b"X")
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status, reason, len(body), body)
+
+
+def _echo(request: dict[str, Any], behaviour: dict[str, Any]) -> bytes:
+    """A well-formed digits answer for the request's rows, bent by ``behaviour`` (see the module notes)."""
+    rows = max(0, int(request["inputs"][0]["shape"][0]) + int(behaviour.get("rowsDelta", 0)))
+    conf = float(behaviour.get("confidence", 0.9))
+    outputs: dict[str, tuple[int, list[Any], str]] = {
+        "PROBS": (10, [conf if k == 3 else (1 - conf) / 9 for _ in range(rows) for k in range(10)], "FP32"),
+        "CONFIDENCE": (1, [conf] * rows, "FP32"),
+        "LABEL": (1, [3] * rows, "INT64"),
+    }
+    declared_rows = int(behaviour.get("shapeRows", rows))
+    answer: dict[str, Any] = {"model_name": "stub", "model_version": "1", "outputs": []}
+    for name, (width, data, datatype) in outputs.items():
+        if name in behaviour.get("drop", ()):
+            continue
+        if name == behaviour.get("strings"):
+            data = [str(value) for value in data]
+        answer["outputs"].append({"name": name, "datatype": behaviour.get("datatypes", {}).get(name, datatype),
+                                  "shape": [declared_rows, width], "data": data})
+    if "parameters" in behaviour:
+        answer["parameters"] = behaviour["parameters"]
+    if behaviour.get("padBytes"):
+        answer["padding"] = "x" * int(behaviour["padBytes"])
+    return json.dumps(answer).encode()
+
+
 class _StubConnection(asyncio.Protocol):
     def __init__(self, response: bytes) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -207,12 +249,90 @@ class _StubConnection(asyncio.Protocol):
             self.transport.write(self.response)
 
 
-async def stub(port: int, body: bytes) -> None:
-    """Answer every request on ``port`` with ``body`` until SIGTERM/SIGINT."""
-    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
+class _ControlledStub(asyncio.Protocol):
+    """One connection of ``stub --control``: answers by the posted behaviours (shared ``state``)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.url, self.body = b"", []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        path = self.url.decode(errors="replace")
+        self.state["log"].append(f"{method} {path}")
+        body = b"".join(self.body)
+        parts = path.strip("/").split("/")
+        if method == "POST" and parts[:2] == ["stub", "behaviour"] and len(parts) == 3:
+            self.state["behaviours"][parts[2]] = json.loads(body)
+            self._send(_http(200, b"{}"))
+        elif method == "GET" and path == "/stub/log":
+            self._send(_http(200, json.dumps(self.state["log"]).encode()))
+        elif method == "GET" and len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "config":
+            config = {"name": parts[2], "max_batch_size": 32, "instance_group": [{"count": 1, "kind": "KIND_CPU"}]}
+            self._send(_http(200, json.dumps(config).encode()))
+        elif method == "POST" and parts[:3] == ["v2", "repository", "models"] and parts[-1] == "load":
+            self._send(_http(200, b"{}"))
+        elif method == "POST" and len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "infer":
+            self._infer(self.state["behaviours"].get(parts[2], {"kind": "echo"}), body)
+        else:
+            self._send(_http(404, b'{"error": "no such stub path"}'))
+
+    def _infer(self, behaviour: dict[str, Any], body: bytes) -> None:
+        kind = behaviour.get("kind", "echo")
+        if kind == "close":
+            if self.transport is not None:
+                self.transport.close()
+        elif kind == "garbage":
+            self._send(b"this is not HTTP\r\n\r\n", close=True)
+        elif kind == "raw":
+            self._send(_http(int(behaviour.get("status", 200)), str(behaviour.get("body", "")).encode()))
+        else:
+            answer = _http(200, _echo(json.loads(body), behaviour))
+            delay = float(behaviour.get("delayS", 0))
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._send, answer)
+            else:
+                self._send(answer)
+
+    def _send(self, data: bytes, close: bool = False) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if close:
+                self.transport.close()
+
+
+async def stub(port: int, body: bytes | None) -> None:
+    """Answer every request on ``port`` with ``body`` (``None``: the scriptable ``--control`` stub)
+    until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _StubConnection(response), "127.0.0.1", port, backlog=1024)
+    if body is None:
+        state: dict[str, Any] = {"behaviours": {}, "log": []}
+        server = await loop.create_server(lambda: _ControlledStub(state), "127.0.0.1", port, backlog=1024)
+    else:
+        response = _http(200, body)
+        server = await loop.create_server(lambda: _StubConnection(response), "127.0.0.1", port, backlog=1024)
     stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
@@ -248,10 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--concurrency", type=int, default=32)
     s = sub.add_parser("stub")
     s.add_argument("--port", type=int, required=True)
-    s.add_argument("--response", type=Path, required=True)
+    answer = s.add_mutually_exclusive_group(required=True)
+    answer.add_argument("--response", type=Path, help="answer every request with this body")
+    answer.add_argument("--control", action="store_true", help="the scriptable fake Triton (see the notes)")
     args = parser.parse_args(argv)
     if args.mode == "stub":
-        _run(stub(args.port, args.response.read_bytes()))
+        _run(stub(args.port, None if args.control else args.response.read_bytes()))
         return 0
     bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line.strip()]
     headers = dict(h.split(":", 1) for h in args.header)

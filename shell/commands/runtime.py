@@ -143,7 +143,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             startup_s = time.monotonic() - started
             spec = pipeline.spec
             target = Target(runtime.url, pipeline.metadata.name, spec.slo.latency_ms, int(spec.slo.percentile.value),
-                            spec.slo.dynamic.header if spec.slo.dynamic else None)
+                            spec.slo.dynamic.header if spec.slo.dynamic else None,
+                            f"{runtime.router_admin_url}/metrics" if runtime.router_admin_url else None)
             summary = run_and_report(target, replay, events=lambda: runtime.events, steps=lambda: runtime.steps,
                                      out_dir=Path(args.out) if args.out else None, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -201,7 +202,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         raise CliError(f"--url: no ready router at {args.url} ({type(exc).__name__}); start `paretoserve up`") from None
     target = Target(args.url, str(pipeline), float(slo_ms), int(info.get("percentile", 99)),
-                    info.get("deadlineHeader"))
+                    info.get("deadlineHeader"), info.get("routerMetricsUrl"))
 
     def events() -> list[Any]:
         return read_state(state_dir)[1] if (state_dir / "runtime.json").exists() else []

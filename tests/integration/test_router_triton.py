@@ -31,19 +31,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
 
 from paretoserve.workers.models import ModelCatalog, load_split, load_variant, predict
-from paretoserve.workers.router.app import build_router, router_service
+from paretoserve.workers.router.app import RouterApps, build_router
 from paretoserve.workers.router.config import LimitsConfig, RouterConfig, TimeoutConfig, parse_config
 from paretoserve.workers.router.errors import UpstreamTimeout, UpstreamUnavailable
 from paretoserve.workers.router.serve import ServerThread
 from paretoserve.workers.router.upstream import UpstreamPool
+from paretoserve.workers.router.worker_knobs import TritonTarget
 from paretoserve.workers.triton.control import TritonControl
 from paretoserve.workers.triton.repository import TritonModelSpec, write_repository
 from paretoserve.workers.triton.server import TritonInstallation, TritonServer, TritonServerConfig
 
 pytestmark = pytest.mark.triton
+TOKEN = "integration-token"
 
 ROWS = 96
 BATCH = 32
@@ -83,13 +84,16 @@ def config_for(url: str, *, top: dict[str, Any] | None = None, **stage: Any) -> 
 
 
 @asynccontextmanager
-async def routed(config: RouterConfig) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette, CollectorRegistry]]:
+async def routed(config: RouterConfig, triton: TritonTarget | None = None,
+                 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, RouterApps, CollectorRegistry]]:
+    """Data client, admin client (with the token), the apps and their registry."""
     registry = CollectorRegistry()
-    app = build_router(config, registry=registry)  # the real upstream transport
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://router", timeout=120.0
-    ) as client:
-        yield client, app, registry
+    apps = build_router(config, registry=registry, admin_token=TOKEN, triton=triton)  # the real upstream transport
+    async with apps.running(), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=apps.data), base_url="http://router", timeout=120.0
+    ) as client, httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin), base_url="http://admin",
+                                   timeout=180.0, headers={"authorization": f"Bearer {TOKEN}"}) as admin:
+        yield client, admin, apps, registry
 
 
 def body(images: npt.NDArray[np.float32], **extra: Any) -> dict[str, Any]:
@@ -117,7 +121,7 @@ async def test_confidence_cascade_splits_as_the_offline_confidences_say(
     triton_server: TritonServer, offline: Offline
 ) -> None:
     deferred = expected_split(offline.light_confidence, THRESHOLD)
-    async with routed(config_for(f"http://{triton_server.http_url}")) as (client, _, registry):
+    async with routed(config_for(f"http://{triton_server.http_url}")) as (client, _, _, registry):
         labels, routes = await classify(client, offline.images)
 
     assert routes == ["heavy" if d else "light" for d in deferred]
@@ -136,7 +140,7 @@ async def test_discriminator_cascade_splits_as_the_offline_discriminator_says(
                "discriminator": "discriminator"}
     control.load_model("discriminator")
     try:
-        async with routed(config_for(f"http://{triton_server.http_url}", cascade=cascade)) as (client, _, _):
+        async with routed(config_for(f"http://{triton_server.http_url}", cascade=cascade)) as (client, _, _, _):
             labels, routes = await classify(client, offline.images)
     finally:
         control.unload_model("discriminator")
@@ -147,14 +151,14 @@ async def test_discriminator_cascade_splits_as_the_offline_discriminator_says(
 
 async def test_live_threshold_update_changes_the_split(triton_server: TritonServer, offline: Offline) -> None:
     shares = []
-    async with routed(config_for(f"http://{triton_server.http_url}")) as (client, _, _):
+    async with routed(config_for(f"http://{triton_server.http_url}")) as (client, admin, _, _):
         for threshold in (0.5, 0.8, 0.97):
             update = {"stages": [{"name": "classify", "cascade": {"threshold": threshold}}]}
-            assert (await client.post("/admin/config", json=update)).status_code == 200
+            assert (await admin.post("/admin/config", json=update)).status_code == 200
             _, routes = await classify(client, offline.images)
             assert routes == ["heavy" if d else "light" for d in expected_split(offline.light_confidence, threshold)]
             shares.append(routes.count("heavy"))
-        refused = await client.post("/admin/config", json={"stages": [{"name": "classify",
+        refused = await admin.post("/admin/config", json={"stages": [{"name": "classify",
                                                                         "cascade": {"threshold": -1}}]})
 
     assert shares == sorted(shares) and shares[0] < shares[-1]
@@ -166,8 +170,8 @@ async def test_queued_calls_reach_triton_in_deadline_order(triton_server: Triton
                         top={"queue": {"concurrency": 1, "maxSize": 16}})
     budgets_ms = {"a": 50_000, "b": 10_000, "c": 40_000, "d": 20_000, "e": 30_000}
     finished: list[str] = []
-    async with routed(config) as (client, app, _):
-        admission = router_service(app).admission
+    async with routed(config) as (client, _, apps, _):
+        admission = apps.service.admission
         await admission.acquire(math.inf)  # hold the only upstream slot while the requests queue up
 
         async def send(name: str, budget_ms: int) -> httpx.Response:
@@ -213,7 +217,7 @@ async def test_killed_replica_unloaded_model_and_disabled_fallback(
                                                       f"http://{triton_server.http_url}")})
     images = offline.images[:4]
     outcomes: list[httpx.Response] = []
-    async with routed(config) as (client, _, registry):
+    async with routed(config) as (client, admin, _, registry):
 
         async def send(count: int) -> list[httpx.Response]:
             async def one(i: int) -> httpx.Response:
@@ -233,7 +237,7 @@ async def test_killed_replica_unloaded_model_and_disabled_fallback(
         control.unload_model("cnn_large")
         try:
             heavy_gone = await send(8)
-            update = await client.post("/admin/config", json={"fallback": {"heavyToLight": False}})
+            update = await admin.post("/admin/config", json={"fallback": {"heavyToLight": False}})
             assert update.status_code == 200
             no_fallback = await send(8)
         finally:
@@ -264,20 +268,31 @@ async def test_killed_replica_unloaded_model_and_disabled_fallback(
 
 def test_real_uvicorn_on_a_port(triton_server: TritonServer, offline: Offline) -> None:
     config = config_for(f"http://{triton_server.http_url}")
-    with ServerThread(build_router(config, registry=CollectorRegistry())) as server, \
-            httpx.Client(base_url=server.url, timeout=60.0) as client:
+    apps = build_router(config, registry=CollectorRegistry(), admin_token=TOKEN)
+    with ServerThread(apps) as server, httpx.Client(base_url=server.url, timeout=60.0) as client, \
+            httpx.Client(base_url=server.admin_url, timeout=60.0) as admin:
         ready = client.get("/v2/health/ready")
         answer = client.post("/v2/pipelines/digits/infer", json=body(offline.images[:3]),
                              headers={"x-paretoserve-deadline-ms": "30000"})
         proxied = client.post("/v2/models/tiny_linear/infer", json=body(offline.images[:3]))
-        metrics = client.get("/metrics").text
-        current = client.get("/admin/config").json()
+        not_here = client.get("/admin/config")
+        metrics = admin.get("/metrics").text
+        anonymous = admin.get("/admin/config")
+        current = admin.get("/admin/config", headers={"authorization": f"Bearer {TOKEN}"}).json()
 
     assert ready.status_code == 200
     assert answer.status_code == 200 and answer.json()["model_name"] == "digits"
     assert proxied.status_code == 200 and proxied.json()["model_name"] == "tiny_linear"
     assert 'paretoserve_pipeline_requests_total{pipeline="digits"} 1.0' in metrics
+    assert not_here.status_code == 404 and anonymous.status_code == 401
     assert current["pipeline"] == "digits"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class _Server:
@@ -337,11 +352,11 @@ async def test_worker_knobs_change_triton_instances_while_serving(triton_server:
                                                                    offline: Offline) -> None:
     """`POST /admin/worker` (what the operator sends each pod's sidecar) changes the real Triton's config."""
     base = f"http://{triton_server.http_url}"
-    async with routed(config_for(base)) as (client, _, _), httpx.AsyncClient(timeout=30) as triton:
+    target = TritonTarget(base, triton_server.grpc_url)  # the default: gRPC loads
+    async with routed(config_for(base), target) as (client, admin, _, _), httpx.AsyncClient(timeout=30) as triton:
         try:
-            knobs = {"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,  # the default: gRPC loads
-                     "models": {"tiny_linear": {"instanceCount": 2, "maxQueueDelayMicroseconds": 300}}}
-            answer = await client.post("/admin/worker", json=knobs, timeout=180)
+            knobs = {"models": {"tiny_linear": {"instanceCount": 2, "maxQueueDelayMicroseconds": 300}}}
+            answer = await admin.post("/admin/worker", json=knobs)
             assert answer.status_code == 200 and answer.json()["applied"] == ["tiny_linear"]
             config = (await triton.get(f"{base}/v2/models/tiny_linear/config")).json()
             assert config["instance_group"][0]["count"] == 2
@@ -349,9 +364,7 @@ async def test_worker_knobs_change_triton_instances_while_serving(triton_server:
             labels, _ = await classify(client, offline.images)  # still serving after the change
             assert len(labels) == len(offline.images)
         finally:
-            restore = {"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,
-                       "models": {"tiny_linear": {"instanceCount": 1}}}
-            await client.post("/admin/worker", json=restore, timeout=180)
+            await admin.post("/admin/worker", json={"models": {"tiny_linear": {"instanceCount": 1}}})
 
 
 async def test_sidecar_applies_its_configmap_knobs_at_start_and_on_change(triton_server: TritonServer,
@@ -364,8 +377,7 @@ async def test_sidecar_applies_its_configmap_knobs_at_start_and_on_change(triton
     knobs = tmp_path / "worker.json"
 
     def write(count: int) -> None:
-        knobs.write_text(json.dumps({"tritonUrl": base, "tritonGrpcUrl": triton_server.grpc_url,
-                                     "models": {"tiny_linear": {"instanceCount": count}}}))
+        knobs.write_text(json.dumps({"models": {"tiny_linear": {"instanceCount": count}}}))
 
     async def instances(triton: httpx.AsyncClient) -> int:
         count: int = (await triton.get(f"{base}/v2/models/tiny_linear/config")).json()["instance_group"][0]["count"]
@@ -378,10 +390,9 @@ async def test_sidecar_applies_its_configmap_knobs_at_start_and_on_change(triton
             await asyncio.sleep(0.5)
 
     write(2)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, admin_port = free_port(), free_port()
     command = [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(config), "--port", str(port),
+               "--admin-port", str(admin_port), "--triton-url", base, "--triton-grpc-url", triton_server.grpc_url,
                "--worker-knobs", str(knobs), "--log-level", "info"]
     log = (tmp_path / "router.log").open("wb")
     router = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

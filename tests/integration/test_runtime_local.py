@@ -3,7 +3,9 @@
 - `up --replay` on a one-variant pipeline whose profile says one Triton instance carries 8 requests/s: the
   replay offers 12/s, so the control loop must move from one instance to two *under load*; every request
   must succeed, and the run must leave no process behind.
-- `up` without a replay serves until SIGTERM, then stops Triton and the router; `load` drives it meanwhile.
+- `up` without a replay serves until SIGTERM, then stops Triton and the router; `load` drives it meanwhile;
+  the router's admin API is on its own loopback listener behind a token only `up` knows (a 0600 file in
+  the work directory), and the data port serves no admin endpoint.
 - `profile --write-pipeline` measures real points and writes a manifest that parses.
 
 The profile of the first pipeline is synthetic on purpose (the digits models serve hundreds of images per
@@ -132,6 +134,18 @@ def test_up_serves_until_sigterm_and_load_drives_it(tmp_path: Path, catalog: Mod
             time.sleep(0.2)
         info = json.loads(state.read_text())
         assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        admin = info["routerAdminUrl"]
+        assert admin.startswith("http://127.0.0.1:") and admin != url
+        assert httpx.get(f"{url}/admin/config", timeout=5).status_code == 404
+        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 404
+        assert httpx.get(f"{admin}/admin/config", timeout=5).status_code == 401
+        token_file = tmp_path / "w" / "router-admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert token not in state.read_text()
+        config = httpx.get(f"{admin}/admin/config", headers={"authorization": f"Bearer {token}"}, timeout=5)
+        assert config.status_code == 200 and config.json()["pipeline"] == "serve-test"
+        assert "paretoserve_pipeline_requests_total" in httpx.get(info["routerMetricsUrl"], timeout=5).text
         trace = write_trace(tmp_path / "t.tbz2", [5, 5, 5])
         loaded = subprocess.run(paretoserve("load", "--trace", str(trace), "--window", "0:3", "--scale", "1",
                                             "--url", url, "--out", str(tmp_path / "load"), "--json", "--no-progress"),

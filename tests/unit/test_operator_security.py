@@ -7,6 +7,7 @@ the recording FakeGateway with time and blocking driven explicitly (events, not 
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -26,6 +27,7 @@ from paretoserve.planner.spec import ServingPipeline, parse_pipeline
 
 from .test_cli import PIPELINE
 from .test_operator import OWNER, body, first_plan
+from .test_planner_limits import LARGEST
 
 PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
@@ -221,3 +223,40 @@ def _exposition(telemetry: Any) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(telemetry.REGISTRY).decode()
+
+
+EXTREMES = {  # every numeric bound at its maximum, on one variant: what the renderers must still express
+    "cpu": lambda v, s: v["resources"].update(cpu=1024),
+    "memory": lambda v, s: v["resources"].update(memoryGib=16384),
+    "gpus": lambda v, s: v["resources"].update(gpus={"nvidia.com/gpu": 64}),
+    "queue-delay": lambda v, s: s.update(maxQueueDelayMs=60000),
+    "instances": lambda v, s: s.setdefault("bounds", {}).update(maxReplicas=1000),
+}
+
+
+@pytest.mark.parametrize("case", [*LARGEST, *EXTREMES])
+def test_every_spec_the_schema_accepts_renders_objects_and_a_router_config_the_sidecar_accepts(case: str) -> None:
+    """A spec works end to end or is rejected: nothing accepted may crash the renderer or a sidecar."""
+    from paretoserve.planner.serialize import plan_from_json
+    from paretoserve.workers.router.config import parse_config
+
+    if case in LARGEST:
+        doc = json.loads(json.dumps(LARGEST[case]))
+    else:
+        doc = json.loads(json.dumps(PIPELINE))
+        stage = doc["spec"]["stages"][0]
+        variant = stage["variants"][1]
+        variant.setdefault("resources", {"cpu": 1})
+        EXTREMES[case](variant, stage)
+    doc["metadata"] = {"name": "big", "namespace": "ns1", "uid": "u"}
+    pipeline = parse_pipeline(doc)
+    status = pipeline_steps.reconcile(FakeGateway(), OperatorConfig(), {**doc, "status": {}}, pipeline,
+                                      now=0.0).status
+    plan = plan_from_json(status["plan"]) if status.get("plan") else None
+    objects = render_children(Owner("big", "ns1", "u"), pipeline.spec, plan, WorkerSettings(), admin_key=b"k")
+    for config_map in (o for o in objects if o["kind"] == "ConfigMap"):
+        parse_config(json.loads(config_map["data"]["router.json"]))
+        json.loads(config_map["data"]["worker.json"])
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert all(str(value) not in ("0", "0Mi", "0m") for value in limits.values()), limits

@@ -1,8 +1,9 @@
-"""The router app in process: ``httpx.ASGITransport`` in front, ``httpx.MockTransport`` upstreams behind.
+"""The router apps in process: ``httpx.ASGITransport`` in front, ``httpx.MockTransport`` upstreams behind.
 
 The fake model servers read their answers from the request itself: pixel 0 of each image is the
 light model's confidence, pixels 1 and 2 are the light and heavy models' labels (x10), pixel 3 is
-the discriminator's P(light wrong). So every routing decision is known in advance.
+the discriminator's P(light wrong). So every routing decision is known in advance. Each test gets a
+client for the data app and one for the admin app (with the token).
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
 
-from paretoserve.workers.router.app import build_router, router_service
+from paretoserve.workers.router.app import RouterApps, build_router
 from paretoserve.workers.router.config import parse_config
 from paretoserve.workers.router.edf import EdfAdmission
+from paretoserve.workers.router.limits import RequestLimits
 
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
 DEADLINE = "x-paretoserve-deadline-ms"
+TOKEN = "s3cret-token"
 
 
 class FakeTriton:
-    """Mock upstreams; ``modes[host]`` is ok | refuse | timeout | 500 | 404 | 400 | gate."""
+    """Mock upstreams; ``modes[host]`` is ok | refuse | timeout | 500 | 404 | 400 | gate, or a malformed answer:
+    short (a row fewer) | badshape (declared columns do not match the data) | strings | notjson | nooutputs |
+    huge (a 2 MiB padding field) | params (the answer's own ``parameters``) | leaky500 (a 500 naming a URL)."""
 
     def __init__(self) -> None:
         self.modes: dict[str, str] = {}
@@ -50,8 +54,16 @@ class FakeTriton:
             raise httpx.ReadTimeout("timed out", request=request)
         if mode in ("500", "404", "400"):
             return httpx.Response(int(mode), json={"error": f"{model} says {mode}"})
+        if mode == "leaky500":
+            return httpx.Response(500, json={"error": f"backend http://{host}/internal crashed"})
+        if mode == "notjson":
+            return httpx.Response(200, content=b"<html>oops</html>")
+        if mode == "nooutputs":
+            return httpx.Response(200, json={"model_name": model, "outputs": []})
         data = body["inputs"][0]["data"]
         images = [data[r * 64 : (r + 1) * 64] for r in range(rows)]
+        if mode != "ok":
+            return self._malformed(mode, model, images)
         if model == "judge":
             probs = [v for image in images for v in (1 - image[3], image[3])]
             return self._answer(model, rows, probs, [max(1 - i[3], i[3]) for i in images], [0] * rows, 2)
@@ -60,6 +72,25 @@ class FakeTriton:
         conf = [0.99 if heavy else image[0] for image in images]
         probs = [(c if k == label else (1 - c) / 9) for c, label in zip(conf, labels, strict=True) for k in range(10)]
         return self._answer(model, rows, probs, conf, labels, 10)
+
+    def _malformed(self, mode: str, model: str, images: list[list[float]]) -> httpx.Response:
+        rows = len(images)
+        conf = [image[0] for image in images]
+        labels = [round(image[1] * 10) for image in images]
+        probs = [c for c in conf for _ in range(10)]
+        if mode == "short":
+            return self._answer(model, rows - 1, probs[10:], conf[1:], labels[1:], 10)
+        answer = json.loads(self._answer(model, rows, probs, conf, labels, 10).content)
+        if mode == "badshape":
+            answer["outputs"][0]["shape"] = [rows, 3]
+        elif mode == "strings":
+            answer["outputs"][1]["data"] = [str(c) for c in conf]
+        elif mode == "huge":
+            answer["padding"] = "x" * (2 * 1024 * 1024)
+        elif mode == "params":
+            answer["parameters"] = {"secret": "from-upstream"}
+            answer["outputs"][0]["parameters"] = {"binary_data_size": 99}
+        return httpx.Response(200, json=answer)
 
     @staticmethod
     def _answer(model: str, rows: int, probs: list[float], conf: list[float], labels: list[int],
@@ -102,25 +133,37 @@ def direct_config(variants: dict[str, float], **extra: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def serving(raw: dict[str, Any], fake: FakeTriton) -> AsyncIterator[tuple[httpx.AsyncClient, CollectorRegistry]]:
+async def serving(raw: dict[str, Any], fake: FakeTriton, **options: Any,
+                  ) -> AsyncIterator[tuple[httpx.AsyncClient, CollectorRegistry]]:
+    """The data client and the registry; :func:`admin_of` gives the admin client, :func:`apps_of` the apps."""
     registry = CollectorRegistry()
-    app = build_router(parse_config(raw), transport=httpx.MockTransport(fake), registry=registry)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://router"
-    ) as client:
-        client.headers["x-test-app"] = str(id(app))
-        APPS[id(app)] = app
+    apps = build_router(parse_config(raw), transport=httpx.MockTransport(fake), registry=registry,
+                        admin_token=TOKEN, **options)
+    async with apps.running(), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=apps.data), base_url="http://router"
+    ) as client, httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin), base_url="http://admin",
+                                   headers={"authorization": f"Bearer {TOKEN}"}) as admin:
+        client.headers["x-test-app"] = str(id(apps))
+        APPS[id(apps)] = (apps, admin)
         try:
             yield client, registry
         finally:
-            APPS.pop(id(app), None)
+            APPS.pop(id(apps), None)
 
 
-APPS: dict[int, Starlette] = {}
+APPS: dict[int, tuple[RouterApps, httpx.AsyncClient]] = {}
+
+
+def apps_of(client: httpx.AsyncClient) -> RouterApps:
+    return APPS[int(client.headers["x-test-app"])][0]
+
+
+def admin_of(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return APPS[int(client.headers["x-test-app"])][1]
 
 
 def admission_of(client: httpx.AsyncClient) -> EdfAdmission:
-    return router_service(APPS[int(client.headers["x-test-app"])]).admission
+    return apps_of(client).service.admission
 
 
 def assert_includes(actual: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -304,8 +347,10 @@ async def test_an_input_the_model_rejects_is_not_retried_or_fallen_back() -> Non
     ("path", "headers", "body", "status", "reason"),
     [
         ("/v2/pipelines/digits/infer", {DEADLINE: "0"}, None, 504, "deadline_exceeded"),
-        ("/v2/pipelines/digits/infer", {DEADLINE: "-5"}, None, 504, "deadline_exceeded"),
+        ("/v2/pipelines/digits/infer", {DEADLINE: "-5"}, None, 400, "bad_request"),
         ("/v2/pipelines/digits/infer", {DEADLINE: "soon"}, None, 400, "bad_request"),
+        ("/v2/pipelines/digits/infer", {DEADLINE: "1_000"}, None, 400, "bad_request"),
+        ("/v2/pipelines/digits/infer", {DEADLINE: "1e308"}, None, 400, "bad_request"),
         ("/v2/pipelines/other/infer", {}, None, 404, "not_found"),
         ("/v2/pipelines/digits/infer", {}, b"{not json", 400, "bad_request"),
         ("/v2/pipelines/digits/infer", {}, b'{"inputs": []}', 400, "bad_request"),
@@ -367,15 +412,18 @@ async def test_transparent_proxy_streams_the_upstream_answer() -> None:
 async def test_admin_config_live_update_changes_the_split_atomically() -> None:
     fake = FakeTriton()
     rows = [image(0.95, 1, 1), image(0.5, 2, 7), image(0.85, 3, 3)]
-    async with serving(cascade_config("confidence", 0.8), fake) as (client, _):
+    raw = cascade_config("confidence", 0.8)
+    raw["upstreams"]["alt"] = [C]  # a configured origin: live updates may move models there
+    async with serving(raw, fake) as (client, _):
+        admin = admin_of(client)
         before = await client.post("/v2/pipelines/digits/infer", json=infer_body(*rows))
-        current = (await client.get("/admin/config")).json()
-        bad = await client.post("/admin/config", json={"stages": [{"name": "classify",
-                                                                    "cascade": {"threshold": 3}}]})
-        unchanged = (await client.get("/admin/config")).json()
-        good = await client.post("/admin/config", json={"stages": [{"name": "classify",
-                                                                     "cascade": {"threshold": 0.9}}],
-                                                         "upstreams": {"heavy": [C]}})
+        current = (await admin.get("/admin/config")).json()
+        bad = await admin.post("/admin/config", json={"stages": [{"name": "classify",
+                                                                   "cascade": {"threshold": 3}}]})
+        unchanged = (await admin.get("/admin/config")).json()
+        good = await admin.post("/admin/config", json={"stages": [{"name": "classify",
+                                                                    "cascade": {"threshold": 0.9}}],
+                                                        "upstreams": {"heavy": [C]}})
         after = await client.post("/v2/pipelines/digits/infer", json=infer_body(*rows))
 
     assert current["stages"][0]["cascade"]["threshold"] == 0.8
@@ -395,7 +443,7 @@ async def test_health_and_metrics_contract() -> None:
                           headers={DEADLINE: "60000"})
         ready = await client.get("/v2/health/ready")
         live = await client.get("/v2/health/live")
-        text = (await client.get("/metrics")).text
+        text = (await admin_of(client).get("/metrics", headers={"authorization": ""})).text  # no token needed
 
     assert ready.status_code == 200 and live.status_code == 200
     for name in ("paretoserve_pipeline_requests_total", "paretoserve_router_requests_total",
@@ -425,9 +473,9 @@ async def test_min_deadline_gauge_tracks_requests_in_flight() -> None:
 
 
 async def test_the_router_is_not_ready_before_its_lifespan() -> None:
-    app = build_router(parse_config(direct_config({"light": 1})), transport=httpx.MockTransport(FakeTriton()),
-                       registry=CollectorRegistry())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
+    apps = build_router(parse_config(direct_config({"light": 1})), transport=httpx.MockTransport(FakeTriton()),
+                        registry=CollectorRegistry())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.data), base_url="http://router") as client:
         ready = await client.get("/v2/health/ready")
         answer = await client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 1, 1)))
 
@@ -469,3 +517,196 @@ async def test_every_request_gets_an_answer_or_an_explicit_error() -> None:
     counted = sum(s.value for m in registry.collect() if m.name == "paretoserve_router_errors"
                   for s in m.samples if s.name.endswith("_total"))
     assert counted == len(errors)
+
+
+# --- hardening: malformed upstream answers, bad inputs, limits, deadlines, the admin listener ---------------
+
+
+@pytest.mark.parametrize(("mode", "light_status"), [
+    ("short", 502), ("badshape", 502), ("strings", 502), ("notjson", 502), ("nooutputs", 502), ("huge", 502),
+])
+async def test_a_malformed_answer_is_a_502_never_a_wrong_200(mode: str, light_status: int) -> None:
+    fake = FakeTriton()
+    fake.modes["10.0.0.2:8000"] = mode
+    for raw in (cascade_config("confidence", 0.8), direct_config({"light": 1})):
+        raw["upstreams"]["light"] = [B]
+        async with serving(raw, fake, limits=RequestLimits(max_upstream_bytes=1024 * 1024)) as (client, registry):
+            answer = await client.post("/v2/pipelines/digits/infer",
+                                       json=infer_body(image(0.95, 1, 1), image(0.2, 4, 9)))
+
+        assert (answer.status_code, answer.json()["reason"]) == (light_status, "upstream_error"), answer.text
+        assert answer.json()["model"] == "light" and "10.0.0" not in answer.text
+        assert sample(registry, "paretoserve_router_errors_total", stage="classify", reason="upstream_error") == 1
+
+
+async def test_the_heavy_model_answering_short_or_another_datatype_is_a_502() -> None:
+    for mode in ("short", "strings"):
+        fake = FakeTriton()
+        fake.modes["10.0.0.2:8000"] = mode
+        raw = cascade_config("confidence", 0.8)
+        raw["upstreams"]["heavy"] = [B]
+        async with serving(raw, fake) as (client, _):
+            answer = await client.post("/v2/pipelines/digits/infer",
+                                       json=infer_body(image(0.95, 1, 1), image(0.2, 4, 9)))
+        assert (answer.status_code, answer.json()["model"]) == (502, "heavy"), answer.text
+
+
+async def test_upstream_parameters_and_extra_fields_are_not_relayed() -> None:
+    fake = FakeTriton()
+    fake.modes["10.0.0.1:8000"] = "params"
+    async with serving(direct_config({"light": 1}), fake) as (client, _):
+        answer = await client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 3, 3), id="mine"))
+
+    body = answer.json()
+    assert answer.status_code == 200 and "secret" not in answer.text and "binary_data_size" not in answer.text
+    assert set(body) == {"id", "model_name", "outputs", "parameters"} and body["id"] == "mine"
+    assert all(set(t) == {"name", "datatype", "shape", "data"} for t in body["outputs"])
+
+
+async def test_upstream_addresses_never_reach_the_client() -> None:
+    fake = FakeTriton()
+    fake.modes["10.0.0.1:8000"] = "leaky500"
+    fake.modes["10.0.0.2:8000"] = "refuse"
+    raw = direct_config({"light": 1}) | {"upstreams": {"light": [A, B]}}
+    async with serving(raw, fake) as (client, _):
+        answer = await client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 3, 3)))
+
+    assert answer.status_code == 503 and answer.json()["reason"] == "upstream_unavailable"
+    assert "10.0.0" not in answer.text and "http://" not in answer.text
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2], 3, 4]}]}, "data"),
+    ({"inputs": [{"name": "IMAGE", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3]]}]}, "nesting"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]}, "number"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP32", "data": [True, 1]}]}, "number"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "INT32", "data": [1.5, 1]}]}, "int"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP128", "data": [1, 1]}]}, "datatype"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "data": [1, 1]}]}, "datatype"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "outputs": "LABEL"},
+     "outputs"),
+    ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": 5}, "id"),
+])
+async def test_malformed_inputs_are_a_400_naming_the_field(body: dict[str, Any], words: str) -> None:
+    async with serving(direct_config({"light": 1}), FakeTriton()) as (client, _):
+        answer = await client.post("/v2/pipelines/digits/infer", json=body)
+    assert (answer.status_code, answer.json()["reason"]) == (400, "bad_request")
+    assert words in answer.json()["error"]
+
+
+async def test_asking_for_an_output_the_model_lacks_is_a_400() -> None:
+    async with serving(cascade_config("confidence", 0.8), FakeTriton()) as (client, _):
+        answer = await client.post("/v2/pipelines/digits/infer",
+                                   json=infer_body(image(0.2, 1, 2), outputs=[{"name": "NOPE"}]))
+    assert answer.status_code == 400 and "no output 'NOPE'" in answer.json()["error"]
+
+
+async def test_body_limits() -> None:
+    """413 from Content-Length and while streaming; slow bodies are cut off below the app (the hostile suite)."""
+    limits = RequestLimits(max_body_bytes=1000)
+    body = json.dumps(infer_body(*[image(0.5, 1, 1)] * 4)).encode()
+    assert len(body) > 1000
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    async with serving(direct_config({"light": 1}), FakeTriton(), limits=limits) as (client, _):
+        declared = await client.post("/v2/pipelines/digits/infer", content=body)
+        streamed = await client.post("/v2/pipelines/digits/infer", content=chunks())
+        admin_big = await admin_of(client).post("/admin/config", content=b" " * (1024 * 1024 + 1))
+        small = await client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 1, 1)))
+
+    assert (declared.status_code, streamed.status_code, admin_big.status_code) == (413, 413, 413)
+    assert declared.headers["connection"] == "close" and declared.json()["reason"] == "payload_too_large"
+    assert small.status_code == 200
+
+
+async def test_a_deadline_counts_in_the_gauge_only_once_its_body_is_read() -> None:
+    fake = FakeTriton()
+    fake.modes["10.0.0.1:8000"] = "gate"
+    body = json.dumps(infer_body(image(0.5, 1, 1))).encode()
+    release = asyncio.Event()
+
+    async def held() -> AsyncIterator[bytes]:
+        yield body[:20]
+        await release.wait()
+        yield body[20:]
+
+    async with serving(direct_config({"light": 1}), fake) as (client, registry):
+        pending = asyncio.create_task(client.post("/v2/pipelines/digits/infer", content=held(),
+                                                  headers={DEADLINE: "60000"}))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        while_sending = registry.get_sample_value("paretoserve_router_min_deadline_remaining_ms",
+                                                  {"pipeline": "digits"})
+        release.set()
+        while admission_of(client).in_flight < 1:  # at the (gated) upstream
+            await asyncio.sleep(0)
+        while_served = sample(registry, "paretoserve_router_min_deadline_remaining_ms")
+        fake.gate.set()
+        assert (await pending).status_code == 200
+
+    assert while_sending is None
+    assert 0 < while_served <= 60000
+
+
+async def test_the_deadline_is_clamped_to_the_slo() -> None:
+    fake = FakeTriton()
+    fake.modes["10.0.0.1:8000"] = "gate"
+    async with serving(direct_config({"light": 1}, sloMs=500), fake) as (client, registry):
+        pending = asyncio.create_task(client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 1, 1)),
+                                                  headers={DEADLINE: "999999999.999"}))
+        while admission_of(client).in_flight < 1:
+            await asyncio.sleep(0)
+        remaining = sample(registry, "paretoserve_router_min_deadline_remaining_ms")
+        fake.gate.set()
+        await pending
+    assert 0 < remaining <= 500
+
+
+async def test_the_data_listener_has_no_admin_or_metrics_and_errors_are_json() -> None:
+    async with serving(direct_config({"light": 1}), FakeTriton()) as (client, _):
+        answers = [await client.request(method, path) for method, path in [
+            ("GET", "/admin/config"), ("POST", "/admin/config"), ("POST", "/admin/worker"), ("GET", "/metrics"),
+            ("GET", "/v2/pipelines/digits/infer"), ("PUT", "/v2/health/live"), ("GET", "/nope")]]
+    assert [a.status_code for a in answers] == [404, 404, 404, 404, 405, 405, 404]
+    assert all(a.headers["content-type"] == "application/json" and a.json()["error"] for a in answers)
+    assert answers[4].headers["allow"] == "POST"
+
+
+async def test_the_admin_api_needs_the_token() -> None:
+    async with serving(direct_config({"light": 1}), FakeTriton()) as (client, _):
+        admin = admin_of(client)
+        answers = {auth: await admin.get("/admin/config", headers={"authorization": auth}) for auth in
+                   ("", "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"bearer {TOKEN}")}
+        unauthenticated_post = await admin.post("/admin/worker", json={"models": {}}, headers={"authorization": ""})
+        metrics = await admin.get("/metrics", headers={"authorization": ""})
+
+    for auth, answer in answers.items():
+        expected = 200 if auth == f"bearer {TOKEN}" else 401
+        assert answer.status_code == expected, auth
+        if expected == 401:
+            assert answer.headers["www-authenticate"] == "Bearer" and answer.json()["reason"] == "unauthorized"
+    assert unauthenticated_post.status_code == 401 and metrics.status_code == 200
+
+
+async def test_without_a_token_the_admin_api_is_off() -> None:
+    apps = build_router(parse_config(direct_config({"light": 1})), transport=httpx.MockTransport(FakeTriton()),
+                        registry=CollectorRegistry())
+    async with apps.running(), httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin),
+                                                 base_url="http://admin") as admin:
+        config = await admin.get("/admin/config", headers={"authorization": "Bearer anything"})
+        metrics = await admin.get("/metrics")
+    assert config.status_code == 403 and "admin API disabled" in config.json()["error"]
+    assert metrics.status_code == 200
+
+
+@pytest.mark.parametrize("url", ["http://attacker.example:80", "ftp://10.0.0.1:8000", "http://u:p@10.0.0.1:8000",
+                                 "http://10.0.0.1:8000/?x=1", "http://10.0.0.1:8000#f", "http://", "http://10.0.0.1:9"])
+async def test_live_updates_cannot_point_a_model_at_a_new_host(url: str) -> None:
+    async with serving(direct_config({"light": 1}), FakeTriton()) as (client, _):
+        answer = await admin_of(client).post("/admin/config", json={"upstreams": {"light": [url]}})
+        current = (await admin_of(client).get("/admin/config")).json()
+    assert answer.status_code == 400 and answer.json()["field"] == "upstreams.light[0]"
+    assert current["upstreams"]["light"] == [A]

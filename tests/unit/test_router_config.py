@@ -11,7 +11,14 @@ import pytest
 
 from paretoserve.planner.spec import RouterKind
 from paretoserve.shell.main import main
-from paretoserve.workers.router.config import apply_update, config_to_json, load_config_text, parse_config
+from paretoserve.workers.router.config import (
+    apply_update,
+    config_to_json,
+    load_config_text,
+    origin,
+    origins,
+    parse_config,
+)
 from paretoserve.workers.router.errors import ConfigError
 
 UP = "http://127.0.0.1:8000"
@@ -119,7 +126,22 @@ _DELETE = object()
         ("upstreams.cnn_large", ["ftp://x"], "upstreams.cnn_large[0]", "http(s) base URL"),
         ("upstreams.cnn_large", ["http://h:notaport"], "upstreams.cnn_large[0]", "malformed port"),
         ("upstreams.cnn_large", _DELETE, "upstreams.cnn_large", "no upstream"),
+        ("upstreams.cnn_large", ["http://u:p@127.0.0.1:8000"], "upstreams.cnn_large[0]", "credentials"),
+        ("upstreams.cnn_large", ["http://127.0.0.1:8000/?"], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("upstreams.cnn_large", ["http://127.0.0.1:8000#x"], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("upstreams.cnn_large", ["http://127.0.0.1:8000/a b"], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("upstreams.cnn_large", ["http:///v2"], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("upstreams.cnn_large", ["http://127.0.0.1:8000\r\nX: y"], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("upstreams.cnn_large", [5], "upstreams.cnn_large[0]", "http(s) base URL"),
+        ("stages.0.variants", {"../etc": 1}, "stages[0].variants.../etc", "model names must match"),
+        ("stages.0.variants", {"-flag": 1}, "stages[0].variants.-flag", "model names must match"),
+        ("stages.0.variants", {"x" * 65: 1}, f"stages[0].variants.{'x' * 65}", "model names must match"),
         ("deadlineHeader", "X Deadline", "deadlineHeader", "must be a string"),
+        ("deadlineHeader", "x-deadline\r\ninjected: 1", "deadlineHeader", "must be a string"),
+        ("deadlineHeader", "x" * 65, "deadlineHeader", "must be a string"),
+        ("deadlineHeader", "-x", "deadlineHeader", "must be a string"),
+        ("sloMs", 0, "sloMs", "> 0"),
+        ("sloMs", "50", "sloMs", "must be a number"),
         ("queue.maxSize", 0, "queue.maxSize", "integer >= 1"),
         ("queue.concurrency", 1.5, "queue.concurrency", "integer >= 1"),
         ("queue.depth", 3, "queue.depth", "unknown field"),
@@ -187,6 +209,28 @@ def test_live_update_of_threshold_weights_upstreams_and_fallback() -> None:
     assert updated.upstreams["spare"] == (UP,)
     assert updated.fallback.heavy_to_light
     assert config == parse_config(full())  # the old config is untouched
+
+
+def test_live_updates_may_only_use_the_configured_origins() -> None:
+    config = parse_config(full())
+    allowed = origins(config)
+    assert allowed == {"http://127.0.0.1:8000", "http://127.0.0.1:8001"}
+
+    moved = apply_update(config, {"upstreams": {"cnn_large": ["http://127.0.0.1:8001/"]}}, allowed_origins=allowed)
+
+    assert moved.upstreams["cnn_large"] == ("http://127.0.0.1:8001",)
+    for url in ("http://attacker.example", "http://127.0.0.1:8002", "https://127.0.0.1:8000", "http://localhost:8000"):
+        with pytest.raises(ConfigError, match="not an upstream origin") as raised:
+            apply_update(config, {"upstreams": {"cnn_large": [UP, url]}}, allowed_origins=allowed)
+        assert raised.value.field == "upstreams.cnn_large[1]"
+    assert origin("HTTP://Example.COM/x") == "http://example.com:80" and origin("https://[::1]") == "https://[::1]:443"
+
+
+def test_slo_caps_round_trip() -> None:
+    config = parse_config({**full(), "sloMs": 50})
+    assert config.slo_ms == 50.0 and parse_config(config_to_json(config)) == config
+    with pytest.raises(ConfigError, match="cannot be changed live"):
+        apply_update(config, {"sloMs": 10})
 
 
 def test_live_update_can_drop_an_unused_upstream_but_not_a_used_one() -> None:

@@ -1,4 +1,5 @@
-"""The sidecar's Triton knobs: pure config override, validation, and the endpoint over a mock Triton."""
+"""The sidecar's Triton knobs: pure config override, validation (bounds, served models only, no URLs in the
+body), and the admin endpoint over a mock Triton."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ import httpx
 import pytest
 
 from paretoserve.workers.router.app import build_router
-from paretoserve.workers.router.config import parse_config
+from paretoserve.workers.router.config import local_models, parse_config
 from paretoserve.workers.router.errors import ConfigError, UpstreamUnavailable
-from paretoserve.workers.router.worker_knobs import Knobs, override_config, parse_knobs, watch_knobs_file
+from paretoserve.workers.router.worker_knobs import (
+    Knobs,
+    TritonTarget,
+    override_config,
+    parse_knobs,
+    watch_knobs_file,
+)
 
 CONFIG = {"instance_group": [{"count": 1, "kind": "KIND_CPU"}], "max_batch_size": 32,
           "dynamic_batching": {"max_queue_delay_microseconds": 100}}
@@ -31,14 +38,46 @@ def test_override_sets_instances_and_batching_and_leaves_the_rest() -> None:
 
 @pytest.mark.parametrize(("raw", "field"), [
     ({}, "models"),
+    ([], "models"),
     ({"models": {"m": {"instanceCount": 0}}}, "models.m.instanceCount"),
+    ({"models": {"m": {"instanceCount": 65}}}, "models.m.instanceCount"),
+    ({"models": {"m": {"instanceCount": 1_000_000}}}, "models.m.instanceCount"),
+    ({"models": {"m": {"instanceCount": "2"}}}, "models.m.instanceCount"),
+    ({"models": {"m": {"instanceCount": True}}}, "models.m.instanceCount"),
     ({"models": {"m": {}}}, "models.m.instanceCount"),
     ({"models": {"m": {"instanceCount": 1, "threads": 2}}}, "models.m.threads"),
+    ({"models": {"m": {"instanceCount": 1, "preferredBatchSize": 0}}}, "models.m.preferredBatchSize"),
+    ({"models": {"m": {"instanceCount": 1, "preferredBatchSize": 4097}}}, "models.m.preferredBatchSize"),
+    ({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": -1}}}, "models.m.maxQueueDelayMicroseconds"),
+    ({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": 60_000_001}}},
+     "models.m.maxQueueDelayMicroseconds"),
+    ({"models": {}, "tritonUrl": "http://127.0.0.1:18011"}, "tritonUrl"),
+    ({"models": {}, "tritonGrpcUrl": "127.0.0.1:1"}, "tritonGrpcUrl"),
+    ({"models": {}, "loadProtocol": "http"}, "loadProtocol"),
+    ({"models": {"../../repository/index?x=": {"instanceCount": 1}}}, "models"),
+    ({"models": {"a/b": {"instanceCount": 1}}}, "models"),
+    ({"models": {"x" * 65: {"instanceCount": 1}}}, "models"),
+    ({"models": {"other": {"instanceCount": 1}}}, "models.other"),
 ])
 def test_bad_knobs_name_the_field(raw: object, field: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_knobs(raw)
-    assert str(info.value).startswith(field)
+        parse_knobs(raw, served={"m"})
+    assert info.value.field == field
+
+
+def test_knobs_at_their_bounds_are_accepted() -> None:
+    knobs = parse_knobs({"models": {"m": {"instanceCount": 64, "preferredBatchSize": 4096,
+                                          "maxQueueDelayMicroseconds": 60_000_000}}}, served={"m"})
+    assert knobs == {"m": Knobs(64, 4096, 60_000_000)}
+    assert parse_knobs({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": 0}}})["m"].instance_count == 1
+
+
+def test_local_models_are_those_served_from_the_pods_own_triton() -> None:
+    config = parse_config({"pipeline": "p", "stages": [{"name": "s", "variants": {"a": 1, "b": 1, "c": 1}}],
+                           "upstreams": {"a": ["http://127.0.0.1:8000"], "b": ["http://127.0.0.1:8000/"],
+                                         "c": ["http://p-s-c.ns.svc:8000"]}})
+    assert local_models(config, "http://127.0.0.1:8000") == {"a", "b"}
+    assert local_models(config, "http://127.0.0.1:9000") == set()
 
 
 async def test_endpoint_loads_a_config_override_only_when_something_changes() -> None:
@@ -55,21 +94,27 @@ async def test_endpoint_loads_a_config_override_only_when_something_changes() ->
             return httpx.Response(200, json={})
         return httpx.Response(404)
 
-    config = parse_config({"pipeline": "p", "stages": [{"name": "s", "variants": {"m": 1}}],
-                           "upstreams": {"m": ["http://127.0.0.1:8000"]}})
-    app = build_router(config, transport=httpx.MockTransport(triton))
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client):
-        knobs = {"loadProtocol": "http", "models": {"m": {"instanceCount": 2, "maxQueueDelayMicroseconds": 200}}}
+    config = parse_config({"pipeline": "p", "stages": [{"name": "s", "variants": {"m": 1, "far": 1}}],
+                           "upstreams": {"m": ["http://127.0.0.1:8000"], "far": ["http://10.0.0.9:8000"]}})
+    apps = build_router(config, transport=httpx.MockTransport(triton), admin_token="t",
+                        triton=TritonTarget("http://127.0.0.1:8000", load_protocol="http"))
+    async with (apps.running(),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin), base_url="http://router",
+                                  headers={"authorization": "Bearer t"}) as client):
+        knobs = {"models": {"m": {"instanceCount": 2, "maxQueueDelayMicroseconds": 200}}}
         first = await client.post("/admin/worker", json=knobs)
         second = await client.post("/admin/worker", json=knobs)
         bad = await client.post("/admin/worker", json={"models": {"m": {"instanceCount": -1}}})
-        bad_protocol = await client.post("/admin/worker", json={"loadProtocol": "ftp", "models": {}})
+        with_url = await client.post("/admin/worker", json={"tritonUrl": "http://10.0.0.9:8000", "models": {}})
+        remote = await client.post("/admin/worker", json={"models": {"far": {"instanceCount": 1}}})
+        anonymous = await client.post("/admin/worker", json=knobs, headers={"authorization": "Bearer wrong"})
     assert first.json() == {"applied": ["m"], "unchanged": []}
     assert second.json() == {"applied": [], "unchanged": ["m"]}
     assert len(loads) == 1 and loads[0]["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     assert bad.status_code == 400 and "models.m.instanceCount" in bad.text
-    assert bad_protocol.status_code == 400 and "loadProtocol" in bad_protocol.text
+    assert with_url.status_code == 400 and with_url.json()["field"] == "tritonUrl"
+    assert remote.status_code == 400 and remote.json()["field"] == "models.far"
+    assert anonymous.status_code == 401 and len(loads) == 1
 
 
 async def test_knobs_file_is_applied_at_start_retried_until_triton_answers_and_reapplied_on_change(

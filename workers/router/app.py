@@ -1,25 +1,26 @@
-"""The router sidecar's ASGI app: KServe v2 endpoints, admin config, metrics, one error boundary.
+"""The router sidecar's two ASGI apps: the data plane (KServe v2) and the admin API, one error boundary.
 
-``build_router(config)`` returns a Starlette app whose lifespan owns the upstream clients (one
-``httpx.AsyncClient`` per replica, see :mod:`.upstream`); tests pass ``transport=`` (e.g. an
-``httpx.MockTransport``) and ``registry=`` (a fresh ``CollectorRegistry``) and drive the app with
-``httpx.ASGITransport`` inside ``app.router.lifespan_context(app)``. Endpoints:
+Anyone who can reach a pipeline may send it inference requests; only the operator (and the local
+runtime) may change how the router routes or what its Triton runs. So the router serves two apps on
+two listeners (:mod:`.serve`), and a path of one app does not exist on the other:
 
-- ``POST /v2/pipelines/{pipeline}/infer``: the pipeline (:mod:`.pipeline`);
-- ``POST /v2/models/{model}/infer``: transparent, streamed proxy to the model's replicas (same EDF
-  queue and deadline; the upstream's answer is passed on whatever its status);
-- ``GET /v2/health/ready`` (200 once the clients are open), ``GET /v2/health/live``;
-- ``GET /metrics``: Prometheus text of the injected registry (:mod:`.metrics`);
-- ``GET /admin/config``: the live config; ``POST /admin/config``: a partial update of thresholds,
-  weights, upstreams or fallback flags, validated as a whole and swapped in atomically (one
-  assignment, no ``await`` between validation and swap), answering the new config, or 400 naming
-  the field;
-- ``POST /admin/worker``: the plan's Triton knobs (instance count, dynamic batching) for this pod's
-  own Triton, applied through the repository load API (:mod:`.worker_knobs`). With ``knobs_file``
-  the same body is also read from a file (the pod's ConfigMap) at start and whenever it changes.
+- **data** (``--host/--port``): ``POST /v2/pipelines/{pipeline}/infer`` (the pipeline,
+  :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent, streamed proxy to the model's
+  replicas, same EDF queue and deadline; the upstream's answer is passed on whatever its status),
+  ``GET /v2/health/ready`` (200 once the clients are open) and ``GET /v2/health/live``;
+- **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
+  (bearer token, :mod:`.admin`) and ``GET /metrics``.
 
-Every :class:`~.errors.RouterError` becomes its HTTP status and JSON body in one handler, which
-also counts it; anything else is a bug, answered 500 and logged with its traceback.
+``build_router(config)`` returns both (:class:`RouterApps`) around one :class:`RouterService`, whose
+upstream clients live while :meth:`RouterService.running` is entered (the data app's lifespan). Tests
+pass ``transport=`` (e.g. an ``httpx.MockTransport``) and ``registry=`` (a fresh ``CollectorRegistry``)
+and drive the apps with ``httpx.ASGITransport`` inside ``apps.running()``.
+
+Request bodies are read within the limits of :mod:`.limits`; a request's deadline is registered (and
+so shows in the deadline gauge the operator plans with) only once its body has been read and parsed.
+Every :class:`~.errors.RouterError`, and every unknown path or method, becomes its HTTP status and JSON
+body in one boundary, which also counts data-plane errors; anything else is a bug, answered 500 and
+logged with its traceback. Upstream addresses are logged, never sent to a client.
 """
 
 from __future__ import annotations
@@ -30,33 +31,42 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 import httpx
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from paretoserve.workers.router.config import RouterConfig, apply_update, config_to_json
+from paretoserve.workers.router.admin import build_admin_app
+from paretoserve.workers.router.config import RouterConfig, apply_update, local_models, origin, origins
 from paretoserve.workers.router.decisions import Route as RowRoute
 from paretoserve.workers.router.edf import ActiveDeadlines, Clock, EdfAdmission
-from paretoserve.workers.router.errors import BadRequest, ConfigError, NotFound, QueueFull, RouterError
+from paretoserve.workers.router.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    RouterError,
+    UpstreamError,
+)
+from paretoserve.workers.router.limits import RequestLimits, parse_deadline_ms, read_body
 from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
-from paretoserve.workers.router.protocol import decode_object, parse_infer_request
+from paretoserve.workers.router.protocol import JSON, json_response, parse_infer_request
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
-from paretoserve.workers.router.worker_knobs import apply_knobs, grpc_loader, parse_knobs, watch_knobs_file
+from paretoserve.workers.router.worker_knobs import KnobsApplier, TritonTarget, watch_knobs_file
 
 logger = logging.getLogger(__name__)
 
-_JSON = "application/json"
 _PROXY_RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "inference-header-content-length")
 
 
@@ -81,17 +91,8 @@ class State(TypedDict):
     service: RouterService
 
 
-def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON, headers=headers)
-
-
-DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
-"""The pod's own Triton (the sidecar shares the pod's network namespace)."""
-DEFAULT_TRITON_GRPC = "127.0.0.1:8001"
-
-
 class RouterService:
-    """The router's state and endpoints; its upstream clients live while :meth:`running` is entered."""
+    """The router's state and data endpoints; its upstream clients live while :meth:`running` is entered."""
 
     def __init__(
         self,
@@ -102,13 +103,20 @@ class RouterService:
         clock: Clock = time.monotonic,
         knobs_file: Path | None = None,
         knobs_poll_s: float = 5.0,
+        limits: RequestLimits | None = None,
+        triton: TritonTarget | None = None,
     ) -> None:
         self._config = config
+        self.limits = limits or RequestLimits()
+        self.triton = triton or TritonTarget()
         self._transport = transport
         self._knobs_file = knobs_file
         self._knobs_poll_s = knobs_poll_s
-        self._knobs_lock = asyncio.Lock()
         self._clock = clock
+        self.allowed_origins = origins(config) | {origin(self.triton.url)}
+        """Where live updates may point upstreams: the config file's origins and the pod's Triton."""
+        self.knobs = KnobsApplier(self.triton, lambda: local_models(self._config, self.triton.url),
+                                  transport=transport)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.admission = EdfAdmission(
             concurrency=config.queue.concurrency, max_size=config.queue.max_size, clock=clock
@@ -139,11 +147,11 @@ class RouterService:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Open the upstream clients for the block (the app's lifespan enters this)."""
+        """Open the upstream clients for the block (the data app's lifespan enters this)."""
         config = self._config
         pool = UpstreamPool(
             config.upstreams, timeouts=config.timeouts, limits=config.limits, transport_kind=config.transport,
-            transport=self._transport,
+            transport=self._transport, max_response_bytes=self.limits.max_upstream_bytes,
             on_failure=lambda model, _url, error: self.metrics.upstream_failure(model, error.reason),
         )
         async with pool:
@@ -151,7 +159,7 @@ class RouterService:
             self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock)
             watch = None
             if self._knobs_file is not None:
-                watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.apply_worker, self._knobs_poll_s))
+                watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.knobs.apply, self._knobs_poll_s))
             try:
                 yield
             finally:
@@ -161,23 +169,31 @@ class RouterService:
                         await watch
                 self._pool = self._runner = None
 
-    def _deadline(self, request: Request, config: RouterConfig, now: float) -> float:
-        raw = request.headers.get(config.deadline_header)
-        if raw is None:
-            default = config.timeouts.default_deadline_ms
-            return now + default / 1000.0 if default is not None else math.inf
-        try:
-            budget_ms = float(raw)
-        except ValueError:
-            budget_ms = math.nan
-        if not math.isfinite(budget_ms):
-            raise BadRequest(f"header {config.deadline_header}: must be a number of milliseconds, got {raw!r}")
-        return now + budget_ms / 1000.0
+    def _budget_ms(self, request: Request, config: RouterConfig) -> float | None:
+        """The request's time budget: its deadline header (strict, clamped), else the config's default."""
+        values = request.headers.getlist(config.deadline_header)
+        if not values:
+            return config.timeouts.default_deadline_ms
+        if len(values) > 1:
+            raise BadRequest(f"header {config.deadline_header}: given {len(values)} times")
+        return parse_deadline_ms(values[0], config.deadline_header, config.slo_ms or self.limits.max_deadline_ms)
 
-    def _require_running(self) -> tuple[UpstreamPool, PipelineRunner]:
+    async def _body(self, request: Request) -> bytes:
+        return await read_body(request, self.limits.max_body_bytes)
+
+    def require_running(self) -> tuple[UpstreamPool, PipelineRunner]:
         if self._pool is None or self._runner is None:
             raise RouterError("the router is not started", status=503)
         return self._pool, self._runner
+
+    def update_config(self, patch: object) -> RouterConfig:
+        """Apply a live update (validated as a whole, upstreams only to known origins) and swap it in."""
+        pool, _ = self.require_running()
+        updated = apply_update(self._config, patch, allowed_origins=self.allowed_origins)
+        pool.update(updated.upstreams)
+        self._config = updated  # one assignment, no await since validation: requests see old or new
+        self._initialise_series(updated)
+        return updated
 
     # --- inference ---------------------------------------------------------------------------
 
@@ -187,15 +203,16 @@ class RouterService:
         token: int | None = None
         try:
             config = self._config
-            _, runner = self._require_running()
+            _, runner = self.require_running()
             if request.path_params["pipeline"] != config.pipeline:
                 raise NotFound(f"no pipeline {request.path_params['pipeline']!r} here (this is {config.pipeline!r})")
-            deadline = self._deadline(request, config, started)
-            token = self.active.add(deadline)
-            infer = parse_infer_request(await request.body())
+            budget_ms = self._budget_ms(request, config)
+            infer = parse_infer_request(await self._body(request))
+            deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
+            token = self.active.add(deadline)  # only now: a client still sending cannot move the gauge
             request_id = infer.request_id() or request.headers.get("x-request-id") or f"auto-{next(self._ids)}"
             answer = await runner.run(config, infer, request_id=request_id, deadline=deadline)
-            return Response(orjson.dumps(answer), media_type=_JSON)
+            return Response(orjson.dumps(answer), media_type=JSON)
         finally:
             if token is not None:
                 self.active.remove(token)
@@ -206,13 +223,14 @@ class RouterService:
         model = request.path_params["model"]
         config = self._config
         try:
-            pool, _ = self._require_running()
+            pool, _ = self.require_running()
             if model not in config.upstreams:
                 raise NotFound(f"no upstream serves model {model!r}")
-            deadline = self._deadline(request, config, started)
-            body = await request.body()
+            budget_ms = self._budget_ms(request, config)
+            body = await self._body(request)
         except RouterError as exc:
             raise exc.at_stage(PROXY_STAGE) from None
+        deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
         token = self.active.add(deadline)
         headers = {name: request.headers[name] for name in PROXY_REQUEST_HEADERS if name in request.headers}
         done = False
@@ -241,87 +259,84 @@ class RouterService:
                 exc.at_stage(PROXY_STAGE)
             raise
         self.metrics.rows(PROXY_STAGE, model, RowRoute.DIRECT)
-
-        consumed = upstream.is_stream_consumed  # e.g. a mock transport's ready-made response
-
-        async def relay() -> AsyncIterator[bytes]:
-            if consumed:
-                yield upstream.content
-            else:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-
-        passed = {name: upstream.headers[name] for name in _PROXY_RESPONSE_HEADERS if name in upstream.headers}
-        if consumed:  # .content is decoded already
-            passed.pop("content-encoding", None)
-            passed["content-length"] = str(len(upstream.content))
-        return _RelayResponse(relay(), status_code=upstream.status_code, headers=passed,
+        return _RelayResponse(self._relay(upstream, model, pool.max_response_bytes),
+                              status_code=upstream.status_code, headers=_passed_headers(upstream),
                               cleanup=lambda: finish(upstream))
 
-    # --- health, metrics, admin --------------------------------------------------------------
+    @staticmethod
+    async def _relay(upstream: httpx.Response, model: str, limit: int) -> AsyncIterator[bytes]:
+        if upstream.is_stream_consumed:  # e.g. a mock transport's ready-made response
+            yield upstream.content
+            return
+        sent = 0
+        async for chunk in upstream.aiter_raw():
+            sent += len(chunk)
+            if sent > limit:  # headers are out: the connection is cut, the client sees a short answer
+                raise UpstreamError(f"model {model!r} answered more than the router relays", model=model)
+            yield chunk
+
+    # --- health ------------------------------------------------------------------------------
 
     async def ready(self, _: Request) -> Response:
         running = self._pool is not None
-        return _json({"ready": running, "pipeline": self._config.pipeline}, 200 if running else 503)
+        return json_response({"ready": running, "pipeline": self._config.pipeline}, 200 if running else 503)
 
     async def live(self, _: Request) -> Response:
-        return _json({"live": True})
-
-    async def metrics_text(self, _: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def get_config(self, _: Request) -> Response:
-        return _json(config_to_json(self._config))
-
-    async def post_config(self, request: Request) -> Response:
-        patch = decode_object(await request.body(), "the config update")
-        pool, _ = self._require_running()
-        updated = apply_update(self._config, patch)
-        pool.update(updated.upstreams)
-        self._config = updated
-        self._initialise_series(updated)
-        logger.info("router config updated: %s", sorted(patch))
-        return _json(config_to_json(updated))
-
-    async def post_worker(self, request: Request) -> Response:
-        """Apply the plan's Triton knobs (instances, batching) to this pod's own Triton."""
-        return _json(await self.apply_worker(decode_object(await request.body(), "the worker update")))
-
-    async def apply_worker(self, raw: Mapping[str, Any]) -> dict[str, list[str]]:
-        """Apply a ``/admin/worker`` body; one change at a time (operator pushes and the knobs file)."""
-        knobs = parse_knobs(raw)
-        triton_url = str(raw.get("tritonUrl") or DEFAULT_TRITON_URL).rstrip("/")
-        protocol = raw.get("loadProtocol", "grpc")
-        if protocol not in ("grpc", "http"):
-            raise ConfigError("loadProtocol", f"must be grpc or http, got {protocol!r}")
-        applied: list[str] = []
-        unchanged: list[str] = []
-        # A rare call: one short-lived client, with the load API's own (long) timeout.
-        async with self._knobs_lock, httpx.AsyncClient(transport=self._transport,
-                                                       timeout=httpx.Timeout(120.0, connect=2.0)) as client:
-            load = grpc_loader(str(raw.get("tritonGrpcUrl") or DEFAULT_TRITON_GRPC)) if protocol == "grpc" else None
-            for model, wanted in knobs.items():
-                changed = await apply_knobs(client, triton_url, model, wanted, load)
-                (applied if changed else unchanged).append(model)
-        logger.info("worker knobs applied to %s, unchanged %s", applied, unchanged)
-        return {"applied": applied, "unchanged": unchanged}
+        return json_response({"live": True})
 
     # --- the one error boundary --------------------------------------------------------------
 
     async def on_router_error(self, request: Request, exc: Exception) -> Response:
-        error = exc if isinstance(exc, RouterError) else RouterError(f"internal error: {type(exc).__name__}: {exc}")
+        error = exc if isinstance(exc, RouterError) else RouterError(f"internal error: {type(exc).__name__}")
         if request.url.path.startswith("/v2/"):
             self.metrics.error(error.stage, error.reason)
-        if error.status >= 500:
-            logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, error.status, error.reason, error)
+        where = f" [{error.url}: {error.detail}]" if isinstance(error, UpstreamError) and error.url else ""
+        level = logging.WARNING if error.status >= 500 else logging.INFO
+        logger.log(level, "%s %s -> %d %s: %s%s", request.method, request.url.path, error.status, error.reason,
+                   error, where)
+        return json_response(error.body(), error.status, error.headers or None)
+
+    async def on_http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no such path, wrong method) in the router's JSON."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 405:
+            error: RouterError = MethodNotAllowed(f"{request.method} is not served on this path")
+        elif status == 404:
+            error = NotFound("no such endpoint on this listener")
         else:
-            logger.info("%s %s -> %d %s: %s", request.method, request.url.path, error.status, error.reason, error)
-        headers = {"retry-after": "1"} if isinstance(error, QueueFull) else None
-        return _json(error.body(), error.status, headers)
+            error = RouterError(f"HTTP {status}", status=status)
+        headers = dict(getattr(exc, "headers", None) or {})
+        return json_response(error.body(), error.status, {**headers, **error.headers} or None)
 
     async def on_internal_error(self, request: Request, exc: Exception) -> Response:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return await self.on_router_error(request, exc)
+
+    def exception_handlers(self) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+        """The boundary for both apps."""
+        return {RouterError: self.on_router_error, HTTPException: self.on_http_error,
+                Exception: self.on_internal_error}
+
+
+def _passed_headers(upstream: httpx.Response) -> dict[str, str]:
+    passed = {name: upstream.headers[name] for name in _PROXY_RESPONSE_HEADERS if name in upstream.headers}
+    if upstream.is_stream_consumed:  # .content is decoded already
+        passed.pop("content-encoding", None)
+        passed["content-length"] = str(len(upstream.content))
+    return passed
+
+
+@dataclass(frozen=True)
+class RouterApps:
+    """The data-plane app, the admin app and the service behind both."""
+
+    data: Starlette
+    admin: Starlette
+    service: RouterService
+
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The service's upstream clients, for driving the apps in process (uvicorn runs the data lifespan)."""
+        return self.service.running()
 
 
 def build_router(
@@ -332,38 +347,29 @@ def build_router(
     clock: Clock = time.monotonic,
     knobs_file: Path | None = None,
     knobs_poll_s: float = 5.0,
-) -> Starlette:
-    """The router app for ``config``; ``transport`` replaces the upstream transport (tests);
-    ``knobs_file`` is applied to the pod's Triton at start and on every change (``/admin/worker``'s body)."""
+    admin_token: str | None = None,
+    limits: RequestLimits | None = None,
+    triton: TritonTarget | None = None,
+) -> RouterApps:
+    """The router's apps for ``config``; ``transport`` replaces the upstream transport (tests); ``knobs_file``
+    is applied to the pod's Triton (``triton``) at start and on every change; without ``admin_token`` the
+    admin API answers 403."""
     service = RouterService(config, transport=transport, registry=registry, clock=clock, knobs_file=knobs_file,
-                            knobs_poll_s=knobs_poll_s)
+                            knobs_poll_s=knobs_poll_s, limits=limits, triton=triton)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
         async with service.running():
             yield {"service": service}
 
-    app = Starlette(
+    data = Starlette(
         routes=[
             Route("/v2/pipelines/{pipeline}/infer", service.pipeline_infer, methods=["POST"]),
             Route("/v2/models/{model}/infer", service.model_infer, methods=["POST"]),
             Route("/v2/health/ready", service.ready, methods=["GET"]),
             Route("/v2/health/live", service.live, methods=["GET"]),
-            Route("/metrics", service.metrics_text, methods=["GET"]),
-            Route("/admin/config", service.get_config, methods=["GET"]),
-            Route("/admin/config", service.post_config, methods=["POST"]),
-            Route("/admin/worker", service.post_worker, methods=["POST"]),
         ],
-        exception_handlers={RouterError: service.on_router_error, Exception: service.on_internal_error},
+        exception_handlers=service.exception_handlers(),
         lifespan=lifespan,
     )
-    app.state.service = service
-    return app
-
-
-def router_service(app: Starlette) -> RouterService:
-    """The :class:`RouterService` behind an app made by :func:`build_router`."""
-    service = app.state.service
-    if not isinstance(service, RouterService):
-        raise TypeError("not an app made by build_router")
-    return service
+    return RouterApps(data=data, admin=build_admin_app(service, admin_token), service=service)

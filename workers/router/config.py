@@ -14,6 +14,7 @@ Format (camelCase keys; optional keys show their defaults)::
                              "threshold": 0.8, "discriminator": null, "preRouteThreshold": null}}],
      "upstreams": {"tiny_linear": ["http://127.0.0.1:8000"], ...},
      "deadlineHeader": "x-paretoserve-deadline-ms",
+     "sloMs": null,                                           # caps the deadline header when set
      "queue": {"maxSize": 1024, "concurrency": 64},
      "fallback": {"heavyToLight": true, "lightToHeavy": true, "otherVariants": true},
      "timeouts": {"connectMs": 1000, "readMs": 30000, "writeMs": 5000, "poolMs": 5000,
@@ -21,9 +22,15 @@ Format (camelCase keys; optional keys show their defaults)::
      "limits": {"maxConnections": 64, "maxKeepaliveConnections": 64, "keepaliveExpiryS": 30},
      "transport": "fast"}                                     # |httpx
 
-A stage has ``variants`` or a ``cascade`` (then ``variants`` may only list the cascade's models).
+A stage has ``variants`` or a ``cascade`` (then ``variants`` may only list the cascade's models). Names
+(pipeline, stages, models) match the spec's ``TRITON_MODEL_NAME`` (the spec's DNS-label stage names fit
+it too) and ``deadlineHeader`` its ``DEADLINE_HEADER_NAME``: one pattern from the CRD to the router, so a
+model name is always safe in a URL path. Upstreams are ``http(s)://host[:port][/path]`` base URLs without
+credentials, query or fragment.
 Live updates (:func:`apply_update`) may change variant weights, cascade thresholds, upstreams and
-fallback flags; anything else needs a restart and is refused naming the field.
+fallback flags; anything else needs a restart and is refused naming the field. The sidecar lets a live
+update point a model only at origins its config file already names (:func:`origins`): the topology comes
+from the file, so a stolen admin token cannot redirect traffic to a new host.
 """
 
 from __future__ import annotations
@@ -36,16 +43,16 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from paretoserve.planner.spec import RouterKind
+from paretoserve.planner.spec import DEADLINE_HEADER_NAME, TRITON_MODEL_NAME, RouterKind
 from paretoserve.workers.router.decisions import topological_order
 from paretoserve.workers.router.errors import ConfigError
 
 DEFAULT_DEADLINE_HEADER = "x-paretoserve-deadline-ms"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HEADER = re.compile(r"^[a-z0-9-]+$")
+_NAME = re.compile(TRITON_MODEL_NAME)
+_HEADER = re.compile(DEADLINE_HEADER_NAME)
 _CASCADE_KEYS = ("light", "heavy", "router", "threshold", "discriminator", "preRouteThreshold")
-_TOP_KEYS = ("pipeline", "stages", "upstreams", "deadlineHeader", "queue", "fallback", "timeouts", "limits",
-             "transport")
+_TOP_KEYS = ("pipeline", "stages", "upstreams", "deadlineHeader", "sloMs", "queue", "fallback", "timeouts",
+             "limits", "transport")
 _LIVE_STAGE_KEYS = ("name", "variants", "cascade")
 _LIVE_CASCADE_KEYS = ("threshold", "preRouteThreshold")
 _LIVE_TOP_KEYS = ("stages", "upstreams", "fallback")
@@ -127,6 +134,8 @@ class RouterConfig:
     stages: tuple[StageConfig, ...]
     upstreams: Mapping[str, tuple[str, ...]]
     deadline_header: str = DEFAULT_DEADLINE_HEADER
+    slo_ms: float | None = None
+    """The pipeline's end-to-end SLO when known: the cap on a request's deadline header."""
     queue: QueueConfig = QueueConfig()
     fallback: FallbackConfig = FallbackConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
@@ -194,12 +203,12 @@ class _Fields:
     def names(self, key: str) -> tuple[str, ...]:
         value = self.raw.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and _NAME.match(v) for v in value):
-            raise ConfigError(self.at(key), f"must be a list of names, got {value!r}")
+            raise ConfigError(self.at(key), f"must be a list of names matching {_NAME.pattern}, got {value!r}")
         return tuple(value)
 
     def model_key(self, key: object) -> str:
         if not isinstance(key, str) or not _NAME.match(key):
-            raise ConfigError(self.at(str(key)), "model names must match [A-Za-z0-9_.-]+")
+            raise ConfigError(self.at(str(key)), f"model names must match {_NAME.pattern}")
         return key
 
     def section(self, key: str, allowed: Sequence[str]) -> _Fields:
@@ -251,10 +260,6 @@ def _stage(raw: object, path: str) -> StageConfig:
     return StageConfig(name, fields.names("dependsOn"), variants, cascade)
 
 
-
-
-
-
 def _upstreams(fields: _Fields, needed: Sequence[str], default: Sequence[str]) -> dict[str, tuple[str, ...]]:
     raw = fields.raw.get("upstreams") or {}
     if not isinstance(raw, Mapping):
@@ -263,27 +268,51 @@ def _upstreams(fields: _Fields, needed: Sequence[str], default: Sequence[str]) -
     for model, urls in raw.items():
         path = f"{fields.at('upstreams')}.{model}"
         if not _NAME.match(str(model)):
-            raise ConfigError(path, "model names must match [A-Za-z0-9_.-]+")
+            raise ConfigError(path, f"model names must match {_NAME.pattern}")
         if not isinstance(urls, list) or not urls:
             raise ConfigError(path, f"must be a non-empty list of base URLs, got {urls!r}")
-        upstreams[model] = tuple(_base_url(url, f"{path}[{i}]") for i, url in enumerate(urls))
+        upstreams[model] = tuple(base_url(url, f"{path}[{i}]") for i, url in enumerate(urls))
     for model in needed:
         if model not in upstreams:
             if not default:
                 raise ConfigError(f"{fields.at('upstreams')}.{model}", "a model the stages use has no upstream")
-            upstreams[model] = tuple(_base_url(url, "--upstream") for url in default)
+            upstreams[model] = tuple(base_url(url, "--upstream") for url in default)
     return upstreams
 
 
-def _base_url(url: object, path: str) -> str:
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+def base_url(url: object, path: str) -> str:
+    """``url`` as an upstream base URL (trailing ``/`` dropped), or :class:`ConfigError` on ``path``."""
+    text = url if isinstance(url, str) and url.isascii() and url.isprintable() and " " not in url else None
+    parts = urlsplit(text) if text is not None else None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or "?" in str(text) or "#" in str(text)):
         raise ConfigError(path, f"must be an http(s) base URL like http://127.0.0.1:8000, got {url!r}")
+    if "@" in parts.netloc:
+        raise ConfigError(path, "must not carry credentials (user:password@)")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise ConfigError(path, f"has a malformed port: {url!r}") from None
-    return str(url).rstrip("/")
+    return str(text).rstrip("/")
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a base URL (default ports made explicit, host lower-cased)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def origins(config: RouterConfig) -> frozenset[str]:
+    """Every upstream origin ``config`` names (what live updates may use)."""
+    return frozenset(origin(url) for urls in config.upstreams.values() for url in urls)
+
+
+def local_models(config: RouterConfig, triton_url: str) -> frozenset[str]:
+    """The models ``config`` serves from the Triton at ``triton_url`` (the pod's own: ``/admin/worker``'s)."""
+    own = origin(triton_url)
+    return frozenset(model for model, urls in config.upstreams.items() if any(origin(url) == own for url in urls))
 
 
 def parse_config(raw: object, *, default_upstreams: Sequence[str] = ()) -> RouterConfig:
@@ -316,6 +345,7 @@ def parse_config(raw: object, *, default_upstreams: Sequence[str] = ()) -> Route
         stages=stages,
         upstreams=MappingProxyType(_upstreams(fields, needed, default_upstreams)),
         deadline_header=fields.string("deadlineHeader", DEFAULT_DEADLINE_HEADER, _HEADER),
+        slo_ms=fields.number("sloMs", low_open=True) if fields.has("sloMs") else None,
         queue=QueueConfig(queue.integer("maxSize", 1024, low=1), queue.integer("concurrency", 64, low=1)),
         fallback=FallbackConfig(fallback.boolean("heavyToLight", True), fallback.boolean("lightToHeavy", True),
                                 fallback.boolean("otherVariants", True)),
@@ -361,6 +391,7 @@ def config_to_json(config: RouterConfig) -> dict[str, Any]:
         "stages": [stage(s) for s in config.stages],
         "upstreams": {model: list(urls) for model, urls in config.upstreams.items()},
         "deadlineHeader": config.deadline_header,
+        "sloMs": config.slo_ms,
         "queue": {"maxSize": q.max_size, "concurrency": q.concurrency},
         "fallback": {"heavyToLight": f.heavy_to_light, "lightToHeavy": f.light_to_heavy,
                      "otherVariants": f.other_variants},
@@ -380,13 +411,15 @@ def _refuse_unknown(raw: Mapping[str, Any], path: str, live: Sequence[str]) -> N
             raise ConfigError(where, f"cannot be changed live (live fields: {allowed}); restart with a new config")
 
 
-def apply_update(config: RouterConfig, patch: object) -> RouterConfig:
+def apply_update(config: RouterConfig, patch: object, *,
+                 allowed_origins: frozenset[str] | None = None) -> RouterConfig:
     """``config`` with a partial update applied, fully re-validated; ``config`` itself is unchanged.
 
     ``patch`` may hold ``stages`` (a list of ``{"name", "variants"?, "cascade": {"threshold"?,
     "preRouteThreshold"?}?}``; ``variants`` replaces the stage's whole weight map), ``upstreams``
     (model -> replica list, replacing that model's list; ``null`` drops a model no stage uses) and
-    ``fallback`` flags. Errors name the field as written in the patch.
+    ``fallback`` flags. With ``allowed_origins``, every upstream URL in the patch must have one of these
+    origins. Errors name the field as written in the patch.
     """
     if not isinstance(patch, Mapping):
         raise ConfigError("config", f"an update must be an object, got {type(patch).__name__}")
@@ -423,8 +456,14 @@ def apply_update(config: RouterConfig, patch: object) -> RouterConfig:
     for model, urls in upstreams.items():
         if urls is None:
             raw["upstreams"].pop(model, None)
-        else:
-            raw["upstreams"][model] = urls
+            continue
+        if allowed_origins is not None and isinstance(urls, list):
+            for i, url in enumerate(urls):
+                path = f"upstreams.{model}[{i}]"
+                if origin(base_url(url, path)) not in allowed_origins:
+                    raise ConfigError(path, "not an upstream origin of this router's config file "
+                                            "(live updates may only rearrange the configured upstreams)")
+        raw["upstreams"][model] = urls
     fallback = patch.get("fallback", {})
     if not isinstance(fallback, Mapping):
         raise ConfigError("fallback", "must be an object")

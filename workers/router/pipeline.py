@@ -5,7 +5,9 @@ these single-input classification pipelines runs on the request's own input, one
 topological order; the pipeline answers with the last stage's response (a KServe v2 response)
 plus ``parameters`` saying which model(s) answered each row and whether rows were deferred,
 pre-routed or fell back. Each upstream call waits for an EDF slot (:mod:`.edf`) and is bounded by
-the request's deadline; its duration is recorded per stage and model.
+the request's deadline; its duration is recorded per stage and model. Every answer is checked against
+the rows it was sent (:func:`~.protocol.parse_infer_response`) before anything reads or stitches it,
+and the response is built from the checked outputs and the router's own ``parameters`` only.
 
 A cascade stage handles each row of a batched request on its own: rows the pre-router predicts
 hard go straight to the heavy model, concurrently with the light model (and the discriminator) on
@@ -38,13 +40,7 @@ from paretoserve.workers.router.decisions import (
     preroute,
 )
 from paretoserve.workers.router.edf import Clock, EdfAdmission
-from paretoserve.workers.router.errors import (
-    BadRequest,
-    DeadlineExceeded,
-    RouterError,
-    UpstreamUnavailable,
-    is_backend_failure,
-)
+from paretoserve.workers.router.errors import DeadlineExceeded, RouterError, is_backend_failure
 from paretoserve.workers.router.metrics import RouterMetrics
 from paretoserve.workers.router.protocol import (
     InferRequest,
@@ -52,9 +48,9 @@ from paretoserve.workers.router.protocol import (
     assemble,
     column,
     confidence,
-    decode_object,
     image_rows,
     keep_outputs,
+    parse_infer_response,
     select_rows,
 )
 from paretoserve.workers.router.upstream import UpstreamPool
@@ -100,25 +96,28 @@ class PipelineRunner:
                 exc.at_stage(name)
                 raise
         final = outcomes[config.order[-1]]
-        response = keep_outputs(final.response, request.requested_outputs)
-        parameters: dict[str, Any] = dict(response.get("parameters") or {})
-        parameters.update(
-            pipeline=config.pipeline,
-            stage=config.order[-1],
-            models=",".join(final.models),
-            routes=",".join(final.routes),
-            deferred=final.deferred,
-            prerouted=final.prerouted,
-            fallback=final.fallbacks > 0,
-        )
+        outputs = keep_outputs(final.response, request.requested_outputs)["outputs"]
+        parameters: dict[str, Any] = {
+            "pipeline": config.pipeline,
+            "stage": config.order[-1],
+            "models": ",".join(final.models),
+            "routes": ",".join(final.routes),
+            "deferred": final.deferred,
+            "prerouted": final.prerouted,
+            "fallback": final.fallbacks > 0,
+        }
         if final.notes:
             parameters["notes"] = "; ".join(final.notes)
         if len(outcomes) > 1:
             parameters["stages"] = ",".join(f"{name}={'+'.join(o.models)}" for name, o in outcomes.items())
-        return {**response, "model_name": config.pipeline, "parameters": parameters}
+        response: Message = {"model_name": config.pipeline, "outputs": outputs, "parameters": parameters}
+        client_id = request.request_id()
+        if client_id is not None:
+            response["id"] = client_id
+        return response
 
-    async def _call(self, stage: str, model: str, body: bytes, deadline: float) -> Message:
-        """One upstream call: an EDF slot, the replicas, bounded by the request's deadline."""
+    async def _call(self, stage: str, model: str, body: bytes, rows: int, deadline: float) -> Message:
+        """One upstream call for ``rows`` rows: an EDF slot, the replicas, bounded by the request's deadline."""
         started = self._clock()
         try:
             await self._admission.acquire(deadline)
@@ -135,10 +134,7 @@ class PipelineRunner:
                 self._admission.release()
         finally:
             self._metrics.call(stage, model, self._clock() - started)
-        try:
-            return decode_object(content, f"the response of {model!r}")
-        except BadRequest as exc:
-            raise UpstreamUnavailable(exc.message, model=model) from None
+        return parse_infer_response(content, model, rows)
 
     async def _settle(self, calls: dict[str, Coroutine[Any, Any, Message]]) -> dict[str, Message | RouterError]:
         """Run ``calls`` concurrently; each result is its response or its :class:`RouterError`."""
@@ -166,14 +162,14 @@ class PipelineRunner:
         model = choose_variant(stage.variants, request_id)
         route = Route.DIRECT
         try:
-            response = await self._call(stage.name, model, request.raw, deadline)
+            response = await self._call(stage.name, model, request.raw, request.batch, deadline)
         except RouterError as exc:
             if not (is_backend_failure(exc) and config.fallback.other_variants):
                 raise
             error = exc
             for other in fallback_variants(stage.variants, model):
                 try:
-                    response = await self._call(stage.name, other, request.raw, deadline)
+                    response = await self._call(stage.name, other, request.raw, request.batch, deadline)
                 except RouterError as again:
                     if not is_backend_failure(again):
                         raise
@@ -206,12 +202,12 @@ class PipelineRunner:
         notes: list[str] = []
         calls: dict[str, Coroutine[Any, Any, Message]] = {}
         if pre:
-            calls["pre"] = self._call(name, heavy, select_rows(request, pre), deadline)
+            calls["pre"] = self._call(name, heavy, select_rows(request, pre), len(pre), deadline)
         if rest:
             rest_body = select_rows(request, rest)
-            calls["light"] = self._call(name, light, rest_body, deadline)
+            calls["light"] = self._call(name, light, rest_body, len(rest), deadline)
             if cascade.discriminator is not None:
-                calls["judge"] = self._call(name, cascade.discriminator, rest_body, deadline)
+                calls["judge"] = self._call(name, cascade.discriminator, rest_body, len(rest), deadline)
         settled = await self._settle(calls)
         parts: list[Part] = []
         deferred: list[int] = []
@@ -253,7 +249,7 @@ class PipelineRunner:
 
         for model, late_rows, route, backup in late:
             try:
-                answer = await self._call(name, model, select_rows(request, late_rows), deadline)
+                answer = await self._call(name, model, select_rows(request, late_rows), len(late_rows), deadline)
             except RouterError as exc:
                 if backup is None or not is_backend_failure(exc):
                     raise

@@ -1,35 +1,62 @@
-"""Running the router under uvicorn: as the sidecar's main process, or in a thread for tests.
+"""Running the router under uvicorn: two listeners in one event loop, as the sidecar or in a thread for tests.
 
 The sidecar process is ``paretoserve router --config FILE`` (``paretoserve.shell.commands.router``), which
-lands in :func:`serve`. uvicorn is tuned for the router's latency budget: its C-accelerated
-pieces are used when installed (``loop="auto"`` picks uvloop, ``http="auto"`` picks httptools;
-both come with the ``workers`` extra), access logging is off (a log line per request costs more
-than the routing itself), so are proxy-header rewriting and the ``server`` header (the sidecar is
-reached on the pod network or loopback), and keep-alive is long enough for clients that reuse
-connections.
-:class:`ServerThread` runs the same server in a background thread of the current process -- the
-integration smoke test and in-process tools use it -- and always stops it on leaving its block.
+lands in :func:`serve`. It serves the data app on ``--host/--port`` and the admin app on
+``--admin-host/--admin-port`` (:mod:`.app`, :mod:`.admin`): two ``uvicorn.Server`` instances run
+concurrently on one event loop, so the admin listener costs the data path nothing but a socket, and
+SIGINT/SIGTERM stop both (handled once here, not by each server). The data server runs the data app's
+lifespan (the upstream clients); the admin server runs none.
+
+uvicorn is tuned for the router's latency budget: uvloop when installed (``loop="auto"``), the
+httptools parser through :class:`~.http_guard.GuardedHttpToolsProtocol` (uvicorn's own protocol plus
+bounds on request heads, a read timeout and JSON refusals), access logging off (a log line per request
+costs more than the routing itself), no proxy-header rewriting and no ``server`` header, WebSockets off,
+and keep-alive long enough for clients that reuse connections (``keep_alive_s``, 75 s by default). The data listener has
+``limit_concurrency`` (connections plus requests in progress; more are answered 503 at once), the admin
+listener a small one of its own.
+:class:`ServerThread` runs both listeners in a background thread of the current process -- the
+integration smoke test and in-process tools use it -- and always stops them on leaving its block.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from paretoserve.workers.router.app import build_router
+from paretoserve.workers.router.app import RouterApps
 from paretoserve.workers.router.config import RouterConfig, load_config_text
 from paretoserve.workers.router.errors import ConfigError
+from paretoserve.workers.router.http_guard import guarded_protocol
+from paretoserve.workers.router.limits import RequestLimits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_ADMIN_PORT = 8081
+ADMIN_CONCURRENCY = 64
+"""Connections plus requests in progress on the admin listener (the operator and Prometheus)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """Where the two apps listen (port 0: a free port chosen by the OS)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    admin_host: str = DEFAULT_HOST
+    admin_port: int = DEFAULT_ADMIN_PORT
 
 
 def load_config_file(path: Path, *, default_upstreams: Sequence[str] = ()) -> RouterConfig:
@@ -41,57 +68,135 @@ def load_config_file(path: Path, *, default_upstreams: Sequence[str] = ()) -> Ro
     return load_config_text(text, default_upstreams=default_upstreams)
 
 
-def uvicorn_config(app: Starlette, *, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
-    """The uvicorn settings the router runs with (see the module notes)."""
+def uvicorn_config(app: Starlette, *, host: str, port: int, limits: RequestLimits, admin: bool = False,
+                   log_level: str = "warning") -> uvicorn.Config:
+    """The uvicorn settings of one listener (see the module notes)."""
+    concurrency = ADMIN_CONCURRENCY if admin else limits.limit_concurrency
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="auto",
-        http="auto",
-        lifespan="on",
+        http=guarded_protocol(max_head_bytes=limits.max_header_bytes, read_timeout_s=limits.read_timeout_s,
+                              limit_concurrency=concurrency),
+        ws="none",
+        lifespan="off" if admin else "on",
         access_log=False,
         proxy_headers=False,
         server_header=False,
         log_level=log_level,
-        timeout_keep_alive=75,
+        timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=concurrency,
         backlog=2048,
     )
 
 
-def serve(config: RouterConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log_level: str = "warning", knobs_file: Path | None = None) -> None:
-    """Serve ``config`` until SIGINT/SIGTERM (blocks; uvicorn handles the signals)."""
+class _Listener(uvicorn.Server):
+    """One of the router's two servers: signals are handled once for both (:func:`serve`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _servers(apps: RouterApps, listeners: Listeners, limits: RequestLimits, log_level: str) -> list[_Listener]:
+    return [
+        _Listener(uvicorn_config(apps.data, host=listeners.host, port=listeners.port, limits=limits,
+                                 log_level=log_level)),
+        _Listener(uvicorn_config(apps.admin, host=listeners.admin_host, port=listeners.admin_port, limits=limits,
+                                 admin=True, log_level=log_level)),
+    ]
+
+
+def _bind(servers: Sequence[_Listener]) -> list[socket.socket]:
+    """Both listening sockets, bound before anything starts (a port in use is one log line, exit 3)."""
+    return [server.config.bind_socket() for server in servers]
+
+
+async def _serve_all(servers: Sequence[_Listener], sockets: Sequence[socket.socket], *, handle_signals: bool) -> None:
+    """Serve until a server exits or a signal asks all of them to (a second SIGINT forces)."""
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            for server in servers:
+                server.force_exit = server.should_exit and sig == signal.SIGINT
+                server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop, sig)
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in zip(servers, sockets, strict=True)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:  # one stopped (or failed to start): stop the other too
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with the router extra
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def serve(apps: RouterApps, listeners: Listeners, *, log_level: str = "warning") -> None:
+    """Serve ``apps`` on ``listeners`` until SIGINT/SIGTERM (blocks)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_router(config, knobs_file=knobs_file)
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
+    servers = _servers(apps, listeners, apps.service.limits, log_level)
+    sockets = _bind(servers)
+    try:
+        _run(_serve_all(servers, sockets, handle_signals=True))
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class ServerThread:
-    """A real uvicorn server for ``app`` in a background thread: ``with ServerThread(app) as s:``.
+    """Both listeners of ``apps`` in a background thread: ``with ServerThread(apps) as s:``.
 
-    ``port=0`` lets the OS pick a free port; :attr:`url` is the base URL once started.
+    Ports 0 (the default) let the OS pick free ports; :attr:`url` and :attr:`admin_url` are the base
+    URLs once started.
     """
 
-    def __init__(self, app: Starlette, *, host: str = DEFAULT_HOST, port: int = 0,
-                 startup_timeout_s: float = 30.0) -> None:
-        self._server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
-        self._thread = threading.Thread(target=self._server.run, name="paretoserve-router", daemon=True)
+    def __init__(self, apps: RouterApps, *, host: str = DEFAULT_HOST, startup_timeout_s: float = 30.0) -> None:
+        self._servers = _servers(apps, Listeners(host, 0, host, 0), apps.service.limits, "warning")
+        self._thread = threading.Thread(target=self._main, name="paretoserve-router", daemon=True)
         self._host = host
         self._startup_timeout_s = startup_timeout_s
 
-    @property
-    def url(self) -> str:
-        servers = getattr(self._server, "servers", [])
-        for server in servers:
-            for sock in server.sockets:
+    def _main(self) -> None:
+        sockets = _bind(self._servers)
+        try:
+            asyncio.run(_serve_all(self._servers, sockets, handle_signals=False))
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def _url(self, server: uvicorn.Server) -> str:
+        for listening in getattr(server, "servers", []):
+            for sock in listening.sockets:
                 return f"http://{self._host}:{sock.getsockname()[1]}"
         raise RuntimeError("the server is not listening yet")
+
+    @property
+    def url(self) -> str:
+        """The data listener."""
+        return self._url(self._servers[0])
+
+    @property
+    def admin_url(self) -> str:
+        return self._url(self._servers[1])
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
         deadline = time.monotonic() + self._startup_timeout_s
-        while not self._server.started:
+        while not all(server.started for server in self._servers):
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the router did not start (see the uvicorn log above)")
@@ -99,7 +204,8 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        for server in self._servers:
+            server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
@@ -107,8 +213,3 @@ class ServerThread:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def serve_in_thread(config: RouterConfig, *, registry: CollectorRegistry | None = None) -> ServerThread:
-    """A :class:`ServerThread` running the router for ``config`` on a free port."""
-    return ServerThread(build_router(config, registry=registry))

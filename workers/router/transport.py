@@ -10,34 +10,54 @@ httpx's, and tests still inject ``httpx.MockTransport``) but gives it this trans
 ``asyncio.Protocol`` per connection, the C ``httptools`` response parser, request head and body
 written in one ``write``, ``TCP_NODELAY``.
 
+The router's own calls skip even httpx's request and response objects (:meth:`FastTransport.post`: a
+cached request head plus the body in, status and body out; building an ``httpx.Request`` alone costs
+~10 us); ``handle_async_request`` serves everything else (the streamed proxy, tests).
+
 It honours ``httpx.Timeout`` (``connect``, ``read``, ``pool``; writes are buffered by asyncio) and
 ``httpx.Limits`` (``max_connections``, ``max_keepalive_connections``, ``keepalive_expiry``), raises
 httpx's own exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``,
 ``ReadError``, ``RemoteProtocolError``), and retries a request once on a fresh connection when a
 *reused* keep-alive connection turns out to have been closed by the server before answering.
-Responses are read whole (inference responses are small); ``"transport": "httpx"`` in the config
-selects httpx's streaming transport instead.
+Responses are read whole (inference responses are small), but never more than ``max_body`` bytes: a
+larger answer (declared or received) fails the call with :class:`ResponseTooLarge` and closes the
+connection, so a broken or hostile upstream cannot make the router buffer without bound.
+``"transport": "httpx"`` in the config selects httpx's streaming transport instead (bounded by the
+reader in :mod:`.upstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import time
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import cast
 
 import httptools
 import httpx
 
 _HOP_BY_HOP = frozenset({b"transfer-encoding", b"connection", b"keep-alive"})
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+Timeouts = Mapping[str, float | None]
+"""``httpx.Timeout.as_dict()``: ``connect``, ``read``, ``write``, ``pool`` seconds."""
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""Status, headers and body of a complete response."""
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """The upstream's answer is over the size limit (declared in Content-Length, or as received)."""
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: write a request, collect the response through httptools."""
+    """One keep-alive connection: write a request, collect the response (at most ``max_body`` bytes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self._max_body = max_body
+        self._size = 0
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -82,8 +102,22 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        for name, value in self._headers:
+            if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > self._max_body:
+                self._too_large()
+
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._max_body:
+            self._too_large()
+            return
         self._body.append(body)
+
+    def _too_large(self) -> None:
+        self._body = []
+        self._fail(ResponseTooLarge(f"the answer is over the limit of {self._max_body} bytes", request=self._request))
+        self.close()
 
     def on_message_complete(self) -> None:
         self.keep_alive = self._parser.should_keep_alive()
@@ -104,7 +138,8 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def roundtrip(self, request: httpx.Request, data: bytes, read_timeout: float | None) -> httpx.Response:
+    async def exchange(self, data: bytes, read_timeout: float | None, request: httpx.Request | None) -> Answer:
+        """Write one request (``data``: head and body) and wait for its complete answer."""
         if self._transport is None or self.closed:
             raise httpx.ReadError("connection already closed", request=request)
         loop = asyncio.get_running_loop()
@@ -112,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self._request = request
         self._headers = []
         self._body = []
+        self._size = 0
         self.received = False
         self._transport.write(data)
         # A plain timer rather than asyncio.timeout(): one handle, no task cancellation machinery.
@@ -124,32 +160,27 @@ class _Connection(asyncio.Protocol):
         finally:
             if timer is not None:
                 timer.cancel()
-        headers = [(name, value) for name, value in self._headers if name.lower() not in _HOP_BY_HOP]
-        return httpx.Response(
-            self._parser.get_status_code(),
-            headers=headers,
-            stream=httpx.ByteStream(b"".join(self._body)),  # not ``content=``: that marks it consumed
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        return self._parser.get_status_code(), self._headers, body
 
 
 class _Pool:
     """Connections to one origin: idle ones reused LIFO, at most ``max_connections`` in use."""
 
-    def __init__(self, host: str, port: int, tls: bool, limits: httpx.Limits) -> None:
+    def __init__(self, host: str, port: int, tls: bool, limits: httpx.Limits, max_body: int) -> None:
         self.host, self.port, self.tls = host, port, tls
         self._limits = limits
+        self._factory = functools.partial(_Connection, max_body)
         self._slots = asyncio.Semaphore(limits.max_connections or 1_000_000)
         self._idle: list[_Connection] = []
 
-    async def _connect(self, request: httpx.Request, timeout: float | None) -> _Connection:
+    async def _connect(self, timeout: float | None, request: httpx.Request | None) -> _Connection:
         loop = asyncio.get_running_loop()
         context = ssl.create_default_context() if self.tls else None
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
-                    _Connection, self.host, self.port, ssl=context, server_hostname=self.host if self.tls else None
+                    self._factory, self.host, self.port, ssl=context, server_hostname=self.host if self.tls else None
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {self.host}:{self.port} timed out", request=request) from None
@@ -176,7 +207,7 @@ class _Pool:
         connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
-    async def send(self, request: httpx.Request, data: bytes, timeouts: dict[str, Any]) -> httpx.Response:
+    async def send(self, data: bytes, timeouts: Timeouts, request: httpx.Request | None = None) -> Answer:
         if self._slots.locked():
             try:
                 async with asyncio.timeout(timeouts.get("pool")):
@@ -189,16 +220,16 @@ class _Pool:
             connection = self._take_idle()
             reused = connection is not None
             if connection is None:
-                connection = await self._connect(request, timeouts.get("connect"))
+                connection = await self._connect(timeouts.get("connect"), request)
             try:
-                response = await connection.roundtrip(request, data, timeouts.get("read"))
+                answer = await connection.exchange(data, timeouts.get("read"), request)
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 if not reused or connection.received:
                     raise
-                connection = await self._connect(request, timeouts.get("connect"))  # stale keep-alive: once more
-                response = await connection.roundtrip(request, data, timeouts.get("read"))
+                connection = await self._connect(timeouts.get("connect"), request)  # stale keep-alive: once more
+                answer = await connection.exchange(data, timeouts.get("read"), request)
             self._put_back(connection)
-            return response
+            return answer
         finally:
             self._slots.release()
 
@@ -211,8 +242,9 @@ class _Pool:
 class FastTransport(httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` for plain request/response HTTP/1.1 (see the module notes)."""
 
-    def __init__(self, limits: httpx.Limits | None = None) -> None:
+    def __init__(self, limits: httpx.Limits | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
         self._limits = limits or httpx.Limits()
+        self._max_body = max_body
         self._pools: dict[tuple[bytes, bytes, int], _Pool] = {}
         self._closed = False
 
@@ -224,7 +256,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         if pool is None:
             if scheme not in (b"http", b"https"):
                 raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-            pool = self._pools[key] = _Pool(url.host, port, scheme == b"https", self._limits)
+            pool = self._pools[key] = _Pool(url.host, port, scheme == b"https", self._limits, self._max_body)
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -238,8 +270,22 @@ class FastTransport(httpx.AsyncBaseTransport):
         head.extend(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw)
         head.append(b"\r\n")
         head.append(body)
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        return await self._pool(request.url).send(request, b"".join(head), timeouts)
+        timeouts: Timeouts = request.extensions.get("timeout", {})
+        status, headers, content = await self._pool(request.url).send(b"".join(head), timeouts, request)
+        return httpx.Response(
+            status,
+            headers=[(name, value) for name, value in headers if name.lower() not in _HOP_BY_HOP],
+            stream=httpx.ByteStream(content),  # not ``content=``: that marks it consumed
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def post(self, url: httpx.URL, prefix: bytes, body: bytes, timeouts: Timeouts) -> tuple[int, bytes]:
+        """POST ``body`` to ``url`` with no httpx objects: ``prefix`` is :func:`post_prefix`'s for ``url``."""
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed")
+        status, _, content = await self._pool(url).send(b"%s%d\r\n\r\n%s" % (prefix, len(body), body), timeouts)
+        return status, content
 
     async def aclose(self) -> None:
         self._closed = True
@@ -248,9 +294,17 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._pools.clear()
 
 
-def make_transport(kind: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """``fast`` (:class:`FastTransport`) or ``httpx`` (httpx's own, streaming) for one upstream."""
+def post_prefix(url: httpx.URL, headers: Mapping[str, str]) -> bytes:
+    """The head of a POST to ``url`` up to the Content-Length value (computed once per target)."""
+    lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path, b"Host: %s\r\n" % url.netloc]
+    lines.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in headers.items())
+    lines.append(b"Content-Length: ")
+    return b"".join(lines)
+
+
+def make_transport(kind: str, limits: httpx.Limits, max_body: int = DEFAULT_MAX_BODY) -> httpx.AsyncBaseTransport:
+    """``fast`` (:class:`FastTransport`, answers capped at ``max_body``) or ``httpx`` (httpx's own, streaming)."""
     if kind == "fast":
-        return FastTransport(limits)
+        return FastTransport(limits, max_body)
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 

@@ -8,11 +8,17 @@ reset, timeout, 5xx, or 404/429 -- the model is missing or overloaded there). A 
 itself is not retried. httpx's exceptions are mapped into the router's tree in one place,
 :func:`map_transport_errors`. Replicas removed by a live update are closed after a grace period
 (their in-flight calls finish first); :meth:`UpstreamPool.aclose` closes everything.
+
+An answer is read up to ``max_response_bytes`` (a larger one is a 502 ``upstream_error``), and the
+errors a client sees name the model, never a replica's address: the URL and the transport's own
+words go to the error's ``url``/``detail`` for the log (an upstream's 4xx explanation of the input is
+passed on with any address in it blanked out).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,8 +32,15 @@ from paretoserve.workers.router.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    is_backend_failure,
 )
-from paretoserve.workers.router.transport import make_transport
+from paretoserve.workers.router.transport import (
+    DEFAULT_MAX_BODY,
+    FastTransport,
+    ResponseTooLarge,
+    make_transport,
+    post_prefix,
+)
 
 FailureHook = Callable[[str, str, UpstreamError], None]
 """Called with ``(model, base_url, error)`` for every failed attempt, retried or not."""
@@ -37,15 +50,34 @@ _JSON = {"content-type": "application/json"}
 PROXY_REQUEST_HEADERS = ("content-type", "inference-header-content-length")
 
 
+_ADDRESS = re.compile(
+    r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]*"  # URLs
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # IPv4[:port]
+    r"|\[[0-9a-fA-F:]+\](?::\d+)?"  # [IPv6][:port]
+    r"|\b[\w-]+(?:\.[\w-]+)+:\d+\b"  # host.name:port
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with URLs, IP addresses and ``host:port`` blanked out (upstream words passed on to a client)."""
+    return _ADDRESS.sub("<address>", text)
+
+
 @contextmanager
 def map_transport_errors(model: str, url: str) -> Iterator[None]:
-    """Turn httpx's transport errors into :class:`UpstreamTimeout` / :class:`UpstreamUnavailable`."""
+    """Turn httpx's transport errors into :class:`UpstreamTimeout` / :class:`UpstreamUnavailable`
+    (and an answer over the size limit into a plain :class:`UpstreamError`, 502)."""
     try:
         yield
+    except ResponseTooLarge as exc:
+        raise UpstreamError(f"a replica of model {model!r} answered more than the router accepts", model=model,
+                            url=url, detail=str(exc)) from exc
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"{url}: {type(exc).__name__}: {exc}", model=model, url=url) from exc
+        raise UpstreamTimeout(f"{type(exc).__name__}: a replica of model {model!r} did not answer in time",
+                              model=model, url=url, detail=str(exc)) from exc
     except httpx.TransportError as exc:
-        raise UpstreamUnavailable(f"{url}: {type(exc).__name__}: {exc}", model=model, url=url) from exc
+        raise UpstreamUnavailable(f"{type(exc).__name__}: a replica of model {model!r} could not be reached",
+                                  model=model, url=url, detail=str(exc)) from exc
 
 
 def status_error(model: str, url: str, status: int, content: bytes) -> UpstreamError:
@@ -55,12 +87,29 @@ def status_error(model: str, url: str, status: int, content: bytes) -> UpstreamE
         detail = str(decoded.get("error", decoded)) if isinstance(decoded, dict) else content[:200].decode()
     except (orjson.JSONDecodeError, UnicodeDecodeError):
         detail = content[:200].decode(errors="replace")
-    message = f"{url} answered {status} for model {model!r}: {detail}"
+    detail = detail[:300]
+    message = f"a replica of model {model!r} answered {status}: {scrub(detail)}"
     if status == 504:
-        return UpstreamTimeout(message, model=model, url=url)
+        return UpstreamTimeout(message, model=model, url=url, detail=detail)
     if status >= 500 or status in _RETRYABLE_STATUS:
-        return UpstreamUnavailable(message, model=model, url=url)
-    return UpstreamRejected(message, model=model, url=url, status=status)
+        return UpstreamUnavailable(message, model=model, url=url, detail=detail)
+    return UpstreamRejected(message, model=model, url=url, status=status, detail=detail)
+
+
+async def read_capped(response: httpx.Response, limit: int, request: httpx.Request) -> bytes:
+    """The (decoded) body of ``response`` to ``request``, or :class:`ResponseTooLarge` past ``limit`` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(f"the answer declares {declared} bytes, over the limit of {limit}",
+                               request=request)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"the answer is over the limit of {limit} bytes", request=request)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class UpstreamPool:
@@ -75,14 +124,17 @@ class UpstreamPool:
         transport_kind: str = "fast",
         transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook | None = None,
+        max_response_bytes: int = DEFAULT_MAX_BODY,
     ) -> None:
+        self.max_response_bytes = max_response_bytes
         self._timeout = httpx.Timeout(
             timeouts.read_ms / 1000.0,
             connect=timeouts.connect_ms / 1000.0,
             write=timeouts.write_ms / 1000.0,
             pool=timeouts.pool_ms / 1000.0,
         )
-        self._extensions: dict[str, Any] = {"timeout": self._timeout.as_dict()}
+        self._timeouts = self._timeout.as_dict()
+        self._extensions: dict[str, Any] = {"timeout": self._timeouts}
         self._grace_s = timeouts.read_ms / 1000.0
         self._limits = httpx.Limits(
             max_connections=limits.max_connections,
@@ -95,7 +147,7 @@ class UpstreamPool:
         self._replicas: dict[str, tuple[str, ...]] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._targets: dict[tuple[str, str], tuple[httpx.URL, bytes]] = {}
         self._turn: dict[str, int] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._pending = {model: tuple(urls) for model, urls in upstreams.items()}
@@ -113,7 +165,7 @@ class UpstreamPool:
         """Serve ``upstreams`` from now on: clients for new replicas, removed ones closed after a grace."""
         wanted = {base for urls in upstreams.values() for base in urls}
         for base in wanted - self._clients.keys():
-            transport = self._injected or make_transport(self._transport_kind, self._limits)
+            transport = self._injected or make_transport(self._transport_kind, self._limits, self.max_response_bytes)
             self._transports[base] = transport
             self._clients[base] = httpx.AsyncClient(
                 base_url=base, transport=transport, timeout=self._timeout, limits=self._limits
@@ -121,7 +173,7 @@ class UpstreamPool:
         for base in set(self._clients) - wanted:
             self._retire(self._clients.pop(base))
             self._transports.pop(base, None)
-            self._urls = {key: url for key, url in self._urls.items() if key[0] != base}
+            self._targets = {key: target for key, target in self._targets.items() if key[0] != base}
         self._replicas = {model: tuple(urls) for model, urls in upstreams.items()}
 
     def _retire(self, client: httpx.AsyncClient) -> None:
@@ -157,11 +209,33 @@ class UpstreamPool:
         start = turn % len(replicas)
         return list(replicas[start:] + replicas[:start])
 
+    def _target(self, base: str, model: str) -> tuple[httpx.URL, bytes]:
+        """The infer URL of ``model`` at ``base`` and its request head for :meth:`FastTransport.post`."""
+        target = self._targets.get((base, model))
+        if target is None:
+            url = httpx.URL(f"{base}/v2/models/{model}/infer")
+            target = self._targets[(base, model)] = (url, post_prefix(url, _JSON))
+        return target
+
     def _url(self, base: str, model: str) -> httpx.URL:
-        url = self._urls.get((base, model))
-        if url is None:
-            url = self._urls[(base, model)] = httpx.URL(f"{base}/v2/models/{model}/infer")
-        return url
+        return self._target(base, model)[0]
+
+    async def _post(self, base: str, model: str, body: bytes) -> tuple[int, bytes]:
+        """One POST of ``body`` to ``model`` at ``base``: status and (size-capped) answer.
+
+        The client's own transport is called directly: ``AsyncClient.send`` adds ~80 us per request (auth
+        and redirect flows, a cookie jar run through urllib) that inference never uses.
+        """
+        url, prefix = self._target(base, model)
+        transport = self._transports[base]
+        if isinstance(transport, FastTransport):  # capped by the transport itself
+            return await transport.post(url, prefix, body, self._timeouts)
+        request = httpx.Request("POST", url, content=body, headers=_JSON, extensions=self._extensions)
+        response = await transport.handle_async_request(request)
+        try:
+            return response.status_code, await read_capped(response, self.max_response_bytes, request)
+        finally:
+            await response.aclose()
 
     def _failed(self, model: str, base: str, error: UpstreamError) -> None:
         if self._on_failure is not None:
@@ -173,27 +247,26 @@ class UpstreamPool:
         if len(errors) == 1:
             return last
         summary = "; ".join(error.message for error in errors)
-        return type(last)(f"all {len(errors)} replicas of {model!r} failed: {summary}", model=model, url=last.url)
+        details = "; ".join(f"{error.url}: {error.detail}" for error in errors)
+        return type(last)(f"all {len(errors)} replicas of {model!r} failed: {summary}", model=model, url=last.url,
+                          detail=details)
 
     async def infer(self, model: str, body: bytes) -> bytes:
         """POST ``body`` to ``model``'s infer endpoint; the 2xx response body, trying each replica."""
         errors: list[UpstreamError] = []
         for base in self._rotation(model):
-            request = httpx.Request("POST", self._url(base, model), content=body, headers=_JSON,
-                                    extensions=self._extensions)
             try:
                 with map_transport_errors(model, base):
-                    # The client's own transport, called directly: AsyncClient.send adds ~80 us per request
-                    # (auth and redirect flows, a cookie jar run through urllib) that inference never uses.
-                    response = await self._transports[base].handle_async_request(request)
-                    content = await response.aread()
+                    status, content = await self._post(base, model, body)
             except UpstreamError as exc:
                 self._failed(model, base, exc)
+                if not is_backend_failure(exc):
+                    raise
                 errors.append(exc)
                 continue
-            if response.status_code < 300:
+            if status < 300:
                 return content
-            error = status_error(model, base, response.status_code, content)
+            error = status_error(model, base, status, content)
             self._failed(model, base, error)
             if isinstance(error, UpstreamRejected):
                 raise error
@@ -214,8 +287,14 @@ class UpstreamPool:
             try:
                 with map_transport_errors(model, base):
                     response = await self._clients[base].send(request, stream=True)
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self.max_response_bytes:
+                        await response.aclose()
+                        raise ResponseTooLarge(f"the answer declares {declared} bytes", request=request)
             except UpstreamError as exc:
                 self._failed(model, base, exc)
+                if not is_backend_failure(exc):
+                    raise
                 errors.append(exc)
                 continue
             status = response.status_code

@@ -8,6 +8,11 @@ An instance-count-only change is an in-place update in Triton (no
 reload); a batching change is a reload that keeps the old model serving until the new one is ready.
 `override_config` is pure; `apply_knobs` does the two HTTP calls.
 
+A config override loads whatever it says into Triton, so the body is held to exactly the knobs: only
+`models`, only names matching the spec's `TRITON_MODEL_NAME` that this router serves from its own Triton
+(`KnobsApplier`'s `served`), each knob within bounds (`KNOB_BOUNDS`: at most 64 instances, as the CRD).
+Where Triton is and how to load are the sidecar's flags (`TritonTarget`), never the body's.
+
 The same knobs are also in the pod's ConfigMap (`worker.json`, mounted next to `router.json`), so a pod that
 starts after the operator's last push, or a push that failed, still converges: `watch_knobs_file` applies the
 file once the pod's Triton answers and again whenever the kubelet updates the mounted file.
@@ -19,16 +24,37 @@ import asyncio
 import copy
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
+from paretoserve.planner.spec import TRITON_MODEL_NAME
 from paretoserve.workers.router.errors import ConfigError, RouterError, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+_MODEL_NAME = re.compile(TRITON_MODEL_NAME)
+KNOB_BOUNDS: Mapping[str, tuple[int, int]] = {
+    "instanceCount": (1, 64),
+    "preferredBatchSize": (1, 4096),
+    "maxQueueDelayMicroseconds": (0, 60_000_000),
+}
+"""Inclusive bounds of each knob (instances as the CRD's ``instances``; a queue delay of at most 60 s)."""
+LoadProtocol = Literal["grpc", "http"]
+
+
+@dataclass(frozen=True, slots=True)
+class TritonTarget:
+    """The pod's own Triton: where knobs are read and loaded (``--triton-url``, ``--triton-grpc-url``)."""
+
+    url: str = "http://127.0.0.1:8000"
+    grpc_url: str = "127.0.0.1:8001"
+    load_protocol: LoadProtocol = "grpc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,32 +64,52 @@ class Knobs:
     max_queue_delay_us: int | None = None
 
 
-def _int(raw: Mapping[str, Any], key: str, path: str, low: int) -> int | None:
+def _int(raw: Mapping[str, Any], key: str, path: str) -> int | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{path}.{key}", f"must be an integer >= {low}, got {value!r}")
+    low, high = KNOB_BOUNDS[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{path}.{key}", f"must be an integer in [{low}, {high}], got {value!r}")
     return value
 
 
-def parse_knobs(raw: object) -> dict[str, Knobs]:
-    """`{"models": {name: {"instanceCount", "preferredBatchSize"?, "maxQueueDelayMicroseconds"?}}}`."""
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("models"), Mapping):
+def _model(name: object, served: Collection[str] | None) -> str:
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        shown = repr(name)[:80]
+        raise ConfigError("models", f"model names must match {_MODEL_NAME.pattern}, got {shown}")
+    if served is not None and name not in served:
+        known = ", ".join(sorted(served)) or "none"
+        raise ConfigError(f"models.{name}", f"not a model this router serves from its own Triton ({known})")
+    return name
+
+
+def parse_knobs(raw: object, served: Collection[str] | None = None) -> dict[str, Knobs]:
+    """`{"models": {name: {"instanceCount", "preferredBatchSize"?, "maxQueueDelayMicroseconds"?}}}`.
+
+    Nothing else is accepted (a `tritonUrl` is an unknown field); with ``served``, only those models.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("models", "the worker update must be an object")
+    for key in raw:
+        if key != "models":
+            raise ConfigError(str(key)[:80], "unknown field (allowed: models)")
+    if not isinstance(raw.get("models"), Mapping):
         raise ConfigError("models", "must be an object of Triton model name to knobs")
     out: dict[str, Knobs] = {}
     for name, knobs in raw["models"].items():
-        path = f"models.{name}"
+        model = _model(name, served)
+        path = f"models.{model}"
         if not isinstance(knobs, Mapping):
             raise ConfigError(path, "must be an object")
-        unknown = set(knobs) - {"instanceCount", "preferredBatchSize", "maxQueueDelayMicroseconds"}
+        unknown = set(knobs) - set(KNOB_BOUNDS)
         if unknown:
-            raise ConfigError(f"{path}.{sorted(unknown)[0]}", "unknown field")
-        count = _int(knobs, "instanceCount", path, 1)
+            raise ConfigError(f"{path}.{str(sorted(map(str, unknown))[0])[:80]}", "unknown field")
+        count = _int(knobs, "instanceCount", path)
         if count is None:
             raise ConfigError(f"{path}.instanceCount", "is required")
-        out[str(name)] = Knobs(count, _int(knobs, "preferredBatchSize", path, 1),
-                               _int(knobs, "maxQueueDelayMicroseconds", path, 0))
+        out[model] = Knobs(count, _int(knobs, "preferredBatchSize", path),
+                           _int(knobs, "maxQueueDelayMicroseconds", path))
     return out
 
 
@@ -111,7 +157,8 @@ def grpc_loader(grpc_url: str, timeout_s: float = 120.0) -> Loader:
         try:
             await client.load_model(model, config=config_json, client_timeout=timeout_s)
         except InferenceServerException as exc:
-            raise UpstreamUnavailable(f"loading {model} over gRPC: {exc}", model=model, url=grpc_url) from exc
+            raise UpstreamUnavailable(f"loading {model!r} over gRPC failed", model=model, url=grpc_url,
+                                      detail=str(exc)) from exc
         finally:
             await client.close()
 
@@ -133,10 +180,41 @@ async def apply_knobs(client: httpx.AsyncClient, triton_url: str, model: str, kn
         if wanted == current:
             return False
         await loader(model, json.dumps(wanted))
-    except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(f"applying knobs to {model}: {type(exc).__name__}: {exc}", model=model,
-                                  url=triton_url) from exc
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: an answer that is not JSON
+        raise UpstreamUnavailable(f"applying knobs to {model!r}: {type(exc).__name__}", model=model,
+                                  url=triton_url, detail=str(exc)) from exc
     return True
+
+
+class KnobsApplier:
+    """Applies `/admin/worker` bodies to the pod's own Triton, one change at a time.
+
+    ``served`` gives the models this router serves from that Triton (read at each call: a live config
+    update may change them); operator pushes and the knobs file share the one lock.
+    """
+
+    def __init__(self, target: TritonTarget, served: Callable[[], Collection[str]], *,
+                 transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 120.0) -> None:
+        self._target = target
+        self._served = served
+        self._transport = transport
+        self._timeout = httpx.Timeout(timeout_s, connect=2.0)
+        self._lock = asyncio.Lock()
+
+    async def apply(self, raw: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Validate ``raw`` and apply it; ``{"applied": [...], "unchanged": [...]}``."""
+        knobs = parse_knobs(raw, self._served())
+        target = self._target
+        applied: list[str] = []
+        unchanged: list[str] = []
+        # A rare call: one short-lived client, with the load API's own (long) timeout.
+        async with self._lock, httpx.AsyncClient(transport=self._transport, timeout=self._timeout) as client:
+            load = grpc_loader(target.grpc_url) if target.load_protocol == "grpc" else None
+            for model, wanted in knobs.items():
+                changed = await apply_knobs(client, target.url.rstrip("/"), model, wanted, load)
+                (applied if changed else unchanged).append(model)
+        logger.info("worker knobs applied to %s, unchanged %s", applied, unchanged)
+        return {"applied": applied, "unchanged": unchanged}
 
 
 WorkerUpdate = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]

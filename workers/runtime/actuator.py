@@ -126,11 +126,17 @@ def change_kind(current: TritonModelSpec, desired: TritonModelSpec) -> str:
 
 
 class RouterAdmin:
-    """The router's admin API (``/admin/config``) with one long-lived client and explicit timeouts."""
+    """The router's admin API (``/admin/config``) with one long-lived client and explicit timeouts.
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
+    ``base_url`` is the router's *admin* listener; ``token`` the bearer token of its ``--admin-token-file``.
+    """
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)), transport=transport)
+        headers = {"authorization": f"Bearer {token}"} if token is not None else None
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)), transport=transport,
+                                    headers=headers)
 
     def get_config(self) -> dict[str, Any]:
         response = self._client.get(f"{self.base_url}/admin/config")

@@ -11,6 +11,11 @@ metrics sampler, the router and Triton, in that order, and leaves no process beh
 The run's applied plans and loop decisions are also written to a state directory
 (``$TMPDIR/paretoserve-up-<port>`` by default) so that a separate `paretoserve load` can report cost and
 reconfigurations of the run it drove.
+
+The router serves inference on ``--port`` and its admin API (live config, metrics) on a second,
+loopback-only listener; `RouterProcess` gives it a fresh random bearer token (a 0600 file in the work
+directory, never in the state directory) that only this process's `RouterAdmin` knows, and the metrics
+scrape goes to the admin listener.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -80,7 +87,9 @@ class UpSettings:
     router_start_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
     router_command: tuple[str, ...] | None = None
-    """The router's command line before ``--config FILE --host H --port P``; default ``paretoserve router``."""
+    """The router's command line before ``--config FILE --host H --port P ...``; default ``paretoserve router``."""
+    admin_port: int | None = None
+    """The router's admin listener on 127.0.0.1 (live config, metrics); a free port when unset."""
 
     @property
     def url(self) -> str:
@@ -93,31 +102,66 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+ADMIN_HOST = "127.0.0.1"
+TOKEN_FILE = "router-admin.token"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _check_free(host: str, port: int, flag: str) -> None:
+    with socket.socket() as probe:  # else the readiness check could be answered by someone else's server
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise RuntimeError(f"{host}:{port} is already in use (choose another {flag})") from None
+
+
+def write_token(path: Path) -> str:
+    """A fresh random admin token in ``path``, readable by this user only (0600 from creation)."""
+    token = secrets.token_urlsafe(32)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token + "\n")
+    return token
+
+
 class RouterProcess:
-    """``paretoserve router`` as a subprocess in its own session, stopped with SIGTERM then SIGKILL."""
+    """``paretoserve router`` as a subprocess in its own session, stopped with SIGTERM then SIGKILL.
+
+    Its admin listener is on 127.0.0.1 (:attr:`admin_url`) behind a fresh token (:attr:`admin_token`).
+    """
 
     def __init__(self, config: dict[str, Any], settings: UpSettings, work_dir: Path) -> None:
         self._config_path = work_dir / "router.json"
         self._config_path.write_text(json.dumps(config, indent=2))
+        self._token_path = work_dir / TOKEN_FILE
         self.log_path = work_dir / "router.log"
         self._settings = settings
         self._process: subprocess.Popen[bytes] | None = None
+        self.admin_token = ""
+        self.admin_url = ""
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
     def __enter__(self) -> RouterProcess:
-        with socket.socket() as probe:  # else the readiness check could be answered by someone else's server
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
-            try:
-                probe.bind((self._settings.host, self._settings.port))
-            except OSError:
-                raise RuntimeError(f"{self._settings.host}:{self._settings.port} is already in use "
-                                   "(choose another --port)") from None
+        _check_free(self._settings.host, self._settings.port, "--port")
+        admin_port = self._settings.admin_port or _free_port(ADMIN_HOST)
+        _check_free(ADMIN_HOST, admin_port, "admin port")
+        self.admin_url = f"http://{ADMIN_HOST}:{admin_port}"
+        self.admin_token = write_token(self._token_path)
         base = self._settings.router_command or (sys.executable, "-I", "-m", "paretoserve", "router")
         command = [*base, "--config", str(self._config_path), "--host", self._settings.host,
-                   "--port", str(self._settings.port)]
+                   "--port", str(self._settings.port), "--admin-host", ADMIN_HOST, "--admin-port", str(admin_port),
+                   "--admin-token-file", str(self._token_path)]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              start_new_session=True, preexec_fn=_die_with_parent)
@@ -131,7 +175,8 @@ class RouterProcess:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self._settings.router_start_timeout_s
         pipeline = json.loads(self._config_path.read_text())["pipeline"]
-        with httpx.Client(timeout=httpx.Timeout(2.0)) as client:
+        auth = {"authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(timeout=httpx.Timeout(2.0), headers=auth) as client:
             while True:
                 assert self._process is not None
                 code = self._process.poll()
@@ -139,7 +184,7 @@ class RouterProcess:
                     raise RuntimeError(f"the router exited with code {code} during startup (log: {self.log_path}):\n"
                                        + _tail(self.log_path))
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                    answer = client.get(f"{self._settings.url}/admin/config")
+                    answer = client.get(f"{self.admin_url}/admin/config")
                     if answer.status_code == 200 and answer.json()["pipeline"] == pipeline:
                         return
                 if time.monotonic() > deadline:
@@ -239,6 +284,8 @@ class LocalRuntime:
         self.steps: list[LoopStep] = []
         self.state_dir = settings.state_dir or default_state_dir(settings.port)
         self.router_pid: int | None = None
+        self.router_admin_url: str | None = None
+        """The router's admin listener (live config, ``/metrics``); its token stays with this process."""
         self.triton_pid: int | None = None
         self.triton_metrics_url: str | None = None
         self.metrics: LocalMetricsSource | None = None
@@ -288,9 +335,10 @@ class LocalRuntime:
         router = self._stack.enter_context(RouterProcess(
             router_config(pipeline.metadata.name, pipeline.spec, upstreams, None), settings, work_dir))
         self.router_pid = router.pid
-        self._log(f"router ready at {settings.url} (pid {router.pid}, log {router.log_path})")
+        self.router_admin_url = router.admin_url
+        self._log(f"router ready at {settings.url} (admin {router.admin_url}, pid {router.pid}, log {router.log_path})")
         control = self._stack.enter_context(GrpcModelControl(server.grpc_url))
-        admin = self._stack.enter_context(RouterAdmin(settings.url))
+        admin = self._stack.enter_context(RouterAdmin(router.admin_url, token=router.admin_token))
         limits = LocalLimits(settings.cores, settings.max_instances_per_model or settings.cores)
         self.actuator = LocalActuator(pipeline, specs, control, admin, limits, on_apply=self._record_applied)
         models_of_stage = stage_models(pipeline.spec)
@@ -305,7 +353,7 @@ class LocalRuntime:
                 rate_window_s=5, batching_delay_ms=self.actuator.batching_delay_ms)), self._log)
         else:
             self.metrics = self._stack.enter_context(LocalMetricsSource(
-                pipeline.metadata.name, f"{settings.url}/metrics", server.metrics_url, models_of_stage,
+                pipeline.metadata.name, f"{router.admin_url}/metrics", server.metrics_url, models_of_stage,
                 window_s=window, batching_delay_ms=self.actuator.batching_delay_ms))
             source = self.metrics
         loop = pareto_loop(pipeline, source, self.actuator)
@@ -333,7 +381,8 @@ class LocalRuntime:
                 "percentile": int(spec.slo.percentile.value),
                 "deadlineHeader": dynamic.header if dynamic is not None else None,  # sent only with a dynamic SLO
                 "routerPid": self.router_pid, "tritonPid": self.triton_pid, "startedAt": time.time(),
-                "routerMetricsUrl": f"{self.url}/metrics", "tritonMetricsUrl": self.triton_metrics_url}
+                "routerAdminUrl": self.router_admin_url, "routerMetricsUrl": f"{self.router_admin_url}/metrics",
+                "tritonMetricsUrl": self.triton_metrics_url}
         (self.state_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2))
 
     def _record_applied(self, record: AppliedRecord) -> None:

@@ -55,12 +55,16 @@ class Target:
     slo_ms: float
     percentile: int
     deadline_header: str | None = None
+    metrics_url: str | None = None
+    """The router's /metrics (on its admin listener); None: the summary omits the router's counters."""
 
 
 def _router_snapshot(target: Target) -> RouterSnapshot | None:
     """The router's counters now (None if its metrics cannot be read: the summary then omits them)."""
+    if target.metrics_url is None:
+        return None
     try:
-        response = httpx.get(f"{target.url.rstrip('/')}/metrics", timeout=5.0)
+        response = httpx.get(target.metrics_url, timeout=5.0)
         response.raise_for_status()
     except httpx.HTTPError:
         return None
