@@ -228,10 +228,11 @@ def _echo(request: dict[str, Any], behaviour: dict[str, Any]) -> bytes:
     return json.dumps(answer).encode()
 
 
-class _StubConnection(asyncio.Protocol):
-    def __init__(self, response: bytes) -> None:
+class _HttpStub(asyncio.Protocol):
+    """One connection of a stub upstream: httptools parses, a subclass answers; a parse error closes."""
+
+    def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self.response = response
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,31 +244,26 @@ class _StubConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             if self.transport is not None:
                 self.transport.close()
+
+
+class _StubConnection(_HttpStub):
+    def __init__(self, response: bytes) -> None:
+        super().__init__()
+        self.response = response
 
     def on_message_complete(self) -> None:
         if self.transport is not None:
             self.transport.write(self.response)
 
 
-class _ControlledStub(asyncio.Protocol):
+class _ControlledStub(_HttpStub):
     """One connection of ``stub --control``: answers by the posted behaviours (shared ``state``)."""
 
     def __init__(self, state: dict[str, Any]) -> None:
-        self.parser = httptools.HttpRequestParser(self)
+        super().__init__()
         self.state = state
-        self.transport: asyncio.Transport | None = None
         self.url = b""
         self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.transport is not None:
-                self.transport.close()
 
     def on_message_begin(self) -> None:
         self.url, self.body = b"", []
