@@ -144,7 +144,7 @@ def _apply_owned(gateway: Gateway, owner: Owner, desired: Sequence[dict[str, Any
 
 
 def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Plan | None,
-            settings: WorkerSettings, pusher: RouterPusher | None = None, *, admin_key: bytes = b"") -> ActuationReport:
+            settings: WorkerSettings, pusher: RouterPusher | None = None, *, admin_key: bytes) -> ActuationReport:
     """Make the cluster match the plan; errors are collected, not raised, so one bad object does not
     stop the rest (the handler reports them in the Degraded condition)."""
     desired = render_children(owner, pipeline.spec, plan, settings, admin_key=admin_key)
@@ -181,7 +181,7 @@ class KubernetesActuator:
     settings: WorkerSettings
     pusher: RouterPusher | None = None
     running: Plan | None = None
-    admin_key: bytes = b""
+    admin_key: bytes = field(kw_only=True, repr=False)
     """The operator's key the routers' admin tokens derive from (`children.admin_token`)."""
     """The plan in force, as read from the pipeline's status."""
     report: ActuationReport = field(default_factory=lambda: ActuationReport(0, (), (), ()))

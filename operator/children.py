@@ -215,11 +215,13 @@ def render_admin_secret(owner: Owner, token: str) -> dict[str, Any]:
 def admin_token(key: bytes, owner: Owner) -> str:
     """The pipeline's router admin token: derived from the operator's key, so the operator never reads it
     back and a recreated pipeline (new uid) gets a new one."""
+    if not key:
+        raise ValueError("admin_token: an empty key would make every pipeline's token computable by anyone")
     return hmac.new(key, f"{owner.namespace}/{owner.name}/{owner.uid}".encode(), hashlib.sha256).hexdigest()
 
 
 def render_children(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None,
-                    settings: WorkerSettings, *, admin_key: bytes = b"") -> list[dict[str, Any]]:
+                    settings: WorkerSettings, *, admin_key: bytes) -> list[dict[str, Any]]:
     """Every object the pipeline owns, in apply order (ConfigMaps and the Secret before the Deployments
     that mount them)."""
     objects: list[dict[str, Any]] = [render_admin_secret(owner, admin_token(admin_key, owner))]

@@ -52,7 +52,7 @@ class OperatorConfig:
     cluster-wide permission, must not scan CRDs cluster-wide. Empty: the whole cluster."""
     adaptation_workers: int = 4
     """Pipelines adapted at once; one slow pipeline occupies one worker, never the loop."""
-    admin_key: bytes = field(default=b"", repr=False)
+    admin_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     """The key the routers' per-pipeline admin tokens derive from (chart: a generated Secret)."""
     workers: WorkerSettings = field(default_factory=WorkerSettings)
 

@@ -95,7 +95,8 @@ def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
               replan: bool, from_metrics: bool = False) -> StatusUpdate:
     owner = owner_of(body)
     applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
-    actuator = KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, applied, config.admin_key)
+    actuator = KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, applied,
+                                  admin_key=config.admin_key)
     policy = ParetoPolicy(pipeline, clock=time.perf_counter)
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
     record_decision(owner, result.candidate, applied=result.decision.apply)

@@ -19,7 +19,16 @@ from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from paretoserve.planner import bounds as lim
@@ -66,6 +75,15 @@ Weight = Annotated[float, Field(ge=0, le=lim.MAX_WEIGHT)]
 SignedScore = Annotated[float, Field(ge=-lim.MAX_WEIGHT, le=lim.MAX_WEIGHT)]
 GpuCount = Annotated[int, BeforeValidator(whole_gpus), Field(ge=0, le=lim.MAX_GPUS_PER_REPLICA)]
 GpuBudget = Annotated[int, BeforeValidator(whole_gpus), Field(ge=0, le=lim.MAX_GPU_BUDGET)]
+
+
+def _extended_resource_keys(gpus: dict[str, int]) -> dict[str, int]:
+    check_resource_keys(gpus)
+    return gpus
+
+
+ResourceKeys = AfterValidator(_extended_resource_keys)
+"""GPU maps are keyed by extended-resource names (`nvidia.com/gpu`), never `cpu` or `memory`."""
 
 
 class Percentile(int, Enum):
@@ -119,14 +137,8 @@ class Objective(_Model):
 class Budget(_Model):
     cpu: Annotated[float, Field(ge=0, le=lim.MAX_CPU_BUDGET)] | None = None
     """Cores for the whole pipeline; unset means unbounded."""
-    gpus: dict[str, GpuBudget] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
+    gpus: Annotated[dict[str, GpuBudget], ResourceKeys] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
     """GPUs by resource name, e.g. ``{"nvidia.com/gpu": 8}``."""
-
-    @field_validator("gpus")
-    @classmethod
-    def _gpu_keys(cls, gpus: dict[str, int]) -> dict[str, int]:
-        check_resource_keys(gpus)
-        return gpus
 
 
 class PredictorKind(StrEnum):
@@ -156,13 +168,7 @@ class Adaptation(_Model):
 class Resources(_Model):
     cpu: Cores = 1.0
     memory_gib: Annotated[float, Field(ge=0, le=lim.MAX_MEMORY_GIB)] = 1.0
-    gpus: dict[str, GpuCount] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
-
-    @field_validator("gpus")
-    @classmethod
-    def _gpu_keys(cls, gpus: dict[str, int]) -> dict[str, int]:
-        check_resource_keys(gpus)
-        return gpus
+    gpus: Annotated[dict[str, GpuCount], ResourceKeys] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
 
 
 class ProfilePoint(_Model):

@@ -27,6 +27,8 @@ from .test_cli import PIPELINE
 
 OWNER = Owner("tiny", "ns1", "uid-1")
 
+KEY = b"test-key"
+
 
 def body(status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
     doc = json.loads(json.dumps(PIPELINE))
@@ -42,7 +44,7 @@ def first_plan() -> Any:
 
 def test_children_cover_every_variant_with_owner_references() -> None:
     plan = first_plan()
-    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, plan, WorkerSettings())
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, plan, WorkerSettings(), admin_key=KEY)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
     for name in ("tiny-detector-small", "tiny-detector-large", "tiny-classifier-r18"):
         assert ("ConfigMap", name) in kinds and ("Deployment", name) in kinds and ("Service", name) in kinds
@@ -60,7 +62,7 @@ def test_worker_pods_read_the_configured_model_repository_and_their_knobs_file()
     """The stock Triton image has no models: the repository is a setting (chart: workers.modelRepository*)."""
     settings = OperatorConfig.from_env({"PARETOSERVE_MODEL_REPOSITORY": "/models/digits",
                                         "PARETOSERVE_MODEL_REPOSITORY_CLAIM": "digits-models"}).workers
-    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings)
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings, admin_key=KEY)
     pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     triton, router = pod["containers"]
     assert "--model-repository=/models/digits" in triton["args"]
@@ -68,7 +70,9 @@ def test_worker_pods_read_the_configured_model_repository_and_their_knobs_file()
     claim = {"claimName": "digits-models", "readOnly": True}
     assert {"name": "models", "persistentVolumeClaim": claim} in pod["volumes"]
     assert "--worker-knobs=/etc/paretoserve/worker.json" in router["args"]
-    default = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), OperatorConfig.from_env({}).workers)
+    default = render_children(
+        OWNER, parse_pipeline(PIPELINE).spec, first_plan(), OperatorConfig.from_env({}).workers,
+        admin_key=KEY)
     pod = next(o for o in default if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert "--model-repository=/models" in pod["containers"][0]["args"]
     assert "models" not in [v["name"] for v in pod["volumes"]]
@@ -78,7 +82,7 @@ def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:
     plan = first_plan()
     doc = json.loads(json.dumps(PIPELINE))
     doc["spec"]["stages"][0]["variants"][1]["resources"] = {"cpu": 1, "gpus": {"nvidia.com/gpu": 1}}
-    objects = render_children(OWNER, parse_pipeline(doc).spec, plan, WorkerSettings())
+    objects = render_children(OWNER, parse_pipeline(doc).spec, plan, WorkerSettings(), admin_key=KEY)
     large = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("large"))
     triton = large["spec"]["template"]["spec"]["containers"][0]
     assert triton["resources"]["requests"]["cpu"] == "1000m"
@@ -115,12 +119,12 @@ def test_actuate_applies_deletes_orphans_and_resizes_pods() -> None:
     orphan = {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {
         "name": "tiny-old-gone", "namespace": "ns1", "labels": LABELS, "ownerReferences": controlled_by("uid-1")}}
     gw.apply(orphan)
-    actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings())  # creates the Deployments
+    actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings(), admin_key=KEY)  # creates the Deployments
     large = next(a for sp in plan.stages for a in sp.allocations if a.variant == "large")
     gw.apply(pod("p1", "detector", "large", "250m", gw))
     gw.apply(pod("p2", "detector", "large", f"{round(large.cpu * 1000)}m", gw))
     gw.apply(pod("look-alike", "detector", "large", "250m"))  # the labels, but no owner: never touched
-    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings())
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), plan, WorkerSettings(), admin_key=KEY)
     assert report.errors == ()
     assert ("delete", "Deployment", "tiny-old-gone") in gw.actions
     assert report.resized == (f"p1={round(large.cpu * 1000)}m",)  # p2 already had the planned size
@@ -129,7 +133,7 @@ def test_actuate_applies_deletes_orphans_and_resizes_pods() -> None:
 
 def test_actuate_collects_errors_instead_of_raising() -> None:
     gw = FakeGateway(fail_on={"apply"})
-    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), admin_key=KEY)
     assert report.applied == 0 and len(report.errors) > 0
 
 
@@ -290,7 +294,9 @@ def test_rendered_router_config_is_accepted_by_the_router(example: str) -> None:
         {"apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "spec": pipeline.spec.model_dump(
             by_alias=True, mode="json")})), "metadata": {"name": "p", "namespace": "n", "uid": "u"}}, pipeline,
         now=0.0).status["plan"]
-    objects = render_children(Owner("p", "n", "u"), pipeline.spec, plan_from_json(plan), WorkerSettings())
+    objects = render_children(
+        Owner("p", "n", "u"), pipeline.spec, plan_from_json(plan), WorkerSettings(),
+        admin_key=KEY)
     from paretoserve.workers.plan_rendering import router_update
 
     for cm in (o for o in objects if o["kind"] == "ConfigMap"):
@@ -312,7 +318,7 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
         return httpx.Response(200 if request.url.host == "10.9.0.1" else 500, json={})
 
     gw = FakeGateway()
-    actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), admin_key=KEY)
     for name, ip, owned in (("p1", "10.9.0.1", True), ("p2", "10.9.0.2", True), ("fake", "10.9.0.3", False)):
         p = pod(name, "detector", "large", "1000m", gw if owned else None)
         p["status"]["podIP"] = ip

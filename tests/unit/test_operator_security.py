@@ -31,6 +31,8 @@ from .test_planner_limits import LARGEST
 
 PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
+KEY = b"test-key"
+
 
 def _children(settings: WorkerSettings | None = None) -> list[dict[str, Any]]:
     return render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings or WorkerSettings(),
@@ -93,7 +95,7 @@ def test_an_object_the_pipeline_does_not_own_is_never_taken_over() -> None:
                "metadata": {"name": "tiny-detector-small", "namespace": "ns1", "labels": {"team": "b"}},
                "data": {"theirs": "1"}}
     gw.apply(foreign)
-    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    report = actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), admin_key=KEY)
     assert report.conflicts == ("ConfigMap ns1/tiny-detector-small",)
     assert gw.objects[("ConfigMap", "ns1", "tiny-detector-small")]["data"] == {"theirs": "1"}
     assert ("Deployment", "ns1", "tiny-detector-small") in gw.objects  # the rest is applied
@@ -108,7 +110,7 @@ def test_a_labelled_lookalike_object_is_not_deleted_as_an_orphan() -> None:
     gw.apply({"kind": "Service", "apiVersion": "v1", "metadata": {
         "name": "victim", "namespace": "ns1",
         "labels": {"paretoserve.io/pipeline": "tiny", "app.kubernetes.io/managed-by": "paretoserve"}}})
-    actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings())
+    actuate(gw, OWNER, parse_pipeline(PIPELINE), first_plan(), WorkerSettings(), admin_key=KEY)
     assert ("Service", "ns1", "victim") in gw.objects
 
 

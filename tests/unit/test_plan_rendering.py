@@ -19,6 +19,8 @@ from paretoserve.planner.model import Allocation, Plan, SolveStatus, StagePlan
 from paretoserve.planner.spec import ServingPipeline, parse_pipeline
 from paretoserve.workers.runtime.actuator import LocalLimits, model_settings
 
+KEY = b"test-key"
+
 
 def _pipeline() -> ServingPipeline:
     variant = {"name": "large", "tritonModel": "cnn_large", "accuracy": 0.99,
@@ -36,7 +38,9 @@ def _plan(allocation: Allocation) -> Plan:
 
 def _kubernetes(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, Any]:
     """What the operator puts in the worker pods' ConfigMap (worker.json, also pushed to the sidecar)."""
-    children = render_children(Owner("digits", "ns", "uid"), pipeline.spec, _plan(allocation), WorkerSettings())
+    children = render_children(
+        Owner("digits", "ns", "uid"), pipeline.spec, _plan(allocation), WorkerSettings(),
+        admin_key=KEY)
     config_map = next(o for o in children if o["kind"] == "ConfigMap" and "worker.json" in o.get("data", {}))
     knobs: dict[str, Any] = json.loads(config_map["data"]["worker.json"])["models"]["cnn_large"]
     return {"instances": knobs["instanceCount"],
