@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from paretoserve import __version__
 from paretoserve.operator.naming import (
     ADMIN_TOKEN_DIR,
     ADMIN_TOKEN_KEY,
@@ -57,8 +58,10 @@ from paretoserve.workers.plan_rendering import served_models
 class WorkerSettings:
     """Operator-wide settings of the pods it creates (Helm values)."""
 
-    triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
-    router_image: str = "ghcr.io/paretoserve/router:0.1.0"
+    triton_image: str = f"ghcr.io/paretoserve/worker-cpu:{__version__}"
+    """The CPU worker image (``images/Dockerfile.worker``: Triton with the Python backend, ONNX Runtime and the
+    digits repository at ``/models``); NVIDIA's Triton image with a mounted repository works as well."""
+    router_image: str = f"ghcr.io/paretoserve/paretoserve:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     tolerations: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -77,6 +80,9 @@ class WorkerSettings:
     router_cpu: str = "500m"
     """The router costs ~0.35 ms of CPU per request: 500m carries ~1,400 requests/s per pod."""
     router_memory: str = "128Mi"
+    drain_seconds: int = 5
+    """preStop sleep of a terminating worker pod's router: it keeps answering while the endpoint removal
+    reaches every node's proxy; its Triton sleeps longer, so it serves the router's last requests."""
     router_max_body_bytes: int = 4 * 1024 * 1024
     network_policies: bool = True
     """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
@@ -114,6 +120,11 @@ def _resources(variant: Variant) -> dict[str, Any]:
         amounts[name] = str(int(count))
     return {"requests": amounts, "limits": limits}
 
+
+TRITON_DRAIN_EXTRA_S = 5
+"""Seconds Triton's preStop sleep outlasts the router's."""
+TERMINATION_SLACK_S = 30
+"""Grace after the preStop sleeps: Triton's --exit-timeout-secs finishes in-flight inferences within it."""
 
 RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -154,6 +165,8 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                          {"resourceName": "memory", "restartPolicy": "NotRequired"}],
         "securityContext": RESTRICTED,
         "volumeMounts": triton_mounts,
+        # outlive the router's drain: its last requests still reach this Triton
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.drain_seconds + TRITON_DRAIN_EXTRA_S}}},
     }
     if settings.model_repository_secret:
         triton["envFrom"] = [{"secretRef": {"name": settings.model_repository_secret}}]
@@ -172,8 +185,13 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                   {"name": "router-admin", "containerPort": ROUTER_ADMIN_PORT}],
         "resources": {"requests": {"cpu": settings.router_cpu, "memory": settings.router_memory},
                       "limits": {"cpu": settings.router_cpu, "memory": settings.router_memory}},
-        # Ready when the router answers and its pool runs; the router fails requests its Triton cannot serve.
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "router"}},
+        # Ready when the router runs and this pod's Triton reports every model it serves ready.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "router"},
+                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "router"},
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        # keep serving while the endpoint removal propagates; SIGTERM then finishes in-flight requests
+        "lifecycle": {"preStop": {"sleep": {"seconds": settings.drain_seconds}}},
         "securityContext": RESTRICTED,
         "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"},
                          {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True},
@@ -182,6 +200,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
     pod_spec: dict[str, Any] = {
         "containers": [triton, router], "volumes": volumes,
         "automountServiceAccountToken": settings.automount_service_account_token,
+        "terminationGracePeriodSeconds": settings.drain_seconds + TRITON_DRAIN_EXTRA_S + TERMINATION_SLACK_S,
         "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
                             "fsGroup": WORKER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from paretoserve.operator.children import WorkerSettings
 
 log = logging.getLogger("paretoserve.operator.config")
 T = TypeVar("T")
+QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+"""The CPU and memory quantities the operator writes into pods (a subset of Kubernetes' grammar)."""
 
 
 class ConfigError(ValueError):
@@ -62,8 +65,13 @@ class OperatorConfig:
         read = _Reader(env)
         defaults = WorkerSettings()
         workers = WorkerSettings(
-            triton_image=env.get("PARETOSERVE_TRITON_IMAGE", defaults.triton_image),
-            router_image=env.get("PARETOSERVE_ROUTER_IMAGE", defaults.router_image),
+            triton_image=env.get("PARETOSERVE_TRITON_IMAGE") or defaults.triton_image,
+            router_image=env.get("PARETOSERVE_ROUTER_IMAGE") or defaults.router_image,
+            image_pull_policy=read.choice("PARETOSERVE_IMAGE_PULL_POLICY", defaults.image_pull_policy,
+                                          ("Always", "IfNotPresent", "Never")),
+            router_cpu=read.quantity("PARETOSERVE_ROUTER_CPU", defaults.router_cpu),
+            router_memory=read.quantity("PARETOSERVE_ROUTER_MEMORY", defaults.router_memory),
+            drain_seconds=read.number("PARETOSERVE_DRAIN_SECONDS", defaults.drain_seconds, int, 0, 600),
             model_repository=env.get("PARETOSERVE_MODEL_REPOSITORY") or defaults.model_repository,
             model_repository_claim=env.get("PARETOSERVE_MODEL_REPOSITORY_CLAIM") or None,
             model_repository_secret=env.get("PARETOSERVE_MODEL_REPOSITORY_SECRET") or None,
@@ -115,6 +123,18 @@ class _Reader:
         if not low <= float(value) <= high:  # type: ignore[arg-type]
             raise ConfigError(f"{name}: must be in [{low:g}, {high:g}], got {raw!r}")
         return value
+
+    def quantity(self, name: str, default: str) -> str:
+        raw = self.env.get(name) or default
+        if not QUANTITY.fullmatch(raw):
+            raise ConfigError(f"{name}: not a Kubernetes quantity (e.g. 500m, 1, 128Mi), got {raw!r}")
+        return raw
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self.env.get(name) or default
+        if raw not in allowed:
+            raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {raw!r}")
+        return raw
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.env.get(name, "").strip().lower()

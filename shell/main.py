@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from paretoserve.shell.commands import bench, experiment, plan, router, runtime
+from paretoserve.shell.commands import bench, experiment, models, plan, router, runtime
 from paretoserve.shell.errors import EXIT_USAGE, CliError
 
-COMMANDS = (plan, bench, experiment, runtime, router)
+COMMANDS = (plan, bench, experiment, runtime, router, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

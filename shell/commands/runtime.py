@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import socket
 import sys
@@ -40,6 +41,16 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _cores(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CliError(f"{flag}: expected comma-separated numbers of cores, got {text!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise CliError(f"{flag}: expected positive numbers of cores, got {text!r}")
+    return values
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -55,12 +66,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         profile_document,
         profile_pipeline,
     )
+    from paretoserve.workers.triton.cpu_quota import CpuQuotaUnavailable
 
     batches, threads = _ints("--batches", args.batches), _ints("--threads", args.threads)
     instances = _ints("--instances", args.instances)
+    quotas = _cores("--cpu-quotas", args.cpu_quotas) if args.cpu_quotas else ()
     try:
-        grid = (ProfileGrid.quick(batches=batches, threads=threads, instances=instances) if args.quick
-                else ProfileGrid(batches=batches, threads=threads, instances=instances))
+        grid = (ProfileGrid.quick(batches=batches, threads=threads, instances=instances, cpu_quotas=quotas)
+                if args.quick else ProfileGrid(batches=batches, threads=threads, instances=instances,
+                                               cpu_quotas=quotas))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="paretoserve-profile-"))
@@ -69,6 +83,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         result = profile_pipeline(pipeline, grid, work_dir, progress=_log)
     except SpecError as exc:
         raise CliError(f"{args.file}: {exc}") from None
+    except CpuQuotaUnavailable as exc:
+        raise CliError(f"--cpu-quotas: {exc}") from None
     header = (f"Measured by `{command}`\non this machine ({grid.cores} dedicated cores, load average "
               f"{result.machine['loadAverageAtStart']}) at {time.strftime('%Y-%m-%d %H:%M')}; latencyMs is p"
               f"{result.percentile} of sequential requests, throughputRps images/s of a closed loop.")
@@ -233,6 +249,8 @@ def register(sub: Any) -> None:
     profile.add_argument("--batches", default="1,2,4,8,16")
     profile.add_argument("--threads", default="1,2", help="CPU threads per instance")
     profile.add_argument("--instances", default="1,2", help="Triton instances per replica")
+    profile.add_argument("--cpu-quotas", help="CPU limits in cores (e.g. 0.25,0.5,1): measure Triton under each "
+                         "CFS quota, as a pod with that limit (needs root or a delegated cgroup)")
     profile.add_argument("--quick", action="store_true", help="fewer samples (noisier tails)")
     profile.add_argument("--work-dir", help="model repository and Triton log (default: a temp dir)")
     profile.set_defaults(func=cmd_profile)

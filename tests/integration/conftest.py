@@ -2,7 +2,7 @@
 
 The server (the real ``tritonserver`` from the nvidia-pytriton wheel, not a mock) starts once per
 session with three variants, because each start costs seconds per model (every instance is a
-Python-backend stub that imports torch). A missing installation is a test failure with the install
+Python-backend stub that opens an ONNX Runtime session). A missing installation is a test failure with the install
 hint, never a skip: CI installs the workers extra. Tests that reconfigure a model restore it.
 """
 

@@ -184,3 +184,24 @@ def test_profile_writes_points_that_parse(tmp_path: Path, catalog: ModelCatalog,
     assert all(p.latency_ms > 0 and (p.throughput_rps or 0) > 0 for p in points)
     assert written.read_text().splitlines()[2] == "# A test pipeline."
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_profile_under_cpu_quotas_measures_at_the_quota(tmp_path: Path, catalog: ModelCatalog,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pod's CPU limit is a CFS quota: profiling under one records points at that (fractional) CPU, and a
+    tighter quota is measurably slower."""
+    from paretoserve.shell.main import main
+
+    manifest = tmp_path / "p.yaml"
+    manifest.write_text(yaml.safe_dump(pipeline_doc("quota-test")))
+    profile = tmp_path / "profile.yaml"
+    code = main(["profile", str(manifest), "--out", str(profile), "--quick", "--batches", "8", "--threads", "1",
+                 "--instances", "1", "--cpu-quotas", "0.1,1", "--work-dir", str(tmp_path / "w")])
+    assert code == 0, capsys.readouterr().err
+    document = yaml.safe_load(profile.read_text())
+    points = document["stages"]["classify"]["variants"]["tiny"]["profile"]["points"]
+    assert [(p["batch"], p["cpu"]) for p in points] == [(8, 0.1), (8, 1)]
+    slow, fast = points
+    assert slow["throughputRps"] < fast["throughputRps"]  # 0.1 core: at most ~a tenth of the time per period
+    assert processes_mentioning(str(tmp_path)) == []
+    assert not [p for p in Path("/sys/fs/cgroup/cpu").glob("paretoserve-profile-*")]  # the group is removed

@@ -14,7 +14,7 @@ import pytest
 from paretoserve.operator import handlers, pipeline_steps
 from paretoserve.operator.actuator import actuate, resizes
 from paretoserve.operator.children import WorkerSettings, admin_token, render_children
-from paretoserve.operator.config import OperatorConfig
+from paretoserve.operator.config import ConfigError, OperatorConfig
 from paretoserve.operator.k8s.fake import FakeGateway
 from paretoserve.operator.naming import ANNOTATION_CPU, Owner
 from paretoserve.operator.status import due, read_status, set_conditions
@@ -76,6 +76,38 @@ def test_worker_pods_read_the_configured_model_repository_and_their_knobs_file()
     pod = next(o for o in default if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert "--model-repository=/models" in pod["containers"][0]["args"]
     assert "models" not in [v["name"] for v in pod["volumes"]]
+
+
+def test_worker_pods_run_the_projects_images_and_drain_before_they_stop() -> None:
+    """Defaults are the images `images/build.sh` builds; a terminating pod keeps serving (preStop) while its
+    endpoint removal propagates, Triton longer than the router, all within the grace period."""
+    settings = OperatorConfig.from_env({"PARETOSERVE_DRAIN_SECONDS": "7", "PARETOSERVE_ROUTER_CPU": "150m",
+                                        "PARETOSERVE_ROUTER_MEMORY": "96Mi",
+                                        "PARETOSERVE_IMAGE_PULL_POLICY": "Never"}).workers
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings, admin_key=KEY)
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    triton, router = pod["containers"]
+    assert triton["image"] == "ghcr.io/paretoserve/worker-cpu:0.1.0"
+    assert router["image"] == "ghcr.io/paretoserve/paretoserve:0.1.0"
+    assert triton["imagePullPolicy"] == router["imagePullPolicy"] == "Never"
+    router_sleep = router["lifecycle"]["preStop"]["sleep"]["seconds"]
+    triton_sleep = triton["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert router_sleep == 7 and triton_sleep > router_sleep
+    assert pod["terminationGracePeriodSeconds"] > triton_sleep
+    assert router["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "router"}
+    assert router["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "router"}
+    assert router["resources"]["limits"] == {"cpu": "150m", "memory": "96Mi"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PARETOSERVE_ROUTER_CPU": "half"}, "PARETOSERVE_ROUTER_CPU: not a Kubernetes quantity"),
+    ({"PARETOSERVE_ROUTER_MEMORY": "1e9 bytes"}, "PARETOSERVE_ROUTER_MEMORY: not a Kubernetes quantity"),
+    ({"PARETOSERVE_IMAGE_PULL_POLICY": "Sometimes"}, "PARETOSERVE_IMAGE_PULL_POLICY: must be one of"),
+    ({"PARETOSERVE_DRAIN_SECONDS": "-1"}, "PARETOSERVE_DRAIN_SECONDS: must be in"),
+])
+def test_bad_worker_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OperatorConfig.from_env(env)
 
 
 def test_template_keeps_base_cpu_and_the_plan_goes_to_an_annotation() -> None:

@@ -23,6 +23,7 @@ from paretoserve.workers.router.app import RouterApps, build_router
 from paretoserve.workers.router.config import parse_config
 from paretoserve.workers.router.edf import EdfAdmission
 from paretoserve.workers.router.limits import RequestLimits
+from paretoserve.workers.router.worker_knobs import TritonTarget
 
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
 DEADLINE = "x-paretoserve-deadline-ms"
@@ -38,10 +39,14 @@ class FakeTriton:
         self.modes: dict[str, str] = {}
         self.calls: list[tuple[str, str, int]] = []
         self.gate = asyncio.Event()
+        self.unready: set[tuple[str, str]] = set()
+        """(host, model) pairs whose KServe v2 readiness answers 400 (Triton: not loaded)."""
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host = f"{request.url.host}:{request.url.port}"
         model = request.url.path.split("/")[3]
+        if request.method == "GET" and request.url.path.endswith("/ready"):
+            return httpx.Response(400 if (host, model) in self.unready else 200)
         mode = self.modes.get(host, "ok")
         if mode == "gate":
             await self.gate.wait()
@@ -470,6 +475,23 @@ async def test_min_deadline_gauge_tracks_requests_in_flight() -> None:
 
     assert 0 < remaining <= 60000
     assert after is None  # no request held: no sample
+
+
+async def test_ready_only_when_the_pods_own_triton_has_its_models_loaded() -> None:
+    fake = FakeTriton()
+    fake.unready.add(("10.0.0.2:8000", "heavy"))  # the pod's own Triton is still loading heavy
+    fake.unready.add(("10.0.0.1:8000", "light"))  # another pod's model: not this pod's readiness
+    own = TritonTarget(url="http://10.0.0.2:8000")
+    config = cascade_config("confidence", 0.8)
+    config["upstreams"] = {"light": ["http://10.0.0.1:8000"], "heavy": ["http://10.0.0.2:8000"]}
+    async with serving(config, fake, triton=own) as (client, _):
+        loading = await client.get("/v2/health/ready")
+        fake.unready.clear()
+        loaded = await client.get("/v2/health/ready")
+
+    assert loading.status_code == 503
+    assert loading.json() == {"ready": False, "pipeline": "digits", "unreadyModels": ["heavy"]}
+    assert loaded.status_code == 200 and loaded.json()["ready"] is True
 
 
 async def test_the_router_is_not_ready_before_its_lifespan() -> None:

@@ -19,7 +19,6 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from paretoserve.workers.models.runtime import Prediction
 from paretoserve.workers.triton.backend_model import config_parameters, split_outputs
 from paretoserve.workers.triton.control import ModelMetrics, parse_metrics
 from paretoserve.workers.triton.repository import (
@@ -34,6 +33,7 @@ from paretoserve.workers.triton.repository import (
     write_model,
     write_repository,
 )
+from paretoserve.workers.triton.variant_engine import Prediction
 
 FIXTURE = Path(__file__).parent / "fixtures" / "triton_metrics_2.51.txt"
 

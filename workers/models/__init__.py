@@ -2,8 +2,8 @@
 
 Variants of increasing cost (``tiny_linear`` < ``mlp_small`` < ``cnn_small`` < ``cnn_large``) plus
 ``discriminator``, which predicts whether ``tiny_linear`` is wrong. :func:`ensure_trained` returns
-the cached catalog (training it once if needed); :func:`load_variant` and :func:`predict` are what
-the Triton Python backend runs.
+the cached catalog (training it once if needed, and exporting each variant to the ONNX graph Triton
+serves); :func:`load_variant` and :func:`predict` run a variant offline in torch.
 """
 
 from paretoserve.workers.models.architectures import ARCHITECTURES, IMAGE_SHAPE, build_module
@@ -16,7 +16,7 @@ from paretoserve.workers.models.cache import (
     ensure_trained,
     open_catalog,
 )
-from paretoserve.workers.models.runtime import Prediction, load_variant, predict, read_metadata
+from paretoserve.workers.models.runtime import export_onnx, load_variant, predict, read_metadata
 from paretoserve.workers.models.training import (
     DEFAULT_SPLIT,
     RECIPES,
@@ -25,6 +25,7 @@ from paretoserve.workers.models.training import (
     TrainingRecipe,
     load_split,
 )
+from paretoserve.workers.triton.variant_engine import Prediction
 
 __all__ = [
     "ARCHITECTURES",
@@ -43,6 +44,7 @@ __all__ = [
     "default_cache_root",
     "ensure_trained",
     "load_split",
+    "export_onnx",
     "load_variant",
     "open_catalog",
     "predict",

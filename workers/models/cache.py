@@ -4,8 +4,9 @@ Triton workers, the router and the planner's profiler all need the same trained 
 same measured accuracy, and training must happen at most once per recipe set (never a download).
 The cache lives at ``${PARETOSERVE_CACHE:-~/.cache/paretoserve}/models/<version>/`` where
 ``<version>`` hashes everything that determines the weights (recipes, split, training-code
-version, torch minor version). Each variant gets ``<version>/<variant>/{weights.pt,metadata.json}``;
-``<version>/manifest.json`` is written last, so a directory with a manifest is complete. A
+version, torch minor version). Each variant gets
+``<version>/<variant>/{weights.pt,model.onnx,metadata.json}`` (``model.onnx``, its ONNX export, is what
+Triton serves); ``<version>/manifest.json`` is written last, so a directory with a manifest is complete. A
 version directory is built under a temporary name and renamed into place, so concurrent
 processes never see a half-written cache (the loser of a race discards its copy).
 """
@@ -25,7 +26,7 @@ from types import MappingProxyType
 import torch
 
 from paretoserve.workers.models.architectures import IMAGE_SHAPE, count_parameters, estimate_macs
-from paretoserve.workers.models.runtime import METADATA_FILE, WEIGHTS_FILE
+from paretoserve.workers.models.runtime import METADATA_FILE, WEIGHTS_FILE, export_onnx
 from paretoserve.workers.models.training import (
     DEFAULT_SPLIT,
     RECIPES,
@@ -34,11 +35,13 @@ from paretoserve.workers.models.training import (
     TrainingRecipe,
     train_all,
 )
+from paretoserve.workers.triton.repository import ONNX_FILE
 
 CACHE_ENV = "PARETOSERVE_CACHE"
 MANIFEST_FILE = "manifest.json"
-TRAINING_CODE_VERSION = 1
-"""Bump when training code changes in a way the recipes do not capture."""
+TRAINING_CODE_VERSION = 2
+"""Bump when training code changes in a way the recipes do not capture (2: each variant also carries its
+ONNX export, which is what Triton serves)."""
 
 DIGIT_LABELS: tuple[str, ...] = tuple(str(digit) for digit in range(10))
 DISCRIMINATOR_LABELS: tuple[str, ...] = ("light_right", "light_wrong")
@@ -164,6 +167,7 @@ def _write_version(staging: Path, version: str, trained: tuple[TrainedVariant, .
         variant_dir.mkdir()
         weights = variant_dir / WEIGHTS_FILE
         torch.save(variant.module.state_dict(), weights)
+        export_onnx(variant.module, variant_dir / ONNX_FILE)
         metadata = _metadata(variant, version, split, weights)
         (variant_dir / METADATA_FILE).write_text(metadata.to_json())
     manifest = {"version": version, "variants": [variant.recipe.variant for variant in trained]}

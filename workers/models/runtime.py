@@ -1,15 +1,14 @@
-"""Loading a cached variant and turning its logits into the outputs ParetoServe serves.
+"""Loading a cached variant in torch, predicting offline, and exporting it to the ONNX graph that is served.
 
-The Triton Python backend (``paretoserve/workers/triton/backend_model.py``), the tests and the
-offline evaluation all go through these two functions, so the served probabilities, confidence
-and labels are computed exactly the same way everywhere. The confidence (max softmax) is what the
-cascade router compares with its threshold to decide whether to escalate light -> heavy.
+Triton serves each variant's ONNX export (:mod:`paretoserve.workers.triton.variant_engine`); the tests and
+the offline evaluation run the torch module. Both turn logits into the served outputs with the same
+:func:`~paretoserve.workers.triton.variant_engine.prediction_from_logits`, so the probabilities, confidence
+(what the cascade router compares with its threshold) and labels agree between the two.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from paretoserve.workers.models.architectures import build_module
+from paretoserve.workers.models.architectures import IMAGE_SHAPE, build_module
+from paretoserve.workers.triton.variant_engine import ONNX_INPUT, ONNX_OUTPUT, Prediction, prediction_from_logits
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "weights.pt"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Served outputs for a batch of ``N`` images."""
-
-    probs: npt.NDArray[np.float32]
-    """``(N, num_classes)`` class probabilities (softmax of the logits)."""
-    confidence: npt.NDArray[np.float32]
-    """``(N,)`` max probability: the cascade router's escalation signal."""
-    label: npt.NDArray[np.int64]
-    """``(N,)`` argmax class."""
 
 
 def read_metadata(variant_dir: Path) -> dict[str, object]:
@@ -65,10 +53,18 @@ def predict(module: nn.Module, images: npt.NDArray[np.floating[Any]] | torch.Ten
     """Run ``module`` on ``(N, 8, 8)`` images and return probabilities, confidence and labels."""
     batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     with torch.inference_mode():
-        probs = torch.softmax(module(batch.to(torch.float32)), dim=1)
-        confidence, label = probs.max(dim=1)
-    return Prediction(
-        probs=probs.numpy().astype(np.float32, copy=False),
-        confidence=confidence.numpy().astype(np.float32, copy=False),
-        label=label.numpy().astype(np.int64, copy=False),
-    )
+        logits = module(batch.to(torch.float32))
+    return prediction_from_logits(logits.numpy())
+
+
+def export_onnx(module: nn.Module, path: Path) -> Path:
+    """Write ``module`` as an ONNX graph with a dynamic batch dimension (what Triton's instances run).
+
+    Written to a temporary name and renamed, so a reader never sees half a graph."""
+    example = torch.zeros((1, *IMAGE_SHAPE), dtype=torch.float32)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.onnx.export(module.eval(), (example,), str(partial), dynamo=False, input_names=[ONNX_INPUT],
+                      output_names=[ONNX_OUTPUT], dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                      opset_version=17)
+    partial.replace(path)
+    return path

@@ -7,7 +7,8 @@ two listeners (:mod:`.serve`), and a path of one app does not exist on the other
 - **data** (``--host/--port``): ``POST /v2/pipelines/{pipeline}/infer`` (the pipeline,
   :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent, streamed proxy to the model's
   replicas, same EDF queue and deadline; the upstream's answer is passed on whatever its status),
-  ``GET /v2/health/ready`` (200 once the clients are open) and ``GET /v2/health/live``;
+  ``GET /v2/health/ready`` (200 once the clients are open and the models its pod's own Triton serves report
+  ready there) and ``GET /v2/health/live``;
 - **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
   (bearer token, :mod:`.admin`) and ``GET /metrics``.
 
@@ -278,8 +279,18 @@ class RouterService:
     # --- health ------------------------------------------------------------------------------
 
     async def ready(self, _: Request) -> Response:
-        running = self._pool is not None
-        return json_response({"ready": running, "pipeline": self._config.pipeline}, 200 if running else 503)
+        """Ready once the clients are open and every model this pod's own Triton serves reports ready there:
+        a worker pod takes traffic only when its models are loaded (the kubelet's readiness probe)."""
+        pool, config = self._pool, self._config
+        if pool is None:
+            return json_response({"ready": False, "pipeline": config.pipeline}, 503)
+        own = origin(self.triton.url)
+        local = sorted((model, url) for model, urls in config.upstreams.items() for url in urls if origin(url) == own)
+        answers = await asyncio.gather(*(pool.model_ready(url, model) for model, url in local))
+        unready = sorted({model for (model, _), ok in zip(local, answers, strict=True) if not ok})
+        if unready:
+            return json_response({"ready": False, "pipeline": config.pipeline, "unreadyModels": unready}, 503)
+        return json_response({"ready": True, "pipeline": config.pipeline}, 200)
 
     async def live(self, _: Request) -> Response:
         return json_response({"live": True})

@@ -197,6 +197,17 @@ class UpstreamPool:
         clients, self._clients, self._transports = list(self._clients.values()), {}, {}
         await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
+    async def model_ready(self, base: str, model: str, timeout_s: float = 1.0) -> bool:
+        """Whether the replica at ``base`` answers ``model``'s KServe v2 readiness with 200 within ``timeout_s``."""
+        client = self._clients.get(base)
+        if client is None:
+            return False
+        try:
+            response = await client.get(f"/v2/models/{model}/ready", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     def replicas(self, model: str) -> tuple[str, ...]:
         return self._replicas.get(model, ())
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import threading
 import time
@@ -47,6 +48,7 @@ from paretoserve.workers.runtime.serving import (
     running_triton,
 )
 from paretoserve.workers.triton.control import TritonControl
+from paretoserve.workers.triton.cpu_quota import cpu_quota_group
 from paretoserve.workers.triton.repository import TritonModelSpec, render_config
 
 PERCENTILES = (50, 90, 95, 99)
@@ -67,12 +69,17 @@ class ProfileGrid:
     throughput_seconds: float = 4.0
     clients_per_instance: int = 2
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    cpu_quotas: tuple[float, ...] = ()
+    """CPU limits to measure under (cores, e.g. 0.25): Triton runs in a cgroup with that CFS quota, as in a pod
+    with that limit. Empty: no quota, cores per replica = threads × instances."""
 
     def __post_init__(self) -> None:
         for name in ("batches", "threads", "instances"):
             values = getattr(self, name)
             if not values or any(v < 1 for v in values):
                 raise ValueError(f"--{name}: give positive integers, got {list(values)}")
+        if any(not 0.01 <= q <= self.cores for q in self.cpu_quotas):
+            raise ValueError(f"--cpu-quotas: give cores in [0.01, {self.cores}], got {list(self.cpu_quotas)}")
         if not self.configurations():
             raise ValueError(f"--threads/--instances: every threads × instances product exceeds {self.cores} cores")
 
@@ -81,9 +88,13 @@ class ProfileGrid:
         """Fewer samples and shorter loops (about a third of the time); noisier tails."""
         return cls(**{"warmup": 10, "latency_samples": 150, "throughput_seconds": 1.5, **overrides})
 
-    def configurations(self) -> list[tuple[int, int]]:
-        """(threads per instance, instances) pairs that fit the dedicated cores."""
-        return [(t, i) for t in self.threads for i in self.instances if t * i <= self.cores]
+    def configurations(self) -> list[tuple[int, int, float | None]]:
+        """(threads per instance, instances, CPU quota) that fit: threads × instances within the dedicated cores,
+        or, under a quota, within the quota rounded up (more threads than cores only contend)."""
+        if not self.cpu_quotas:
+            return [(t, i, None) for t in self.threads for i in self.instances if t * i <= self.cores]
+        return [(t, i, q) for q in self.cpu_quotas for t in self.threads for i in self.instances
+                if t * i <= max(1, math.ceil(q))]
 
 
 @dataclass(frozen=True)
@@ -119,11 +130,13 @@ class PointMeasurement:
     samples: int
     executed_batch: float
     """Triton's inferences per execution during the run (should equal ``batch``)."""
+    cpu_quota: float | None = None
+    """The CFS quota Triton ran under (cores), or ``None``."""
 
     @property
-    def cpu(self) -> int:
-        """Cores per replica: threads per instance × instances."""
-        return self.threads * self.instances
+    def cpu(self) -> float:
+        """Cores per replica: the quota it ran under, else threads per instance × instances."""
+        return self.cpu_quota if self.cpu_quota is not None else self.threads * self.instances
 
     def point(self, percentile: int) -> dict[str, Any]:
         """The CRD's ``profile.points`` entry."""
@@ -249,8 +262,12 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
     def load_plain(loader: GrpcModelControl, spec: TritonModelSpec) -> None:
         loader.load_config(spec.name, profiling_config(spec))
 
-    with running_triton(specs, work_dir, load=load_plain, progress=progress) as server, \
-            TritonControl(server.http_url, server.metrics_url) as control, GrpcModelControl(server.grpc_url) as loader:
+    with contextlib.ExitStack() as stack:
+        group = stack.enter_context(cpu_quota_group(grid.cpu_quotas[0])) if grid.cpu_quotas else None
+        server = stack.enter_context(running_triton(specs, work_dir, load=load_plain, progress=progress,
+                                                    cpu_group=group))
+        control = stack.enter_context(TritonControl(server.http_url, server.metrics_url))
+        loader = stack.enter_context(GrpcModelControl(server.grpc_url))
         for stage in pipeline.spec.stages:
             cascade = stage.cascade
             if cascade is not None and cascade.router is RouterKind.CONFIDENCE:
@@ -260,7 +277,9 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
                 progress(f"{stage.name}: measured f(t) of {cascade.light} -> {cascade.heavy}")
         for use in uses:
             points: list[PointMeasurement] = []
-            for threads, instances in grid.configurations():
+            for threads, instances, quota in grid.configurations():
+                if group is not None and quota is not None:
+                    group.set_cores(quota)  # what an in-place resize does to a pod's container
                 spec = replace(specs[use.model], cpu_threads_per_instance=threads, instance_count=instances)
                 load_plain(loader, spec)
                 for batch in grid.batches:
@@ -272,13 +291,15 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
                         clients=grid.clients_per_instance * instances, seconds=grid.throughput_seconds)
                     delta = control.metrics()[use.model].since(before)
                     point = PointMeasurement(use.model, batch, threads, instances, latency, loaded, rps,
-                                             grid.latency_samples, round(delta.average_batch_size, 3))
+                                             grid.latency_samples, round(delta.average_batch_size, 3), quota)
                     points.append(point)
-                    progress(f"{use.model} b={batch} threads={threads} instances={instances}: "
+                    under = f" quota={quota:g}" if quota is not None else ""
+                    progress(f"{use.model} b={batch} threads={threads} instances={instances}{under}: "
                              f"p{percentile} {latency.at(percentile):.2f} ms, {rps:.0f} img/s")
             measurements[use.model] = tuple(points)
     machine = {"cores": grid.cores, "cpuCount": os.cpu_count(), "loadAverageAtStart": [round(x, 2) for x in
-                                                                                         load_average]}
+                                                                                         load_average],
+               **({"cpuQuotas": list(grid.cpu_quotas)} if grid.cpu_quotas else {})}
     return ProfileResult(pipeline.metadata.name, percentile, measurements, rows, machine)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from paretoserve.planner.spec import ServingPipeline, SpecError
 from paretoserve.workers.plan_rendering import discriminator_model
+from paretoserve.workers.triton.cpu_quota import CpuQuotaGroup
 from paretoserve.workers.triton.repository import (
     TritonModelSpec,
     render_config,
@@ -136,6 +137,7 @@ def running_triton(
     load: Callable[[GrpcModelControl, TritonModelSpec], None] | None = None,
     progress: Callable[[str], None] | None = None,
     startup_timeout_s: float = 180.0,
+    cpu_group: CpuQuotaGroup | None = None,
 ) -> Iterator[TritonServer]:
     """Write the repository, start ``tritonserver`` with no model, load each spec by config override.
 
@@ -144,7 +146,7 @@ def running_triton(
     """
     repository = write_repository(work_dir / "repository", list(specs.values()))
     config = TritonServerConfig(model_repository=repository, models=(), work_dir=work_dir,
-                                startup_timeout_s=startup_timeout_s)
+                                startup_timeout_s=startup_timeout_s, cpu_group=cpu_group)
     with TritonServer(config) as server, GrpcModelControl(server.grpc_url) as control:
         for spec in specs.values():
             started = time.monotonic()

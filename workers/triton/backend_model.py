@@ -1,18 +1,19 @@
 """Triton Python-backend model for every ParetoServe digits variant (copied as ``<model>/1/model.py``).
 
-One static file serves all variants: the model config's ``parameters`` say which cached variant to
-load (``weights_dir``) and how many CPU threads the instance's torch may use (``cpu_threads``).
-Each Triton instance is its own stub process, so ``torch.set_num_threads`` is per instance: CPU
-threads per instance are the local form of vertical scaling. ``execute`` runs the whole dynamic
-batch Triton hands over in one forward pass and splits the result back per request.
+One static file serves all variants: the model config's ``parameters`` say where the variant's ONNX graph
+is (``weights_dir``: absolute, or relative to the model's version directory, ``.`` in an exported
+repository) and how many CPU threads the instance's ONNX Runtime session may use (``cpu_threads``). Each
+Triton instance is its own stub process, so threads are per instance: CPU threads per instance are the
+local form of vertical scaling. ``execute`` runs the whole dynamic batch Triton hands over in one pass and
+splits the result back per request.
 
-``triton_python_backend_utils`` exists only inside the Triton stub, so it is imported in
-:meth:`TritonPythonModel.initialize`; this module stays importable (and type-checkable) outside.
+Neither torch nor Triton's stub utilities are imported at module level: the worker image has no torch, and
+``triton_python_backend_utils`` exists only inside the stub (imported in :meth:`TritonPythonModel.initialize`),
+so this module stays importable and type-checkable outside.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -20,9 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from paretoserve.workers.models.runtime import Prediction, load_variant, predict
 from paretoserve.workers.triton.repository import (
     INPUT_NAME,
     OUTPUT_CONFIDENCE,
@@ -32,6 +31,7 @@ from paretoserve.workers.triton.repository import (
     PARAM_VARIANT,
     PARAM_WEIGHTS_DIR,
 )
+from paretoserve.workers.triton.variant_engine import OnnxVariant, Prediction, variant_graph
 
 
 def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
@@ -63,18 +63,16 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self._pb: Any = importlib.import_module("triton_python_backend_utils")
         params = config_parameters(json.loads(args["model_config"]))
-        threads = int(params.get(PARAM_CPU_THREADS, "1"))
-        torch.set_num_threads(threads)
-        with contextlib.suppress(RuntimeError):  # already fixed in this process; intra-op threads matter
-            torch.set_num_interop_threads(1)
-        self._module = load_variant(Path(params[PARAM_WEIGHTS_DIR]))
+        version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        graph = variant_graph(params.get(PARAM_WEIGHTS_DIR, "."), version_dir)
+        self._engine = OnnxVariant(graph, threads=int(params.get(PARAM_CPU_THREADS, "1")))
         self._variant = params.get(PARAM_VARIANT, "")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         try:
             images = [pb.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
-            prediction = predict(self._module, np.concatenate(images, axis=0))
+            prediction = self._engine.predict(np.concatenate(images, axis=0))
             per_request = split_outputs(prediction, [len(batch) for batch in images])
         except Exception as error:  # a failed batch must fail its requests, not the stub
             message = f"variant {self._variant!r}: {type(error).__name__}: {error}"

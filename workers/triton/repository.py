@@ -12,6 +12,7 @@ they cannot drift apart. Rendering is pure; :func:`write_model` is the only func
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -26,6 +27,8 @@ PARAM_VARIANT = "variant"
 PARAM_WEIGHTS_DIR = "weights_dir"
 PARAM_CPU_THREADS = "cpu_threads"
 BACKEND_MODEL_RESOURCE = "backend_model.py"
+ONNX_FILE = "model.onnx"
+"""A variant's ONNX graph (what the backend serves), in its cache directory and in an exported entry."""
 
 
 class InvalidSpecError(ValueError):
@@ -81,10 +84,10 @@ class QueuePolicy:
 class TritonModelSpec:
     """One variant served by Triton's Python backend, with the knobs the planner controls.
 
-    ``weights_dir`` is the cached variant directory (``weights.pt`` + ``metadata.json``) as seen
-    by the server process. ``priority_levels == 0`` disables priorities; otherwise
-    ``default_priority_level`` must lie in ``1..priority_levels`` and ``priority_queue_policies``
-    may override the queue policy of individual levels.
+    ``weights_dir`` is the directory holding the variant's ``model.onnx`` as seen by the server process:
+    the cached variant directory, or ``.`` (the model's own version directory) in an exported repository.
+    ``priority_levels == 0`` disables priorities; otherwise ``default_priority_level`` must lie in
+    ``1..priority_levels`` and ``priority_queue_policies`` may override the queue policy of individual levels.
     """
 
     name: str
@@ -282,6 +285,18 @@ def write_model(repository: Path, spec: TritonModelSpec) -> Path:
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config_pbtxt(spec))
     (model_dir / "1" / "model.py").write_text(backend_model_source())
+    return model_dir
+
+
+def export_model(repository: Path, spec: TritonModelSpec, variant_dir: Path) -> Path:
+    """A self-contained repository entry (what a worker image bakes in): ``config.pbtxt`` whose
+    ``weights_dir`` is ``.``, ``1/model.py``, and the variant's ONNX graph and metadata copied into ``1/``."""
+    model_dir = write_model(repository, replace(spec, weights_dir="."))
+    for name in (ONNX_FILE, "metadata.json"):
+        source = variant_dir / name
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: {variant_dir} is not a complete cached variant")
+        shutil.copyfile(source, model_dir / "1" / name)
     return model_dir
 
 

@@ -31,6 +31,8 @@ from types import TracebackType
 
 import httpx
 
+from paretoserve.workers.triton.cpu_quota import CpuQuotaGroup
+
 INSTALL_HINT = "install the workers extra: pip install 'paretoserve[workers]' (nvidia-pytriton ships tritonserver)"
 
 
@@ -143,6 +145,8 @@ class TritonServerConfig:
     log_verbose: int = 0
     metrics_interval_ms: int = 1000
     extra_args: tuple[str, ...] = ()
+    cpu_group: CpuQuotaGroup | None = None
+    """Start the server (and so its stub processes) inside this cgroup: a pod's CPU limit, locally."""
 
 
 def build_command(
@@ -273,7 +277,8 @@ class TritonServer:
                 log.flush()
                 attempt_offset = log.tell()
                 process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                    preexec_fn=self._config.cpu_group.join if self._config.cpu_group else None,
                 )
             self._process = process
             self._finalizer = weakref.finalize(self, _terminate, process, self._config.stop_timeout_s)
