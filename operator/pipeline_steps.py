@@ -26,6 +26,7 @@ from paretoserve.operator.k8s.gateway import Gateway
 from paretoserve.operator.naming import Owner
 from paretoserve.operator.router_push import RouterPusher
 from paretoserve.operator.status import (
+    ActuationReport,
     PipelineStatus,
     metrics_unavailable,
     plain,
@@ -126,4 +127,20 @@ def adapt(gateway: Gateway, sources: SourceFor | None, config: OperatorConfig, b
         return _run_step(gateway, config, body, status, pipeline, sources(owner_of(body).namespace, pipeline),
                          now=now, pusher=pusher, replan=False, from_metrics=True)
     except MetricsUnavailable as exc:  # raised by the observation, before anything changed
-        return StatusUpdate(metrics_unavailable(status, str(exc), now=now))
+        report = _converge(gateway, config, body, status, pipeline, pusher=pusher, now=now)
+        errors = f"kept the plan; errors: {report.errors[0]}" if report is not None and report.errors else None
+        return StatusUpdate(metrics_unavailable(status, str(exc), now=now), errors)
+
+
+def _converge(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any], status: PipelineStatus,
+              pipeline: ServingPipeline, *, pusher: RouterPusher | None, now: float) -> ActuationReport | None:
+    """Without metrics there is no new plan, but the applied one must stay true of the pods: a pod the
+    Deployment (re)creates starts at the template's CPU and the manifest's threshold until it is resized and
+    pushed to. Holding the applied plan does that."""
+    applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
+    if applied is None:
+        return None
+    actuator = KubernetesActuator(gateway, owner_of(body), pipeline, config.workers, pusher, applied,
+                                  admin_key=config.admin_key)
+    actuator.hold(applied, now=now)
+    return actuator.report

@@ -2,12 +2,16 @@
 # Why this exists: tears down the cluster started by up.sh -- stops etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and kwok (via `kwokctl delete cluster`, which uses the
 # pid files in the cluster dir), deletes the cluster's state (etcd data, pki, logs) and the
-# kubeconfig copy. Built binaries in the cache are kept. Idempotent: does nothing if there is
-# nothing to tear down.
+# kubeconfig copy. The real node (node/up.sh) is always stopped first, whether or not
+# PARETOSERVE_REAL_NODE is set, so no kubelet outlives its cluster. Built binaries and images in the
+# cache are kept. Idempotent: does nothing if there is nothing to tear down.
 # Env: PARETOSERVE_CACHE, PARETOSERVE_CLUSTER_NAME, PARETOSERVE_KUBECONFIG.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# The real node first, while the apiserver can still tell kubelet to stop its pods cleanly.
+"$CLUSTER_DIR/node/down.sh" || log "WARNING: node/down.sh failed; continuing with the control plane"
 
 if [[ -d "$KWOK_CLUSTER_DIR" ]]; then
   log "deleting cluster $CLUSTER_NAME"

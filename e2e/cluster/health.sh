@@ -2,10 +2,12 @@
 # Why this exists: up.sh returns as soon as the processes run; tests need a cluster that actually
 # answers. This waits (default 180 s) until kube-apiserver's /readyz is ok, every fake node from
 # manifests/kwok/gpu-nodes.yaml is Ready, and the controller-manager has created the `default`
-# ServiceAccount (pods are rejected before it exists). Exits non-zero with a reason on timeout.
+# ServiceAccount (pods are rejected before it exists). With PARETOSERVE_REAL_NODE=1 it then runs
+# node/health.sh (real node Ready, pod network, Services, DNS, API from a pod, in-place resize).
+# Exits non-zero with a reason on timeout.
 #
 # Usage: e2e/cluster/health.sh [KUBECONFIG]   (default: the path up.sh prints)
-# Env:   HEALTH_TIMEOUT seconds (default 180), KUBECTL.
+# Env:   HEALTH_TIMEOUT seconds (default 180), KUBECTL, PARETOSERVE_REAL_NODE.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -48,3 +50,7 @@ wait_for "ServiceAccount default/default (kube-controller-manager)" kc -n defaul
 
 log "cluster healthy after $(($(date +%s) - start))s: $(kc version -o json 2>/dev/null \
   | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -1) with nodes ${nodes[*]}"
+
+if [[ "${PARETOSERVE_REAL_NODE:-0}" == 1 ]]; then
+  "$CLUSTER_DIR/node/health.sh" "$KUBECONFIG_OUT"
+fi

@@ -203,12 +203,17 @@ class FakeSource:
 
 
 def test_adapt_keeps_the_plan_and_flags_missing_metrics() -> None:
+    """No metrics, no new plan; but the applied plan stays true of the pods: one the Deployment created since
+    (at the template's CPU) is resized to it, and nothing else changes."""
     gw = FakeGateway()
     first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    large = next(a for s in first["plan"]["stages"] for a in s["allocations"] if a["variant"] == "large")
+    gw.apply(pod("new", "detector", "large", "250m", gw))
     gw.actions.clear()
     update = pipeline_steps.adapt(gw, FakeSource(None), OperatorConfig(), body(first), parse_pipeline(PIPELINE),
                          now=20.0)
-    assert gw.actions == [] and "plan" not in update.status
+    assert "plan" not in update.status
+    assert [a for a in gw.actions if a[0] != "apply"] == [("resize", "new", f"{round(large['cpu'] * 1000)}m")]
     cond = next(c for c in update.status["conditions"] if c["type"] == "MetricsUnavailable")
     assert cond["status"] == "True" and "connection refused" in cond["message"]
 

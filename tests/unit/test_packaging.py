@@ -1,5 +1,6 @@
 """The sidecar image installs `.[operator,router]` only (no torch, no Triton server): nothing the router
-sidecar can import may need more. No image can be built here, so this guards the Dockerfile statically."""
+sidecar can import may need more. This guards images/Dockerfile statically (its install is `.[operator,router]`);
+the e2e real-node tier runs the built image."""
 
 from __future__ import annotations
 
