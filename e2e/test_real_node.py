@@ -272,8 +272,8 @@ def test_a_pod_of_another_tenant_cannot_control_the_data_plane(cluster: Cluster,
     assert config["stages"][0]["cascade"]["threshold"] == plan["stages"][0]["threshold"]  # nothing changed
 
 
-def small_pods_only(cluster: Cluster, namespace: str) -> None:
-    """Plan with the measured 0.25-core points at batch 1 only, at 10 % utilisation.
+def small_pods_only(cluster: Cluster, namespace: str, cpu: float = 0.25) -> None:
+    """Plan with the measured points of ``cpu`` cores (0.25: small pods) at batch 1 only, at 10 % utilisation.
 
     One load generator on a 2-core node reaches ~60-100 requests/s, far below what one pod serves at its
     best batch and CPU (thousands of images/s): only small pods, planned with headroom, make such a step
@@ -284,7 +284,7 @@ def small_pods_only(cluster: Cluster, namespace: str) -> None:
              {"op": "replace", "path": "/spec/adaptation/scaleDownStabilization", "value": 2},
              {"op": "replace", "path": "/spec/stages/0/batchSizes", "value": [1]}]
     for i, variant in enumerate(stage["variants"]):
-        points = [p for p in variant["profile"]["points"] if p["cpu"] == 0.25 and p["batch"] == 1]
+        points = [p for p in variant["profile"]["points"] if p["cpu"] == cpu and p["batch"] == 1]
         assert points, variant["name"]
         patch.append({"op": "replace", "path": f"/spec/stages/0/variants/{i}/profile/points", "value": points})
     cluster.kubectl("-n", namespace, "patch", "servingpipeline", PIPELINE, "--type=json", "-p", json.dumps(patch))

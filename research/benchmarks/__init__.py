@@ -1,8 +1,9 @@
 """Benchmarks that print JSON (`paretoserve bench TARGET`): speed and memory targets live here.
 
 Each benchmark is a function `(quick: bool) -> dict`, imported only when it runs, so the registry costs
-nothing. The operator benchmark needs the e2e cluster harness, which exists only in a repository checkout:
-it lives beside that harness (`e2e/bench_operator.py`) and runs as its own process.
+nothing. The operator and real-node benchmarks need the e2e cluster harness, which exists only in a
+repository checkout: they live beside it (`e2e/bench_operator.py`, `e2e/bench_real_node.py`) and run as
+their own processes.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ class BenchmarkUnavailable(RuntimeError):
     """The benchmark cannot run from this installation (e.g. no repository checkout for the e2e harness)."""
 
 
-def bench_operator(quick: bool = False) -> dict[str, Any]:
-    """Run `e2e/bench_operator.py` from the checkout this package was installed from (editable install)."""
+def _e2e_bench(name: str, quick: bool) -> dict[str, Any]:
+    """Run ``e2e/<name>`` from the checkout this package was installed from (editable install)."""
     import paretoserve
 
-    script = Path(paretoserve.__file__).resolve().parents[1] / "e2e" / "bench_operator.py"
+    script = Path(paretoserve.__file__).resolve().parents[1] / "e2e" / name
     if not script.is_file():
-        raise BenchmarkUnavailable("needs a repository checkout (e2e/bench_operator.py and the e2e cluster harness)")
+        raise BenchmarkUnavailable(f"needs a repository checkout (e2e/{name} and the e2e cluster harness)")
     command = [sys.executable, str(script), "--json"] + (["--quick"] if quick else [])
     done = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -34,11 +35,22 @@ def bench_operator(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+def bench_operator(quick: bool = False) -> dict[str, Any]:
+    """The operator on the kwok cluster (`e2e/bench_operator.py`)."""
+    return _e2e_bench("bench_operator.py", quick)
+
+
+def bench_real_node(quick: bool = False) -> dict[str, Any]:
+    """The Kubernetes path on real pods (`e2e/bench_real_node.py`)."""
+    return _e2e_bench("bench_real_node.py", quick)
+
+
 # target -> "module:function(quick: bool) -> dict"; imported only when that benchmark runs.
 BENCHMARKS: dict[str, str] = {
     "planner": "paretoserve.research.benchmarks.planner:bench_planner",
     "simulator": "paretoserve.research.benchmarks.simulator:bench_simulator",
     "operator": "paretoserve.research.benchmarks:bench_operator",
+    "real-node": "paretoserve.research.benchmarks:bench_real_node",
     "router": "paretoserve.research.benchmarks.router:bench_router",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
 }

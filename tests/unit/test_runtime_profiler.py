@@ -58,8 +58,18 @@ RESULT = ProfileResult(
 
 def test_grid_drops_configurations_above_the_cores() -> None:
     grid = ProfileGrid(threads=(1, 2), instances=(1, 2), cores=2)
-    assert grid.configurations() == [(1, 1), (1, 2), (2, 1)]
+    assert grid.configurations() == [(1, 1, None), (1, 2, None), (2, 1, None)]
     assert ProfileGrid.quick(cores=2).latency_samples < ProfileGrid(cores=2).latency_samples
+
+
+def test_grid_under_cpu_quotas_keeps_threads_within_the_quota() -> None:
+    """Under a quota, cores per replica is the quota; more threads than its cores (rounded up) only contend."""
+    grid = ProfileGrid(threads=(1, 2), instances=(1, 2), cores=2, cpu_quotas=(0.25, 1.5))
+    assert grid.configurations() == [(1, 1, 0.25), (1, 1, 1.5), (1, 2, 1.5), (2, 1, 1.5)]
+    with pytest.raises(ValueError, match="--cpu-quotas"):
+        ProfileGrid(cores=2, cpu_quotas=(3.0,))
+    with pytest.raises(ValueError, match="--cpu-quotas"):
+        ProfileGrid(cores=2, cpu_quotas=(0.0,))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
