@@ -291,7 +291,7 @@ def small_pods_only(cluster: Cluster, namespace: str, cpu: float = 0.25) -> None
 
 
 def test_a_load_step_scales_out_and_no_request_is_lost(cluster: Cluster, node: RealNode, served: str,
-                                                       release: str) -> None:
+                                                       release: str, prometheus: PrometheusWithDiscovery) -> None:
     """Under load from a pod: a step makes the operator add light replicas that start and take traffic; then
     the step ends and it scales down (drained), a worker pod and the operator pod are deleted. Every request
     sent is answered or gets an explicit error, and the scale-down costs none."""
@@ -303,10 +303,19 @@ def test_a_load_step_scales_out_and_no_request_is_lost(cluster: Cluster, node: R
                            ["--url", url, "--pipeline", PIPELINE, "--phases", "10x20,60x70,10x80"]):
         cluster.apply(obj)
 
+    original = {p["metadata"]["name"] for p in worker_pods(cluster, served, "tiny-linear")}
+
     def light_ready() -> int:
         return sum(ready(p) for p in worker_pods(cluster, served, "tiny-linear"))
 
     scaled = cluster.wait_for(lambda: (n := light_ready()) > 1 and n, "a second Ready light replica", timeout=120)
+    added = [p["metadata"]["name"] for p in worker_pods(cluster, served, "tiny-linear")
+             if p["metadata"]["name"] not in original and ready(p)]
+    # the new pod takes traffic: its router answers requests that enter through the Service (the routers
+    # recycle keep-alive connections, so even the one long-lived client reaches it)
+    cluster.wait_for(lambda: any(prometheus.value(
+        f'sum(paretoserve_pipeline_requests_total{{namespace="{served}",pod="{pod}"}})') for pod in added),
+        f"requests answered by a new pod {added}", timeout=90)
     victim = worker_pods(cluster, served, "tiny-linear")[0]["metadata"]["name"]  # the Deployment replaces it
     cluster.kubectl("-n", served, "delete", "pod", victim, "--wait=false")
     operator = cluster.get_json("-n", release, "pods", "-l", "app.kubernetes.io/name=paretoserve")["items"]

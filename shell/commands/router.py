@@ -64,7 +64,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         limits = RequestLimits(max_body_bytes=args.max_body_bytes, max_upstream_bytes=args.max_upstream_bytes,
                                max_header_bytes=args.max_header_bytes, read_timeout_s=args.read_timeout_s,
                                keep_alive_s=args.keep_alive_s,
-                               limit_concurrency=args.limit_concurrency, max_deadline_ms=args.max_deadline_ms)
+                               limit_concurrency=args.limit_concurrency, max_deadline_ms=args.max_deadline_ms,
+                               max_requests_per_connection=args.max_requests_per_connection)
     except ValueError as exc:
         raise CliError(f"limits: {exc}") from None
     try:
@@ -116,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="largest request line plus headers (431 beyond; default 16 KiB)")
     parser.add_argument("--read-timeout-s", type=float, default=10.0,
                         help="time a client may take to send a whole request, head and body (408; default 10)")
+    parser.add_argument("--max-requests-per-connection", type=int, default=1000,
+                        help="answer a keep-alive connection's Nth request with Connection: close, so clients "
+                             "reconnect and new replicas get their share (default 1000)")
     parser.add_argument("--keep-alive-s", type=int, default=75,
                         help="seconds a connection may stay idle, before its first request or between two "
                              "(default 75)")

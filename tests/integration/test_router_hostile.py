@@ -16,6 +16,7 @@ temporary directory.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -38,6 +39,7 @@ MAX_UPSTREAM = 256 * 1024
 MAX_HEAD = 8 * 1024
 READ_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 2
+RECYCLE_AFTER = 25
 IO_TIMEOUT_S = 5.0
 DEADLINE = "x-paretoserve-deadline-ms"
 ROW = [round(0.01 * i, 2) for i in range(64)]
@@ -458,7 +460,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
             "--max-body-bytes", str(MAX_BODY), "--max-upstream-bytes", str(MAX_UPSTREAM),
             "--max-header-bytes", str(MAX_HEAD), "--read-timeout-s", str(READ_TIMEOUT_S),
             "--keep-alive-s", str(KEEP_ALIVE_S), "--limit-concurrency", "64", "--max-deadline-ms", "60000",
-            "--log-level", "warning",
+            "--max-requests-per-connection", str(RECYCLE_AFTER), "--log-level", "warning",
         ], stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait(stub_port, "/stub/log", stub, stub_log)
@@ -518,6 +520,24 @@ def test_hostile_request(router: Router, case: Case) -> None:
             assert reply.headers.get(name) == value, reply.headers
     live = exchange(router.port, [(request("GET", "/v2/health/live"), 0.0)])
     assert live.status == 200, f"the router stopped answering after {case.name}"
+
+
+def test_a_long_lived_connection_is_recycled_after_its_quota_of_requests(router: Router) -> None:
+    """A Service balances connections: the router closes a keep-alive connection after RECYCLE_AFTER requests
+    (with ``Connection: close`` on the last answer), so a long-lived client also reaches replicas added later."""
+    connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    try:
+        answers = []
+        for _ in range(RECYCLE_AFTER + 2):
+            connection.request("GET", "/v2/health/live")
+            response = connection.getresponse()
+            response.read()
+            answers.append((response.status, (response.getheader("connection") or "").lower()))
+    finally:
+        connection.close()
+    assert [status for status, _ in answers] == [200] * (RECYCLE_AFTER + 2)
+    closing = [i + 1 for i, (_, header) in enumerate(answers) if header == "close"]
+    assert closing == [RECYCLE_AFTER]  # the next connection starts counting afresh
 
 
 def test_unauthenticated_changes_were_not_applied(router: Router) -> None:

@@ -41,7 +41,8 @@ def test_deadline_headers_outside_the_grammar_are_a_400_naming_the_header(raw: s
 def test_request_limits_refuse_nonsense() -> None:
     assert RequestLimits().max_body_bytes == 16 * 1024 * 1024
     for bad in ({"max_body_bytes": 0}, {"read_timeout_s": 0.0}, {"read_timeout_s": math.nan},
-                {"max_deadline_ms": 0.0}, {"max_deadline_ms": 1e12}, {"limit_concurrency": 0}, {"keep_alive_s": 0}):
+                {"max_deadline_ms": 0.0}, {"max_deadline_ms": 1e12}, {"limit_concurrency": 0},
+                {"max_requests_per_connection": 0}, {"keep_alive_s": 0}):
         with pytest.raises(ValueError):
             RequestLimits(**bad)
 

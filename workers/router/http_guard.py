@@ -18,7 +18,10 @@ the protocol itself. :func:`guarded_protocol` makes a subclass of uvicorn's ``Ht
 - applies uvicorn's ``limit_concurrency`` rule (connections or requests in progress at the limit) but
   answers 503 ``overloaded`` in the router's JSON;
 - answers every parser refusal (malformed request line, Content-Length plus Transfer-Encoding, bad
-  chunk sizes, ...) as a JSON 400.
+  chunk sizes, ...) as a JSON 400;
+- answers the ``max_requests_per_connection``-th request of a keep-alive connection with ``Connection:
+  close``: a Service balances connections, not requests, so a long-lived client would otherwise stay on the
+  replicas it first reached and never use the ones a scale-out adds.
 
 Every error body is the router's protocol JSON (``{"error", "reason", "status"}``), built from the
 same exception classes as the app's (:mod:`.errors`).
@@ -66,6 +69,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 16 * 1024
     read_timeout_s: ClassVar[float] = 10.0
     concurrency_limit: ClassVar[int | None] = None
+    max_requests_per_connection: ClassVar[int | None] = None
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -174,18 +178,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.concurrency_limit
         if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
             super().on_headers_complete()
-            return
-        self.logger.warning("concurrency limit (%d) reached: answering 503", limit)
-        app, self.app = self.app, _overloaded
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = app
+        else:
+            self.logger.warning("concurrency limit (%d) reached: answering 503", limit)
+            app, self.app = self.app, _overloaded
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        recycle = self.max_requests_per_connection
+        if recycle is not None and self._heads >= recycle and self.cycle is not None:
+            self.cycle.keep_alive = False  # uvicorn then answers with Connection: close and closes
 
 
-def guarded_protocol(*, max_head_bytes: int, read_timeout_s: float,
-                     limit_concurrency: int | None) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(*, max_head_bytes: int, read_timeout_s: float, limit_concurrency: int | None,
+                     max_requests_per_connection: int | None = None) -> type[GuardedHttpToolsProtocol]:
     """A :class:`GuardedHttpToolsProtocol` subclass with these bounds (uvicorn's ``http=`` setting)."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {
         "max_head_bytes": max_head_bytes, "read_timeout_s": read_timeout_s, "concurrency_limit": limit_concurrency,
+        "max_requests_per_connection": max_requests_per_connection,
     })

@@ -42,11 +42,15 @@ class RequestLimits:
     """How long a connection may stay idle (before its first request, or between two) before it is closed."""
     limit_concurrency: int = 1024
     """Connections plus requests in progress on the data listener; more are answered 503 at once."""
+    max_requests_per_connection: int = 1000
+    """Requests one keep-alive connection may carry; the last is answered with ``Connection: close``, so a
+    long-lived client reconnects through its Service and new replicas get their share of it."""
     max_deadline_ms: float = 600_000.0
     """Cap on the deadline header when the config has no ``sloMs``."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_upstream_bytes", "max_header_bytes", "limit_concurrency"):
+        for name in ("max_body_bytes", "max_upstream_bytes", "max_header_bytes", "limit_concurrency",
+                     "max_requests_per_connection"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("read_timeout_s", "keep_alive_s"):
