@@ -63,9 +63,10 @@ def test_grid_drops_configurations_above_the_cores() -> None:
 
 
 def test_grid_under_cpu_quotas_keeps_threads_within_the_quota() -> None:
-    """Under a quota, cores per replica is the quota; more threads than its cores (rounded up) only contend."""
+    """Under a quota, cores per replica is the quota; more threads than its cores (rounded up) only contend,
+    instances share it as separate processes."""
     grid = ProfileGrid(threads=(1, 2), instances=(1, 2), cores=2, cpu_quotas=(0.25, 1.5))
-    assert grid.configurations() == [(1, 1, 0.25), (1, 1, 1.5), (1, 2, 1.5), (2, 1, 1.5)]
+    assert grid.configurations() == [(1, 1, 0.25), (1, 2, 0.25), (1, 1, 1.5), (1, 2, 1.5), (2, 1, 1.5)]
     with pytest.raises(ValueError, match="--cpu-quotas"):
         ProfileGrid(cores=2, cpu_quotas=(3.0,))
     with pytest.raises(ValueError, match="--cpu-quotas"):

@@ -89,12 +89,13 @@ class ProfileGrid:
         return cls(**{"warmup": 10, "latency_samples": 150, "throughput_seconds": 1.5, **overrides})
 
     def configurations(self) -> list[tuple[int, int, float | None]]:
-        """(threads per instance, instances, CPU quota) that fit: threads × instances within the dedicated cores,
-        or, under a quota, within the quota rounded up (more threads than cores only contend)."""
+        """(threads per instance, instances, CPU quota) that fit: threads × instances within the dedicated cores;
+        under a quota, threads per instance within the quota rounded up (more threads than the quota's cores
+        only contend), while instances, separate processes sharing the quota, are measured as asked."""
         if not self.cpu_quotas:
             return [(t, i, None) for t in self.threads for i in self.instances if t * i <= self.cores]
         return [(t, i, q) for q in self.cpu_quotas for t in self.threads for i in self.instances
-                if t * i <= max(1, math.ceil(q))]
+                if t <= max(1, math.ceil(q)) and t * i <= self.cores]
 
 
 @dataclass(frozen=True)
