@@ -135,7 +135,7 @@ def bench(quick: bool) -> dict[str, Any]:
             "load_step_to_new_pod_serving_s": round(step_to_serving, 2),
             "planned_cpu_to_cgroup_s": round(cpu_to_cgroup, 2),
             "planned_cpu_change": {"from": current, "to": want},
-            "requests": {"sent": report["sent"], "outcomes": report["outcomes"],
+            "requests": {"sent": report["sent"], "outcomes": report["outcomes"], "retried": report["retried"],
                          "lost": report["sent"] - report["outcomes"].get("ok", 0),
                          "accuracy": round(report["accuracy"], 4), "latency_ms": report["latencyMs"]},
             "disruptions": ["scale-out", "worker pod deleted", "operator pod deleted", "scale-down"],

@@ -53,6 +53,7 @@ def main() -> int:
         per_second[int(r.offset_s)][r.error or "ok"] += 1
     print(json.dumps({
         "sent": len(records),
+        "retried": sum(r.retried for r in records),
         "outcomes": dict(outcomes),
         "accuracy": (sum(r.predicted == r.label for r in answered) / len(answered)) if answered else None,
         "latencyMs": {f"p{p}": float(np.percentile(latencies, p)) for p in (50, 90, 99)} if latencies else {},

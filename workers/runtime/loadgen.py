@@ -40,6 +40,8 @@ class RequestRecord:
     """``None`` when it succeeded; else ``http_<status>``, ``timeout``, ``connect``, ``overload``, …"""
     label: int
     predicted: int | None = None
+    retried: bool = False
+    """Sent twice: the first attempt's kept-alive connection was closed under it (see `replay`)."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,12 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
     start_mono = loop.time()
     start_wall = clock()
 
+    retried: set[int] = set()
+
     def finish(i: int, latency: float | None, error: str | None, predicted: int | None) -> None:
         label = int(labels[i % len(labels)])
-        records[i] = RequestRecord(offsets[i], start_wall + offsets[i], latency, error, label, predicted)
+        records[i] = RequestRecord(offsets[i], start_wall + offsets[i], latency, error, label, predicted,
+                                   i in retried)
         counts["failed" if error else "ok"] += 1
         if latency is not None:
             recent.append(latency)
@@ -137,7 +142,14 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
         counts["in_flight"] += 1
         scheduled = start_mono + offsets[i]
         try:
-            response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
+            try:
+                response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # the server closed a kept-alive connection as this request reused it (a pod shutting down):
+                # like HTTP clients generally, send the idempotent inference once more on a fresh connection;
+                # the record says so, and the latency counts from the first attempt
+                retried.add(i)
+                response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
             latency = (loop.time() - scheduled) * 1e3
             if response.status_code != 200:
                 finish(i, latency, f"http_{response.status_code}", None)
