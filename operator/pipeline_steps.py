@@ -95,9 +95,7 @@ def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
               pipeline: ServingPipeline, source: MetricsSource, *, now: float, pusher: RouterPusher | None,
               replan: bool, from_metrics: bool = False) -> StatusUpdate:
     owner = owner_of(body)
-    applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
-    actuator = KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, applied,
-                                  admin_key=config.admin_key)
+    actuator = _actuator(gateway, config, owner, status, pipeline, pusher)
     policy = ParetoPolicy(pipeline, clock=time.perf_counter)
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
     record_decision(owner, result.candidate, applied=result.decision.apply)
@@ -137,10 +135,16 @@ def _converge(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
     """Without metrics there is no new plan, but the applied one must stay true of the pods: a pod the
     Deployment (re)creates starts at the template's CPU and the manifest's threshold until it is resized and
     pushed to. Holding the applied plan does that."""
-    applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
+    actuator = _actuator(gateway, config, owner_of(body), status, pipeline, pusher)
+    applied = actuator.applied()
     if applied is None:
         return None
-    actuator = KubernetesActuator(gateway, owner_of(body), pipeline, config.workers, pusher, applied,
-                                  admin_key=config.admin_key)
     actuator.hold(applied, now=now)
     return actuator.report
+
+
+def _actuator(gateway: Gateway, config: OperatorConfig, owner: Owner, status: PipelineStatus,
+              pipeline: ServingPipeline, pusher: RouterPusher | None) -> KubernetesActuator:
+    """The pipeline's actuator, holding the status's applied plan when it still fits the spec."""
+    applied = status.applied if status.applied is not None and plan_fits(status.applied, pipeline) else None
+    return KubernetesActuator(gateway, owner, pipeline, config.workers, pusher, applied, admin_key=config.admin_key)
