@@ -81,8 +81,9 @@ class WorkerSettings:
     """The router costs ~0.35 ms of CPU per request: 500m carries ~1,400 requests/s per pod."""
     router_memory: str = "128Mi"
     drain_seconds: int = 5
-    """preStop sleep of a terminating worker pod's router: it keeps answering while the endpoint removal
-    reaches every node's proxy; its Triton sleeps longer, so it serves the router's last requests."""
+    """How long a terminating worker pod's router drains (``--drain-seconds``): it keeps answering, each
+    connection closed after its answer, while the endpoint removal reaches every node's proxy; its Triton's
+    preStop sleeps longer, so it serves the router's last requests."""
     router_max_body_bytes: int = 4 * 1024 * 1024
     network_policies: bool = True
     """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
@@ -122,9 +123,9 @@ def _resources(variant: Variant) -> dict[str, Any]:
 
 
 TRITON_DRAIN_EXTRA_S = 5
-"""Seconds Triton's preStop sleep outlasts the router's."""
+"""Seconds Triton's preStop sleep outlasts the router's drain."""
 TERMINATION_SLACK_S = 30
-"""Grace after the preStop sleeps: Triton's --exit-timeout-secs finishes in-flight inferences within it."""
+"""Grace after Triton's preStop sleep: Triton's --exit-timeout-secs finishes in-flight inferences within it."""
 
 RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -180,6 +181,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                  f"--triton-url=http://127.0.0.1:{TRITON_HTTP_PORT}", f"--triton-grpc-url=127.0.0.1:{TRITON_GRPC_PORT}",
                  # JSON decoding takes several times a body's size: 4 MiB fits the sidecar's memory limit
                  f"--max-body-bytes={settings.router_max_body_bytes}",
+                 f"--drain-seconds={settings.drain_seconds}",
                  "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json"],
         "ports": [{"name": "router", "containerPort": ROUTER_PORT},
                   {"name": "router-admin", "containerPort": ROUTER_ADMIN_PORT}],
@@ -190,8 +192,6 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "router"},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
-        # keep serving while the endpoint removal propagates; SIGTERM then finishes in-flight requests
-        "lifecycle": {"preStop": {"sleep": {"seconds": settings.drain_seconds}}},
         "securityContext": RESTRICTED,
         "volumeMounts": [{"name": "knobs", "mountPath": "/etc/paretoserve"},
                          {"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True},

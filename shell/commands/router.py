@@ -11,7 +11,8 @@ Two listeners: ``--host/--port`` serves only the KServe v2 data plane (``/v2/...
 and ``/metrics``. ``--triton-url``/``--triton-grpc-url``/``--triton-load-protocol`` say where and how
 ``/admin/worker`` and ``--worker-knobs FILE`` (the pod's ConfigMap, applied at start and on every change)
 change the pod's Triton. The limit flags bound what one client may make the router hold (see
-``docs/data-plane.md``).
+``docs/data-plane.md``). ``--drain-seconds`` is how long SIGTERM drains before stopping
+(``paretoserve.workers.router.serve``).
 
 Starlette, uvicorn and httpx are imported inside the command function so the rest of the CLI stays
 fast. A bad config, flag or token file is one line naming it, exit status 2.
@@ -31,6 +32,7 @@ DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
 DEFAULT_TRITON_GRPC_URL = "127.0.0.1:8001"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 MIB = 1024 * 1024
+MAX_DRAIN_S = 600.0
 
 
 def _read_token(path: str) -> str:
@@ -53,6 +55,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     from paretoserve.workers.router.serve import Listeners, load_config_file, serve
     from paretoserve.workers.router.worker_knobs import TritonTarget
 
+    if not 0 <= args.drain_seconds <= MAX_DRAIN_S:
+        raise CliError(f"--drain-seconds: must be in 0..{MAX_DRAIN_S:g}, got {args.drain_seconds:g}")
     for flag in ("port", "admin_port"):
         value = getattr(args, flag)
         if not 0 <= value <= 65535:
@@ -79,7 +83,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     apps = build_router(config, knobs_file=Path(args.worker_knobs) if args.worker_knobs else None,
                         admin_token=token, limits=limits,
                         triton=TritonTarget(triton_url, args.triton_grpc_url, args.triton_load_protocol))
-    serve(apps, Listeners(args.host, args.port, args.admin_host, args.admin_port), log_level=args.log_level)
+    serve(apps, Listeners(args.host, args.port, args.admin_host, args.admin_port), log_level=args.log_level,
+          drain_s=args.drain_seconds)
     return 0
 
 
@@ -127,5 +132,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="connections plus requests in progress on the data listener (503 beyond; default 1024)")
     parser.add_argument("--max-deadline-ms", type=float, default=600_000.0,
                         help="cap on the deadline header when the config has no sloMs (default 600000)")
+    parser.add_argument("--drain-seconds", type=float, default=0.0,
+                        help="on SIGTERM, keep serving this long with readiness 503 and every connection closed "
+                             "after its answer, then stop (a second SIGTERM stops at once; default 0)")
     parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     parser.set_defaults(func=cmd_router)

@@ -8,7 +8,7 @@ two listeners (:mod:`.serve`), and a path of one app does not exist on the other
   :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent, streamed proxy to the model's
   replicas, same EDF queue and deadline; the upstream's answer is passed on whatever its status),
   ``GET /v2/health/ready`` (200 once the clients are open and the models its pod's own Triton serves report
-  ready there) and ``GET /v2/health/live``;
+  ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``;
 - **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
   (bearer token, :mod:`.admin`) and ``GET /metrics``.
 
@@ -128,6 +128,8 @@ class RouterService:
         self._pool: UpstreamPool | None = None
         self._runner: PipelineRunner | None = None
         self._ids = itertools.count()
+        self.draining = False
+        """Set on SIGTERM (:mod:`.serve`): readiness answers 503 while the data plane still serves."""
 
     @property
     def config(self) -> RouterConfig:
@@ -282,6 +284,8 @@ class RouterService:
         """Ready once the clients are open and every model this pod's own Triton serves reports ready there:
         a worker pod takes traffic only when its models are loaded (the kubelet's readiness probe)."""
         pool, config = self._pool, self._config
+        if self.draining:
+            return json_response({"ready": False, "pipeline": config.pipeline, "draining": True}, 503)
         if pool is None:
             return json_response({"ready": False, "pipeline": config.pipeline}, 503)
         own = origin(self.triton.url)

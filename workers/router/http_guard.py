@@ -21,7 +21,11 @@ the protocol itself. :func:`guarded_protocol` makes a subclass of uvicorn's ``Ht
   chunk sizes, ...) as a JSON 400;
 - answers the ``max_requests_per_connection``-th request of a keep-alive connection with ``Connection:
   close``: a Service balances connections, not requests, so a long-lived client would otherwise stay on the
-  replicas it first reached and never use the ones a scale-out adds.
+  replicas it first reached and never use the ones a scale-out adds;
+- once :func:`drain_connections` is called (the sidecar got SIGTERM, :mod:`.serve`), answers every request
+  -- in progress, on a kept-alive connection or on a new one -- with ``Connection: close`` and closes the
+  connection after it, so clients reconnect through their Service (whose endpoints no longer include a
+  terminating pod) instead of finding their idle connection closed under a request they just sent.
 
 Every error body is the router's protocol JSON (``{"error", "reason", "status"}``), built from the
 same exception classes as the app's (:mod:`.errors`).
@@ -30,6 +34,8 @@ same exception classes as the app's (:mod:`.errors`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
@@ -59,6 +65,13 @@ async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": orjson.dumps(error.body())})
 
 
+@dataclass(slots=True)
+class DrainFlag:
+    """Shared by every connection of one listener: set once, when the process starts draining."""
+
+    active: bool = False
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a head over the limit."""
 
@@ -70,6 +83,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     read_timeout_s: ClassVar[float] = 10.0
     concurrency_limit: ClassVar[int | None] = None
     max_requests_per_connection: ClassVar[int | None] = None
+    drain: ClassVar[DrainFlag] = DrainFlag()
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -186,8 +200,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             finally:
                 self.app = app
         recycle = self.max_requests_per_connection
-        if recycle is not None and self._heads >= recycle and self.cycle is not None:
+        if self.cycle is not None and (self.drain.active or (recycle is not None and self._heads >= recycle)):
             self.cycle.keep_alive = False  # uvicorn then answers with Connection: close and closes
+
+    def close_after_current(self) -> None:
+        """Answer the request in progress, if any, with ``Connection: close`` (the drain)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+
+
+def drain_connections(protocol: type[GuardedHttpToolsProtocol], connections: Iterable[object]) -> None:
+    """Start the drain of one listener: its open ``connections`` and every later request close after one answer.
+
+    An idle kept-alive connection stays open (its client may still send on it, and gets ``Connection: close``);
+    uvicorn closes what is left when the server stops.
+    """
+    protocol.drain.active = True
+    for connection in connections:
+        if isinstance(connection, GuardedHttpToolsProtocol):
+            connection.close_after_current()
 
 
 def guarded_protocol(*, max_head_bytes: int, read_timeout_s: float, limit_concurrency: int | None,
@@ -195,5 +227,5 @@ def guarded_protocol(*, max_head_bytes: int, read_timeout_s: float, limit_concur
     """A :class:`GuardedHttpToolsProtocol` subclass with these bounds (uvicorn's ``http=`` setting)."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {
         "max_head_bytes": max_head_bytes, "read_timeout_s": read_timeout_s, "concurrency_limit": limit_concurrency,
-        "max_requests_per_connection": max_requests_per_connection,
+        "max_requests_per_connection": max_requests_per_connection, "drain": DrainFlag(),
     })

@@ -4,8 +4,16 @@ The sidecar process is ``paretoserve router --config FILE`` (``paretoserve.shell
 lands in :func:`serve`. It serves the data app on ``--host/--port`` and the admin app on
 ``--admin-host/--admin-port`` (:mod:`.app`, :mod:`.admin`): two ``uvicorn.Server`` instances run
 concurrently on one event loop, so the admin listener costs the data path nothing but a socket, and
-SIGINT/SIGTERM stop both (handled once here, not by each server). The data server runs the data app's
+signals stop both (handled once here, not by each server). The data server runs the data app's
 lifespan (the upstream clients); the admin server runs none.
+
+SIGTERM first drains for ``drain_s`` seconds (``--drain-seconds``; the operator passes its
+``drainSeconds``): readiness answers 503 ``draining``, every answer carries ``Connection: close`` and its
+connection is closed after it (:func:`~.http_guard.drain_connections`), and the listeners keep accepting,
+so requests still routed here while the endpoint removal reaches every node are served and their clients
+reconnect elsewhere. Then both servers stop as on SIGINT: in-flight requests finish, idle connections
+close. A connection left idle through the whole drain can still meet that close (its client resends); a
+busy one cannot. A second SIGTERM, or SIGINT, stops at once (a second SIGINT forces).
 
 uvicorn is tuned for the router's latency budget: uvloop when installed (``loop="auto"``), the
 httptools parser through :class:`~.http_guard.GuardedHttpToolsProtocol` (uvicorn's own protocol plus
@@ -39,7 +47,7 @@ from starlette.applications import Starlette
 from paretoserve.workers.router.app import RouterApps
 from paretoserve.workers.router.config import RouterConfig, load_config_text
 from paretoserve.workers.router.errors import ConfigError
-from paretoserve.workers.router.http_guard import guarded_protocol
+from paretoserve.workers.router.http_guard import GuardedHttpToolsProtocol, drain_connections, guarded_protocol
 from paretoserve.workers.router.limits import RequestLimits
 
 DEFAULT_HOST = "127.0.0.1"
@@ -114,18 +122,47 @@ def _bind(servers: Sequence[_Listener]) -> list[socket.socket]:
     return [server.config.bind_socket() for server in servers]
 
 
-async def _serve_all(servers: Sequence[_Listener], sockets: Sequence[socket.socket], *, handle_signals: bool) -> None:
-    """Serve until a server exits or a signal asks all of them to (a second SIGINT forces)."""
-    if handle_signals:
+class _Shutdown:
+    """What a signal does to the listeners (module notes): SIGTERM drains first, SIGINT stops at once."""
+
+    def __init__(self, servers: Sequence[_Listener], apps: RouterApps, drain_s: float) -> None:
+        self._servers = servers
+        self._apps = apps
+        self._drain_s = drain_s
+        self._draining = False
+
+    def stop(self, *, force: bool = False) -> None:
+        for server in self._servers:
+            server.force_exit = server.force_exit or force
+            server.should_exit = True
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGINT:
+            self.stop(force=any(server.should_exit for server in self._servers))
+        elif self._draining or self._drain_s <= 0:
+            self.stop()
+        else:
+            self.drain()
+
+    def drain(self) -> None:
+        """Serve on for ``drain_s`` with readiness 503 and every connection closed after its answer; then stop."""
+        logging.getLogger(__name__).warning("SIGTERM: draining for %gs, then stopping", self._drain_s)
+        self._draining = True
+        self._apps.service.draining = True
+        for server in self._servers:
+            protocol = server.config.http_protocol_class
+            if isinstance(protocol, type) and issubclass(protocol, GuardedHttpToolsProtocol):
+                drain_connections(protocol, server.server_state.connections)
+        asyncio.get_running_loop().call_later(self._drain_s, self.stop)
+
+
+async def _serve_all(servers: Sequence[_Listener], sockets: Sequence[socket.socket], *,
+                     shutdown: _Shutdown | None) -> None:
+    """Serve until a server exits or, with ``shutdown``, a signal asks all of them to."""
+    if shutdown is not None:
         loop = asyncio.get_running_loop()
-
-        def stop(sig: signal.Signals) -> None:
-            for server in servers:
-                server.force_exit = server.should_exit and sig == signal.SIGINT
-                server.should_exit = True
-
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop, sig)
+            loop.add_signal_handler(sig, shutdown.on_signal, sig)
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in zip(servers, sockets, strict=True)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -146,13 +183,13 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def serve(apps: RouterApps, listeners: Listeners, *, log_level: str = "warning") -> None:
-    """Serve ``apps`` on ``listeners`` until SIGINT/SIGTERM (blocks)."""
+def serve(apps: RouterApps, listeners: Listeners, *, log_level: str = "warning", drain_s: float = 0.0) -> None:
+    """Serve ``apps`` on ``listeners`` until SIGINT, or SIGTERM and ``drain_s`` seconds of drain (blocks)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     servers = _servers(apps, listeners, apps.service.limits, log_level)
     sockets = _bind(servers)
     try:
-        _run(_serve_all(servers, sockets, handle_signals=True))
+        _run(_serve_all(servers, sockets, shutdown=_Shutdown(servers, apps, drain_s)))
     finally:
         for sock in sockets:
             sock.close()
@@ -174,7 +211,7 @@ class ServerThread:
     def _main(self) -> None:
         sockets = _bind(self._servers)
         try:
-            asyncio.run(_serve_all(self._servers, sockets, handle_signals=False))
+            asyncio.run(_serve_all(self._servers, sockets, shutdown=None))
         finally:
             for sock in sockets:
                 sock.close()
