@@ -20,7 +20,7 @@ from paretoserve.planner.evaluate import (
     finalize,
     load_time_of,
     max_load_time,
-    normalized,
+    stage_score,
     topological_order,
 )
 from paretoserve.planner.model import Aggregation, Plan, Problem, SolveStatus, StagePlan
@@ -60,7 +60,7 @@ def _candidates(problem: Problem) -> list[list[_Candidate]]:
                     cost=sum(allocation_price(problem, a, a.replicas) for a in sp.allocations),
                     cpu=sum(a.cpu * a.replicas for a in sp.allocations),
                     gpus=tuple(gpus.items()),
-                    accuracy=normalized(stage, sp.accuracy, agg),
+                    accuracy=stage_score(stage, sp, agg),
                     batch=float(sum(a.batch for a in sp.allocations)),
                     reconfig=reconfig,
                 )
@@ -83,6 +83,8 @@ def brute_force(problem: Problem) -> Plan:
     cpu_budget = problem.budget.cpu if problem.budget.cpu is not None else math.inf
     gpu_budget = dict(problem.budget.gpus)
     slo = problem.slo_ms + FEASIBILITY_TOL
+    # ties within rounding, relative to the weights (the schema accepts 1e-7 as well as 1e6)
+    tie = 1e-12 * (max(obj.accuracy, obj.cost, obj.batch, obj.reconfiguration) or 1.0)
 
     best_value = -math.inf
     best: list[_Candidate] | None = None
@@ -97,7 +99,7 @@ def brute_force(problem: Problem) -> Plan:
             value = obj.accuracy * accuracy - obj.cost * cost / norm - obj.batch * batch
             if max_lt > EPS:
                 value -= obj.reconfiguration * reconfig / max_lt
-            if value > best_value + 1e-12:
+            if value > best_value + tie:
                 best_value, best = value, list(chosen)
             return
         start = max((finish[d] for d in deps[depth]), default=0.0)

@@ -9,6 +9,7 @@ say "the MILP equals the brute-force optimum" and mean it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,32 @@ def accuracy_range(stage: Stage) -> tuple[float, float]:
     return (min(values), max(values))
 
 
+def accuracy_levels(stage: Stage) -> list[float]:
+    """The stage's distinct accuracies (variants and cascade rows), ascending."""
+    values = {o.accuracy for o in stage.options}
+    if stage.cascade is not None:
+        values |= {r.quality for r in stage.cascade.rows}
+    return sorted(values)
+
+
+def rank_score(levels: Sequence[float], accuracy: float) -> float:
+    """``accuracy``'s rank among ``levels`` rescaled to [0, 1] (the i-th of n scores i/(n-1)); a value between
+    two levels is interpolated between their ranks, one outside them is clamped."""
+    if len(levels) <= 1:
+        return 1.0
+    i = bisect.bisect_left(levels, accuracy)
+    if i >= len(levels):
+        return 1.0
+    if i == 0 or levels[i] == accuracy:
+        return i / (len(levels) - 1)
+    low, high = levels[i - 1], levels[i]
+    return (i - 1 + (accuracy - low) / (high - low)) / (len(levels) - 1)
+
+
 def normalized(stage: Stage, accuracy: float, aggregation: Aggregation) -> float:
+    """A stage's contribution to a sum aggregation: the raw accuracy, min–max rescaled, or its rank."""
+    if aggregation is Aggregation.RANK_SUM:
+        return rank_score(accuracy_levels(stage), accuracy)
     if aggregation is not Aggregation.NORMALIZED_SUM:
         return accuracy
     low, high = accuracy_range(stage)
@@ -128,15 +154,28 @@ def normalized(stage: Stage, accuracy: float, aggregation: Aggregation) -> float
     return (accuracy - low) / (high - low)
 
 
-def aggregate(problem: Problem, stage_accuracy: Mapping[str, float]) -> float:
-    """Pipeline accuracy score from per-stage accuracies."""
+def stage_score(stage: Stage, plan: StagePlan, aggregation: Aggregation) -> float:
+    """A stage's term in a sum aggregation. A traffic split's requests each get one variant, so its score is
+    the load-weighted mean of its variants' scores: the same as the normalised load-weighted accuracy for an
+    affine normalisation, not for ranks (the MILP sums the variants' scores by share, as here)."""
+    if aggregation is Aggregation.RANK_SUM and stage.cascade is None and len(plan.allocations) > 1:
+        total = sum(a.load_rps for a in plan.allocations)
+        accuracy = {o.variant: o.accuracy for o in stage.options}
+        if total > EPS:
+            levels = accuracy_levels(stage)
+            return sum(rank_score(levels, accuracy[a.variant]) * a.load_rps for a in plan.allocations) / total
+    return normalized(stage, plan.accuracy, aggregation)
+
+
+def aggregate(problem: Problem, plans: Mapping[str, StagePlan]) -> float:
+    """Pipeline accuracy score from the stages' plans."""
     agg = problem.objective.aggregation
     if agg is Aggregation.PRODUCT:
         result = 1.0
         for s in problem.stages:
-            result *= stage_accuracy[s.name]
+            result *= plans[s.name].accuracy
         return result
-    values = [normalized(s, stage_accuracy[s.name], agg) for s in problem.stages]
+    values = [stage_score(s, plans[s.name], agg) for s in problem.stages]
     return sum(values) / len(values)
 
 
@@ -255,7 +294,7 @@ def score(problem: Problem, stage_plans: Iterable[StagePlan]) -> Score:
     for name, limit in problem.budget.gpus:
         if gpus.get(name, 0.0) > limit + FEASIBILITY_TOL:
             violations.append(f"{name} {gpus[name]} exceeds the budget of {limit}")
-    accuracy = aggregate(problem, {name: sp.accuracy for name, sp in plans.items()})
+    accuracy = aggregate(problem, plans)
     max_lt = max_load_time(problem)
     value = obj.accuracy * accuracy - obj.cost * cost / cost_normalizer(problem) - obj.batch * batch_sum
     if max_lt > EPS:

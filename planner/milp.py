@@ -78,7 +78,9 @@ class StageVars:
     row_index: list[int] = field(default_factory=list)  # cascade row of each z_j
     split: list[tuple[Option, Any, Any, Any]] = field(default_factory=list)  # option, x, n, load
     latency: Any = None  # an affine expression
-    accuracy_selectors: list[tuple[float, Any]] = field(default_factory=list)
+    accuracy_selectors: list[tuple[float, Any, float]] = field(default_factory=list)
+    """(accuracy, variable, per unit): the stage's accuracy is Σ accuracy · per unit · variable -- a selection
+    binary (per unit 1) or a split's load on one variant (per unit 1/λ)."""
 
 
 @dataclass
@@ -163,7 +165,13 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
             lp += worst >= load_time * indicator
         objective.append((worst, -obj.reconfiguration / max_lt))
 
-    lp += _expr(objective)
+    # Scaled so its largest coefficient is 1: HiGHS's tolerances (dual feasibility 1e-7, absolute gap) are
+    # absolute, so at weights of 1e-7 an unscaled objective lets "optimal" fall short by as much as it
+    # holds, and at 1e6 it would make the gap test needlessly strict. The plan's objective is recomputed
+    # unscaled from the decoded plan (`evaluate.finalize`).
+    summed = _expr(objective)
+    scale = max((abs(c) for c in summed.values()), default=0.0)
+    lp += _expr([(var, c / scale) for var, c in summed.items()]) if scale > 0 else summed
     deadline.check("finishing the program")
     return Model(lp, stage_vars)
 
@@ -181,7 +189,7 @@ def _build_single(lp: Any, problem: Problem, sv: StageVars, tag: str, objective:
         objective.append((x, -problem.objective.batch * option.batch))
         latency.append((x, option.latency_ms + batch_delay_ms(option.batch, stage.load_rps,
                                                               stage.max_queue_delay_ms)))
-        sv.accuracy_selectors.append((option.accuracy, x))
+        sv.accuracy_selectors.append((option.accuracy, x, 1.0))
         if fixed_changes(problem, stage, option, n):
             reconfig_terms.append((x, sv.load_time[option.variant]))
     lp += _expr([(x, 1.0) for _, x, _ in sv.fixed]) == 1
@@ -199,7 +207,7 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
     rows = [cascade.rows[j] for j in sv.row_index]
     sv.rows = [lp.add_variable(f"z_{tag}_{j}", cat=pulp.LpBinary) for j in sv.row_index]
     lp += _expr([(z, 1.0) for z in sv.rows]) == 1
-    sv.accuracy_selectors = [(row.quality, z) for row, z in zip(rows, sv.rows, strict=True)]
+    sv.accuracy_selectors = [(row.quality, z, 1.0) for row, z in zip(rows, sv.rows, strict=True)]
 
     # The light pool is a fixed-load pool for a given row; rows that pre-route part of the traffic to the
     # heavy model leave it less, so rows are grouped by light load and each group picks one light option.
@@ -308,9 +316,9 @@ def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: 
         lp += latency >= (option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)) * x
         _variable_pool_changes(lp, problem, sv, option, x, n, f"{tag}_{k}", reconfig_terms)
         if stage.load_rps > 0:
-            sv.accuracy_selectors.append((option.accuracy / stage.load_rps, load))
+            sv.accuracy_selectors.append((option.accuracy, load, 1.0 / stage.load_rps))
         else:
-            sv.accuracy_selectors.append((option.accuracy, x))
+            sv.accuracy_selectors.append((option.accuracy, x, 1.0))
     for terms in per_variant.values():
         lp += _expr(terms) <= 1
     xs = [(x, 1.0) for _, x, _, _ in sv.split]
@@ -335,21 +343,23 @@ def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], object
     agg = problem.objective.aggregation
     if not product:
         for sv in stage_vars:
-            for acc, var in sv.accuracy_selectors:
-                objective.append((var, weight * normalized(sv.stage, acc, agg) / len(stage_vars)))
+            # a split's requests each get one variant: its score is the variants' scores weighted by load
+            for acc, var, unit in sv.accuracy_selectors:
+                objective.append((var, weight * normalized(sv.stage, acc, agg) * unit / len(stage_vars)))
         return
     if len(stage_vars) == 1:
-        for acc, var in stage_vars[0].accuracy_selectors:
-            objective.append((var, weight * acc))
+        for acc, var, unit in stage_vars[0].accuracy_selectors:
+            objective.append((var, weight * acc * unit))
         return
     # McCormick chain: P_s = P_{s-1} · A_s, with A_s a selection of one accuracy value. With
     # P_{s-1} in [low, high], w_i = P_{s-1}·y_i is exact at binary y for: w_i <= high·y_i,
     # w_i <= P_{s-1} − low·(1 − y_i), and Σ_i w_i = P_{s-1} (the y_i sum to one), which also keeps the
     # relaxation tight.
+    # (several stages under the product have no splits: every selector is a binary, per unit 1)
     first = stage_vars[0].accuracy_selectors
-    previous = _expr([(var, acc) for acc, var in first])
-    low = min(acc for acc, _ in first)
-    high = max(acc for acc, _ in first)
+    previous = _expr([(var, acc) for acc, var, _ in first])
+    low = min(acc for acc, _, _ in first)
+    high = max(acc for acc, _, _ in first)
     for i, sv in enumerate(stage_vars[1:], start=1):
         terms: Terms = []
         parts: Terms = []
@@ -367,10 +377,10 @@ def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], object
     objective.extend((var, weight * coef) for var, coef in previous.items())
 
 
-def _per_value(selectors: list[tuple[float, Any]]) -> list[tuple[float, Any]]:
+def _per_value(selectors: list[tuple[float, Any, float]]) -> list[tuple[float, Any]]:
     """Group selection binaries that share an accuracy value (all options of one variant)."""
     grouped: dict[float, Terms] = {}
-    for acc, var in selectors:
+    for acc, var, _ in selectors:
         grouped.setdefault(acc, []).append((var, 1.0))
     return [(acc, _expr(terms)) for acc, terms in grouped.items()]
 

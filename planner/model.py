@@ -20,6 +20,9 @@ class Aggregation(StrEnum):
     PRODUCT = "product"
     SUM = "sum"
     NORMALIZED_SUM = "normalizedSum"
+    """Mean of stage accuracies min–max rescaled to [0, 1] over the stage's variants and cascade rows."""
+    RANK_SUM = "rankSum"
+    """Mean of stage accuracy ranks rescaled to [0, 1] (IPA's code: three variants score 0, 0.5, 1)."""
 
 
 class Baseline(StrEnum):

@@ -112,6 +112,7 @@ class AccuracyAggregation(StrEnum):
     PRODUCT = "product"
     SUM = "sum"
     NORMALIZED_SUM = "normalizedSum"
+    RANK_SUM = "rankSum"
 
 
 class Objective(_Model):

@@ -65,7 +65,7 @@ def validate(problem: Problem) -> None:
             if product and not 0 <= o.accuracy <= 1:
                 raise ProblemError(
                     f"{where}: accuracy of {o.variant} is {o.accuracy}; the product aggregation needs "
-                    "scores in [0, 1] (use normalizedSum for other scales)"
+                    "scores in [0, 1] (use normalizedSum or rankSum for other scales)"
                 )
         if s.cascade is not None:
             variants = {o.variant for o in s.options}

@@ -27,8 +27,9 @@ def aggregate_accuracy(stage_accuracy: FloatArray, stages: Sequence[Stage], aggr
     """Per-request pipeline accuracy from the raw per-stage accuracies (rows in `stages`' order).
 
     The rule of `evaluate.aggregate`, vectorised: a product of stage accuracies, or the mean of the stage
-    values — min–max normalised by `evaluate.normalized` for `normalizedSum`. A stage has a handful of
-    distinct values (its variants, its cascade rows), so each is normalised once and mapped back.
+    values — min–max rescaled or ranked by `evaluate.normalized` for `normalizedSum` and `rankSum` (each
+    request got one variant, so a split's score is its variants' mean). A stage has a handful of distinct
+    values (its variants, its cascade rows), so each is normalised once and mapped back.
     """
     if stage_accuracy.shape[0] == 0:
         return np.zeros(stage_accuracy.shape[1])

@@ -43,12 +43,15 @@ def accuracies(n: int) -> st.SearchStrategy[list[float]]:
 
 @st.composite
 def objective(draw: st.DrawFn, allow_product: bool = True) -> Objective:
-    aggs = list(Aggregation) if allow_product else [Aggregation.SUM, Aggregation.NORMALIZED_SUM]
+    aggs = list(Aggregation) if allow_product else [Aggregation.SUM, Aggregation.NORMALIZED_SUM, Aggregation.RANK_SUM]
+    # every weight times one scale: tiny (1e-7: 'optimal' must not hide behind the solver's absolute
+    # tolerances) to huge (the schema allows 1e6)
+    scale = draw(st.sampled_from([1.0, 1.0, 1.0, 1e-7, 1e-5, 1e5]))
     return Objective(
-        accuracy=draw(st.sampled_from([0.0, 1.0, 2.0, 10.0])),
-        cost=draw(st.sampled_from([0.0, 0.001, 0.01, 0.1, 1.0])),
-        batch=draw(st.sampled_from([0.0, 1e-6, 0.01])),
-        reconfiguration=draw(st.sampled_from([0.0, 0.0, 0.05])),
+        accuracy=scale * draw(st.sampled_from([0.0, 1.0, 2.0, 10.0])),
+        cost=scale * draw(st.sampled_from([0.0, 0.001, 0.01, 0.1, 1.0])),
+        batch=scale * draw(st.sampled_from([0.0, 1e-6, 0.01])),
+        reconfiguration=scale * draw(st.sampled_from([0.0, 0.0, 0.05])),
         aggregation=draw(st.sampled_from(aggs)),
         prices=(("cpu", 1.0), ("nvidia.com/gpu", draw(st.sampled_from([0.0, 3.0])))),
     )

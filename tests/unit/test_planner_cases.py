@@ -14,7 +14,7 @@ import pytest
 
 from paretoserve.planner import milp
 from paretoserve.planner.bruteforce import brute_force
-from paretoserve.planner.evaluate import check_plan
+from paretoserve.planner.evaluate import check_plan, rank_score
 from paretoserve.planner.model import (
     Aggregation,
     Baseline,
@@ -55,6 +55,27 @@ def test_ipa_two_stage_chain_by_hand() -> None:
     assert plan.latency_ms == pytest.approx(90.0)
     assert plan.stage("cls").start_ms == pytest.approx(80.0)
     assert plan.objective == pytest.approx(0.433)
+
+
+@pytest.mark.parametrize(("aggregation", "chosen", "objective"), [
+    # One stage, variants at .70/.89/.90 accuracy on 1/2/4 cores, α = 1, β = 0.1, one replica each.
+    # rankSum (IPA's code normalises ranks): scores 0/0.5/1 -> 0-0.1, 0.5-0.2, 1-0.4: the 4-core variant, 0.6.
+    (Aggregation.RANK_SUM, "c", 0.6),
+    # normalizedSum rescales the values: 0/0.95/1 -> -0.1, 0.95-0.2 = 0.75, 0.6: the 2-core variant.
+    (Aggregation.NORMALIZED_SUM, "b", 0.75),
+])
+def test_ipas_rank_normalisation_and_min_max_normalisation_choose_differently(
+        aggregation: Aggregation, chosen: str, objective: float) -> None:
+    stage = Stage("s", (option("a", .70, 1, 10, cpu=1), option("b", .89, 1, 10, cpu=2), option("c", .90, 1, 10, cpu=4)),
+                  1.0)
+    problem = Problem("ipa-rank", (stage,), slo_ms=100, objective=Objective(accuracy=1, cost=0.1,
+                                                                           aggregation=aggregation))
+    plan = solve(problem)
+    assert plan.status is SolveStatus.OPTIMAL
+    assert [a.variant for a in plan.stages[0].allocations] == [chosen]
+    assert plan.objective == pytest.approx(objective)
+    oracle = brute_force(problem)
+    assert [a.variant for a in oracle.stages[0].allocations] == [chosen]
 
 
 def test_batch_formation_delay_is_part_of_latency() -> None:
@@ -284,3 +305,13 @@ def test_scale_only_and_switch_only_pins() -> None:
                   baseline=Baseline.SWITCH_ONLY)
     alloc = solve(rim).stages[0].allocations[0]
     assert alloc.replicas == 1 and alloc.variant == "small"  # big: 25 rps per replica < 50
+
+
+@pytest.mark.parametrize(("accuracy", "score"), [
+    (0.70, 0.0), (0.89, 0.5), (0.90, 1.0),  # the levels themselves: ranks 0, 1, 2 of 3
+    (0.895, 0.75),  # half-way between the 2nd and 3rd level: half-way between their ranks
+    (0.5, 0.0), (0.99, 1.0),  # outside the levels: clamped
+])
+def test_rank_scores_interpolate_between_levels(accuracy: float, score: float) -> None:
+    assert rank_score([0.70, 0.89, 0.90], accuracy) == pytest.approx(score)
+    assert rank_score([0.8], accuracy) == 1.0  # one level: every variant is the best
