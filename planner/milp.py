@@ -21,6 +21,7 @@ budget of a solve covers building the program too (`OutOfTime` names the phase).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from paretoserve.planner.evaluate import (
     load_times,
     max_load_time,
     normalized,
+    replicas_for,
     split_batch_delay_ms,
     topological_order,
 )
@@ -76,7 +78,7 @@ class StageVars:
     heavy: list[tuple[Option, Any, Any]] = field(default_factory=list)  # option, x, n
     rows: list[Any] = field(default_factory=list)  # z_j
     row_index: list[int] = field(default_factory=list)  # cascade row of each z_j
-    split: list[tuple[Option, Any, Any, Any]] = field(default_factory=list)  # option, x, n, load
+    split: list[tuple[Option, Any, Any, Any]] = field(default_factory=list)  # option, x, n (or a count), load
     latency: Any = None  # an affine expression
     accuracy_selectors: list[tuple[float, Any, float]] = field(default_factory=list)
     """(accuracy, variable, per unit): the stage's accuracy is Σ accuracy · per unit · variable -- a selection
@@ -117,7 +119,7 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
     objective: Terms = []
     cpu_terms: Terms = []
     gpu_terms: dict[str, Terms] = {}
-    reconfig_terms: list[tuple[Any, float]] = []  # (indicator, load time)
+    reconfig_terms: list[tuple[Any, float]] = []  # (indicator: a binary or a sum of exclusive ones, load time)
     norm = cost_normalizer(problem)
     stage_vars: list[StageVars] = []
 
@@ -292,22 +294,118 @@ def _variable_pool_changes(lp: Any, problem: Problem, sv: StageVars, option: Opt
     reconfig_terms.append((moved, sv.load_time[option.variant]))
 
 
+def split_replica_bound(problem: Problem, stage: Stage, option: Option, capacity: float) -> int:
+    """The most replicas of one split option an optimal plan may need -- the big-M of its ``n <= M·x``.
+
+    No more than the budget holds, and no more than carry the stage's whole load: a further replica adds
+    no accuracy and costs at least nothing, unless the stage's replica floor or pin, or keeping this
+    option's current count (no loading cost), asks for it. The tighter M is what keeps InfAdapter-size
+    splits (5 variants × 19 sizes under a 20-core budget) near their LP relaxation.
+    """
+    most = stage.max_replicas
+    if problem.budget.cpu is not None and option.cpu > EPS:
+        most = min(most, math.floor(problem.budget.cpu / option.cpu + EPS))
+    limits = dict(problem.budget.gpus)
+    for name, per in option.gpus:
+        if per > EPS and name in limits:
+            most = min(most, math.floor(limits[name] / per + EPS))
+    needed = replicas_for(stage.load_rps, capacity)
+    if needed is not None:
+        kept = [c.replicas for c in problem.current if c.stage == stage.name and c.variant == option.variant
+                and (c.batch, c.cpu, c.instances) == (option.batch, option.cpu, option.instances)]
+        most = min(most, max(needed, 1, stage.min_replicas, stage.pinned_replicas or 0, *kept))
+    return max(most, 0)
+
+
+POOL_LIMIT = 3000
+"""Most (option, replica count) pairs a split stage is encoded with as binaries (:func:`_build_split_pools`)."""
+
+
 def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms,
                  add_resources: Any, reconfig_terms: list[tuple[Any, float]]) -> None:
+    """A traffic split: at most one option per variant, its replicas, and the load each variant takes.
+
+    Small enough splits (InfAdapter's 5 variants × 19 sizes under a 20-core budget) choose whole pools --
+    one binary per (option, replica count) -- whose LP relaxation is a multiple-choice knapsack, far tighter
+    than an integer replica count under a big-M; their loading cost needs no indicator either (a pool either
+    is the current one or is not). Larger ones keep one integer count per option.
+    """
     stage = sv.stage
+    options = []
+    for option in allowed_options(stage):
+        cap = effective_capacity(option, problem)
+        if cap > EPS or stage.load_rps <= 0:
+            options.append((option, cap, split_replica_bound(problem, stage, option, cap)))
+    pools = sum(most for *_, most in options)
     latency = lp.add_variable(f"ls_{tag}", lowBound=0)
-    per_variant: dict[str, Terms] = {}
-    for k, option in enumerate(allowed_options(stage)):
+    if pools <= POOL_LIMIT:
+        _build_split_pools(lp, problem, sv, tag, objective, add_resources, reconfig_terms, options, latency)
+    else:
+        _build_split_counts(lp, problem, sv, tag, objective, add_resources, reconfig_terms, options, latency)
+    xs = [(x, 1.0) for _, x, _, _ in sv.split]
+    if stage.load_rps > 0:
+        lp += _expr(xs) >= 1
+    else:
+        lp += _expr(xs) == 1
+    replicas = _expr([(n, 1.0) if not isinstance(n, int) else (x, float(n)) for _, x, n, _ in sv.split])
+    lp += replicas >= stage.min_replicas
+    lp += replicas <= stage.max_replicas
+    if stage.pinned_replicas is not None:
+        lp += replicas == stage.pinned_replicas
+    sv.latency = _expr([(latency, 1.0)], stage.queue_delay_ms)
+
+
+def _build_split_pools(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms, add_resources: Any,
+                       reconfig_terms: list[tuple[Any, float]], options: list[tuple[Option, float, int]],
+                       latency: Any) -> None:
+    stage = sv.stage
+    current = {(c.variant, c.batch, c.cpu, c.instances, c.replicas) for c in problem.current if c.stage == stage.name}
+    per_variant: dict[str, tuple[Any, Terms, Terms, Terms]] = {}  # variant -> (load, capacity, selectors, latency)
+    changed: dict[str, Terms] = {}  # variant -> its pools that are not the current one
+    for k, (option, cap, most) in enumerate(options):
         if k % CHECK_EVERY == 0:
             sv.deadline.check(f"adding the options of stage {stage.name!r}")
-        cap = effective_capacity(option, problem)
-        if cap <= EPS and stage.load_rps > 0:
-            continue
+        if option.variant not in per_variant:
+            load = lp.add_variable(f"l_{tag}_{len(per_variant)}", lowBound=0)
+            per_variant[option.variant] = (load, [], [], [])
+            if stage.load_rps > 0:
+                sv.accuracy_selectors.append((option.accuracy, load, 1.0 / stage.load_rps))
+        load, capacity, selectors, latencies = per_variant[option.variant]
+        pool_latency = option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)
+        for n in range(1, most + 1):
+            y = lp.add_variable(f"y_{tag}_{k}_{n}", cat=pulp.LpBinary)
+            sv.split.append((option, y, n, load))
+            capacity.append((y, cap * n))
+            selectors.append((y, 1.0))
+            add_resources(option, y, n)
+            objective.append((y, -problem.objective.batch * option.batch))
+            latencies.append((y, pool_latency))
+            if (option.variant, *option.key[1:], n) not in current:
+                changed.setdefault(option.variant, []).append((y, 1.0))
+            if stage.load_rps <= 0:
+                sv.accuracy_selectors.append((option.accuracy, y, 1.0))
+    for load, capacity, selectors, latencies in per_variant.values():
+        lp += _expr(selectors) <= 1  # one pool per variant: its capacity and latency are sums over its pools
+        lp += load <= _expr(capacity)
+        lp += latency >= _expr(latencies)
+    lp += _expr([(load, 1.0) for load, *_ in per_variant.values()]) == stage.load_rps
+    if problem.objective.reconfiguration > 0:
+        reconfig_terms.extend((_expr(terms), sv.load_time[variant]) for variant, terms in changed.items())
+
+
+def _build_split_counts(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms, add_resources: Any,
+                        reconfig_terms: list[tuple[Any, float]], options: list[tuple[Option, float, int]],
+                        latency: Any) -> None:
+    stage = sv.stage
+    per_variant: dict[str, Terms] = {}
+    for k, (option, cap, most) in enumerate(options):
+        if k % CHECK_EVERY == 0:
+            sv.deadline.check(f"adding the options of stage {stage.name!r}")
         x = lp.add_variable(f"x_{tag}_{k}", cat=pulp.LpBinary)
-        n = lp.add_variable(f"n_{tag}_{k}", lowBound=0, upBound=stage.max_replicas, cat=pulp.LpInteger)
+        n = lp.add_variable(f"n_{tag}_{k}", lowBound=0, upBound=most, cat=pulp.LpInteger)
         load = lp.add_variable(f"l_{tag}_{k}", lowBound=0)
         lp += n >= x
-        lp += n <= stage.max_replicas * x
+        lp += n <= most * x
         lp += load <= cap * n
         sv.split.append((option, x, n, load))
         per_variant.setdefault(option.variant, []).append((x, 1.0))
@@ -321,18 +419,7 @@ def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: 
             sv.accuracy_selectors.append((option.accuracy, x, 1.0))
     for terms in per_variant.values():
         lp += _expr(terms) <= 1
-    xs = [(x, 1.0) for _, x, _, _ in sv.split]
-    if stage.load_rps > 0:
-        lp += _expr(xs) >= 1
-    else:
-        lp += _expr(xs) == 1
     lp += _expr([(load, 1.0) for *_, load in sv.split]) == stage.load_rps
-    replicas = _expr([(n, 1.0) for _, _, n, _ in sv.split])
-    lp += replicas >= stage.min_replicas
-    lp += replicas <= stage.max_replicas
-    if stage.pinned_replicas is not None:
-        lp += replicas == stage.pinned_replicas
-    sv.latency = _expr([(latency, 1.0)], stage.queue_delay_ms)
 
 
 def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], objective: Terms,
@@ -519,8 +606,8 @@ def extract(problem: Problem, model: Model) -> list[StagePlan]:
             plans.append(cascade_plan(stage, row, light, n_light, heavy[0] if heavy else None,
                                       heavy[1] if heavy else 0))
         elif stage.multi_variant:
-            chosen = [(o, round(_value(n)), max(0.0, _value(load))) for o, x, n, load in sv.split
-                      if _value(x) > 0.5]
+            chosen = [(o, n if isinstance(n, int) else round(_value(n)), max(0.0, _value(load)))
+                      for o, x, n, load in sv.split if _value(x) > 0.5]
             plans.append(split_plan(stage, [(o, n) for o, n, _ in chosen], [load for *_, load in chosen]))
         else:
             option, n = next((o, n) for o, x, n in sv.fixed if _value(x) > 0.5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from paretoserve.shell.commands import bench, experiment, models, plan, router, runtime
 from paretoserve.shell.errors import EXIT_USAGE, CliError
@@ -15,8 +16,17 @@ from paretoserve.shell.errors import EXIT_USAGE, CliError
 COMMANDS = (plan, bench, experiment, runtime, router, models)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (no usage block): ``PROG: error: MESSAGE``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):  # e.g. --min-deadline-ms -1e9: argparse sees a flag
+            message += " (a value that starts with '-' is written --flag=VALUE)"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paretoserve", description=__doc__)
+    parser = OneLineParser(prog="paretoserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
@@ -27,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed a one-line usage error
+    except SystemExit as exc:  # argparse printed --help, or a one-line error (OneLineParser)
         return int(exc.code or 0)
     try:
         return int(args.func(args))

@@ -4,7 +4,12 @@ Speed targets live here, as a command that prints JSON, never in timed tests. In
 - ipa: 5-stage chain × 5 variants × batch {1,2,4,8,16} × replicas ≤ 100, product accuracy (IPA-size);
 - diffserve: one cascade, 2 models × 6 batch sizes × 201 thresholds (f(t) from the DiffServe example,
   interpolated to DiffServe's 0.005 grid);
-- dag30: a 30-node agent DAG with fan-out and fan-in × 6 variants × 6 batch sizes.
+- dag30: a 30-node agent DAG with fan-out and fan-in × 6 variants × 6 batch sizes;
+- infadapter: InfAdapter's own program (`manifests/examples/infadapter-resnet.yaml`: 5 ResNets × 19 core
+  sizes from its measured capacity table, a traffic split under a 20-core budget, the loading-cost term)
+  solved as the control loop does, against the plan applied at the previous load. It is also solved with
+  the split's other encoding (one integer replica count per option, what larger splits use): both are
+  exact, so their optima must agree, and the times show what the pool encoding buys.
 Each is solved at `n` different loads; the brute-force oracle solves one IPA instance once.
 """
 
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from paretoserve.planner import milp
 from paretoserve.planner.bruteforce import brute_force
 from paretoserve.planner.model import (
     Aggregation,
@@ -25,6 +31,7 @@ from paretoserve.planner.model import (
     CascadeRow,
     Objective,
     Option,
+    Plan,
     Problem,
     SolveLimits,
     Stage,
@@ -34,6 +41,7 @@ from paretoserve.workers.solver_banner import silence_solver_banner
 
 REPO = Path(__file__).resolve().parents[2]
 DIFFSERVE_EXAMPLE = REPO / "manifests" / "examples" / "diffserve-cascade.yaml"
+INFADAPTER_EXAMPLE = REPO / "manifests" / "examples" / "infadapter-resnet.yaml"
 
 
 def _options(variant: str, accuracy: float, base_ms: float, batches: list[int], gpu: bool = False) -> list[Option]:
@@ -118,9 +126,42 @@ def dag30_instance(load: float, seed: int = 7) -> Problem:
 
 
 def _timed(problem: Problem) -> tuple[float, str]:
+    ms, plan = _timed_plan(problem)
+    return ms, plan.status.value
+
+
+def _timed_plan(problem: Problem) -> tuple[float, Plan]:
     started = time.perf_counter()
     plan = solve(problem, limits=SolveLimits(time_limit_s=30.0))
-    return (time.perf_counter() - started) * 1000.0, plan.status.value
+    return (time.perf_counter() - started) * 1000.0, plan
+
+
+def bench_infadapter(loads: list[float]) -> dict[str, Any]:
+    """InfAdapter's program along a load sweep, each solve against the previous plan (see the module notes)."""
+    from paretoserve.planner.compile import Observation, compile_problem
+    from paretoserve.planner.control import current_allocations
+    from paretoserve.planner.spec import load_pipeline_text
+
+    pipeline = load_pipeline_text(INFADAPTER_EXAMPLE.read_text())
+    problems = []
+    applied = solve(compile_problem(pipeline, Observation(load_rps=loads[0])))
+    for load in loads:
+        problem = compile_problem(pipeline, Observation(load_rps=load, current=current_allocations(applied)))
+        problems.append(problem)
+        applied = solve(problem)
+    result: dict[str, Any] = {"options": len(problems[0].stages[0].options)}
+    objectives: dict[str, list[float | None]] = {}
+    for encoding, pool_limit in (("pools", milp.POOL_LIMIT), ("counts", 0)):
+        saved, milp.POOL_LIMIT = milp.POOL_LIMIT, pool_limit
+        try:
+            timed = [_timed_plan(problem) for problem in problems]
+        finally:
+            milp.POOL_LIMIT = saved
+        result[encoding] = _summary([ms for ms, _ in timed], [plan.status.value for _, plan in timed])
+        objectives[encoding] = [plan.objective for _, plan in timed]
+    result["optima_agree"] = all(a is not None and b is not None and abs(a - b) <= 1e-7
+                                 for a, b in zip(objectives["pools"], objectives["counts"], strict=True))
+    return result
 
 
 def _summary(samples: list[float], statuses: list[str]) -> dict[str, Any]:
@@ -149,6 +190,8 @@ def bench_planner(quick: bool = False) -> dict[str, Any]:
             times.append(ms)
             statuses.append(status)
         result[name] = _summary(times, statuses)
+    if INFADAPTER_EXAMPLE.exists():
+        result["infadapter"] = bench_infadapter([10.0 + i * (240.0 / max(1, n - 1)) for i in range(n)])
     problem = ipa_instance(60.0)
     started = time.perf_counter()
     oracle = brute_force(problem)

@@ -180,3 +180,17 @@ def test_a_spec_the_planner_would_have_dropped_silently_is_refused(tmp_path: Pat
         "sponge": {"gamma": -1.0, "delta": -2.0, "epsilon": -3.0, "eta": -4.0, "cpus": [1, 2]}}
     assert main(["plan", write(tmp_path, doc), "--load", "1"]) == 2
     assert "spec.stages[1].variants[0].profile.sponge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["plan", "x.yaml", "--load", "1", "--min-deadline-ms", "-1e9"], "argument --min-deadline-ms"),  # a flag to argparse
+    (["plan", "x.yaml"], "--load"),
+    (["plan", "x.yaml", "--load", "one"], "argument --load"),
+    (["no-such-command"], "argument command"),
+    (["plan", "x.yaml", "--load", "1", "--baseline", "best"], "argument --baseline"),
+])
+def test_argparse_refusals_are_one_line_naming_the_argument(capsys: pytest.CaptureFixture[str], args: list[str],
+                                                           names: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and names in err[0], err

@@ -1,6 +1,6 @@
 """The MILP equals the brute-force optimum, and its plans satisfy every constraint.
 
-Over 500 generated instances in total across the program kinds (IPA-style DAGs with FA2/RIM pins and
+Over 900 generated instances in total across the program kinds (IPA-style DAGs with FA2/RIM pins and
 Sponge's drain bound, DiffServe/HADIS cascades, InfAdapter traffic splits with a loading-cost penalty).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from paretoserve.planner import milp
 from paretoserve.planner.bruteforce import brute_force
 from paretoserve.planner.evaluate import check_plan
 from paretoserve.planner.model import Problem, SolveStatus
@@ -52,3 +53,12 @@ def test_cascade_programs_match_brute_force(problem: Problem) -> None:
 @given(split_problem())
 def test_traffic_split_programs_match_brute_force(problem: Problem) -> None:
     assert_matches_oracle(problem)
+
+
+@settings(ORACLE, max_examples=120)
+@given(split_problem())
+def test_traffic_splits_too_large_for_pools_match_brute_force(problem: Problem) -> None:
+    """Past POOL_LIMIT (option, replica count) pairs a split keeps one integer count per option."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(milp, "POOL_LIMIT", 0)
+        assert_matches_oracle(problem)
