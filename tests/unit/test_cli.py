@@ -183,7 +183,8 @@ def test_a_spec_the_planner_would_have_dropped_silently_is_refused(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("args", "names"), [
-    (["plan", "x.yaml", "--load", "1", "--min-deadline-ms", "-1e9"], "argument --min-deadline-ms"),  # a flag to argparse
+    # -1e9 looks like a flag to argparse
+    (["plan", "x.yaml", "--load", "1", "--min-deadline-ms", "-1e9"], "argument --min-deadline-ms"),
     (["plan", "x.yaml"], "--load"),
     (["plan", "x.yaml", "--load", "one"], "argument --load"),
     (["no-such-command"], "argument command"),
