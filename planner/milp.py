@@ -30,6 +30,7 @@ import pulp
 
 from paretoserve.planner.evaluate import (
     EPS,
+    FEASIBILITY_TOL,
     allocation_price,
     batch_delay_ms,
     cost_normalizer,
@@ -355,35 +356,89 @@ def _build_split(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: 
     sv.latency = _expr([(latency, 1.0)], stage.queue_delay_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """Option ``option`` with ``replicas`` replicas, and what the program sees of it (a traffic split's choice)."""
+
+    option: Option
+    replicas: int
+    capacity: float
+    latency_ms: float
+    changed: bool
+    criteria: tuple[float, ...]
+    """Lower is better on each: cores, price, batch, GPUs, latency, replicas, changed (those the program weighs)."""
+
+
+def _split_pools(problem: Problem, stage: Stage, options: list[tuple[Option, float, int]]) -> list[_Pool]:
+    """Every (option, replica count) pair of a split, less those another pool of the same variant matches or
+    beats on capacity and on every criterion the program can see (the exact reduction of fixed-load pools,
+    for pools): each variant runs at most one pool, so a dominated one can always be swapped for its better.
+    With a replica floor above one or a pinned count, fewer replicas are not always better: nothing is dropped.
+    """
+    obj = problem.objective
+    current = {(c.variant, c.batch, c.cpu, c.instances, c.replicas) for c in problem.current if c.stage == stage.name}
+    budgeted = dict(problem.budget.gpus)
+    # Alone in the pipeline, a stage's latency only has to fit the SLO; nothing weighs it. Replica counts
+    # matter only if the stage's maximum could bind.
+    alone = len(problem.stages) == 1
+    slack_ms = problem.slo_ms - stage.queue_delay_ms + FEASIBILITY_TOL
+    counted = sum(max((most for o, _, most in options if o.variant == v), default=0)
+                  for v in {o.variant for o, _, _ in options}) > stage.max_replicas
+    pools: dict[str, list[_Pool]] = {}
+    for option, cap, most in options:
+        latency = option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)
+        seen_latency = (0.0 if latency <= slack_ms else math.inf) if alone else latency
+        gpus = dict(option.gpus)
+        for n in range(1, most + 1):
+            changed = (option.variant, *option.key[1:], n) not in current
+            criteria = (option.cpu * n if problem.budget.cpu is not None else 0.0,
+                        allocation_price(problem, option, n) if obj.cost > 0 else 0.0,
+                        float(option.batch) if obj.batch > 0 else 0.0,
+                        *(gpus.get(name, 0.0) * n for name in sorted(budgeted)),
+                        seen_latency, float(n) if counted else 0.0,
+                        float(changed) if obj.reconfiguration > 0 else 0.0)
+            pools.setdefault(option.variant, []).append(_Pool(option, n, cap * n, latency, changed, criteria))
+    if stage.min_replicas > 1 or stage.pinned_replicas is not None:
+        return [pool for group in pools.values() for pool in group]
+    kept: list[_Pool] = []
+    for group in pools.values():
+        front: list[_Pool] = []
+        for pool in sorted(group, key=lambda p: (p.criteria[0], -p.capacity, p.criteria)):
+            if not any(q.capacity >= pool.capacity - EPS
+                       and all(a <= b + EPS for a, b in zip(q.criteria, pool.criteria, strict=True)) for q in front):
+                front.append(pool)
+        kept.extend(front)
+    return kept
+
+
 def _build_split_pools(lp: Any, problem: Problem, sv: StageVars, tag: str, objective: Terms, add_resources: Any,
                        reconfig_terms: list[tuple[Any, float]], options: list[tuple[Option, float, int]],
                        latency: Any) -> None:
     stage = sv.stage
-    current = {(c.variant, c.batch, c.cpu, c.instances, c.replicas) for c in problem.current if c.stage == stage.name}
     per_variant: dict[str, tuple[Any, Terms, Terms, Terms]] = {}  # variant -> (load, capacity, selectors, latency)
     changed: dict[str, Terms] = {}  # variant -> its pools that are not the current one
-    for k, (option, cap, most) in enumerate(options):
+    sv.deadline.check(f"adding the options of stage {stage.name!r}")
+    for k, pool in enumerate(_split_pools(problem, stage, options)):
         if k % CHECK_EVERY == 0:
             sv.deadline.check(f"adding the options of stage {stage.name!r}")
+        option, n = pool.option, pool.replicas
         if option.variant not in per_variant:
             load = lp.add_variable(f"l_{tag}_{len(per_variant)}", lowBound=0)
             per_variant[option.variant] = (load, [], [], [])
             if stage.load_rps > 0:
                 sv.accuracy_selectors.append((option.accuracy, load, 1.0 / stage.load_rps))
         load, capacity, selectors, latencies = per_variant[option.variant]
-        pool_latency = option.latency_ms + split_batch_delay_ms(option.batch, stage.max_queue_delay_ms)
-        for n in range(1, most + 1):
-            y = lp.add_variable(f"y_{tag}_{k}_{n}", cat=pulp.LpBinary)
-            sv.split.append((option, y, n, load))
-            capacity.append((y, cap * n))
-            selectors.append((y, 1.0))
-            add_resources(option, y, n)
-            objective.append((y, -problem.objective.batch * option.batch))
-            latencies.append((y, pool_latency))
-            if (option.variant, *option.key[1:], n) not in current:
-                changed.setdefault(option.variant, []).append((y, 1.0))
-            if stage.load_rps <= 0:
-                sv.accuracy_selectors.append((option.accuracy, y, 1.0))
+        y = lp.add_variable(f"y_{tag}_{k}", cat=pulp.LpBinary)
+        sv.split.append((option, y, n, load))
+        capacity.append((y, pool.capacity))
+        selectors.append((y, 1.0))
+        add_resources(option, y, n)
+        objective.append((y, -problem.objective.batch * option.batch))
+        latencies.append((y, pool.latency_ms))
+        if pool.changed:
+            changed.setdefault(option.variant, []).append((y, 1.0))
+        if stage.load_rps <= 0:
+            sv.accuracy_selectors.append((option.accuracy, y, 1.0))
     for load, capacity, selectors, latencies in per_variant.values():
         lp += _expr(selectors) <= 1  # one pool per variant: its capacity and latency are sums over its pools
         lp += load <= _expr(capacity)

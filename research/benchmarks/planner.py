@@ -167,7 +167,8 @@ def bench_infadapter(loads: list[float]) -> dict[str, Any]:
 def _summary(samples: list[float], statuses: list[str]) -> dict[str, Any]:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2), "n": len(ordered),
+    return {"p50_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2), "max_ms": round(ordered[-1], 2),
+            "n": len(ordered),
             "statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
 
 
