@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretoserve.planner.control import StepResult
+from paretoserve.planner.control import StepResult, check_interval
 from paretoserve.planner.model import Plan
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.serialize import plan_from_json, plan_json
@@ -141,11 +141,12 @@ def read_status(body: Mapping[str, Any]) -> PipelineStatus:
 
 def due(status: PipelineStatus, pipeline: ServingPipeline, *, now: float) -> bool:
     """Reconciled at this generation (reconcile writes the first status; adapting before it would race
-    it and could drop its conditions) and the spec's interval has passed since the last tick."""
+    it and could drop its conditions) and a load check is due (`checkSeconds`; the policy itself runs a
+    full decision only every `intervalSeconds`)."""
     if status.spec_changed:
         return False
     last = status.last_tick_at
-    return last is None or now - last >= pipeline.spec.adaptation.interval_seconds - 1e-3
+    return last is None or now - last >= check_interval(pipeline) - 1e-3
 
 
 def iso(now: float) -> str:

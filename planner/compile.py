@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from paretoserve.planner import model as m
 from paretoserve.planner.bounds import MAX_LATENCY_MS
 from paretoserve.planner.profiles import variant_options
-from paretoserve.planner.spec import Cascade, ServingPipeline, SpecError, Stage
+from paretoserve.planner.queueing import queueing_utilization, servers
+from paretoserve.planner.spec import Cascade, QueueingModel, ServingPipeline, SpecError, Stage
 
 MAX_LOAD_RPS = 1e9
 """The most pipeline requests/s a plan may be asked for (x loadMultiplier <= 1e6 stays finite)."""
@@ -97,7 +98,7 @@ def compile_problem(
     if not (isinstance(load, int | float) and math.isfinite(load) and 0 <= load <= MAX_LOAD_RPS):
         raise SpecError("load", f"must be a finite number of requests/s in [0, {MAX_LOAD_RPS:g}], got {load!r}")
     utilization = spec.adaptation.target_utilization
-    stages = []
+    stages: list[m.Stage] = []
     for stage in spec.stages:
         compiled = compile_stage(stage, load, utilization=utilization,
                                  queue_delay_ms=_delay(observation.queue_delay_ms.get(stage.name, 0.0)))
@@ -106,6 +107,8 @@ def compile_problem(
         if pins or replicas is not None:
             compiled = replace(compiled, pinned_variants=pins, pinned_replicas=replicas)
         stages.append(compiled)
+    if spec.adaptation.queueing_model is QueueingModel.ERLANG_C:
+        stages = queue_aware(stages, spec.slo.latency_ms, spec.slo.percentile.value / 100.0, utilization)
     obj = spec.objective
     if obj.normalize_cost and spec.budget.cpu is None and not spec.budget.gpus:
         raise SpecError("spec.objective.normalizeCost", "needs a budget to normalise by")
@@ -133,6 +136,44 @@ def compile_problem(
         drain_budget_ms=drain,
         current=observation.current,
     )
+
+
+def queue_aware(stages: Sequence[m.Stage], slo_ms: float, quantile: float, target: float) -> list[m.Stage]:
+    """Each option's capacity cut to the utilisation at which its queue still lets the SLO hold
+    (`planner.queueing`), given the fastest path through the other stages."""
+    fastest = {s.name: min((o.latency_ms for o in s.options), default=0.0) for s in stages}
+    parents = {s.name: tuple(s.depends_on) for s in stages}
+    children: dict[str, list[str]] = {s.name: [] for s in stages}
+    for s in stages:
+        for d in s.depends_on:
+            children.setdefault(d, []).append(s.name)
+    before = _longest(parents, fastest)
+    after = _longest(children, fastest)
+    out = []
+    for s in stages:
+        others = before[s.name] + after[s.name]
+        options = []
+        for o in s.options:
+            throughput = o.capacity_rps / target
+            c, service_s = servers(o.batch, o.latency_ms, throughput, o.instances)
+            slack_s = (slo_ms - others - o.latency_ms - s.queue_delay_ms) / 1000.0
+            usable = queueing_utilization(c, service_s, slack_s, quantile, target)
+            if usable > 0.0:  # an option that is late with the first queued request is no option
+                options.append(replace(o, capacity_rps=throughput * usable))
+        out.append(replace(s, options=tuple(options)))
+    return out
+
+
+def _longest(edges: Mapping[str, Sequence[str]], weight: Mapping[str, float]) -> dict[str, float]:
+    """Per node, the heaviest path along `edges` from it, excluding the node itself (the graph is acyclic)."""
+    memo: dict[str, float] = {}
+
+    def visit(node: str) -> float:
+        if node not in memo:
+            memo[node] = max((visit(n) + weight.get(n, 0.0) for n in edges.get(node, ())), default=0.0)
+        return memo[node]
+
+    return {node: visit(node) for node in edges}
 
 
 def plannable_drain(drain_ms: float, stages: Sequence[m.Stage]) -> float | None:

@@ -21,6 +21,9 @@ class PolicyState:
     """Consecutive decisions whose plan was cheaper than the applied one."""
     last_change_at: float | None = None
     decisions: int = 0
+    last_planned_at: float | None = None
+    """When the last full decision (predict, solve, decide) ran; load checks in between only re-plan when
+    the running plan no longer covers the load (`control.check_load`)."""
     pending_switch: tuple[int, int] | None = None
     """Selecting policies (HADIS): (alternative, consecutive steps it has been the best) of a pending move
     from the running alternative to a better one (`selection.choose`)."""
@@ -28,6 +31,8 @@ class PolicyState:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"lowerStreak": self.lower_streak, "lastChangeAt": self.last_change_at,
                                 "decisions": self.decisions}
+        if self.last_planned_at is not None:
+            data["lastPlannedAt"] = self.last_planned_at
         if self.pending_switch is not None:
             data["pendingSwitch"] = {"alternative": self.pending_switch[0], "streak": self.pending_switch[1]}
         return data
@@ -37,11 +42,13 @@ class PolicyState:
         if not data:
             return cls()
         last = data.get("lastChangeAt")
+        planned = data.get("lastPlannedAt")
         pending = data.get("pendingSwitch")
         return cls(
             lower_streak=int(data.get("lowerStreak", 0)),
             last_change_at=None if last is None else float(last),
             decisions=int(data.get("decisions", 0)),
+            last_planned_at=None if planned is None else float(planned),
             pending_switch=(int(pending["alternative"]), int(pending["streak"])) if pending else None,
         )
 
@@ -75,7 +82,7 @@ def signature(plan: Plan) -> tuple[Any, ...]:
 
 
 def decide(ctx: PolicyContext) -> tuple[Decision, PolicyState]:
-    state = replace(ctx.state, decisions=ctx.state.decisions + 1)
+    state = replace(ctx.state, decisions=ctx.state.decisions + 1, last_planned_at=ctx.now)
     candidate, applied = ctx.candidate, ctx.applied
     if not candidate.status.has_plan:
         return Decision(False, applied, f"kept the current plan: planner returned {candidate.status.value}"), state

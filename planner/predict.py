@@ -4,6 +4,11 @@ IPA and InfAdapter plan for a predicted peak rather than the last observation: a
 (DiffServe uses com=2.1 over 20 samples) or an LSTM (IPA: 12 maxima of 10-second bins over 2 minutes
 predict the maximum of the next 20 s; that model needs torch and lives in `paretoserve.workers`). Every
 prediction gets the spec's headroom on top.
+
+A forecast is never lower than the load observed over the last adaptation interval (`floor_seconds`): a
+model trained on calm days tends to predict a fall right after a step up, and a plan below what is
+already arriving overloads the pipeline until the next decision. Releasing capacity waits for the load
+itself to fall (and for `scaleDownStabilization`).
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ def bin_maxima(history: Sequence[float], bin_seconds: int, bins: int) -> list[fl
     return out[::-1]
 
 
-def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster | None = None) -> float:
-    """Predicted load with headroom. Without an LSTM model (or history), LSTM falls back to moving max."""
+def recent_peak(history: Sequence[float], seconds: int) -> float:
+    """The highest per-second load among the newest `seconds` samples (0 without history)."""
+    return float(max(history[-seconds:])) if history and seconds > 0 else 0.0
+
+
+def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster | None = None,
+            floor_seconds: int = 0) -> float:
+    """Predicted load with headroom, never below the peak of the newest `floor_seconds` samples. Without an
+    LSTM model (or history), LSTM falls back to moving max."""
     window = predictor.window_seconds
     if predictor.kind is PredictorKind.LAST_VALUE:
         base = last_value(history)
@@ -56,4 +68,4 @@ def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster 
         base = max(0.0, lstm(history))
     else:
         base = moving_max(history, window)
-    return base * (1.0 + predictor.headroom)
+    return max(base, recent_peak(history, floor_seconds)) * (1.0 + predictor.headroom)

@@ -16,7 +16,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from paretoserve.planner.control import Observed, ParetoPolicy, StepResult
+from paretoserve.planner.control import (
+    Observed,
+    ParetoPolicy,
+    StepResult,
+    decision_due,
+)
 from paretoserve.planner.model import Plan, SolveLimits
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import Forecaster
@@ -62,8 +67,15 @@ class SelectingPolicy:
 
     def propose(self, observed: Observed, applied: Plan | None, state: PolicyState, *, now: float,
                 replan: bool = False) -> StepResult[PolicyState]:
-        results = [ParetoPolicy(p, self.limits, self.lstm, clock=self.clock).propose(
+        running = running_alternative(self.pipelines, applied)
+        if running is not None and applied is not None \
+                and not decision_due(self.pipelines[running], applied, state, now=now, replan=replan):
+            mine = ParetoPolicy(self.pipelines[running], self.limits, self.lstm, clock=self.clock)
+            between = mine.between_decisions(observed, applied, state, now=now)
+            if between is not None:
+                return between
+        results = [ParetoPolicy(p, self.limits, self.lstm, clock=self.clock).decide_now(
             observed, applied, state, now=now, replan=replan) for p in self.pipelines]
         waits = [p.spec.adaptation.scale_down_stabilization for p in self.pipelines]
-        index, new_state = choose(results, running_alternative(self.pipelines, applied), state, waits)
+        index, new_state = choose(results, running, state, waits)
         return replace(results[index], state=new_state)

@@ -155,13 +155,24 @@ class Predictor(_Model):
     headroom: Annotated[float, Field(ge=0, le=10)] = 0.1
 
 
+class QueueingModel(StrEnum):
+    NONE = "none"
+    ERLANG_C = "erlangC"
+
+
 class Adaptation(_Model):
     interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    check_seconds: Annotated[float, Field(ge=1, le=3600)] = 2.0
+    """Seconds between load checks: a load the running plan no longer covers re-plans at once instead of
+    waiting for the interval (the fast path); a value at or above `interval_seconds` turns it off."""
     predictor: Predictor = Field(default_factory=Predictor)
     scale_down_stabilization: Annotated[int, Field(ge=0, le=100)] = 3
     """Consecutive lower plans required before resources are released (InfAdapter uses 4)."""
     target_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
     """Share of a replica's profiled throughput the planner may use (InfAdapter's κ = 0.8)."""
+    queueing_model: Annotated[QueueingModel, Field(strict=False)] = QueueingModel.NONE
+    """none: an option carries throughput × targetUtilization, as IPA and InfAdapter plan; erlangC: also no
+    more than where its queue's wait at the SLO percentile still fits in the SLO (`planner.queueing`)."""
     solver_time_limit_seconds: Annotated[float, Field(gt=0, le=lim.MAX_SOLVER_TIME_LIMIT_S)] = 5.0
     """Wall-clock limit of one whole solve: building the program, the solver and the diagnosis."""
 

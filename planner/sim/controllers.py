@@ -27,7 +27,7 @@ from paretoserve.planner.autoscalers import (
 )
 from paretoserve.planner.baselines import with_adaptation
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import ControlLoop, MetricsSource, Observed, pareto_loop
+from paretoserve.planner.control import ControlLoop, MetricsSource, Observed, check_interval, pareto_loop
 from paretoserve.planner.model import Baseline, SolveLimits
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import Forecaster
@@ -120,7 +120,7 @@ def loop(name: str, pipeline: ServingPipeline, *, baseline: Baseline = Baseline.
     def make(sim: Simulator) -> Controller:
         source = _source(sim, pipeline, cap_rps)
         ticker = pareto_loop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits)
-        return Controller(name, ticker, pipeline.spec.adaptation.interval_seconds)
+        return Controller(name, ticker, check_interval(pipeline))
 
     return make
 
@@ -167,7 +167,7 @@ def selecting(name: str, pipelines: Sequence[ServingPipeline], *, lstm: Forecast
     def make(sim: Simulator) -> Controller:
         policy = SelectingPolicy(pipelines, limits=limits, lstm=lstm)
         ticker = ControlLoop(policy, _source(sim, pipelines[0], cap_rps), sim, PolicyState())
-        return Controller(name, ticker, pipelines[0].spec.adaptation.interval_seconds)
+        return Controller(name, ticker, check_interval(pipelines[0]))
 
     return make
 

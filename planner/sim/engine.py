@@ -95,6 +95,8 @@ class StageState:
     regimes: list[Regime] = field(default_factory=list)
     inbox: list[tuple[FloatArray, IntArray]] = field(default_factory=list)
     retiring: set[PoolKey] = field(default_factory=set)
+    shrinking: dict[PoolKey, int] = field(default_factory=dict)
+    """Replicas a kept pool gives up once the new traffic split starts (make before break)."""
     arrivals: list[tuple[float, int]] = field(default_factory=list)  # (epoch end, arrivals in the epoch)
 
 
@@ -201,6 +203,7 @@ class Simulator:
         for a in sp.allocations:
             if a.replicas > 0:
                 desired[self._key(a)] = a
+        shrink: dict[PoolKey, int] = {}
         for key, a in desired.items():
             accuracy = self._accuracy[(st.stage.name, a.variant)]
             new_cfg = self._pool_config(st, a, accuracy)
@@ -233,13 +236,13 @@ class Simulator:
             if diff > 0:
                 pool.add_replicas(diff, now + startup)
                 ready = max(ready, now + startup)  # a new traffic split waits for the replicas it counts on
-            elif diff < 0:
-                pool.remove_replicas(-diff)
-            if diff:
                 self._resources(now, st, pool, diff, new_cfg)
+            elif diff < 0:
+                shrink[key] = -diff
         for key in st.pools:
             if key not in desired:
                 st.retiring.add(key)
+        st.shrinking = shrink  # the old split serves until the new one starts, with the replicas it counted on
         regime = self._regime(st, sp, desired, ready)
         st.regimes = [r for r in st.regimes if r.t_from < now] + [regime]
 
@@ -456,11 +459,17 @@ class Simulator:
 
     def _retire(self, now: float) -> None:
         for st in self.states:
-            if not st.retiring:
+            if not st.retiring and not st.shrinking:
                 continue
             switched = st.regimes[-1].t_from if st.regimes else -INF
             if now < switched:
                 continue
+            for key, count in sorted(st.shrinking.items()):
+                pool = st.pools[key]
+                pool.remove_replicas(count)
+                self.events.append((switched, st.index, -float(count), -count * pool.config.cpu,
+                                    -count * pool.config.gpus))
+            st.shrinking = {}
             for key in sorted(st.retiring):
                 pool = st.pools[key]
                 if pool.has_work():

@@ -3,7 +3,9 @@
 InfAdapter's own program is `manifests/examples/infadapter-resnet.yaml` (measured capacity table, 750 ms
 SLO, α = 0.05 on cores/20, β = 0.001 loading cost, κ = 0.8, 30 s decisions, scale down after 4 lower
 plans). `infadapter` runs it as published; `paretoserve` runs the same program with ParetoServe's default
-loop (10 s decisions, IPA's LSTM with 10 % headroom, scale down after 3); `ms-plus` allows one variant at a
+loop (10 s decisions, IPA's LSTM with 10 % headroom, scale down after 3, load checks every 2 s) and
+queue-aware capacity (`queueingModel: erlangC`: the table's latencies reach the 750 ms SLO, so a pool with
+no slack misses it with its first queued request); `ms-plus` allows one variant at a
 time; `vpa-<variant>` resizes one pod of one variant (recreate: a resize restarts the pod and reloads the
 model). Replicas of a variant start after its measured load time (6.4–8.5 s).
 """
@@ -47,13 +49,14 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
     counts = data.twitter_window(*segment)
     peak = float(counts.max()) * (1 + pipeline.spec.adaptation.predictor.headroom)
     config = sim_config(pipeline.spec.slo.latency_ms, noise_cv=0.0)
-    ours = baselines.with_adaptation(pipeline, intervalSeconds=10, scaleDownStabilization=3,
+    ours = baselines.with_adaptation(pipeline, intervalSeconds=10, scaleDownStabilization=3, queueingModel="erlangC",
                                      predictor={"kind": "lstm", "windowSeconds": 120, "headroom": 0.1})
     top = float(counts.max())
     ms_plus = baselines.single_variant(pipeline)
     systems = [
         System("paretoserve", pipeline, ctl.loop("paretoserve", ours, lstm=lstm_ipa, cap_rps=cap_for([ours], top)),
-               config, note="InfAdapter's program with ParetoServe's loop: 10 s decisions, IPA LSTM, stabilisation 3"),
+               config, note="InfAdapter's program with ParetoServe's loop: 10 s decisions, 2 s load checks, IPA LSTM, "
+                    "stabilisation 3, erlangC queue-aware capacity"),
         System("infadapter", pipeline,
                ctl.loop("infadapter", pipeline, lstm=lstm_1min, cap_rps=cap_for([pipeline], top)), config,
                note="as published: 30 s decisions, 1-minute LSTM, +10 %, κ = 0.8, stabilisation 4"),

@@ -27,7 +27,7 @@ def test_predictors() -> None:
 
 
 def test_policy_state_round_trips_through_status() -> None:
-    state = PolicyState(lower_streak=2, last_change_at=12.5, decisions=7)
+    state = PolicyState(lower_streak=2, last_change_at=12.5, decisions=7, last_planned_at=14.0)
     assert PolicyState.from_dict(state.to_dict()) == state
     assert PolicyState.from_dict(None) == PolicyState()
 

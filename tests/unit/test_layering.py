@@ -86,10 +86,10 @@ def _calls(path: Path) -> set[str]:
 
 
 def test_the_control_step_exists_once() -> None:
-    """Only planner/control.py decides and actuates; policies propose (selection.py combines proposals)."""
+    """Only planner/control.py decides and actuates; selection.py combines ParetoPolicy's decisions."""
     sources = [p for folder in ("planner", "workers", "operator", "shell", "research")
                for p in (REPO / folder).rglob("*.py")]
     deciders = {p.relative_to(REPO).as_posix() for p in sources if "decide" in _calls(p)}
     proposers = {p.relative_to(REPO).as_posix() for p in sources if "propose" in _calls(p)}
     assert deciders == {"planner/control.py"}
-    assert proposers == {"planner/control.py", "planner/selection.py"}
+    assert proposers == {"planner/control.py"}

@@ -230,13 +230,16 @@ def test_adapt_scales_with_the_observed_load() -> None:
     assert deployed == replicas
 
 
-def test_due_follows_the_spec_interval() -> None:
-    pipeline = parse_pipeline(PIPELINE)  # default interval 10 s
+def test_due_follows_the_spec_check_cadence() -> None:
+    pipeline = parse_pipeline(PIPELINE)  # default interval 10 s, load checks every 2 s
     assert not due(read_status(body()), pipeline, now=0.0)  # not reconciled yet: reconcile writes the first status
     assert due(read_status(body({"observedGeneration": 1})), pipeline, now=0.0)
     ticked = body({"observedGeneration": 1, "policyState": {"lastTickAt": 5.0}})
-    assert not due(read_status(ticked), pipeline, now=10.0)
-    assert due(read_status(ticked), pipeline, now=15.0)
+    assert not due(read_status(ticked), pipeline, now=6.5)
+    assert due(read_status(ticked), pipeline, now=7.0)
+    no_checks = parse_pipeline({**PIPELINE, "spec": {**PIPELINE["spec"], "adaptation": {"checkSeconds": 10}}})
+    assert not due(read_status(ticked), no_checks, now=14.0)
+    assert due(read_status(ticked), no_checks, now=15.0)
     assert not due(read_status(body({"observedGeneration": 1}, generation=2)), pipeline, now=15.0)  # spec changed
 
 

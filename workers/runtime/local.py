@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from paretoserve.planner.control import ControlLoop, MetricsSource, StepResult, pareto_loop
+from paretoserve.planner.control import ControlLoop, MetricsSource, StepResult, check_interval, pareto_loop
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import ensure_trained
@@ -357,14 +357,15 @@ class LocalRuntime:
                 window_s=window, batching_delay_ms=self.actuator.batching_delay_ms))
             source = self.metrics
         loop = pareto_loop(pipeline, source, self.actuator)
-        self.loop_runner = LoopRunner(loop, adaptation.interval_seconds, self._log, self._record_step,
+        self.loop_runner = LoopRunner(loop, check_interval(pipeline), self._log, self._record_step,
                                       observed_rate=self._last_rate)
         if self.loop_runner.tick() is None:  # the first plan is in force before any traffic
             raise RuntimeError("the first control-loop tick failed; see the message above")
         self._stack.enter_context(self.loop_runner)
         self._write_runtime()
         self._log(f"ready: POST {settings.url}/v2/pipelines/{pipeline.metadata.name}/infer "
-                  f"(loop every {adaptation.interval_seconds:g}s, state {self.state_dir})")
+                  f"(plans every {adaptation.interval_seconds:g}s, checks the load every "
+                  f"{check_interval(pipeline):g}s, state {self.state_dir})")
 
     def _last_rate(self) -> float | None:
         rates = self.metrics.history.rates() if self.metrics is not None else ()
