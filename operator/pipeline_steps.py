@@ -98,7 +98,8 @@ def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
     actuator = _actuator(gateway, config, owner, status, pipeline, pusher)
     policy = ParetoPolicy(pipeline, clock=time.perf_counter)
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
-    record_decision(owner, result.candidate, applied=result.decision.apply)
+    if result.planned:  # a load check that held the plan is no decision
+        record_decision(owner, result.candidate, applied=result.decision.apply)
     report = actuator.report
     load = result.observed.load_history[-1] if result.observed.load_history else 0.0
     extra = {"MetricsUnavailable": (False, "MetricsRead", f"{len(result.observed.load_history)} samples")}

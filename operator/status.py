@@ -207,14 +207,13 @@ def status_after(status: PipelineStatus, result: StepResult[PolicyState], report
     """The status patch after a control step: the plan in force, the new policy state, the conditions."""
     plan = result.decision.plan
     updates = {**_report_conditions(report, plan, result.candidate), **(extra or {})}
+    decision = {"solverStatus": result.candidate.status.value, "solveMs": result.candidate.solve_ms,
+                "predictedLoadRps": round(result.predicted_load, 3), "lastDecisionTime": iso(now)}
     return {
         "observedGeneration": status.generation,
         "plan": plan_status(plan),
-        "solverStatus": result.candidate.status.value,
-        "solveMs": result.candidate.solve_ms,
-        "predictedLoadRps": round(result.predicted_load, 3),
+        **(decision if result.planned else {}),  # a load check that held the plan leaves the last decision's
         "observedLoadRps": round(observed_load_rps, 3),
-        "lastDecisionTime": iso(now),
         "policyState": {**result.state.to_dict(), "lastTickAt": now},
         "desiredCpu": {f"{sp.stage}/{a.variant}": a.cpu for sp in plan.stages for a in sp.allocations}
         if plan else {},

@@ -127,8 +127,9 @@ def decision_due(pipeline: ServingPipeline, applied: Plan | None, state: PolicyS
 
 @dataclass(frozen=True, slots=True)
 class LoadCheck:
-    """A load check between decisions: the newest load (the peak of the last `checkSeconds`, with the
-    predictor's headroom), the problem at it, and whether the running plan covers it."""
+    """A load check between decisions: the newest load (the peak of the last `checkSeconds`; no headroom:
+    the headroom is there to absorb such peaks, and adding it again re-planned on every noisy second), the
+    problem at it, and whether the running plan covers it."""
 
     covered: bool
     load_rps: float
@@ -145,8 +146,7 @@ class LoadCheck:
 def check_load(pipeline: ServingPipeline, observed: Observed, applied: Plan, state: PolicyState, *,
                baseline: Baseline = Baseline.NONE) -> LoadCheck:
     adaptation = pipeline.spec.adaptation
-    load = recent_peak(observed.load_history, math.ceil(adaptation.check_seconds)) \
-        * (1.0 + adaptation.predictor.headroom)
+    load = recent_peak(observed.load_history, math.ceil(adaptation.check_seconds))
     problem = compile_problem(pipeline, Observation(
         load_rps=load, queue_delay_ms=observed.queue_delay_ms,
         min_remaining_budget_ms=observed.min_remaining_budget_ms, current=current_allocations(applied),

@@ -26,14 +26,24 @@ EXPERIMENTS = {
 
 
 def run_experiment(name: str, out: Path, *, quick: bool = False, window: str | None = None,
-                   show_progress: bool = True) -> dict[str, Any]:
+                   windows: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Run one experiment and write its outputs under `out`; returns the results document."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    module = importlib.import_module(EXPERIMENTS[name])
     command = ["paretoserve", "experiment", name] + (["--quick"] if quick else []) + ["--out", str(out)]
     if window:
         command += ["--trace-window", window]
+    if windows is not None:
+        from paretoserve.research.experiments.windows import parse_windows, run_windows
+        from paretoserve.workers.solver_banner import silence_solver_banner
+
+        if window or quick:
+            raise ValueError("--windows cannot be combined with --trace-window or --quick")
+        count = parse_windows(windows)
+        silence_solver_banner()
+        return run_windows(name, out, count, command=shlex.join([*command, "--windows", windows]),
+                           show_progress=show_progress)
+    module = importlib.import_module(EXPERIMENTS[name])
     if name == "predictors":
         doc: dict[str, Any] = module.run(out, quick=quick, window=parse_window(window), command=shlex.join(command))
         return doc

@@ -207,13 +207,21 @@ def run_setup(setup: Setup, *, show_progress: bool = True) -> tuple[dict[str, An
         "accuracy_label": setup.accuracy_label,
         "systems": systems,
         "scenarios": per_scenario if len(setup.scenarios) > 1 else {},
-        "claims": [c.to_dict() for c in setup.claims(systems)] if setup.claims else [],
+        "claims": [c.to_dict() for c in judged_claims(setup, systems)],
         "notes": setup.notes + ([f"`systems` pools the scenarios {', '.join(setup.pooled)} only."]
                                 if setup.pooled is not None and len(setup.scenarios) > 1 else []),
         "config": setup.config,
         "wall_s": round(time.monotonic() - started, 1),
     }
     return doc, timelines
+
+
+def judged_claims(setup: Setup, systems: dict[str, Metrics]) -> list[Claim]:
+    """The experiment's claims, each held to ParetoServe's SLO too, plus the frontier claims (`frontier`)."""
+    from paretoserve.research.experiments.frontier import frontier_claims, with_slo
+
+    own = setup.claims(systems) if setup.claims else []
+    return with_slo(own, systems) + frontier_claims(systems)
 
 
 def write_outputs(doc: dict[str, Any], timelines: dict[str, dict[str, Any]], out: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The `paretoserve experiment NAME [--quick] --out DIR [--trace-window START:END]` command."""
+"""The `paretoserve experiment NAME [--quick] --out DIR [--trace-window START:END | --windows auto[:N]]` command."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def register(sub: Any) -> None:
                         help="seconds of the experiment's trace: absolute Twitter-trace seconds for ipa-video, "
                              "infadapter and predictors (evaluation span); seconds from the start of the "
                              "trace for sponge, diffserve and hadis")
+    parser.add_argument("--windows", metavar="auto[:N]", default=None,
+                        help="ipa-video and infadapter: N windows (default 6) of the Twitter trace after day 14 "
+                             "chosen by a fixed rule (the steepest rises and a seeded sample of calm windows); "
+                             "reports every window and what dominates ParetoServe in each")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(func=cmd_experiment)
 
@@ -38,10 +42,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     try:
-        doc = run_experiment(args.name, out, quick=args.quick, window=args.trace_window,
+        doc = run_experiment(args.name, out, quick=args.quick, window=args.trace_window, windows=args.windows,
                              show_progress=not args.no_progress)
     except (DataMissing, ValueError) as exc:
         raise CliError(f"experiment {args.name}: {exc}") from None
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots", file=sys.stderr)
-    return 0 if doc.get("systems") else 1
+    return 0 if doc.get("systems") or doc.get("windows") else 1

@@ -195,3 +195,16 @@ def test_argparse_refusals_are_one_line_naming_the_argument(capsys: pytest.Captu
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and names in err[0], err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["sponge", "--windows", "auto"], "Twitter-trace experiments"),
+    (["ipa-video", "--windows", "auto:0"], "--windows must be"),
+    (["ipa-video", "--windows", "auto", "--quick"], "cannot be combined"),
+])
+def test_experiment_windows_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  args: list[str], says: str) -> None:
+    assert main(["experiment", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert not (tmp_path / "out").exists()
