@@ -30,6 +30,7 @@ from paretoserve.planner.evaluate import covers_load
 from paretoserve.planner.model import Baseline, CurrentAllocation, Plan, Problem, SolveLimits
 from paretoserve.planner.policy import Decision, PolicyContext, PolicyState, decide
 from paretoserve.planner.predict import Forecaster, predict, recent_peak
+from paretoserve.planner.scaling import SOLVER as SCALE_OUT
 from paretoserve.planner.scaling import scale_out
 from paretoserve.planner.solve import solve
 from paretoserve.planner.spec import ServingPipeline
@@ -155,10 +156,11 @@ def check_load(pipeline: ServingPipeline, observed: Observed, applied: Plan, sta
 
 
 def still_starting(problem: Problem, applied: Plan, state: PolicyState, *, now: float) -> bool:
-    """Whether the last change may still be loading models (within the longest load time of the variants
-    the running plan uses). Re-planning then would start other pools and delay the traffic split again."""
-    if state.last_change_at is None:
-        return False
+    """Whether the last change (a full round: it may have started new pools) may still be loading models,
+    within the longest load time of the variants the running plan uses. Re-planning then would start other
+    pools and delay the traffic split again; after a scale-out there is nothing to wait for."""
+    if state.last_change_at is None or applied.solver == SCALE_OUT:
+        return False  # a scale-out started no new pools: nothing to wait for
     used = {(sp.stage, a.variant) for sp in applied.stages for a in sp.allocations}
     slowest = max((o.load_time_s for st in problem.stages for o in st.options if (st.name, o.variant) in used),
                   default=0.0)
