@@ -155,8 +155,22 @@ def summarize(result: SimResult) -> Summary:
     )
 
 
+def _p99_per_bin(result: SimResult, sec: npt.NDArray[np.int64], bins: int) -> FloatArray:
+    """p99 latency of each bin's requests by arrival; a dropped or timed-out request counts as infinitely late
+    (NaN for a bin without requests)."""
+    latency = np.where(result.status == COMPLETED, result.latency_ms, np.inf)
+    out = np.full(bins, np.nan)
+    if len(sec) == 0:
+        return out
+    order = np.lexsort((latency, sec))
+    sorted_sec, sorted_lat = sec[order], latency[order]
+    seconds, starts, counts = np.unique(sorted_sec, return_index=True, return_counts=True)
+    out[seconds] = sorted_lat[starts + np.ceil(0.99 * counts).astype(np.int64) - 1]
+    return out
+
+
 def timeline(result: SimResult, step_s: float = 1.0) -> dict[str, FloatArray]:
-    """Per-step series for plots: arrivals, cores, GPUs, SLO attainment and replicas of every stage."""
+    """Per-step series for plots: arrivals, cores, GPUs, SLO attainment, p99 latency and replicas per stage."""
     bins = max(1, int(np.ceil(result.duration_s / step_s)))
     times = np.arange(bins, dtype=np.float64) * step_s
     sec = np.clip((result.arrival_s // step_s).astype(np.int64), 0, bins - 1)
@@ -168,6 +182,7 @@ def timeline(result: SimResult, step_s: float = 1.0) -> dict[str, FloatArray]:
         "cores": step_series(result.resource_events, 3, times),
         "gpus": step_series(result.resource_events, 4, times),
         "slo_attainment": np.divide(met, arrivals, out=np.ones(bins), where=arrivals > 0),
+        "p99_latency_ms": _p99_per_bin(result, sec, bins),
     }
     for i, name in enumerate(result.stage_names):
         out[f"replicas:{name}"] = step_series(result.resource_events, 2, times, stage=i)

@@ -119,5 +119,8 @@ def run_and_report(target: Target, replay: ReplayPlan, *, events: Callable[[], S
         with (out_dir / "applied.jsonl").open("w") as out:
             for e in applied:
                 out.write(json.dumps(e.to_json()) + "\n")
+        with (out_dir / "steps.jsonl").open("w") as out:  # what the loop saw and decided at every step
+            for step in loop_steps:
+                out.write(json.dumps(vars(step)) + "\n")
     summary["text"] = format_summary(summary)
     return summary
