@@ -36,7 +36,7 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, floa
 
 OURS = "paretoserve"
 OUR_COLOR = "crimson"
-BASELINE_COLORS = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (6, 7)]  # no reds
+BASELINE_COLORS = [plt.get_cmap("tab20")(i) for i in range(20) if i not in (6, 7)]  # no reds
 
 
 def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
