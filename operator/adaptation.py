@@ -100,6 +100,9 @@ class AdaptationLoop:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: set[tuple[str, str]] = field(default_factory=set)
+    _checked: dict[tuple[str, str], float] = field(default_factory=dict)
+    """When each pipeline's last load check held its plan (kept here, not written to its status: a check
+    that changes nothing writes nothing; after a restart a pipeline is just checked once more)."""
     _pool: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,7 +133,7 @@ class AdaptationLoop:
             now = self.clock()
             pipeline = pipeline_steps.parse_or_none(body)
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
-            if pipeline is None or not due(read_status(body), pipeline, now=now):
+            if pipeline is None or not due(read_status(body), pipeline, now=now, last_check=self._checked.get(key)):
                 continue
             with self._lock:
                 if key in self._in_flight:
@@ -146,6 +149,10 @@ class AdaptationLoop:
         try:
             update = pipeline_steps.adapt(self.gateway, self.sources, self.config, body, pipeline, now=now,
                                           pusher=self.pusher)
+            if update.checked_only:
+                with self._lock:
+                    self._checked[(meta["namespace"], meta["name"])] = now
+                return
             update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
             self._write(body, update.status)
             if update.event:

@@ -48,6 +48,8 @@ SourceFor = Callable[[str, ServingPipeline], MetricsSource]
 class StatusUpdate:
     status: dict[str, Any]
     event: str | None = None
+    checked_only: bool = False
+    """A load check that held the plan: nothing changed, so nothing needs writing (`status` is empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,9 @@ def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
     actuator = _actuator(gateway, config, owner, status, pipeline, pusher)
     policy = ParetoPolicy(pipeline, clock=time.perf_counter)
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
-    if result.planned:  # a load check that held the plan is no decision
-        record_decision(owner, result.candidate, applied=result.decision.apply)
+    if not result.planned:
+        return StatusUpdate({}, checked_only=True)
+    record_decision(owner, result.candidate, applied=result.decision.apply)
     report = actuator.report
     load = result.observed.load_history[-1] if result.observed.load_history else 0.0
     extra = {"MetricsUnavailable": (False, "MetricsRead", f"{len(result.observed.load_history)} samples")}

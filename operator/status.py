@@ -139,13 +139,14 @@ def read_status(body: Mapping[str, Any]) -> PipelineStatus:
     )
 
 
-def due(status: PipelineStatus, pipeline: ServingPipeline, *, now: float) -> bool:
+def due(status: PipelineStatus, pipeline: ServingPipeline, *, now: float, last_check: float | None = None) -> bool:
     """Reconciled at this generation (reconcile writes the first status; adapting before it would race
-    it and could drop its conditions) and a load check is due (`checkSeconds`; the policy itself runs a
-    full decision only every `intervalSeconds`)."""
+    it and could drop its conditions) and a load check is due: `checkSeconds` since the last step, written
+    (`lastTickAt`) or a held check the loop remembers (`last_check`); the policy itself runs a full decision
+    only every `intervalSeconds`."""
     if status.spec_changed:
         return False
-    last = status.last_tick_at
+    last = max((t for t in (status.last_tick_at, last_check) if t is not None), default=None)
     return last is None or now - last >= check_interval(pipeline) - 1e-3
 
 
@@ -207,13 +208,14 @@ def status_after(status: PipelineStatus, result: StepResult[PolicyState], report
     """The status patch after a control step: the plan in force, the new policy state, the conditions."""
     plan = result.decision.plan
     updates = {**_report_conditions(report, plan, result.candidate), **(extra or {})}
-    decision = {"solverStatus": result.candidate.status.value, "solveMs": result.candidate.solve_ms,
-                "predictedLoadRps": round(result.predicted_load, 3), "lastDecisionTime": iso(now)}
     return {
         "observedGeneration": status.generation,
         "plan": plan_status(plan),
-        **(decision if result.planned else {}),  # a load check that held the plan leaves the last decision's
+        "solverStatus": result.candidate.status.value,
+        "solveMs": result.candidate.solve_ms,
+        "predictedLoadRps": round(result.predicted_load, 3),
         "observedLoadRps": round(observed_load_rps, 3),
+        "lastDecisionTime": iso(now),
         "policyState": {**result.state.to_dict(), "lastTickAt": now},
         "desiredCpu": {f"{sp.stage}/{a.variant}": a.cpu for sp in plan.stages for a in sp.allocations}
         if plan else {},

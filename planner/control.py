@@ -90,9 +90,13 @@ class Policy(Protocol[S]):
 
 def step(policy: Policy[S], source: MetricsSource, actuator: Actuator, state: S, *, now: float,
          replan: bool = False) -> StepResult[S]:
-    """The one control step. An observation failure propagates before anything is changed."""
+    """The one control step. An observation failure propagates before anything is changed. A load check that
+    held the plan (`StepResult.planned` false) does not call the actuator at all: converging the world to the
+    plan happens at the rounds."""
     observed = source.observe(now)
     result = policy.propose(observed, actuator.applied(), state, now=now, replan=replan)
+    if not result.planned:  # a load check that held the plan touches nothing
+        return result
     plan = result.decision.plan
     if result.decision.apply and plan is not None:
         actuator.apply(plan, now=now)

@@ -422,3 +422,21 @@ def test_an_unreadable_status_is_read_as_no_plan_and_a_fresh_policy_state() -> N
                                "observedLoadRps": "nan?", "conditions": "no"}))
     assert status.applied is None and status.policy_state.lower_streak == 0
     assert status.observed_load_rps == 0.0 and status.conditions == []
+
+
+def test_a_load_check_that_holds_the_plan_touches_nothing() -> None:
+    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
+
+    gw = FakeGateway()
+    registry = PipelineRegistry()
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    registry.observe("ADDED", body(first))
+    clock = iter([20.0, 22.5, 23.0, 25.0]).__next__
+    loop = AdaptationLoop(registry, gw, FakeSource(10.0), OperatorConfig(), clock=clock)
+    assert loop.tick() == 1 and loop.wait_idle()  # a round at 20 s: status written
+    written = dict(gw.statuses[("ns1", "tiny")])
+    gw.actions.clear()
+    assert loop.tick() == 1 and loop.wait_idle()  # 22.5 s: a load check; 10 rps still fits
+    assert gw.actions == [] and gw.statuses[("ns1", "tiny")] == written
+    assert loop.tick() == 0  # 23 s: the check at 22.5 s counts, though nothing was written
+    assert loop.tick() == 1 and loop.wait_idle()
