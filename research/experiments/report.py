@@ -97,7 +97,7 @@ WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
   The load triples within 5-8 s and a new ResNet replica loads for 6.4-8.5 s, so whatever the policy
   decides, capacity arrives seconds after the queue has outgrown the 750 ms SLO; the load checks every 2 s
   (scale out at once), the forecast floor, queue-aware capacity and make-before-break split changes took the
-  published window from 93.31 % to 99.02 % and the training windows from 94.6-97.8 % to 97.9-99.3 %, but
+  published window from 93.31 % to 99.02 % and the training windows from 94.6-97.8 % to 98.3-99.4 %, but
   not to 99 % everywhere. `static-min-cost` (ResNet-18 sized once for the window's peak) keeps 99.86-100 %
   at 15-18 cores for 0.03-0.04 less accuracy: it holds the peak's capacity all the time. No baseline
   dominates ParetoServe on a bursty window.
