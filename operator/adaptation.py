@@ -129,7 +129,11 @@ class AdaptationLoop:
         if not self.active():
             return 0
         submitted = 0
-        for body in self.registry.snapshot():
+        bodies = self.registry.snapshot()
+        with self._lock:  # forget the checks of deleted pipelines
+            known = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+            self._checked = {k: t for k, t in self._checked.items() if k in known}
+        for body in bodies:
             now = self.clock()
             pipeline = pipeline_steps.parse_or_none(body)
             key = (body["metadata"]["namespace"], body["metadata"]["name"])

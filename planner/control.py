@@ -29,7 +29,7 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.evaluate import covers_load
 from paretoserve.planner.model import Baseline, CurrentAllocation, Plan, Problem, SolveLimits
 from paretoserve.planner.policy import Decision, PolicyContext, PolicyState, decide
-from paretoserve.planner.predict import Forecaster, predict, recent_peak
+from paretoserve.planner.predict import Forecaster, moving_max, predict
 from paretoserve.planner.scaling import SOLVER as SCALE_OUT
 from paretoserve.planner.scaling import scale_out
 from paretoserve.planner.solve import solve
@@ -150,8 +150,9 @@ class LoadCheck:
 
 def check_load(pipeline: ServingPipeline, observed: Observed, applied: Plan, state: PolicyState, *,
                baseline: Baseline = Baseline.NONE) -> LoadCheck:
+    """Whether `applied` carries the peak of the last `checkSeconds` (`LoadCheck`)."""
     adaptation = pipeline.spec.adaptation
-    load = recent_peak(observed.load_history, math.ceil(adaptation.check_seconds))
+    load = moving_max(observed.load_history, math.ceil(adaptation.check_seconds))
     problem = compile_problem(pipeline, Observation(
         load_rps=load, queue_delay_ms=observed.queue_delay_ms,
         min_remaining_budget_ms=observed.min_remaining_budget_ms, current=current_allocations(applied),

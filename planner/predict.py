@@ -50,11 +50,6 @@ def bin_maxima(history: Sequence[float], bin_seconds: int, bins: int) -> list[fl
     return out[::-1]
 
 
-def recent_peak(history: Sequence[float], seconds: int) -> float:
-    """The highest per-second load among the newest `seconds` samples (0 without history)."""
-    return float(max(history[-seconds:])) if history and seconds > 0 else 0.0
-
-
 def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster | None = None,
             floor_seconds: int = 0) -> float:
     """Predicted load with headroom, never below the peak of the newest `floor_seconds` samples. Without an
@@ -68,4 +63,5 @@ def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster 
         base = max(0.0, lstm(history))
     else:
         base = moving_max(history, window)
-    return max(base, recent_peak(history, floor_seconds)) * (1.0 + predictor.headroom)
+    floor = moving_max(history, floor_seconds) if floor_seconds > 0 else 0.0
+    return max(base, floor) * (1.0 + predictor.headroom)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from paretoserve.planner.queueing import servers
 from paretoserve.planner.sim.workload import FloatArray, IntArray
 
 INF = math.inf
@@ -75,10 +76,8 @@ def concurrency(batch: int, latency_ms: float, throughput_rps: float, instances:
     many requests), a replica becomes an M/D/c station: c = ⌊h·l/b⌋ servers, each taking c·b/h ≤ l per
     batch, so it sustains exactly h and a request never takes longer than its measured p99 unless queued.
     """
-    per_batch_s = latency_ms / 1000.0
-    c = max(instances, int(math.floor(throughput_rps * per_batch_s / batch + 1e-9)))
-    service = c * batch / throughput_rps if throughput_rps > 0 else per_batch_s
-    return c, service / per_batch_s
+    c, service = servers(batch, latency_ms, throughput_rps, instances)  # the planner's queueing model uses the same c
+    return c, service / (latency_ms / 1000.0)
 
 
 @dataclass
