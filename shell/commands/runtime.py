@@ -71,10 +71,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     batches, threads = _ints("--batches", args.batches), _ints("--threads", args.threads)
     instances = _ints("--instances", args.instances)
     quotas = _cores("--cpu-quotas", args.cpu_quotas) if args.cpu_quotas else ()
+    options = {"batches": batches, "threads": threads, "instances": instances, "cpu_quotas": quotas,
+               "cpu_period_us": round(1000 * args.cpu_period_ms)}
     try:
-        grid = (ProfileGrid.quick(batches=batches, threads=threads, instances=instances, cpu_quotas=quotas)
-                if args.quick else ProfileGrid(batches=batches, threads=threads, instances=instances,
-                                               cpu_quotas=quotas))
+        grid = ProfileGrid.quick(**options) if args.quick else ProfileGrid(**options)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="paretoserve-profile-"))
@@ -148,7 +148,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     silence_solver_banner()
     settings = UpSettings(port=args.port, prometheus=args.prometheus, work_dir=Path(args.work_dir) if args.work_dir
                           else None, **({"cores": args.cores} if args.cores else {}),
-                          max_instances_per_model=args.max_instances)
+                          max_instances_per_model=args.max_instances, cpu_quota=not args.no_cpu_quota)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     try:
@@ -251,6 +251,8 @@ def register(sub: Any) -> None:
     profile.add_argument("--instances", default="1,2", help="Triton instances per replica")
     profile.add_argument("--cpu-quotas", help="CPU limits in cores (e.g. 0.25,0.5,1): measure Triton under each "
                          "CFS quota, as a pod with that limit (needs root or a delegated cgroup)")
+    profile.add_argument("--cpu-period-ms", type=float, default=100.0,
+                         help="CFS period of those quotas: 100 as the kubelet sets for pods, 10 as 'up' enforces")
     profile.add_argument("--quick", action="store_true", help="fewer samples (noisier tails)")
     profile.add_argument("--work-dir", help="model repository and Triton log (default: a temp dir)")
     profile.set_defaults(func=cmd_profile)
@@ -262,6 +264,8 @@ def register(sub: Any) -> None:
     up.add_argument("--replay", help=f"trace to replay, then exit with a summary (e.g. {DEFAULT_TRACE_HINT})")
     up.add_argument("--cores", type=int, help="cores for Triton instances (default: the affinity mask)")
     up.add_argument("--max-instances", type=int, help="Triton instances per model at most (default: cores)")
+    up.add_argument("--no-cpu-quota", action="store_true",
+                    help="let Triton use every core (default: a CFS quota equal to the plan's cores, where root)")
     up.add_argument("--work-dir", help="model repository and logs (default: a temp dir)")
     _add_replay_flags(up)
     up.set_defaults(func=cmd_up)

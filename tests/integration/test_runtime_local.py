@@ -33,6 +33,7 @@ import yaml
 from paretoserve.planner.spec import load_pipeline_text
 from paretoserve.workers.models import ModelCatalog
 from paretoserve.workers.runtime.local import default_state_dir
+from paretoserve.workers.runtime.report import format_summary
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -94,6 +95,19 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def triton_quota_cores(pid: int) -> float:
+    """The CFS quota of the cgroup ``pid`` runs in, in cores (cgroup v1 ``cpu`` or v2)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            group = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+            return int((group / "cpu.cfs_quota_us").read_text()) / int((group / "cpu.cfs_period_us").read_text())
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            quota, period = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
+            return float("inf") if quota == "max" else int(quota) / int(period)
+    raise AssertionError(f"no cpu cgroup for pid {pid}")
+
+
 def paretoserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "paretoserve", *args]
 
@@ -124,6 +138,13 @@ def test_up_replay_scales_under_load_without_failures(tmp_path: Path, catalog: M
     assert any(e["instances"]["tiny_linear"] >= 2 and e["error"] is None for e in applied), applied
     assert summary["reconfigurations"]["tritonInstanceUpdates"] >= 1
     assert summary["cost"]["coreSeconds"] > 0
+    # what changed, when and why: the scale-out is listed with the loop's reason and the load it planned for
+    growth = [c for c in summary["changes"] if any(t.startswith("tiny_linear instances 1 -> ") for t in c["changed"])]
+    assert growth and growth[0]["why"] and growth[0]["plannedForRps"] > INSTANCE_RPS, summary["changes"]
+    assert "what changed, when and why:" in format_summary(summary)
+    if os.geteuid() == 0:  # root: Triton ran under a CPU quota that followed the plan's cores
+        assert summary["coresEnforced"] is True
+        assert all(e["cpuQuota"] == e["cores"] for e in applied if e["error"] is None), applied
     assert {Path(p).name for p in summary["plots"]} == {"load.png", "latency.png", "config.png"}
     assert processes_mentioning(str(tmp_path)) == []
 
@@ -157,6 +178,9 @@ def test_up_serves_until_sigterm_and_load_drives_it(tmp_path: Path, catalog: Mod
         config = httpx.get(f"{admin}/admin/config", headers={"authorization": f"Bearer {token}"}, timeout=5)
         assert config.status_code == 200 and config.json()["pipeline"] == "serve-test"
         assert "paretoserve_pipeline_requests_total" in httpx.get(info["routerMetricsUrl"], timeout=5).text
+        if os.geteuid() == 0:  # root: the kernel holds Triton to the plan's cores (one core: one instance)
+            assert info["cpuQuotaPeriodMs"] == 10
+            assert triton_quota_cores(info["tritonPid"]) == pytest.approx(1.0)
         trace = write_trace(tmp_path / "t.tbz2", [5, 5, 5])
         loaded = subprocess.run(paretoserve("load", "--trace", str(trace), "--window", "0:3", "--scale", "1",
                                             "--url", url, "--out", str(tmp_path / "load"), "--json", "--no-progress"),

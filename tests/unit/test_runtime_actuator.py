@@ -194,6 +194,33 @@ def test_apply_grows_first_then_routes_then_shrinks() -> None:
     assert actuator.batching_delay_ms("cnn_large") == 0.0
 
 
+class FakeQuota:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def set_cores(self, cores: float) -> None:
+        self.log.append(f"quota {cores:g}")
+
+
+def test_the_plans_cores_become_the_cpu_quota_raised_first_and_lowered_last() -> None:
+    log: list[str] = []
+    with _admin(log) as admin:
+        actuator = LocalActuator(pipeline(), _specs(), FakeLoader(log), admin, LIMITS, cores=FakeQuota(log))
+        big = replace(cascade_plan(heavy_replicas=2), cpu=6.0)
+        actuator.apply(big, now=1.0)
+        assert log[0] == "quota 6" and log[1] == "triton cnn_large x2"
+        assert actuator.records[-1].cpu_quota == 6.0
+        log.clear()
+        small = replace(cascade_plan(heavy_replicas=1), cpu=3.5)
+        actuator.apply(small, now=2.0)
+        assert log[0] == "quota 9.5"  # old and new cores while Triton changes, as pods beside pods
+        assert log[-1] == "quota 3.5" and "triton cnn_large x1" in log[1:-1]
+        assert actuator.records[-1].cpu_quota == 3.5
+        log.clear()
+        actuator.apply(small, now=3.0)
+    assert not any(line.startswith("quota") for line in log)  # unchanged cores: the quota is not rewritten
+
+
 def test_a_failed_apply_is_recorded_and_the_old_plan_stays_applied() -> None:
     log: list[str] = []
     with _admin(log) as admin:

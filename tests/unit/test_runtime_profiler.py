@@ -71,6 +71,8 @@ def test_grid_under_cpu_quotas_keeps_threads_within_the_quota() -> None:
         ProfileGrid(cores=2, cpu_quotas=(3.0,))
     with pytest.raises(ValueError, match="--cpu-quotas"):
         ProfileGrid(cores=2, cpu_quotas=(0.0,))
+    with pytest.raises(ValueError, match="--cpu-period-ms"):
+        ProfileGrid(cores=2, cpu_quotas=(0.5,), cpu_period_us=500)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -23,6 +23,7 @@ from paretoserve.workers.runtime.report import (
     LoopStep,
     core_seconds,
     format_summary,
+    plan_changes,
     summarize,
     write_plots,
 )
@@ -171,3 +172,33 @@ def test_summary_text_shows_the_plan_at_start_and_the_router() -> None:
     assert "plan at start: 2 cores, Triton instances cnn_large x1, tiny_linear x1, classify threshold 0.9" in text
     assert "7 rows deferred light -> heavy (70.0% of cascade rows)" in text
     assert "wall time 150s (startup 20s)" in text
+
+
+def test_the_summary_says_what_each_applied_plan_changed_when_and_why() -> None:
+    events = [AppliedEvent(990.0, 0.4, {"tiny_linear": 1, "cnn_large": 1}, {"classify": 0.9}, batch={"cnn_large": 1},
+                           cpu_quota=0.4),
+              AppliedEvent(1012.0, 0.7, {"tiny_linear": 1, "cnn_large": 2}, {"classify": 0.9}, batch={"cnn_large": 4},
+                           cpu_quota=0.7),
+              AppliedEvent(1020.0, 0.7, {"tiny_linear": 1, "cnn_large": 2}, {"classify": 0.9}, batch={"cnn_large": 4},
+                           cpu_quota=0.7),  # changed nothing the summary shows: not listed
+              AppliedEvent(1030.0, 0.5, {"tiny_linear": 1, "cnn_large": 2}, {"classify": 0.8}, error="boom"),
+              AppliedEvent(1040.0, 0.4, {"tiny_linear": 1, "cnn_large": 1}, {"classify": 0.85},
+                           batch={"cnn_large": 1}, cpu_quota=0.4)]
+    steps = [LoopStep(1012.0, 180.0, 150.0, "scale up or reconfigure", True),
+             LoopStep(1014.0, 180.0, 160.0, "unchanged", False),
+             LoopStep(1040.0, 60.0, 55.0, "scale down after 3 cheaper plans", True)]
+    changes = plan_changes(events, steps, start=1000.0, end=1100.0)
+    assert changes == [
+        {"atSeconds": 12.0, "changed": ["cores 0.4 -> 0.7", "cnn_large instances 1 -> 2", "cnn_large batch 1 -> 4"],
+         "why": "scale up or reconfigure", "observedRps": 150.0, "plannedForRps": 180.0},
+        {"atSeconds": 40.0, "changed": ["cores 0.7 -> 0.4", "classify threshold 0.9 -> 0.85",
+                                        "cnn_large instances 2 -> 1", "cnn_large batch 4 -> 1"],
+         "why": "scale down after 3 cheaper plans", "observedRps": 55.0, "plannedForRps": 60.0}]
+    assert plan_changes(events, steps, start=1015.0, end=1035.0) == []  # only changes inside the replay
+    summary = summarize([record(0.1, 10.0)], events, slo_ms=50.0, percentile=99, start=1000.0, end=1100.0,
+                        steps=steps)
+    assert summary["coresEnforced"] is True and summary["changes"] == changes
+    text = format_summary(summary)
+    assert "Triton held to them by a CPU quota" in text
+    assert ("    12.0s  cores 0.4 -> 0.7, cnn_large instances 1 -> 2, cnn_large batch 1 -> 4  "
+            "(saw 150 rps, planned for 180 rps: scale up or reconfigure)") in text

@@ -9,12 +9,14 @@ one ``tritonserver`` and of the router, so the one `ControlLoop` drives both wor
 | cores per replica | CPU threads per instance = cores / instances (never more threads than cores) |
 | batch size | dynamic batching ``preferred_batch_size`` and the stage's max queue delay |
 | cascade threshold, traffic split | router ``POST /admin/config`` (threshold, variant weights) |
+| the plan's cores (Σ replicas × cores) | the CFS quota of Triton's cgroup, when `up` could make one |
 
 `model_settings` and the router rendering (workers/router/plan_rendering.py) are pure (unit-tested);
 `LocalActuator` applies their result in an order that never drops requests: models that grow first, then the
-router, then models that shrink. Every variant stays loaded with at least one instance, so a routing change
-never meets an unloaded model. An instance-count-only change is an in-place Triton update (~2 s); anything
-else is a reload that keeps serving until the new instances are ready.
+router, then models that shrink; the CPU quota is raised before all of it and lowered after. Every
+variant stays loaded with at least one instance, so a routing change never meets an unloaded model. An
+instance-count-only change is an in-place Triton update (~2 s); anything else is a reload that keeps serving
+until the new instances are ready.
 """
 
 from __future__ import annotations
@@ -173,6 +175,8 @@ class AppliedRecord:
     """(model, ``instances``/``reload``, seconds)."""
     router_seconds: float = 0.0
     error: str | None = None
+    cpu_quota: float | None = None
+    """Triton's CPU quota after this actuation (cores), or ``None`` when none is enforced."""
 
     @property
     def instances(self) -> dict[str, int]:
@@ -189,11 +193,17 @@ class ModelLoader(Protocol):
     def apply_spec(self, spec: TritonModelSpec) -> None: ...
 
 
+class CoreLimit(Protocol):
+    """Triton's CPU quota (`CpuQuotaGroup`): the local form of a pod's CPU limit."""
+
+    def set_cores(self, cores: float) -> None: ...
+
+
 class LocalActuator:
     """The `Actuator` of `paretoserve up`. Used from the control-loop thread only (clients are not thread-safe)."""
 
     def __init__(self, pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec], control: ModelLoader,
-                 router: RouterAdmin, limits: LocalLimits, *,
+                 router: RouterAdmin, limits: LocalLimits, *, cores: CoreLimit | None = None,
                  on_apply: Callable[[AppliedRecord], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self._pipeline = pipeline
@@ -203,6 +213,8 @@ class LocalActuator:
         self._limits = limits
         self._on_apply = on_apply
         self._clock = clock
+        self._cores = cores
+        self._quota: float | None = None
         self._applied: Plan | None = None
         self.records: list[AppliedRecord] = []
 
@@ -221,7 +233,12 @@ class LocalActuator:
         """One Triton and one router that this process started: their settings change only through `apply`."""
 
     def apply(self, plan: Plan, *, now: float) -> None:
-        """Grow models, update the router, shrink models; the plan counts as applied only if all succeed."""
+        """Grow models, update the router, shrink models; the plan counts as applied only if all succeed.
+
+        Triton's CPU quota becomes the plan's cores, as a pod's limit would: raised before anything moves and
+        lowered last. While Triton models change it is the old plus the new cores, as on a cluster where new
+        pods start on their own CPU beside the old ones (loading a Python-backend instance costs about a
+        CPU-second: under the old quota alone it would starve the instances that serve)."""
         settings = model_settings(self._pipeline, plan, self._limits)
         desired = {m: desired_spec(self._specs[m], s) for m, s in settings.items() if m in self._specs}
         grow = [m for m in desired if desired[m].instance_count >= self._specs[m].instance_count]
@@ -230,7 +247,11 @@ class LocalActuator:
         changes: list[tuple[str, str, float]] = []
         router_s = 0.0
         error: str | None = None
+        quota = plan.cpu if self._cores is not None and plan.cpu else None
         try:
+            if quota is not None:  # both the running and the new instances have their cores while models change
+                moving = any(change_kind(self._specs[m], desired[m]) != "none" for m in desired)
+                self._set_quota(quota + (self._quota or 0.0) if moving else max(quota, self._quota or 0.0))
             for model in grow:
                 changes += self._change(model, desired[model])
             started = self._clock()
@@ -238,15 +259,23 @@ class LocalActuator:
             router_s = self._clock() - started
             for model in shrink:
                 changes += self._change(model, desired[model])
+            if quota is not None:
+                self._set_quota(quota)
             self._applied = plan
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            record = AppliedRecord(now, plan, settings, update, changes, round(router_s, 3), error)
+            record = AppliedRecord(now, plan, settings, update, changes, round(router_s, 3), error, self._quota)
             self.records.append(record)
             if self._on_apply is not None:
                 self._on_apply(record)
+
+    def _set_quota(self, cores: float) -> None:
+        if cores != self._quota:
+            assert self._cores is not None
+            self._cores.set_cores(cores)
+            self._quota = cores
 
     def _change(self, model: str, spec: TritonModelSpec) -> list[tuple[str, str, float]]:
         kind = change_kind(self._specs[model], spec)
@@ -258,5 +287,5 @@ class LocalActuator:
         return [(model, kind, round(self._clock() - started, 3))]
 
 
-__all__ = ["LocalActuator", "LocalLimits", "ModelSettings", "model_settings", "router_config", "router_stages",
-           "router_update"]
+__all__ = ["CoreLimit", "LocalActuator", "LocalLimits", "ModelSettings", "model_settings", "router_config",
+           "router_stages", "router_update"]

@@ -60,6 +60,12 @@ from paretoserve.workers.runtime.serving import (
     pipeline_models,
     running_triton,
 )
+from paretoserve.workers.triton.cpu_quota import (
+    LOCAL_PERIOD_US,
+    CpuQuotaGroup,
+    CpuQuotaUnavailable,
+    cpu_quota_group,
+)
 
 RUNTIME_FILE = "runtime.json"
 APPLIED_FILE = "applied.jsonl"
@@ -90,6 +96,9 @@ class UpSettings:
     """The router's command line before ``--config FILE --host H --port P ...``; default ``paretoserve router``."""
     admin_port: int | None = None
     """The router's admin listener on 127.0.0.1 (live config, metrics); a free port when unset."""
+    cpu_quota: bool = True
+    """Run Triton in a cgroup whose CFS quota is the applied plan's cores (needs root or a delegated cgroup;
+    without one `up` says so and Triton may use every core)."""
 
     @property
     def url(self) -> str:
@@ -221,7 +230,9 @@ def applied_event(record: AppliedRecord) -> AppliedEvent:
     return AppliedEvent(
         time=record.time, cores=float(record.plan.cpu or 0.0), instances=record.instances,
         thresholds={sp.stage: sp.threshold for sp in record.plan.stages if sp.threshold is not None},
-        triton_changes=list(record.triton_changes), error=record.error)
+        triton_changes=list(record.triton_changes), error=record.error,
+        batch={m: max(s.preferred_batch or (1,)) for m, s in record.settings.items() if s.preferred_batch is not None},
+        cpu_quota=record.cpu_quota)
 
 
 class LoopRunner:
@@ -249,12 +260,13 @@ class LoopRunner:
             self._log(f"loop tick failed: {type(exc).__name__}: {exc}")
             return None
         step = LoopStep(now, result.predicted_load, self._observed_rate(), result.decision.reason,
-                        result.decision.apply)
+                        result.decision.apply, result.planned)
         self._on_step(step)
         if result.decision.apply:
             plan = result.decision.plan
             self._log(f"applied plan: {result.decision.reason}; predicted {result.predicted_load:.1f} rps, "
-                      f"cores {plan.cpu if plan else '?'}, accuracy {plan.accuracy if plan else '?'}")
+                      f"cores {f'{plan.cpu:.3g}' if plan and plan.cpu is not None else '?'}, "
+                      f"accuracy {plan.accuracy if plan else '?'}")
         return result
 
     def _run(self) -> None:
@@ -291,6 +303,8 @@ class LocalRuntime:
         self.metrics: LocalMetricsSource | None = None
         self.actuator: LocalActuator | None = None
         self.loop_runner: LoopRunner | None = None
+        self.cpu_quota_period_ms: float | None = None
+        """The CFS period of Triton's CPU quota, or None when the plan's cores are not enforced."""
 
     @property
     def url(self) -> str:
@@ -326,8 +340,9 @@ class LocalRuntime:
         work_dir.mkdir(parents=True, exist_ok=True)
         self._reset_state_dir()
         specs = base_specs(uses, catalog, max_batch=max_batch_size(pipeline), max_queue_delay_us=0)
+        cores = self._cpu_group()
         self._log(f"starting Triton with {', '.join(specs)} (work dir {work_dir})")
-        server = self._stack.enter_context(running_triton(specs, work_dir, progress=self._log))
+        server = self._stack.enter_context(running_triton(specs, work_dir, progress=self._log, cpu_group=cores))
         self.triton_pid = server.pid
         self.triton_metrics_url = server.metrics_url
         self._log(f"Triton ready (pid {server.pid}, metrics {server.metrics_url}, log {server.log_path})")
@@ -340,7 +355,8 @@ class LocalRuntime:
         control = self._stack.enter_context(GrpcModelControl(server.grpc_url))
         admin = self._stack.enter_context(RouterAdmin(router.admin_url, token=router.admin_token))
         limits = LocalLimits(settings.cores, settings.max_instances_per_model or settings.cores)
-        self.actuator = LocalActuator(pipeline, specs, control, admin, limits, on_apply=self._record_applied)
+        self.actuator = LocalActuator(pipeline, specs, control, admin, limits, cores=cores,
+                                      on_apply=self._record_applied)
         models_of_stage = stage_models(pipeline.spec)
         adaptation = pipeline.spec.adaptation
         window = adaptation.predictor.window_seconds
@@ -367,6 +383,21 @@ class LocalRuntime:
                   f"(plans every {adaptation.interval_seconds:g}s, checks the load every "
                   f"{check_interval(pipeline):g}s, state {self.state_dir})")
 
+    def _cpu_group(self) -> CpuQuotaGroup | None:
+        """Triton's cgroup (no limit beyond the machine until the first plan), or None where none can be made."""
+        if not self.settings.cpu_quota:
+            return None
+        try:
+            group = self._stack.enter_context(cpu_quota_group(float(self.settings.cores), prefix="paretoserve-up",
+                                                              period_us=LOCAL_PERIOD_US))
+        except CpuQuotaUnavailable as exc:
+            self._log(f"planned cores are not enforced: {exc}")
+            return None
+        self.cpu_quota_period_ms = LOCAL_PERIOD_US / 1000
+        self._log(f"Triton's CPU quota follows the plan's cores (cgroup {group.path}, period "
+                  f"{self.cpu_quota_period_ms:g} ms)")
+        return group
+
     def _last_rate(self) -> float | None:
         rates = self.metrics.history.rates() if self.metrics is not None else ()
         return rates[-1] if rates else None
@@ -383,7 +414,7 @@ class LocalRuntime:
                 "deadlineHeader": dynamic.header if dynamic is not None else None,  # sent only with a dynamic SLO
                 "routerPid": self.router_pid, "tritonPid": self.triton_pid, "startedAt": time.time(),
                 "routerAdminUrl": self.router_admin_url, "routerMetricsUrl": f"{self.router_admin_url}/metrics",
-                "tritonMetricsUrl": self.triton_metrics_url}
+                "tritonMetricsUrl": self.triton_metrics_url, "cpuQuotaPeriodMs": self.cpu_quota_period_ms}
         (self.state_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2))
 
     def _record_applied(self, record: AppliedRecord) -> None:

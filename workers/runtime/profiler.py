@@ -48,7 +48,7 @@ from paretoserve.workers.runtime.serving import (
     running_triton,
 )
 from paretoserve.workers.triton.control import TritonControl
-from paretoserve.workers.triton.cpu_quota import cpu_quota_group
+from paretoserve.workers.triton.cpu_quota import PERIOD_US, cpu_quota_group
 from paretoserve.workers.triton.repository import TritonModelSpec, render_config
 
 PERCENTILES = (50, 90, 95, 99)
@@ -72,12 +72,16 @@ class ProfileGrid:
     cpu_quotas: tuple[float, ...] = ()
     """CPU limits to measure under (cores, e.g. 0.25): Triton runs in a cgroup with that CFS quota, as in a pod
     with that limit. Empty: no quota, cores per replica = threads × instances."""
+    cpu_period_us: int = PERIOD_US
+    """The CFS period of those quotas: the kubelet's 100 ms for pods, `LOCAL_PERIOD_US` for `paretoserve up`."""
 
     def __post_init__(self) -> None:
         for name in ("batches", "threads", "instances"):
             values = getattr(self, name)
             if not values or any(v < 1 for v in values):
                 raise ValueError(f"--{name}: give positive integers, got {list(values)}")
+        if not 1000 <= self.cpu_period_us <= 1_000_000:
+            raise ValueError(f"--cpu-period-ms: give 1 to 1000 ms, got {self.cpu_period_us / 1000:g}")
         if any(not 0.01 <= q <= self.cores for q in self.cpu_quotas):
             raise ValueError(f"--cpu-quotas: give cores in [0.01, {self.cores}], got {list(self.cpu_quotas)}")
         if not self.configurations():
@@ -264,7 +268,8 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
         loader.load_config(spec.name, profiling_config(spec))
 
     with contextlib.ExitStack() as stack:
-        group = stack.enter_context(cpu_quota_group(grid.cpu_quotas[0])) if grid.cpu_quotas else None
+        group = (stack.enter_context(cpu_quota_group(grid.cpu_quotas[0], period_us=grid.cpu_period_us))
+                 if grid.cpu_quotas else None)
         server = stack.enter_context(running_triton(specs, work_dir, load=load_plain, progress=progress,
                                                     cpu_group=group))
         control = stack.enter_context(TritonControl(server.http_url, server.metrics_url))
@@ -300,7 +305,8 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
             measurements[use.model] = tuple(points)
     machine = {"cores": grid.cores, "cpuCount": os.cpu_count(), "loadAverageAtStart": [round(x, 2) for x in
                                                                                          load_average],
-               **({"cpuQuotas": list(grid.cpu_quotas)} if grid.cpu_quotas else {})}
+               **({"cpuQuotas": list(grid.cpu_quotas), "cpuPeriodMs": grid.cpu_period_us / 1000} if grid.cpu_quotas
+                  else {})}
     return ProfileResult(pipeline.metadata.name, percentile, measurements, rows, machine)
 
 

@@ -105,11 +105,11 @@ def run_and_report(target: Target, replay: ReplayPlan, *, events: Callable[[], S
     records = run_replay(settings, offsets, images, split.y_test, progress=bar)
     end = time.time()
     applied = list(events())
+    loop_steps = list(steps())
     summary = summarize(records, applied, slo_ms=target.slo_ms, percentile=target.percentile,
-                        start=start, end=end, trace=replay.describe(), pipeline=target.pipeline)
+                        start=start, end=end, trace=replay.describe(), pipeline=target.pipeline, steps=loop_steps)
     summary["router"] = router_delta(before, _router_snapshot(target))
     if out_dir is not None:
-        loop_steps = list(steps())
         paths = write_plots(out_dir, records, applied, loop_steps, start=start, end=end, slo_ms=target.slo_ms)
         summary["plots"] = [str(p) for p in paths]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

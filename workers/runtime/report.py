@@ -30,17 +30,22 @@ class AppliedEvent:
     thresholds: Mapping[str, float | None] = field(default_factory=dict)
     triton_changes: Sequence[tuple[str, str, float]] = ()
     error: str | None = None
+    batch: Mapping[str, int] = field(default_factory=dict)
+    """Triton's preferred batch size per model (1: no dynamic batching)."""
+    cpu_quota: float | None = None
+    """Triton's CPU quota in force after it (cores); ``None`` when the plan's cores were not enforced."""
 
     def to_json(self) -> dict[str, Any]:
         return {"time": self.time, "cores": self.cores, "instances": dict(self.instances),
                 "thresholds": dict(self.thresholds), "tritonChanges": [list(c) for c in self.triton_changes],
-                "error": self.error}
+                "error": self.error, "batch": dict(self.batch), "cpuQuota": self.cpu_quota}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AppliedEvent:
         return cls(float(data["time"]), float(data["cores"]), dict(data.get("instances", {})),
                    dict(data.get("thresholds", {})),
-                   [(str(m), str(k), float(s)) for m, k, s in data.get("tritonChanges", [])], data.get("error"))
+                   [(str(m), str(k), float(s)) for m, k, s in data.get("tritonChanges", [])], data.get("error"),
+                   dict(data.get("batch", {})), data.get("cpuQuota"))
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,52 @@ class LoopStep:
     observed_rps: float | None
     decision: str
     applied: bool
+    planned: bool = True
+    """A planning round (its prediction has the headroom); False: a load check that held the plan, whose
+    figure is the peak of the last seconds it checked against the running plan."""
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _differences(before: AppliedEvent, after: AppliedEvent) -> list[str]:
+    """What an applied plan changed, in words a reader of the summary follows (``cores 0.4 -> 0.7``)."""
+    same_cores = round(before.cores, 6) == round(after.cores, 6)  # sums of 0.2s: 0.6000000000000001 is 0.6
+    out = [] if same_cores else [f"cores {before.cores:.6g} -> {after.cores:.6g}"]
+    for stage in sorted(set(before.thresholds) | set(after.thresholds)):
+        old, new = before.thresholds.get(stage), after.thresholds.get(stage)
+        if old != new:
+            out.append(f"{stage} threshold {_value(old)} -> {_value(new)}")
+    for label, old_map, new_map in (("instances", before.instances, after.instances),
+                                    ("batch", before.batch, after.batch)):
+        for model in sorted(set(old_map) | set(new_map)):
+            if old_map.get(model) != new_map.get(model):
+                out.append(f"{model} {label} {old_map.get(model, '-')} -> {new_map.get(model, '-')}")
+    return out
+
+
+def plan_changes(events: Sequence[AppliedEvent], steps: Sequence[LoopStep], *, start: float,
+                 end: float) -> list[dict[str, Any]]:
+    """Every plan applied in [start, end] that changed something: when (seconds into the replay), what (from
+    the plan in force before it) and why (the loop's reason, the load it saw and the load it planned for).
+
+    An event and the loop step that applied it share their time (the step's clock reading)."""
+    ok = sorted((e for e in events if e.error is None), key=lambda e: e.time)
+    why = {s.time: s for s in steps if s.applied}
+    out: list[dict[str, Any]] = []
+    for before, after in zip(ok, ok[1:], strict=False):
+        if not start <= after.time <= end:
+            continue
+        changed = _differences(before, after)
+        if not changed:
+            continue
+        step = why.get(after.time)
+        out.append({"atSeconds": round(after.time - start, 1), "changed": changed,
+                    "why": None if step is None else step.decision,
+                    "observedRps": None if step is None or step.observed_rps is None else round(step.observed_rps, 1),
+                    "plannedForRps": None if step is None else round(step.predicted_rps, 1)})
+    return out
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -81,7 +132,7 @@ def core_seconds(events: Sequence[AppliedEvent], start: float, end: float) -> fl
 
 def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], *, slo_ms: float,
               percentile: int, start: float, end: float, trace: Mapping[str, Any] | None = None,
-              pipeline: str = "") -> dict[str, Any]:
+              pipeline: str = "", steps: Sequence[LoopStep] = ()) -> dict[str, Any]:
     """The run summary as a JSON-able dict."""
     ok = [r for r in records if r.error is None and r.latency_ms is not None]
     latencies = [r.latency_ms for r in ok if r.latency_ms is not None]
@@ -110,7 +161,9 @@ def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], 
         "cost": {"coreSeconds": round(spent, 2), "meanCores": round(spent / seconds, 3)},
         "planAtStart": None if not in_force else {
             "cores": in_force[-1].cores, "instances": dict(in_force[-1].instances),
-            "thresholds": dict(in_force[-1].thresholds)},
+            "thresholds": dict(in_force[-1].thresholds), "batch": dict(in_force[-1].batch)},
+        "coresEnforced": any(e.cpu_quota is not None for e in events),
+        "changes": plan_changes(events, steps, start=start, end=end),
         "reconfigurations": {
             "applied": sum(1 for e in during if e.error is None),
             "failed": sum(1 for e in during if e.error is not None),
@@ -118,6 +171,9 @@ def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], 
             "tritonReloads": sum(1 for e in during for c in e.triton_changes if c[1] == "reload"),
         },
     }
+
+
+MAX_CHANGE_LINES = 12
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -132,7 +188,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
         f"SLO {slo['latencyMs']:g} ms at p{slo['percentile']}: attainment {attainment}, "
         f"p{slo['percentile']} met: {slo['percentileMet']}",
-        f"accuracy {accuracy}; cost {cost['coreSeconds']} core-seconds (mean {cost['meanCores']} cores)",
+        f"accuracy {accuracy}; cost {cost['coreSeconds']} core-seconds (mean {cost['meanCores']} cores"
+        + ("; Triton held to them by a CPU quota)" if summary.get("coresEnforced") else ")"),
         f"reconfigurations: {rec['applied']} plans applied ({rec['tritonInstanceUpdates']} instance updates, "
         f"{rec['tritonReloads']} reloads), {rec['failed']} failed",
     ]
@@ -141,6 +198,17 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         instances = ", ".join(f"{m} x{n}" for m, n in sorted(start["instances"].items()))
         thresholds = "".join(f", {s} threshold {t:g}" for s, t in sorted(start["thresholds"].items()) if t is not None)
         lines.append(f"plan at start: {start['cores']:g} cores, Triton instances {instances}{thresholds}")
+    changes = summary.get("changes") or []
+    if changes:
+        lines.append("what changed, when and why:")
+    for change in changes[:MAX_CHANGE_LINES]:
+        why = [] if change["observedRps"] is None else [f"saw {change['observedRps']:g} rps"]
+        if change["plannedForRps"] is not None:
+            why.append(f"planned for {change['plannedForRps']:g} rps")
+        reason = f"{', '.join(why)}: {change['why']}" if why else change["why"] or "no loop step recorded"
+        lines.append(f"  {change['atSeconds']:6.1f}s  {', '.join(change['changed'])}  ({reason})")
+    if len(changes) > MAX_CHANGE_LINES:
+        lines.append(f"  ... {len(changes) - MAX_CHANGE_LINES} more in summary.json")
     router = summary.get("router") or {}
     if router.get("deferredShare") is not None:
         lines.append(f"router: {router['deferrals']} rows deferred light -> heavy "
@@ -183,10 +251,14 @@ def write_plots(out_dir: Path, records: Sequence[RequestRecord], events: Sequenc
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.step(xs, offered, where="post", label="offered (trace × scale)")
     ax.step(xs, done, where="post", label="completed ok", alpha=0.7)
-    loop_steps = [s for s in steps if start <= s.time <= end]
-    if loop_steps:
-        ax.plot([s.time - start for s in loop_steps], [s.predicted_rps for s in loop_steps], "o--",
-                label="loop's predicted load")
+    rounds = [s for s in steps if start <= s.time <= end and s.planned]
+    checks = [s for s in steps if start <= s.time <= end and not s.planned]
+    if rounds:
+        ax.plot([s.time - start for s in rounds], [s.predicted_rps for s in rounds], "o--",
+                label="load the loop planned for (with headroom)")
+    if checks:
+        ax.plot([s.time - start for s in checks], [s.predicted_rps for s in checks], ".", color="gray",
+                label="load checks between rounds (recent peak)")
     ax.set(xlabel="seconds", ylabel="requests/s", title="Load")
     ax.legend(loc="upper left", fontsize=8)
     paths.append(_save(fig, out_dir / "load.png"))

@@ -6,6 +6,12 @@ really have, `paretoserve profile --cpu-quotas 0.25,0.5,1` starts Triton inside 
 changes the quota between measurements, exactly what the kubelet does. cgroup v1 (``cpu`` controller at
 ``/sys/fs/cgroup/cpu``) and v2 (``cpu.max``) are supported; creating a cgroup needs root (or a delegated
 subtree). The group is removed when the block exits (after the server has stopped).
+
+`paretoserve up` runs its Triton in such a group too, with the applied plan's cores as the quota (the local
+form of a pod's CPU limit and of an in-place resize), but with a 10 ms period (`LOCAL_PERIOD_US`): one
+Triton carries every variant of the pipeline at a fraction of a core, and a 100 ms period would stall it for
+up to 100 ms × (1 − quota), longer than a tight SLO. Profiles for `up` are measured at that period
+(``paretoserve profile --cpu-period-ms 10``); pods keep the kubelet's 100 ms.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
 """The kubelet's CFS period (100 ms): a quota of ``cores × period`` microseconds per period."""
+LOCAL_PERIOD_US = 10_000
+"""The period `paretoserve up` enforces its plan's cores with (see the module notes)."""
 
 
 class CpuQuotaUnavailable(RuntimeError):
@@ -33,16 +41,17 @@ class CpuQuotaGroup:
 
     path: Path
     version: int
+    period_us: int = PERIOD_US
 
     def set_cores(self, cores: float) -> None:
         if not cores > 0:
             raise ValueError(f"cores must be > 0, got {cores}")
-        quota = max(1000, round(cores * PERIOD_US))  # the kernel's minimum quota is 1 ms
+        quota = max(1000, round(cores * self.period_us))  # the kernel's minimum quota is 1 ms
         if self.version == 1:
-            (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         else:
-            (self.path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            (self.path / "cpu.max").write_text(f"{quota} {self.period_us}")
 
     def cores(self) -> float:
         """The quota in force, read back from the kernel."""
@@ -76,8 +85,12 @@ def _controller_dir() -> tuple[Path, int]:
 
 
 @contextlib.contextmanager
-def cpu_quota_group(cores: float, *, prefix: str = "paretoserve-profile") -> Iterator[CpuQuotaGroup]:
-    """A fresh cgroup limited to ``cores``; removed on exit once its processes are gone (waits up to 10 s)."""
+def cpu_quota_group(cores: float, *, prefix: str = "paretoserve-profile",
+                    period_us: int = PERIOD_US) -> Iterator[CpuQuotaGroup]:
+    """A fresh cgroup limited to ``cores`` per ``period_us``; removed on exit once its processes are gone (waits
+    up to 10 s)."""
+    if not 1000 <= period_us <= 1_000_000:
+        raise ValueError(f"CPU period: give 1 to 1000 ms, got {period_us / 1000:g} ms")
     parent, version = _controller_dir()
     path = parent / f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
@@ -88,7 +101,7 @@ def cpu_quota_group(cores: float, *, prefix: str = "paretoserve-profile") -> Ite
     except OSError as error:
         raise CpuQuotaUnavailable(f"cannot create {path}: {error.strerror or error} (profiling at CPU quotas "
                                   "needs root or a delegated cgroup)") from None
-    group = CpuQuotaGroup(path, version)
+    group = CpuQuotaGroup(path, version, period_us)
     try:
         group.set_cores(cores)
         yield group
