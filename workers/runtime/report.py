@@ -260,7 +260,7 @@ def write_plots(out_dir: Path, records: Sequence[RequestRecord], events: Sequenc
         ax.plot([s.time - start for s in checks], [s.predicted_rps for s in checks], ".", color="gray",
                 label="load checks between rounds (recent peak)")
     ax.set(xlabel="seconds", ylabel="requests/s", title="Load")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     paths.append(_save(fig, out_dir / "load.png"))
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
