@@ -16,6 +16,7 @@ temporary directory.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import socket
@@ -298,7 +299,20 @@ def cases() -> list[Case]:
         Case("admin_worker_on_data_port", 404, post("/admin/worker", json.dumps(knobs()).encode(), AUTH)),
         raw("metrics_on_data_port", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 404),
         Case("triton_load_api_on_data_port", 404, post("/v2/repository/models/light/load", b"{}")),
-        raw("triton_config_api_on_data_port", b"GET /v2/models/light/config HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        # --- compressed and binary bodies (KServe v2 wire forms) ---------------------------------------
+        data("gzip_bomb", gzip.compress(b"0" * (16 * MAX_BODY)), 413, {"content-encoding": "gzip"}),
+        data("gzip_not_gzip", b"{not gzip", 400, {"content-encoding": "gzip"}),
+        data("encoding_unknown", GOOD, 415, {"content-encoding": "compress"}),
+        data("binary_header_length_past_the_body", GOOD, 400, {"inference-header-content-length": "99999"}),
+        data("binary_size_past_the_body", b'{"inputs":[{"name":"IMAGE","shape":[1,8,8],"datatype":"FP32",'
+             b'"parameters":{"binary_data_size":1000000}}]}', 400, {"inference-header-content-length": "105"}),
+        raw("model_name_with_dot_segments", b"GET /v2/models/..%2F..%2Fadmin/config HTTP/1.1\r\nHost: x\r\n\r\n",
+            404),
+        # a model's config is readable (KServe v2 model configuration, as Triton serves it) but not writable
+        Case("triton_config_write_on_data_port", 405, post("/v2/models/light/config", b"{}")),
+        Case("triton_unload_api_on_data_port", 404, post("/v2/repository/models/light/unload", b"{}")),
+        raw("triton_repository_index_on_data_port", b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 0\r\n\r\n", 404),
         raw("get_on_infer", f"GET {INFER} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 405, expect={"allow": "POST"}),
         raw("put_on_health", b"PUT /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
         raw("absolute_form_target_is_served_locally",

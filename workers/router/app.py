@@ -8,7 +8,9 @@ two listeners (:mod:`.serve`), and a path of one app does not exist on the other
   :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent, streamed proxy to the model's
   replicas, same EDF queue and deadline; the upstream's answer is passed on whatever its status),
   ``GET /v2/health/ready`` (200 once the clients are open and the models its pod's own Triton serves report
-  ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``;
+  ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``; and the rest of KServe v2 that
+  Triton's clients call (server and model metadata, config, readiness, statistics, versioned paths, the
+  pipeline addressed as a model: :mod:`.kserve`), with binary tensor data and compressed bodies (:mod:`.wire`);
 - **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
   (bearer token, :mod:`.admin`) and ``GET /metrics``.
 
@@ -59,15 +61,29 @@ from paretoserve.workers.router.errors import (
     RouterError,
     UpstreamError,
 )
+from paretoserve.workers.router.kserve import KServeEndpoints
 from paretoserve.workers.router.limits import RequestLimits, parse_deadline_ms, read_body
 from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
-from paretoserve.workers.router.protocol import JSON, json_response, parse_infer_request
+from paretoserve.workers.router.protocol import JSON, InferRequest, Message, json_response, parse_infer_request
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
+from paretoserve.workers.router.wire import (
+    HEADER_LENGTH,
+    OutputWishes,
+    binary_request_to_json,
+    binary_response,
+    compress,
+    decompress,
+    take_output_wishes,
+)
 from paretoserve.workers.router.worker_knobs import KnobsApplier, TritonTarget, watch_knobs_file
 
 logger = logging.getLogger(__name__)
 
+OCTETS = "application/octet-stream"
+MIN_COMPRESSED_BYTES = 1024
+"""Smaller answers go uncompressed whatever ``Accept-Encoding`` allows (identity is always acceptable): most
+HTTP clients accept gzip by default, and compressing a 300-byte answer costs more than it saves."""
 _PROXY_RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "inference-header-content-length")
 
 
@@ -130,6 +146,8 @@ class RouterService:
         self._ids = itertools.count()
         self.draining = False
         """Set on SIGTERM (:mod:`.serve`): readiness answers 503 while the data plane still serves."""
+        self.kserve = KServeEndpoints(self)
+        """Metadata, config, readiness and statistics (:mod:`.kserve`), and the pipeline's figures."""
 
     @property
     def config(self) -> RouterConfig:
@@ -201,27 +219,50 @@ class RouterService:
     # --- inference ---------------------------------------------------------------------------
 
     async def pipeline_infer(self, request: Request) -> Response:
+        """The pipeline on a KServe v2 request: JSON or binary tensor data, compressed or not, answered in the
+        form the client asked for (:mod:`.wire`)."""
         started = self._clock()
         self.metrics.request_started()
         token: int | None = None
+        rows = 0
         try:
             config = self._config
             _, runner = self.require_running()
-            if request.path_params["pipeline"] != config.pipeline:
-                raise NotFound(f"no pipeline {request.path_params['pipeline']!r} here (this is {config.pipeline!r})")
+            name = request.path_params.get("pipeline", request.path_params.get("model"))
+            if name != config.pipeline:
+                raise NotFound(f"no pipeline {name!r} here (this is {config.pipeline!r})")
             budget_ms = self._budget_ms(request, config)
-            infer = parse_infer_request(await self._body(request))
+            infer, wishes = self._infer_request(request, await self._body(request))
             deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
             token = self.active.add(deadline)  # only now: a client still sending cannot move the gauge
             request_id = infer.request_id() or request.headers.get("x-request-id") or f"auto-{next(self._ids)}"
             answer = await runner.run(config, infer, request_id=request_id, deadline=deadline)
-            return Response(orjson.dumps(answer), media_type=JSON)
+            rows = infer.batch
+            return _encoded_answer(answer, wishes, request.headers.get("accept-encoding"))
         finally:
             if token is not None:
                 self.active.remove(token)
-            self.metrics.request_finished(self._clock() - started)
+            elapsed = self._clock() - started
+            self.metrics.request_finished(elapsed)
+            self.kserve.stats.record(rows > 0, elapsed, rows)
+
+    def _infer_request(self, request: Request, body: bytes) -> tuple[InferRequest, OutputWishes]:
+        """The JSON request the pipeline runs, and how the client wants its outputs."""
+        body = decompress(body, request.headers.get("content-encoding"), self.limits.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None:
+            body = binary_request_to_json(body, header_length)
+        infer = parse_infer_request(body)
+        wishes = take_output_wishes(infer.message)
+        if wishes != OutputWishes() or b"binary_data" in infer.raw:  # forwarded bodies ask models for JSON
+            infer.raw = orjson.dumps(infer.message)
+        return infer, wishes
 
     async def model_infer(self, request: Request) -> Response:
+        """A proxied model's inference (versioned or not), or the pipeline addressed as a model."""
+        if self.kserve.is_pipeline(request.path_params["model"]):
+            self.kserve.check_version(request)
+            return await self.pipeline_infer(request)
         started = self._clock()
         model = request.path_params["model"]
         config = self._config
@@ -255,7 +296,8 @@ class RouterService:
             self.active.remove(token)
             raise exc.at_stage(PROXY_STAGE) from None
         try:
-            upstream = await pool.open_stream(model, body, headers)
+            versioned = request.path_params.get("version") is not None
+            upstream = await pool.open_stream(model, body, headers, path=request.url.path if versioned else None)
         except BaseException as exc:
             await finish()
             if isinstance(exc, RouterError):
@@ -333,6 +375,17 @@ class RouterService:
                 Exception: self.on_internal_error}
 
 
+def _encoded_answer(answer: Message, wishes: OutputWishes, accept_encoding: str | None) -> Response:
+    """The pipeline's answer with the outputs the client wants binary, compressed if it accepts that."""
+    body, header_length = binary_response(answer, wishes)
+    headers = {} if header_length is None else {HEADER_LENGTH: str(header_length)}
+    if len(body) >= MIN_COMPRESSED_BYTES:
+        body, encoding = compress(body, accept_encoding)
+        if encoding is not None:
+            headers["content-encoding"] = encoding
+    return Response(body, media_type=JSON if header_length is None else OCTETS, headers=headers)
+
+
 def _passed_headers(upstream: httpx.Response) -> dict[str, str]:
     passed = {name: upstream.headers[name] for name in _PROXY_RESPONSE_HEADERS if name in upstream.headers}
     if upstream.is_stream_consumed:  # .content is decoded already
@@ -371,6 +424,7 @@ def build_router(
     admin API answers 403."""
     service = RouterService(config, transport=transport, registry=registry, clock=clock, knobs_file=knobs_file,
                             knobs_poll_s=knobs_poll_s, limits=limits, triton=triton)
+    kserve = service.kserve
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
@@ -381,8 +435,15 @@ def build_router(
         routes=[
             Route("/v2/pipelines/{pipeline}/infer", service.pipeline_infer, methods=["POST"]),
             Route("/v2/models/{model}/infer", service.model_infer, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{version}/infer", service.model_infer, methods=["POST"]),
             Route("/v2/health/ready", service.ready, methods=["GET"]),
             Route("/v2/health/live", service.live, methods=["GET"]),
+            Route("/v2", kserve.server_metadata, methods=["GET"]),
+            Route("/v2/models/stats", kserve.all_stats, methods=["GET"]),
+            *(Route(f"/v2/models/{{model}}{version}{suffix}", handler, methods=["GET"])
+              for version in ("", "/versions/{version}")
+              for suffix, handler in (("", kserve.metadata), ("/ready", kserve.ready), ("/config", kserve.config),
+                                      ("/stats", kserve.model_stats))),
         ],
         exception_handlers=service.exception_handlers(),
         lifespan=lifespan,

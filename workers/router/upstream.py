@@ -47,7 +47,7 @@ FailureHook = Callable[[str, str, UpstreamError], None]
 
 _RETRYABLE_STATUS = frozenset({404, 408, 429})
 _JSON = {"content-type": "application/json"}
-PROXY_REQUEST_HEADERS = ("content-type", "inference-header-content-length")
+PROXY_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding", "accept-encoding")
 
 
 _ADDRESS = re.compile(
@@ -284,17 +284,48 @@ class UpstreamPool:
             errors.append(error)
         raise self._exhausted(model, errors)
 
-    async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
+    async def fetch(self, model: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` (``/v2/models/...``) from one of ``model``'s replicas: its status and (size-capped) body.
+
+        As for inference, replicas are tried in turn while they fail before answering or answer a 5xx; the
+        last one's answer is returned whatever its status (metadata, config and statistics are Triton's own).
+        """
+        errors: list[UpstreamError] = []
+        rotation = self._rotation(model)
+        for attempt, base in enumerate(rotation):
+            client = self._clients[base]
+            request = client.build_request("GET", path, timeout=timeout_s)
+            try:
+                with map_transport_errors(model, base):
+                    response = await client.send(request, stream=True)
+                    try:
+                        content = await read_capped(response, self.max_response_bytes, request)
+                    finally:
+                        await response.aclose()
+            except UpstreamError as exc:
+                self._failed(model, base, exc)
+                if not is_backend_failure(exc):
+                    raise
+                errors.append(exc)
+                continue
+            if response.status_code < 500 or attempt == len(rotation) - 1:
+                return response.status_code, content
+            errors.append(status_error(model, base, response.status_code, content))
+        raise self._exhausted(model, errors)
+
+    async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str], *,
+                          path: str | None = None) -> httpx.Response:
         """Send a proxied request with a streamed response; the caller must ``aclose()`` it.
 
+        ``path`` replaces the model's infer path (a versioned one, ``/v2/models/m/versions/1/infer``).
         Replicas are tried while they fail before answering or answer a retryable status; the
         last replica's answer is returned whatever its status (the proxy is transparent).
         """
         errors: list[UpstreamError] = []
         rotation = self._rotation(model)
         for attempt, base in enumerate(rotation):
-            request = httpx.Request("POST", self._url(base, model), content=body, headers=dict(headers),
-                                    extensions=self._extensions)
+            url = self._url(base, model) if path is None else httpx.URL(f"{base}{path}")
+            request = httpx.Request("POST", url, content=body, headers=dict(headers), extensions=self._extensions)
             try:
                 with map_transport_errors(model, base):
                     response = await self._clients[base].send(request, stream=True)
