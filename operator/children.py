@@ -90,7 +90,8 @@ class WorkerSettings:
     client_peers: tuple[dict[str, Any], ...] = ()
     """NetworkPolicy peers allowed on the routers' inference port; empty: every pod of the pipeline's namespace."""
     operator_peers: tuple[dict[str, Any], ...] = ()
-    """Peers allowed on the routers' admin port (the operator's pods); empty: none but the pipeline's namespace."""
+    """Peers allowed on the routers' admin port (the operator's pods); empty: no rule for it, so only
+    `prometheus_peers` (scraping `/metrics` there) may reach it, and with neither no pod may."""
     prometheus_peers: tuple[dict[str, Any], ...] = ()
     """Peers allowed to scrape the routers' and Triton's metrics ports."""
 
