@@ -24,6 +24,11 @@ which approximates a dedicated router core without hiding anything the router it
 Latency is taken from the moment a request is written to its complete response;
 ``loadgen_send_lag_p99_ms`` says how late the generator was against its schedule.
 
+3. **NVIDIA's perf_analyzer**, unchanged in its native Triton mode over HTTP (:mod:`.perf_analyzer` sets it
+   up beside the project where the system's C library is too old): Triton direct, the light model through
+   the router's proxy and the pipeline addressed as a model, open loop at 200/500/1,000 requests/s and
+   closed loop at 1/4/16 requests in flight; where it cannot run, the report says why.
+
 Where the router's time goes (py-spy on the pinned router at 1,000 requests/s, ~0.35 ms of CPU
 per request): about 40% in uvloop's own loop (epoll, reads), about 15% in the two socket writes
 (to Triton, to the client), the rest in Python (uvicorn's protocol, Starlette, the pipeline, httpx
@@ -50,6 +55,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from paretoserve.research.benchmarks import perf_analyzer
 from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
@@ -238,6 +244,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                     other_cpus, nice,
                 )
                 router_cpu_s = _cpu_seconds(router_pid) - cpu_before
+                native = _perf_analyzer_runs(triton.http_url, f"127.0.0.1:{port}", other_cpus, quick)
             direct = _percentiles(work / "direct.bin")
             routed = _percentiles(work / "router.bin")
             paired_p99 = _window_pairs_p99(work / "direct.bin", work / "router.bin")
@@ -270,7 +277,35 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
         else "default",
         "windows": f"1 s windows alternating direct/router, {duration:g} s in all",
         "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
+        "load_generators": "the figures above: the project's own (router_loadgen, JSON bodies); perf_analyzer: "
+                           + ("NVIDIA's, in its native Triton mode over HTTP" if "error" not in native
+                              else "not available here (see its error)"),
+        "perf_analyzer": native,
     }
+
+
+def _perf_analyzer_runs(direct: str, routed: str, cpus: set[int] | None, quick: bool) -> dict[str, Any]:
+    """NVIDIA's perf_analyzer, unchanged, against Triton and the router (the light model through the proxy,
+    and the pipeline addressed as a model): open loop at 200/500/1,000 requests/s, closed loop at 1/4/16."""
+    try:
+        pa = perf_analyzer.prepare()
+    except perf_analyzer.Unavailable as exc:
+        return {"error": str(exc)}
+    interval = 1000 if quick else 2000
+
+    def three(**load: Any) -> dict[str, Any]:
+        runs: dict[str, Any] = {
+            "direct": perf_analyzer.measure(pa, direct, LIGHT_MODEL, interval_ms=interval, cpus=cpus, **load),
+            "router_model": perf_analyzer.measure(pa, routed, LIGHT_MODEL, interval_ms=interval, cpus=cpus, **load),
+            "router_pipeline": perf_analyzer.measure(pa, routed, "bench", interval_ms=interval, cpus=cpus, **load)}
+        base, through = runs["direct"].get("p99_ms"), runs["router_model"].get("p99_ms")
+        runs["added_p99_ms"] = None if base is None or through is None else round(through - base, 3)
+        return runs
+
+    return {"how": pa.how,
+            "open_loop": {str(rate): three(rate=float(rate)) for rate in (200, 500, 1000)},
+            "closed_loop": {str(c): three(concurrency=c) for c in (1, 4, 16)},
+            "bodies": "perf_analyzer's own (random FP32 IMAGE [1, 8, 8], binary tensor data)"}
 
 
 def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus: set[int] | None,

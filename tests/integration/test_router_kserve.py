@@ -176,6 +176,11 @@ def test_statistics_count_the_pipeline_and_list_every_model(via_router: triton_h
     assert after["name"] == PIPELINE and after["version"] == "1"
     assert int(after["inference_stats"]["success"]["count"]) == int(before["inference_stats"]["success"]["count"]) + 1
     assert int(after["inference_count"]) == int(before["inference_count"]) + 5
+    # perf_analyzer finds the version whose queue count grew and needs equal compute counts
+    stats = after["inference_stats"]
+    assert int(stats["queue"]["count"]) == int(before["inference_stats"]["queue"]["count"]) + 1
+    assert int(stats["compute_infer"]["ns"]) > int(before["inference_stats"]["compute_infer"]["ns"])
+    assert len({int(stats[k]["count"]) for k in ("compute_input", "compute_infer", "compute_output")}) == 1
     everything = {s["name"] for s in via_router.get_inference_statistics()["model_stats"]}
     assert everything == {PIPELINE, "tiny_linear", "cnn_large"}
 

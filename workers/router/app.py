@@ -177,7 +177,8 @@ class RouterService:
         )
         async with pool:
             self._pool = pool
-            self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock)
+            self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock,
+                                          on_call=self.kserve.stats.call)
             watch = None
             if self._knobs_file is not None:
                 watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.knobs.apply, self._knobs_poll_s))

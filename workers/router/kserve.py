@@ -10,8 +10,10 @@ with or without a version in the path. The router answers them for two kinds of 
 - **its pipeline**, addressed like a model (``/v2/models/{pipeline}/...``, only version ``1``): metadata and
   config take the inputs of the entry stage's model and the outputs of the final stage's, readiness is
   "every stage has a ready replica of each of its models", and statistics are the router's own figures for
-  the pipeline in Triton's statistics format (requests, rows, time; no queue/compute split, which belongs
-  to the models). Inference on ``/v2/models/{pipeline}/infer`` is the pipeline endpoint.
+  the pipeline in Triton's statistics format: requests, rows and their time; ``queue`` is the time its
+  upstream calls waited for the router's EDF queue and ``compute_infer`` the time of those calls (summed over
+  a request's calls, as Triton sums an ensemble's composing models). Inference on
+  ``/v2/models/{pipeline}/infer`` is the pipeline endpoint.
 
 ``GET /v2/models/stats`` lists the pipeline's figures and every proxied model's (from one replica each).
 """
@@ -52,6 +54,14 @@ class PipelineStats:
     fail_ns: int = 0
     rows: int = 0
     last_inference_ms: int = 0
+    queue_ns: int = 0
+    """Time the pipeline's upstream calls waited for a slot of the router's EDF queue."""
+    infer_ns: int = 0
+    """Time of the pipeline's upstream calls (the models' answers, network included)."""
+
+    def call(self, wait_s: float, call_s: float) -> None:
+        self.queue_ns += int(wait_s * 1e9)
+        self.infer_ns += int(call_s * 1e9)
 
     def record(self, ok: bool, seconds: float, rows: int, *, now_ms: int | None = None) -> None:
         ns = int(seconds * 1e9)
@@ -69,7 +79,13 @@ class PipelineStats:
             "inference_stats": {
                 "success": {"count": self.success, "ns": self.success_ns},
                 "fail": {"count": self.fail, "ns": self.fail_ns},
-                "queue": zero, "compute_input": zero, "compute_infer": zero, "compute_output": zero,
+                # every answered request queued and was computed once, as Triton counts them (perf_analyzer
+                # finds the model's version by its queue count growing); the times are the calls' sums
+                # (input and output handling are inside the calls: their own times are 0, their counts equal)
+                "queue": {"count": self.success, "ns": self.queue_ns},
+                "compute_input": {"count": self.success, "ns": 0},
+                "compute_infer": {"count": self.success, "ns": self.infer_ns},
+                "compute_output": {"count": self.success, "ns": 0},
                 "cache_hit": zero, "cache_miss": zero,
             },
             "batch_stats": [], "memory_usage": [],

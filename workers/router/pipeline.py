@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +76,14 @@ class StageOutcome:
 class PipelineRunner:
     """Executes requests against the current config; stateless apart from its collaborators."""
 
-    def __init__(self, *, pool: UpstreamPool, admission: EdfAdmission, metrics: RouterMetrics, clock: Clock) -> None:
+    def __init__(self, *, pool: UpstreamPool, admission: EdfAdmission, metrics: RouterMetrics, clock: Clock,
+                 on_call: Callable[[float, float], None] | None = None) -> None:
         self._pool = pool
         self._admission = admission
         self._metrics = metrics
         self._clock = clock
+        self._on_call = on_call
+        """Told (seconds waiting for an EDF slot, seconds of the upstream call) of every call that got a slot."""
 
     async def run(self, config: RouterConfig, request: InferRequest, *, request_id: str, deadline: float) -> Message:
         """The pipeline's response to ``request`` (raises a :class:`RouterError` naming the stage)."""
@@ -121,6 +124,7 @@ class PipelineRunner:
         started = self._clock()
         try:
             await self._admission.acquire(deadline)
+            admitted = self._clock()
             try:
                 if math.isinf(deadline):
                     content = await self._pool.infer(model, body)
@@ -132,6 +136,8 @@ class PipelineRunner:
                         raise DeadlineExceeded(f"the deadline passed while {model!r} was answering") from None
             finally:
                 self._admission.release()
+                if self._on_call is not None:
+                    self._on_call(admitted - started, self._clock() - admitted)
         finally:
             self._metrics.call(stage, model, self._clock() - started)
         return parse_infer_response(content, model, rows)
