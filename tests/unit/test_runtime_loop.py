@@ -16,6 +16,7 @@ from paretoserve.workers.runtime.local import (
     APPLIED_FILE,
     RUNTIME_FILE,
     STEPS_FILE,
+    LocalRuntime,
     LoopRunner,
     RouterProcess,
     UpSettings,
@@ -101,3 +102,20 @@ def test_the_router_is_not_started_on_a_port_in_use(tmp_path: Path) -> None:
             pass
     assert router.pid is None
     assert json.loads((tmp_path / "router.json").read_text()) == {"pipeline": "digits"}
+
+
+def test_without_cgroup_permission_up_says_the_plans_cores_are_not_enforced(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    from paretoserve.workers.runtime import local
+    from paretoserve.workers.triton.cpu_quota import CpuQuotaUnavailable
+
+    def refused(*_: object, **__: object) -> None:
+        raise CpuQuotaUnavailable("cannot create /sys/fs/cgroup/cpu/x: Permission denied")
+
+    monkeypatch.setattr(local, "cpu_quota_group", refused)
+    said: list[str] = []
+    runtime = LocalRuntime(pipeline(), UpSettings(state_dir=tmp_path), log=said.append)
+    assert runtime._cpu_group() is None and runtime.cpu_quota_period_ms is None
+    assert said == ["planned cores are not enforced: cannot create /sys/fs/cgroup/cpu/x: Permission denied"]
+    runtime = LocalRuntime(pipeline(), UpSettings(state_dir=tmp_path, cpu_quota=False), log=said.append)
+    assert runtime._cpu_group() is None and len(said) == 1  # asked not to: nothing to say
