@@ -296,9 +296,18 @@ class RouterService:
         except RouterError as exc:
             self.active.remove(token)
             raise exc.at_stage(PROXY_STAGE) from None
+        path = request.url.path if request.path_params.get("version") is not None else None
+        if pool.forwards_fast(model):  # buffered: no httpx objects, no streaming relay (the answer is capped)
+            try:
+                status, raw, content = await pool.forward(model, body, headers, path=path)
+            except RouterError as exc:
+                raise exc.at_stage(PROXY_STAGE) from None
+            finally:
+                await finish()
+            self.metrics.rows(PROXY_STAGE, model, RowRoute.DIRECT)
+            return Response(content, status_code=status, headers=_raw_passed_headers(raw))
         try:
-            versioned = request.path_params.get("version") is not None
-            upstream = await pool.open_stream(model, body, headers, path=request.url.path if versioned else None)
+            upstream = await pool.open_stream(model, body, headers, path=path)
         except BaseException as exc:
             await finish()
             if isinstance(exc, RouterError):
@@ -385,6 +394,15 @@ def _encoded_answer(answer: Message, wishes: OutputWishes, accept_encoding: str 
         if encoding is not None:
             headers["content-encoding"] = encoding
     return Response(body, media_type=JSON if header_length is None else OCTETS, headers=headers)
+
+
+_PASSED_RAW = frozenset(name.encode() for name in _PROXY_RESPONSE_HEADERS) - {b"content-length"}
+
+
+def _raw_passed_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The proxied answer's headers a client gets (as `_passed_headers`; the length is the body's own)."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw
+            if name.lower() in _PASSED_RAW}
 
 
 def _passed_headers(upstream: httpx.Response) -> dict[str, str]:

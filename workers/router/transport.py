@@ -34,7 +34,7 @@ import functools
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import httptools
@@ -286,6 +286,18 @@ class FastTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the transport is closed")
         status, _, content = await self._pool(url).send(b"%s%d\r\n\r\n%s" % (prefix, len(body), body), timeouts)
         return status, content
+
+    async def forward(self, url: httpx.URL, headers: Sequence[tuple[str, str]], body: bytes,
+                      timeouts: Timeouts) -> Answer:
+        """POST ``body`` with ``headers`` (a proxied client's) to ``url``; status, raw headers and body, with no
+        httpx objects (the proxy's path, as :meth:`post` is the pipeline's)."""
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed")
+        head = [b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)]
+        head.extend(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        head.append(body)
+        return await self._pool(url).send(b"".join(head), timeouts)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -313,6 +313,38 @@ class UpstreamPool:
             errors.append(status_error(model, base, response.status_code, content))
         raise self._exhausted(model, errors)
 
+    def forwards_fast(self, model: str) -> bool:
+        """Whether every replica of ``model`` is reached over :class:`FastTransport` (see :meth:`forward`)."""
+        return all(isinstance(self._transports.get(base), FastTransport) for base in self._replicas.get(model, ()))
+
+    async def forward(self, model: str, body: bytes, headers: Mapping[str, str], *,
+                      path: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The proxy's request, buffered (the answer is capped at ``max_response_bytes`` like every answer):
+        status, raw headers and body of the replica that answered, with :meth:`open_stream`'s retries but no
+        httpx objects and no streaming. Only where :meth:`forwards_fast`."""
+        errors: list[UpstreamError] = []
+        rotation = self._rotation(model)
+        items = list(headers.items())
+        for attempt, base in enumerate(rotation):
+            transport = self._transports[base]
+            assert isinstance(transport, FastTransport)
+            url = self._url(base, model) if path is None else httpx.URL(f"{base}{path}")
+            try:
+                with map_transport_errors(model, base):
+                    status, raw, content = await transport.forward(url, items, body, self._timeouts)
+            except UpstreamError as exc:
+                self._failed(model, base, exc)
+                if not is_backend_failure(exc):
+                    raise
+                errors.append(exc)
+                continue
+            if status < 300 or attempt == len(rotation) - 1 or not (status >= 500 or status in _RETRYABLE_STATUS):
+                return status, raw, content
+            error = status_error(model, base, status, content)
+            self._failed(model, base, error)
+            errors.append(error)
+        raise self._exhausted(model, errors)
+
     async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str], *,
                           path: str | None = None) -> httpx.Response:
         """Send a proxied request with a streamed response; the caller must ``aclose()`` it.
