@@ -5,8 +5,9 @@ runtime) may change how the router routes or what its Triton runs. So the router
 two listeners (:mod:`.serve`), and a path of one app does not exist on the other:
 
 - **data** (``--host/--port``): ``POST /v2/pipelines/{pipeline}/infer`` (the pipeline,
-  :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent, streamed proxy to the model's
-  replicas, same EDF queue and deadline; the upstream's answer is passed on whatever its status),
+  :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent proxy to the model's replicas,
+  same EDF queue and deadline, buffered over the fast transport and streamed over httpx's; the upstream's
+  answer is passed on whatever its status),
   ``GET /v2/health/ready`` (200 once the clients are open and the models its pod's own Triton serves report
   ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``; and the rest of KServe v2 that
   Triton's clients call (server and model metadata, config, readiness, statistics, versioned paths, the
