@@ -348,6 +348,23 @@ async def test_transport_retries_stale_keepalive_and_maps_timeouts_and_refusals(
     assert closing.connections == 2
 
 
+async def test_the_buffered_proxy_passes_on_to_the_next_replica_and_relays_the_answer() -> None:
+    refused = socket.create_server(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{refused.getsockname()[1]}"
+    refused.close()
+    with _Server("close") as live:
+        timeouts = TimeoutConfig(connect_ms=1000, read_ms=2000)
+        upstreams = {"m": [dead, live.url], "dead": [dead]}
+        async with UpstreamPool(upstreams, timeouts=timeouts, limits=LimitsConfig()) as pool:
+            assert pool.forwards_fast("m")
+            answers = [await pool.forward("m", b"{}", {"content-type": "application/json"}) for _ in range(2)]
+            with pytest.raises(UpstreamUnavailable, match="ConnectError"):
+                await pool.forward("dead", b"{}", {})
+    for status, raw, content in answers:  # the first call starts at the dead replica and goes on to the live one
+        assert status == 200 and content == b'{"ok":true}'
+        assert (b"Content-Type", b"application/json") in raw
+
+
 async def test_worker_knobs_change_triton_instances_while_serving(triton_server: TritonServer,
                                                                    offline: Offline) -> None:
     """`POST /admin/worker` (what the operator sends each pod's sidecar) changes the real Triton's config."""
