@@ -96,7 +96,11 @@ def test_output_wishes_are_taken_off_the_request() -> None:
     wishes = take_output_wishes(message)
     assert message == {"inputs": [], "parameters": {"priority": 1},
                        "outputs": [{"name": "LABEL", "parameters": {}}, {"name": "PROBS"}]}
-    assert wishes.binary("PROBS") and not wishes.binary("LABEL") and wishes.any
+    assert wishes is not None and wishes.binary("PROBS") and not wishes.binary("LABEL") and wishes.any
+    plain = {"inputs": [], "outputs": [{"name": "LABEL"}]}
+    assert take_output_wishes(plain) is None and plain == {"inputs": [], "outputs": [{"name": "LABEL"}]}
+    off = {"inputs": [], "parameters": {"binary_data_output": False}}
+    assert take_output_wishes(off) == OutputWishes() and off == {"inputs": [], "parameters": {}}
     with pytest.raises(BadRequest, match=r"outputs\[0\].parameters.binary_data: must be true or false"):
         take_output_wishes({"outputs": [{"name": "A", "parameters": {"binary_data": "yes"}}]})
 

@@ -256,8 +256,9 @@ class RouterService:
             body = binary_request_to_json(body, header_length)
         infer = parse_infer_request(body)
         wishes = take_output_wishes(infer.message)
-        if wishes != OutputWishes() or b"binary_data" in infer.raw:  # forwarded bodies ask models for JSON
-            infer.raw = orjson.dumps(infer.message)
+        if wishes is None:
+            return infer, OutputWishes()
+        infer.raw = orjson.dumps(infer.message)  # forwarded without the wishes: models answer the router JSON
         return infer, wishes
 
     async def model_infer(self, request: Request) -> Response:

@@ -63,13 +63,13 @@ class PipelineStats:
         self.queue_ns += int(wait_s * 1e9)
         self.infer_ns += int(call_s * 1e9)
 
-    def record(self, ok: bool, seconds: float, rows: int, *, now_ms: int | None = None) -> None:
+    def record(self, ok: bool, seconds: float, rows: int) -> None:
         ns = int(seconds * 1e9)
         if ok:
             self.success, self.success_ns, self.rows = self.success + 1, self.success_ns + ns, self.rows + rows
         else:
             self.fail, self.fail_ns = self.fail + 1, self.fail_ns + ns
-        self.last_inference_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        self.last_inference_ms = int(time.time() * 1000)
 
     def to_json(self, name: str) -> dict[str, Any]:
         zero = {"count": 0, "ns": 0}
@@ -156,25 +156,27 @@ class KServeEndpoints:
     async def server_metadata(self, _: Request) -> Response:
         return json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
 
+    async def _entry_and_exit_json(self, suffix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Triton's ``/v2/models/{model}{suffix}`` answer for the pipeline's entry model and for its exit model."""
+        pool, _ = self._service.require_running()
+        entry, exit_ = _entry_and_exit(self._service.config)
+        first, last = await asyncio.gather(_fetch_json(pool, entry, f"/v2/models/{entry}{suffix}"),
+                                           _fetch_json(pool, exit_, f"/v2/models/{exit_}{suffix}"))
+        return first, last
+
     async def metadata(self, request: Request) -> Response:
-        config, name, _ = self._target(request)
+        _, name, _ = self._target(request)
         if not self.is_pipeline(name):
             return await self._proxy_get(request, name)
-        pool, _ = self._service.require_running()
-        entry, exit_ = _entry_and_exit(config)
-        first, last = await asyncio.gather(_fetch_json(pool, entry, f"/v2/models/{entry}"),
-                                           _fetch_json(pool, exit_, f"/v2/models/{exit_}"))
+        first, last = await self._entry_and_exit_json("")
         return json_response({"name": name, "versions": [PIPELINE_VERSION], "platform": PIPELINE_PLATFORM,
                               "inputs": first.get("inputs", []), "outputs": last.get("outputs", [])})
 
     async def config(self, request: Request) -> Response:
-        config, name, _ = self._target(request)
+        _, name, _ = self._target(request)
         if not self.is_pipeline(name):
             return await self._proxy_get(request, name)
-        pool, _ = self._service.require_running()
-        entry, exit_ = _entry_and_exit(config)
-        first, last = await asyncio.gather(_fetch_json(pool, entry, f"/v2/models/{entry}/config"),
-                                           _fetch_json(pool, exit_, f"/v2/models/{exit_}/config"))
+        first, last = await self._entry_and_exit_json("/config")
         batches = [int(c.get("max_batch_size", 0) or 0) for c in (first, last)]
         return json_response({"name": name, "platform": PIPELINE_PLATFORM, "backend": "",
                               "version_policy": {"latest": {"num_versions": 1}},

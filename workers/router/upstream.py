@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -43,6 +43,7 @@ from paretoserve.workers.router.transport import (
 )
 
 FailureHook = Callable[[str, str, UpstreamError], None]
+T = TypeVar("T")
 """Called with ``(model, base_url, error)`` for every failed attempt, retried or not."""
 
 _RETRYABLE_STATUS = frozenset({404, 408, 429})
@@ -284,34 +285,46 @@ class UpstreamPool:
             errors.append(error)
         raise self._exhausted(model, errors)
 
-    async def fetch(self, model: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        """GET ``path`` (``/v2/models/...``) from one of ``model``'s replicas: its status and (size-capped) body.
-
-        As for inference, replicas are tried in turn while they fail before answering or answer a 5xx; the
-        last one's answer is returned whatever its status (metadata, config and statistics are Triton's own).
-        """
+    async def _transparent(self, model: str, send: Callable[[str], Awaitable[tuple[int, T]]],
+                           discard: Callable[[T], Awaitable[bytes]]) -> T:
+        """The answer of ``model``'s replicas a transparent call passes on: replicas are tried in turn while
+        they fail before answering or answer a retryable status (5xx, 404, 408, 429; ``discard`` closes such
+        an answer and gives its body for the error); the last replica's answer is returned whatever its
+        status. ``send(base)`` gives (status, answer)."""
         errors: list[UpstreamError] = []
         rotation = self._rotation(model)
         for attempt, base in enumerate(rotation):
-            client = self._clients[base]
-            request = client.build_request("GET", path, timeout=timeout_s)
             try:
                 with map_transport_errors(model, base):
-                    response = await client.send(request, stream=True)
-                    try:
-                        content = await read_capped(response, self.max_response_bytes, request)
-                    finally:
-                        await response.aclose()
+                    status, answer = await send(base)
             except UpstreamError as exc:
                 self._failed(model, base, exc)
                 if not is_backend_failure(exc):
                     raise
                 errors.append(exc)
                 continue
-            if response.status_code < 500 or attempt == len(rotation) - 1:
-                return response.status_code, content
-            errors.append(status_error(model, base, response.status_code, content))
+            if status < 300 or attempt == len(rotation) - 1 or not (status >= 500 or status in _RETRYABLE_STATUS):
+                return answer
+            error = status_error(model, base, status, await discard(answer))
+            self._failed(model, base, error)
+            errors.append(error)
         raise self._exhausted(model, errors)
+
+    async def fetch(self, model: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` (``/v2/models/...``) from one of ``model``'s replicas: its status and (size-capped) body,
+        as Triton gave them (metadata, config and statistics are Triton's own), with the proxy's retries."""
+
+        async def send(base: str) -> tuple[int, tuple[int, bytes]]:
+            client = self._clients[base]
+            request = client.build_request("GET", path, timeout=timeout_s)
+            response = await client.send(request, stream=True)
+            try:
+                content = await read_capped(response, self.max_response_bytes, request)
+            finally:
+                await response.aclose()
+            return response.status_code, (response.status_code, content)
+
+        return await self._transparent(model, send, _body_of)
 
     def forwards_fast(self, model: str) -> bool:
         """Whether every replica of ``model`` is reached over :class:`FastTransport` (see :meth:`forward`)."""
@@ -320,63 +333,46 @@ class UpstreamPool:
     async def forward(self, model: str, body: bytes, headers: Mapping[str, str], *,
                       path: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The proxy's request, buffered (the answer is capped at ``max_response_bytes`` like every answer):
-        status, raw headers and body of the replica that answered, with :meth:`open_stream`'s retries but no
-        httpx objects and no streaming. Only where :meth:`forwards_fast`."""
-        errors: list[UpstreamError] = []
-        rotation = self._rotation(model)
+        status, raw headers and body of the replica that answered, with the proxy's retries but no httpx
+        objects and no streaming. Only where :meth:`forwards_fast`."""
         items = list(headers.items())
-        for attempt, base in enumerate(rotation):
+
+        async def send(base: str) -> tuple[int, tuple[int, list[tuple[bytes, bytes]], bytes]]:
             transport = self._transports[base]
             assert isinstance(transport, FastTransport)
             url = self._url(base, model) if path is None else httpx.URL(f"{base}{path}")
-            try:
-                with map_transport_errors(model, base):
-                    status, raw, content = await transport.forward(url, items, body, self._timeouts)
-            except UpstreamError as exc:
-                self._failed(model, base, exc)
-                if not is_backend_failure(exc):
-                    raise
-                errors.append(exc)
-                continue
-            if status < 300 or attempt == len(rotation) - 1 or not (status >= 500 or status in _RETRYABLE_STATUS):
-                return status, raw, content
-            error = status_error(model, base, status, content)
-            self._failed(model, base, error)
-            errors.append(error)
-        raise self._exhausted(model, errors)
+            answer = await transport.forward(url, items, body, self._timeouts)
+            return answer[0], answer
+
+        return await self._transparent(model, send, _body_of)
 
     async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str], *,
                           path: str | None = None) -> httpx.Response:
         """Send a proxied request with a streamed response; the caller must ``aclose()`` it.
 
-        ``path`` replaces the model's infer path (a versioned one, ``/v2/models/m/versions/1/infer``).
-        Replicas are tried while they fail before answering or answer a retryable status; the
-        last replica's answer is returned whatever its status (the proxy is transparent).
+        ``path`` replaces the model's infer path (a versioned one, ``/v2/models/m/versions/1/infer``); the
+        proxy's retries (`_transparent`).
         """
-        errors: list[UpstreamError] = []
-        rotation = self._rotation(model)
-        for attempt, base in enumerate(rotation):
+
+        async def send(base: str) -> tuple[int, httpx.Response]:
             url = self._url(base, model) if path is None else httpx.URL(f"{base}{path}")
             request = httpx.Request("POST", url, content=body, headers=dict(headers), extensions=self._extensions)
-            try:
-                with map_transport_errors(model, base):
-                    response = await self._clients[base].send(request, stream=True)
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > self.max_response_bytes:
-                        await response.aclose()
-                        raise ResponseTooLarge(f"the answer declares {declared} bytes", request=request)
-            except UpstreamError as exc:
-                self._failed(model, base, exc)
-                if not is_backend_failure(exc):
-                    raise
-                errors.append(exc)
-                continue
-            status = response.status_code
-            if status < 300 or attempt == len(rotation) - 1 or not (status >= 500 or status in _RETRYABLE_STATUS):
-                return response
+            response = await self._clients[base].send(request, stream=True)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                await response.aclose()
+                raise ResponseTooLarge(f"the answer declares {declared} bytes", request=request)
+            return response.status_code, response
+
+        async def discard(response: httpx.Response) -> bytes:
             await response.aread()
             await response.aclose()
-            error = status_error(model, base, status, response.content)
-            self._failed(model, base, error)
-            errors.append(error)
-        raise self._exhausted(model, errors)
+            return response.content
+
+        return await self._transparent(model, send, discard)
+
+
+async def _body_of(answer: tuple[Any, ...]) -> bytes:
+    """A buffered answer's body (its last field): nothing to close."""
+    body: bytes = answer[-1]
+    return body

@@ -118,18 +118,21 @@ def _flag(parameters: object, key: str, where: str) -> bool | None:
     return value
 
 
-def take_output_wishes(message: Message) -> OutputWishes:
-    """Remove the binary-output parameters from ``message`` (in place) and return them."""
-    default = _flag(message.get("parameters"), "binary_data_output", "request") or False
+def take_output_wishes(message: Message) -> OutputWishes | None:
+    """Remove the binary-output parameters from ``message`` (in place) and return them; None when it had none
+    (``message`` is then unchanged)."""
+    default = _flag(message.get("parameters"), "binary_data_output", "request")
     names: dict[str, bool] = {}
+    taken = default is not None
     outputs = message.get("outputs")
     if isinstance(outputs, list):
         for i, output in enumerate(outputs):
             if isinstance(output, dict):
                 flag = _flag(output.get("parameters"), "binary_data", f"outputs[{i}]")
+                taken = taken or flag is not None
                 if flag is not None and isinstance(output.get("name"), str):
                     names[output["name"]] = flag
-    return OutputWishes(default, names or None)
+    return OutputWishes(bool(default), names or None) if taken else None
 
 
 def _header_length(value: str, body: bytes) -> int:

@@ -48,7 +48,7 @@ from paretoserve.workers.runtime.serving import (
     running_triton,
 )
 from paretoserve.workers.triton.control import TritonControl
-from paretoserve.workers.triton.cpu_quota import PERIOD_US, cpu_quota_group
+from paretoserve.workers.triton.cpu_quota import PERIOD_US, check_period, cpu_quota_group
 from paretoserve.workers.triton.repository import TritonModelSpec, render_config
 
 PERCENTILES = (50, 90, 95, 99)
@@ -80,8 +80,10 @@ class ProfileGrid:
             values = getattr(self, name)
             if not values or any(v < 1 for v in values):
                 raise ValueError(f"--{name}: give positive integers, got {list(values)}")
-        if not 1000 <= self.cpu_period_us <= 1_000_000:
-            raise ValueError(f"--cpu-period-ms: give 1 to 1000 ms, got {self.cpu_period_us / 1000:g}")
+        try:
+            check_period(self.cpu_period_us)
+        except ValueError as exc:
+            raise ValueError(f"--cpu-period-ms: {exc}") from None
         if any(not 0.01 <= q <= self.cores for q in self.cpu_quotas):
             raise ValueError(f"--cpu-quotas: give cores in [0.01, {self.cores}], got {list(self.cpu_quotas)}")
         if not self.configurations():

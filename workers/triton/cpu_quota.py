@@ -73,6 +73,12 @@ class CpuQuotaGroup:
         return [int(line) for line in (self.path / "cgroup.procs").read_text().split()]
 
 
+def check_period(period_us: int) -> None:
+    """A CFS period the kernel takes (1 ms to 1 s), or ValueError."""
+    if not 1000 <= period_us <= 1_000_000:
+        raise ValueError(f"give 1 to 1000 ms, got {period_us / 1000:g} ms")
+
+
 def _controller_dir() -> tuple[Path, int]:
     v1 = CGROUP_ROOT / "cpu"
     if (v1 / "cpu.cfs_quota_us").exists() or (v1 / "tasks").exists():
@@ -89,8 +95,7 @@ def cpu_quota_group(cores: float, *, prefix: str = "paretoserve-profile",
                     period_us: int = PERIOD_US) -> Iterator[CpuQuotaGroup]:
     """A fresh cgroup limited to ``cores`` per ``period_us``; removed on exit once its processes are gone (waits
     up to 10 s)."""
-    if not 1000 <= period_us <= 1_000_000:
-        raise ValueError(f"CPU period: give 1 to 1000 ms, got {period_us / 1000:g} ms")
+    check_period(period_us)
     parent, version = _controller_dir()
     path = parent / f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
