@@ -41,6 +41,10 @@ MAX_QUEUE_DELAY_MS = 60_000.0
 MAX_LOAD_TIME_S = 3600.0
 MAX_SOLVER_TIME_LIMIT_S = 60.0
 MAX_MAP_KEYS = 16
+MAX_TASKS = 8
+"""Tasks of a multi-task stage."""
+TASK_NAME = r"^[a-z][a-z0-9_]{0,30}$"
+"""A task's name: also the suffix of its outputs in a fused Triton model (``PROBS_<task>``)."""
 MAX_OPTIONS_PER_STAGE = 2048
 """Options a stage may declare (`Stage.option_count`): its variants' profile points, batchSizes × cpus of
 a Sponge profile, and the cpus of a linear profile, summed."""

@@ -42,7 +42,7 @@ class Observation:
 
 
 def _rows(stage: Stage, cascade: Cascade) -> tuple[m.CascadeRow, ...]:
-    accuracy = {v.name: v.accuracy for v in stage.variants}
+    accuracy = {v.name: stage.accuracy_of(v) for v in stage.variants}
     light, heavy = accuracy[cascade.light], accuracy[cascade.heavy]
     rows = [
         m.CascadeRow(

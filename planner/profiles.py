@@ -110,7 +110,7 @@ def variant_options(variant: Variant, stage: Stage, *, utilization: float = 1.0)
     return [
         Option(
             variant=variant.name,
-            accuracy=variant.accuracy,
+            accuracy=stage.accuracy_of(variant),
             batch=b,
             cpu=cpu,
             instances=inst,

@@ -240,8 +240,11 @@ class Profile(_Model):
 class Variant(_Model):
     name: Name
     triton_model: TritonModel
-    accuracy: SignedScore
-    """Accuracy or quality score; higher is better (use −WER, −FID)."""
+    accuracy: SignedScore | None = None
+    """Accuracy or quality score; higher is better (use −WER, −FID). Required, except in a multi-task stage,
+    where ``taskAccuracy`` gives it per task (read it through :meth:`Stage.accuracy_of`)."""
+    task_accuracy: dict[str, SignedScore] | None = Field(default=None, max_length=lim.MAX_TASKS)
+    """Multi-task stages only: the accuracy of each of the stage's tasks (a fused model, or the separate models)."""
     resources: Resources = Field(default_factory=Resources)
     profile: Profile
     load_time_seconds: Annotated[float, Field(ge=0, le=lim.MAX_LOAD_TIME_S)] = 0.0
@@ -334,6 +337,14 @@ def variant_option_count(variant: Variant, batch_sizes: list[int]) -> int:
     return len(profile.points)
 
 
+class StageTask(_Model):
+    """One task of a multi-task stage (several task models that read the same input, or a fused model)."""
+
+    name: Annotated[str, Field(pattern=lim.TASK_NAME, min_length=1, max_length=31)]
+    weight: Weight = 1.0
+    """The task's share of the stage's accuracy: the stage scores a variant Σ weight · accuracy / Σ weight."""
+
+
 class Stage(_Model):
     name: Name
     depends_on: list[Name] = Field(default_factory=list, max_length=32)
@@ -348,10 +359,23 @@ class Stage(_Model):
     """Serve several variants at once with a traffic split (InfAdapter)."""
     cascade: Cascade | None = None
     bounds: StageBounds = Field(default_factory=StageBounds)
+    tasks: list[StageTask] | None = Field(default=None, min_length=1, max_length=lim.MAX_TASKS)
+    """A multi-task stage: every request is answered for each task; each variant serves all of them (one fused
+    model, or the separate task models as one Triton ensemble) and gives ``taskAccuracy`` instead of ``accuracy``."""
 
     @property
     def option_count(self) -> int:
         return sum(variant_option_count(v, self.batch_sizes) for v in self.variants)
+
+    def accuracy_of(self, variant: Variant) -> float:
+        """The score the planner maximises for ``variant``: its accuracy, or in a multi-task stage the weighted
+        mean of its task accuracies."""
+        if self.tasks is None or variant.task_accuracy is None:
+            if variant.accuracy is None:
+                raise ValueError(f"variant {variant.name!r} has no accuracy")  # refused by _consistent
+            return variant.accuracy
+        total = sum(task.weight for task in self.tasks)
+        return sum(task.weight * variant.task_accuracy[task.name] for task in self.tasks) / total
 
     @model_validator(mode="after")
     def _consistent(self) -> Stage:
@@ -370,6 +394,7 @@ class Stage(_Model):
                 raise _at("cascade.discriminatorModel", f"the {self.cascade.router.value} router needs one")
             if self.multi_variant:
                 raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
+        self._tasks_consistent()
         if self.name in self.depends_on:
             raise _at(f"dependsOn[{self.depends_on.index(self.name)}]", "a stage cannot depend on itself")
         if self.option_count > lim.MAX_OPTIONS_PER_STAGE:
@@ -386,6 +411,30 @@ class Stage(_Model):
                               "the fit must give a positive latency at every batch size and listed core count; "
                               f"it gives {fit.latency_ms(b, c):g} ms at batch {b}, {c:g} cores")
         return self
+
+
+    def _tasks_consistent(self) -> None:
+        if self.tasks is None:
+            for i, variant in enumerate(self.variants):
+                if variant.accuracy is None:
+                    raise _at(f"variants[{i}].accuracy", "is required (taskAccuracy only in a stage with tasks)")
+                if variant.task_accuracy is not None:
+                    raise _at(f"variants[{i}].taskAccuracy", "needs the stage's tasks; give accuracy instead")
+            return
+        names = [task.name for task in self.tasks]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _at(f"tasks[{i}].name", f"duplicate task name {name!r}")
+        if not any(task.weight > 0 for task in self.tasks):
+            raise _at("tasks", "at least one task needs a weight > 0")
+        if self.cascade is not None:
+            raise _at("cascade", "a multi-task stage (tasks) cannot be a cascade")
+        for i, variant in enumerate(self.variants):
+            if variant.accuracy is not None:
+                raise _at(f"variants[{i}].accuracy", "a stage with tasks scores variants by taskAccuracy; remove it")
+            if variant.task_accuracy is None or set(variant.task_accuracy) != set(names):
+                raise _at(f"variants[{i}].taskAccuracy", f"must give the accuracy of exactly the stage's tasks "
+                                                         f"({', '.join(names)})")
 
 
 class ServingPipelineSpec(_Model):

@@ -130,7 +130,7 @@ def router_stages(spec: ServingPipelineSpec, plan: Plan | None) -> list[dict[str
             for model, load in loads.items():
                 weights[model] = round(load / total, 6) if total > 0 else round(1.0 / len(loads), 6)
         else:
-            best = max(stage.variants, key=lambda v: v.accuracy)
+            best = max(stage.variants, key=stage.accuracy_of)
             weights[best.triton_model] = 1.0
         entries.append({
             "name": stage.name,

@@ -53,6 +53,7 @@ BENCHMARKS: dict[str, str] = {
     "real-node": "paretoserve.research.benchmarks:bench_real_node",
     "router": "paretoserve.research.benchmarks.router:bench_router",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
+    "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
 }
 
 

@@ -142,13 +142,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from paretoserve.planner.spec import SpecError
     from paretoserve.workers.runtime.local import LocalRuntime, UpSettings
-    from paretoserve.workers.runtime.replay import Target, run_and_report
+    from paretoserve.workers.runtime.replay import Target, replayable, run_and_report
     from paretoserve.workers.solver_banner import silence_solver_banner
 
     silence_solver_banner()
     settings = UpSettings(port=args.port, prometheus=args.prometheus, work_dir=Path(args.work_dir) if args.work_dir
                           else None, **({"cores": args.cores} if args.cores else {}),
-                          max_instances_per_model=args.max_instances, cpu_quota=not args.no_cpu_quota)
+                          max_instances_per_model=args.max_instances, cpu_quota=not args.no_cpu_quota,
+                          model_repository=Path(args.model_repository) if args.model_repository else None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     try:
@@ -157,6 +158,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 runtime.wait(threading.Event())
                 return 0
             startup_s = time.monotonic() - started
+            refusal = replayable(runtime.model_specs)
+            if refusal is not None:
+                raise CliError(f"--replay: {refusal}")
             spec = pipeline.spec
             target = Target(runtime.url, pipeline.metadata.name, spec.slo.latency_ms, int(spec.slo.percentile.value),
                             spec.slo.dynamic.header if spec.slo.dynamic else None,
@@ -267,6 +271,8 @@ def register(sub: Any) -> None:
     up.add_argument("--no-cpu-quota", action="store_true",
                     help="let Triton use every core (default: a CFS quota equal to the plan's cores, where root)")
     up.add_argument("--work-dir", help="model repository and logs (default: a temp dir)")
+    up.add_argument("--model-repository", help="models the pipeline names that are not digits variants, e.g. "
+                                               "the repository/ written by `paretoserve fuse`")
     _add_replay_flags(up)
     up.set_defaults(func=cmd_up)
 

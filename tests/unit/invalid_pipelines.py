@@ -133,6 +133,14 @@ LINEAR_POSITIVE = ("linearCapacity must give a positive throughput (slope x core
                    "core count")
 PRICE_KEYS = "prices keys must be cpu, memory or an extended-resource name like nvidia.com/gpu"
 GPU_KEYS = "gpus keys must be extended-resource names like nvidia.com/gpu (not cpu or memory)"
+ACCURACY_WITHOUT_TASKS = "every variant gives accuracy (taskAccuracy only in a stage with tasks)"
+TASK_ACCURACY_WITH_TASKS = "in a stage with tasks every variant gives taskAccuracy for exactly its tasks (not accuracy)"
+TASK_NAMES_UNIQUE = "task names (tasks[].name) must be unique within a stage"
+TASK_WEIGHT_POSITIVE = "at least one task needs a weight > 0"
+TASKS_NOT_CASCADE = "a multi-task stage (tasks) cannot be a cascade"
+# digits-fused.yaml: one multi-task stage (digit, parity, at_least_5, loops); variants[0] runs the separate
+# task models, the others are fused variants.
+FUSED = "spec.stages[0]"
 
 SPONGE = {"gamma": 1.0, "delta": 2.0, "epsilon": 3.0, "eta": 4.0, "cpus": [1, 2]}
 
@@ -410,5 +418,35 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
                     "spec.stages[5].variants[1].loadTimeSeconds"),
     InvalidPipeline("max-cpu-above-1024", set_("spec.stages[0].bounds", {"maxCpu": 4096}),
                     "spec.stages[0].bounds.maxCpu"),
+    # --- multi-task stages (fused variants) ----------------------------------------------------------
+    InvalidPipeline("task-name-not-an-identifier", set_(f"{FUSED}.tasks[0].name", "Digit"), f"{FUSED}.tasks[0].name",
+                    base="digits-fused.yaml"),
+    InvalidPipeline("nine-tasks", set_(f"{FUSED}.tasks", [{"name": f"t{i}"} for i in range(9)]), f"{FUSED}.tasks",
+                    base="digits-fused.yaml"),
+    InvalidPipeline("negative-task-weight", set_(f"{FUSED}.tasks[1].weight", -1), f"{FUSED}.tasks[1].weight",
+                    base="digits-fused.yaml"),
+    InvalidPipeline("task-accuracy-above-max", set_(f"{FUSED}.variants[0].taskAccuracy.digit", 1e7),
+                    f"{FUSED}.variants[0].taskAccuracy", base="digits-fused.yaml"),
+    InvalidPipeline("task-accuracy-not-a-number", set_(f"{FUSED}.variants[1].taskAccuracy.parity", "high"),
+                    f"{FUSED}.variants[1].taskAccuracy", base="digits-fused.yaml"),
+    InvalidPipeline("task-accuracy-without-tasks", del_(f"{FUSED}.tasks"), FUSED, "cel", f"{FUSED}.variants",
+                    ACCURACY_WITHOUT_TASKS, base="digits-fused.yaml"),
+    InvalidPipeline("accuracy-in-a-multi-task-stage", set_(f"{FUSED}.variants[1].accuracy", 0.97), FUSED, "cel",
+                    f"{FUSED}.variants", TASK_ACCURACY_WITH_TASKS, base="digits-fused.yaml"),
+    InvalidPipeline("task-accuracy-missing-a-task", del_(f"{FUSED}.variants[1].taskAccuracy.loops"), FUSED, "cel",
+                    f"{FUSED}.variants", TASK_ACCURACY_WITH_TASKS, base="digits-fused.yaml"),
+    InvalidPipeline("task-accuracy-of-an-unknown-task", set_(f"{FUSED}.variants[0].taskAccuracy.colour", 0.5), FUSED,
+                    "cel", f"{FUSED}.variants", TASK_ACCURACY_WITH_TASKS, base="digits-fused.yaml"),
+    InvalidPipeline("duplicate-task-names", set_(f"{FUSED}.tasks[1].name", "digit"), FUSED, "cel", f"{FUSED}.tasks",
+                    TASK_NAMES_UNIQUE, base="digits-fused.yaml"),
+    InvalidPipeline("every-task-weight-zero", set_(f"{FUSED}.tasks", [{"name": t, "weight": 0} for t in
+                                                                     ("digit", "parity", "at_least_5", "loops")]),
+                    FUSED, "cel", f"{FUSED}.tasks", TASK_WEIGHT_POSITIVE, base="digits-fused.yaml"),
+    InvalidPipeline("multi-task-cascade",
+                    lambda doc: doc["spec"]["stages"][0].__setitem__("cascade", {
+                        "light": doc["spec"]["stages"][0]["variants"][1]["name"],
+                        "heavy": doc["spec"]["stages"][0]["variants"][0]["name"],
+                        "rows": [{"threshold": 0.5, "heavyFraction": 0.5}]}),
+                    FUSED, "cel", f"{FUSED}.cascade", TASKS_NOT_CASCADE, base="digits-fused.yaml"),
 ]
 

@@ -208,3 +208,21 @@ def test_experiment_windows_refusals_are_one_line(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("content", "args", "says"), [
+    ("kind: FusionSpec\napiVersion: paretoserve.io/v1alpha1\nmetadata: {name: f}\nspec:\n"
+     "  tasks: [{name: a, labels: digit, channels: [0]}, {name: b, labels: parity, channels: [8]}]\n",
+     [], "spec.tasks[0].channels"),
+    ("kind: ServingPipeline\n", [], "no document of kind FusionSpec"),
+    ("kind: FusionSpec\n", ["--theta", "0.7"], "argument --theta: must be in [0, 0.5]"),
+    ("kind: FusionSpec\n", ["--budget-minutes", "0"], "argument --budget-minutes"),
+])
+def test_fuse_refusals_are_one_line_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    content: str, args: list[str], says: str) -> None:
+    spec = tmp_path / "fusion.yaml"
+    spec.write_text(content)
+    assert main(["fuse", str(spec), "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from paretoserve.planner.spec import SpecError, parse_pipeline
 from paretoserve.shell.main import main
 from paretoserve.workers.models.cache import ModelCatalog
-from paretoserve.workers.runtime.serving import check_catalog, max_batch_size, pipeline_models
+from paretoserve.workers.runtime.serving import max_batch_size, model_specs, pipeline_models
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits-local.yaml"
 
@@ -88,13 +89,23 @@ def _catalog(*variants: str) -> ModelCatalog:
     return ModelCatalog(Path("/nowhere"), "v", MappingProxyType(dict.fromkeys(variants)))  # type: ignore[arg-type]
 
 
-def test_every_triton_model_must_be_a_cached_variant() -> None:
+def test_every_triton_model_must_be_a_cached_variant_or_a_repository_entry(tmp_path: Path) -> None:
     pipeline = parse_pipeline(yaml.safe_load(EXAMPLE.read_text()))
     uses = pipeline_models(pipeline)
     assert [u.model for u in uses] == ["tiny_linear", "cnn_large"]
-    check_catalog(uses, _catalog("tiny_linear", "cnn_large", "mlp_small"))
-    with pytest.raises(SpecError, match=r"spec\.stages\[0\]\.variants\[1\]\.tritonModel: 'cnn_large' is not"):
-        check_catalog(uses, _catalog("tiny_linear"))
+    with pytest.raises(SpecError, match=r"spec\.stages\[0\]\.variants\[0\]\.tritonModel: 'tiny_linear' is neither"):
+        model_specs(uses, _catalog("mlp_small"), max_batch=32)
+    for name in ("tiny_linear", "cnn_large"):  # entries of a repository written by `paretoserve fuse`
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.onnx").write_bytes(b"")
+        (tmp_path / name / "1" / "metadata.json").write_text(json.dumps(
+            {"variant": name, "input_shape": [1, 32, 32], "tasks": {"digit": 10, "parity": 2}}))
+    specs = model_specs(uses, _catalog("mlp_small"), max_batch=64, repository=tmp_path)
+    assert specs["cnn_large"].tasks == (("digit", 10), ("parity", 2))
+    assert specs["cnn_large"].input_shape == (1, 32, 32) and specs["cnn_large"].max_batch_size == 64
+    (tmp_path / "cnn_large" / "1" / "model.onnx").unlink()
+    with pytest.raises(SpecError, match=r"variants\[1\]\.tritonModel: 'cnn_large' is neither .* nor an entry of"):
+        model_specs(uses, _catalog("mlp_small"), max_batch=32, repository=tmp_path)
     assert max_batch_size(pipeline) >= 16
 
 

@@ -242,6 +242,38 @@ def test_backend_splits_a_dynamic_batch_back_per_request() -> None:
     np.testing.assert_array_equal(parts[1]["LABEL"].ravel(), [1, 1, 1])
 
 
+def test_a_fused_model_has_each_tasks_outputs_and_names_its_tasks() -> None:
+    fused = TritonModelSpec(name="fused_abc", variant="fused_abc", weights_dir=".", input_shape=(1, 32, 32),
+                            tasks=(("digit", 10), ("parity", 2)))
+    config = render_config(fused)
+    assert [(o["name"], o["dims"]) for o in config["output"]] == [
+        ("PROBS_digit", [10]), ("CONFIDENCE_digit", [1]), ("LABEL_digit", [1]),
+        ("PROBS_parity", [2]), ("CONFIDENCE_parity", [1]), ("LABEL_parity", [1]),
+    ]
+    assert config_parameters(config)["tasks"] == "digit,parity"
+    assert "tasks" not in config_parameters(render_config(SPEC))
+    assert 'name: "PROBS_parity"' in render_config_pbtxt(fused)
+
+
+@pytest.mark.parametrize("tasks", [(("digit", 1),), (("a.b", 2),), (("x", 2), ("x", 3))])
+def test_invalid_tasks_name_the_field(tasks: tuple[tuple[str, int], ...]) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        TritonModelSpec(name="m", variant="m", weights_dir=".", tasks=tasks)
+    assert caught.value.field == "tasks"
+
+
+def test_backend_splits_a_multi_task_batch_per_request_and_task() -> None:
+    def prediction(classes: int) -> Prediction:
+        probs = np.full((3, classes), 1.0 / classes, dtype=np.float32)
+        return Prediction(probs=probs, confidence=probs.max(axis=1), label=np.arange(3, dtype=np.int64))
+
+    parts = split_outputs({"digit": prediction(10), "parity": prediction(2)}, [2, 1])
+    assert sorted(parts[0]) == ["CONFIDENCE_digit", "CONFIDENCE_parity", "LABEL_digit", "LABEL_parity",
+                                "PROBS_digit", "PROBS_parity"]
+    assert parts[0]["PROBS_digit"].shape == (2, 10) and parts[1]["PROBS_parity"].shape == (1, 2)
+    np.testing.assert_array_equal(parts[1]["LABEL_digit"].ravel(), [2])
+
+
 # --- metrics parser ------------------------------------------------------------------------------
 
 

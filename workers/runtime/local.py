@@ -53,10 +53,9 @@ from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusWa
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep
 from paretoserve.workers.runtime.serving import (
     GrpcModelControl,
-    base_specs,
-    check_catalog,
     dedicated_cores,
     max_batch_size,
+    model_specs,
     pipeline_models,
     running_triton,
 )
@@ -66,6 +65,7 @@ from paretoserve.workers.triton.cpu_quota import (
     CpuQuotaUnavailable,
     cpu_quota_group,
 )
+from paretoserve.workers.triton.repository import TritonModelSpec
 
 RUNTIME_FILE = "runtime.json"
 APPLIED_FILE = "applied.jsonl"
@@ -96,6 +96,9 @@ class UpSettings:
     """The router's command line before ``--config FILE --host H --port P ...``; default ``paretoserve router``."""
     admin_port: int | None = None
     """The router's admin listener on 127.0.0.1 (live config, metrics); a free port when unset."""
+    model_repository: Path | None = None
+    """Models the pipeline names that are not cached digits variants come from here (e.g. ``paretoserve
+    fuse``'s ``repository/``)."""
     cpu_quota: bool = True
     """Run Triton in a cgroup whose CFS quota is the applied plan's cores (needs root or a delegated cgroup;
     without one `up` says so and Triton may use every core)."""
@@ -299,6 +302,8 @@ class LocalRuntime:
         self.router_admin_url: str | None = None
         """The router's admin listener (live config, ``/metrics``); its token stays with this process."""
         self.triton_pid: int | None = None
+        self.model_specs: dict[str, TritonModelSpec] = {}
+        """The Triton models served, as started (the plan then changes their knobs)."""
         self.triton_metrics_url: str | None = None
         self.metrics: LocalMetricsSource | None = None
         self.actuator: LocalActuator | None = None
@@ -335,15 +340,16 @@ class LocalRuntime:
         pipeline, settings = self.pipeline, self.settings
         catalog = ensure_trained()
         uses = pipeline_models(pipeline)
-        check_catalog(uses, catalog)
+        specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline), repository=settings.model_repository,
+                            max_queue_delay_us=0)
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="paretoserve-up-work-"))
         work_dir.mkdir(parents=True, exist_ok=True)
         self._reset_state_dir()
-        specs = base_specs(uses, catalog, max_batch=max_batch_size(pipeline), max_queue_delay_us=0)
         cores = self._cpu_group()
         self._log(f"starting Triton with {', '.join(specs)} (work dir {work_dir})")
         server = self._stack.enter_context(running_triton(specs, work_dir, progress=self._log, cpu_group=cores))
         self.triton_pid = server.pid
+        self.model_specs = dict(specs)
         self.triton_metrics_url = server.metrics_url
         self._log(f"Triton ready (pid {server.pid}, metrics {server.metrics_url}, log {server.log_path})")
         upstreams = {model: [f"http://{server.http_url}"] for model in specs}

@@ -40,10 +40,9 @@ from paretoserve.planner.spec import RouterKind, ServingPipeline, parse_pipeline
 from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.runtime.serving import (
     GrpcModelControl,
-    base_specs,
-    check_catalog,
     dedicated_cores,
     max_batch_size,
+    model_specs,
     pipeline_models,
     running_triton,
 )
@@ -257,10 +256,9 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
     """Start Triton with the pipeline's models, measure every grid point of each, stop it."""
     catalog = ensure_trained()
     uses = pipeline_models(pipeline)
-    check_catalog(uses, catalog)
     split = load_split()
     images = np.ascontiguousarray(split.x_test, dtype=np.float32)
-    specs = base_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches))
+    specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches))
     percentile = int(pipeline.spec.slo.percentile.value)
     measurements: dict[str, tuple[PointMeasurement, ...]] = {}
     rows: dict[str, tuple[dict[str, float], ...]] = {}

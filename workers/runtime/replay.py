@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from paretoserve.workers.runtime.loadgen import LoadSettings, ProgressBar, run_r
 from paretoserve.workers.runtime.metrics import RouterSnapshot, parse_router_metrics
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep, format_summary, summarize, write_plots
 from paretoserve.workers.runtime.trace import Window, arrival_offsets, describe, parse_window, read_trace, scale_window
+from paretoserve.workers.triton.repository import TritonModelSpec
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,21 @@ def router_delta(before: RouterSnapshot | None, after: RouterSnapshot | None) ->
         "errors": {k: int(v - before.errors.get(k, 0.0)) for k, v in after.errors.items()
                    if v - before.errors.get(k, 0.0)},
     }
+
+
+REPLAY_INPUT_SHAPE = (8, 8)
+"""What a replay sends: the held-out digits as they are (one ``LABEL`` checked per answer)."""
+
+
+def replayable(specs: Mapping[str, TritonModelSpec]) -> str | None:
+    """Why a replay cannot check the answers of models ``specs`` (None if it can)."""
+    for name, spec in specs.items():
+        if spec.tasks or spec.input_shape != REPLAY_INPUT_SHAPE:
+            return (f"model {name!r} reads {list(spec.input_shape)}"
+                    + (f" and answers tasks {[t for t, _ in spec.tasks]}" if spec.tasks else "")
+                    + f"; a replay sends the {REPLAY_INPUT_SHAPE[0]}x{REPLAY_INPUT_SHAPE[1]} digits and checks one "
+                      "LABEL (serve it without --replay and send requests to it)")
+    return None
 
 
 def run_and_report(target: Target, replay: ReplayPlan, *, events: Callable[[], Sequence[AppliedEvent]],

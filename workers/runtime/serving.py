@@ -30,6 +30,7 @@ from paretoserve.planner.spec import ServingPipeline, SpecError
 from paretoserve.workers.plan_rendering import discriminator_model
 from paretoserve.workers.triton.cpu_quota import CpuQuotaGroup
 from paretoserve.workers.triton.repository import (
+    ONNX_FILE,
     TritonModelSpec,
     render_config,
     spec_from_cached_variant,
@@ -68,29 +69,31 @@ def pipeline_models(pipeline: ServingPipeline) -> list[ModelUse]:
     return list(uses.values())
 
 
-def check_catalog(uses: Sequence[ModelUse], catalog: ModelCatalog) -> None:
-    """Raise `SpecError` at the first model that is not a cached variant of ``catalog``."""
-    for use in uses:
-        if use.model not in catalog.variants:
-            raise SpecError(use.path, f"{use.model!r} is not a cached digits variant "
-                                      f"(have: {', '.join(sorted(catalog.variants))})")
-
-
 def max_batch_size(pipeline: ServingPipeline, extra: Sequence[int] = ()) -> int:
     """One ``max_batch_size`` for every model: the largest batch any stage (or ``extra``) may use."""
     largest = max([DEFAULT_MAX_BATCH, *extra, *(b for s in pipeline.spec.stages for b in s.batch_sizes)])
     return int(largest)
 
 
-def base_specs(
-    uses: Sequence[ModelUse], catalog: ModelCatalog, *, max_batch: int, **knobs: Any
+def model_specs(
+    uses: Sequence[ModelUse], catalog: ModelCatalog, *, max_batch: int, repository: Path | None = None,
+    **knobs: Any,
 ) -> dict[str, TritonModelSpec]:
-    """A `TritonModelSpec` per model (one instance, one thread unless ``knobs`` say otherwise)."""
-    return {
-        use.model: spec_from_cached_variant(catalog.variant_dir(use.model), name=use.model,
-                                            max_batch_size=max_batch, **knobs)
-        for use in uses
-    }
+    """A `TritonModelSpec` per model (one instance, one thread unless ``knobs`` say otherwise): a cached digits
+    variant of ``catalog``, else an entry of the model ``repository`` that ``paretoserve fuse`` (or ``models
+    export``) wrote. Raises `SpecError` at the first model that is neither."""
+    specs: dict[str, TritonModelSpec] = {}
+    for use in uses:
+        if use.model in catalog.variants:
+            folder = catalog.variant_dir(use.model)
+        elif repository is not None and (repository / use.model / "1" / ONNX_FILE).is_file():
+            folder = repository / use.model / "1"
+        else:
+            where = f" nor an entry of {repository}" if repository is not None else ""
+            raise SpecError(use.path, f"{use.model!r} is neither a cached digits variant "
+                                      f"(have: {', '.join(sorted(catalog.variants))}){where}")
+        specs[use.model] = spec_from_cached_variant(folder, name=use.model, max_batch_size=max_batch, **knobs)
+    return specs
 
 
 def dedicated_cores() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from paretoserve.workers.triton.repository import (
     OUTPUT_LABEL,
     OUTPUT_PROBS,
     PARAM_CPU_THREADS,
+    PARAM_TASKS,
     PARAM_VARIANT,
     PARAM_WEIGHTS_DIR,
+    task_output,
 )
 from paretoserve.workers.triton.variant_engine import OnnxVariant, Prediction, variant_graph
 
@@ -40,19 +43,21 @@ def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
     return {key: str(value.get("string_value", "")) for key, value in raw.items()}
 
 
-def split_outputs(prediction: Prediction, sizes: list[int]) -> list[dict[str, npt.NDArray[Any]]]:
-    """Cut a batched prediction back into per-request output arrays, in request order."""
+def split_outputs(prediction: Prediction | Mapping[str, Prediction],
+                  sizes: list[int]) -> list[dict[str, npt.NDArray[Any]]]:
+    """Cut a batched prediction back into per-request output arrays, in request order. A multi-task
+    prediction (task -> prediction) gives each task's outputs under :func:`task_output` names."""
+    by_task = {"": prediction} if isinstance(prediction, Prediction) else dict(prediction)
     outputs: list[dict[str, npt.NDArray[Any]]] = []
     start = 0
     for size in sizes:
         stop = start + size
-        outputs.append(
-            {
-                OUTPUT_PROBS: prediction.probs[start:stop],
-                OUTPUT_CONFIDENCE: prediction.confidence[start:stop].reshape(-1, 1),
-                OUTPUT_LABEL: prediction.label[start:stop].reshape(-1, 1),
-            }
-        )
+        request: dict[str, npt.NDArray[Any]] = {}
+        for task, part in by_task.items():
+            request[task_output(OUTPUT_PROBS, task)] = part.probs[start:stop]
+            request[task_output(OUTPUT_CONFIDENCE, task)] = part.confidence[start:stop].reshape(-1, 1)
+            request[task_output(OUTPUT_LABEL, task)] = part.label[start:stop].reshape(-1, 1)
+        outputs.append(request)
         start = stop
     return outputs
 
@@ -67,12 +72,14 @@ class TritonPythonModel:
         graph = variant_graph(params.get(PARAM_WEIGHTS_DIR, "."), version_dir)
         self._engine = OnnxVariant(graph, threads=int(params.get(PARAM_CPU_THREADS, "1")))
         self._variant = params.get(PARAM_VARIANT, "")
+        self._multi_task = bool(params.get(PARAM_TASKS, ""))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         try:
             images = [pb.get_input_tensor_by_name(request, INPUT_NAME).as_numpy() for request in requests]
-            prediction = self._engine.predict(np.concatenate(images, axis=0))
+            batch = np.concatenate(images, axis=0)
+            prediction = self._engine.predict_tasks(batch) if self._multi_task else self._engine.predict(batch)
             per_request = split_outputs(prediction, [len(batch) for batch in images])
         except Exception as error:  # a failed batch must fail its requests, not the stub
             message = f"variant {self._variant!r}: {type(error).__name__}: {error}"

@@ -40,6 +40,7 @@ from paretoserve.workers.triton.repository import (
     OUTPUT_PROBS,
     TritonModelSpec,
     render_config,
+    task_output,
 )
 
 _COUNTERS: Mapping[str, str] = MappingProxyType(
@@ -238,6 +239,21 @@ class TritonControl:
             confidence=result.as_numpy(OUTPUT_CONFIDENCE).reshape(-1),
             label=result.as_numpy(OUTPUT_LABEL).reshape(-1),
         )
+
+    def infer_tasks(self, name: str, images: npt.NDArray[np.floating[Any]],
+                    tasks: Sequence[str]) -> dict[str, InferenceOutputs]:
+        """One request to a fused multi-task model: each task's outputs (``PROBS_<task>`` ...), by task."""
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        tensor = triton_http.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        outputs = [triton_http.InferRequestedOutput(task_output(n, task), binary_data=True)
+                   for task in tasks for n in (OUTPUT_PROBS, OUTPUT_CONFIDENCE, OUTPUT_LABEL)]
+        result = self._client.infer(name, [tensor], outputs=outputs)
+        return {task: InferenceOutputs(
+            probs=result.as_numpy(task_output(OUTPUT_PROBS, task)),
+            confidence=result.as_numpy(task_output(OUTPUT_CONFIDENCE, task)).reshape(-1),
+            label=result.as_numpy(task_output(OUTPUT_LABEL, task)).reshape(-1),
+        ) for task in tasks}
 
     def metrics_text(self) -> str:
         """The raw Prometheus text of the server's metrics endpoint."""

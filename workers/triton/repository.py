@@ -26,6 +26,7 @@ OUTPUT_LABEL = "LABEL"
 PARAM_VARIANT = "variant"
 PARAM_WEIGHTS_DIR = "weights_dir"
 PARAM_CPU_THREADS = "cpu_threads"
+PARAM_TASKS = "tasks"
 BACKEND_MODEL_RESOURCE = "backend_model.py"
 ONNX_FILE = "model.onnx"
 """A variant's ONNX graph (what the backend serves), in its cache directory and in an exported entry."""
@@ -104,6 +105,9 @@ class TritonModelSpec:
     priority_levels: int = 0
     default_priority_level: int = 0
     priority_queue_policies: tuple[tuple[int, QueuePolicy], ...] = ()
+    tasks: tuple[tuple[str, int], ...] = ()
+    """A fused multi-task model's (task, classes): each task gets its own outputs (:func:`task_output`);
+    empty for a single-task variant (``num_classes`` applies)."""
 
     def __post_init__(self) -> None:
         _require(_is_model_name(self.name), self, "name", f"must match [A-Za-z0-9_.-]+, got {self.name!r}")
@@ -152,6 +156,11 @@ class TritonModelSpec:
                 "default_priority_level",
                 f"must be in 1..{self.priority_levels}, got {self.default_priority_level}",
             )
+        for task, classes in self.tasks:
+            _require(_is_model_name(task) and "." not in task, self, "tasks",
+                     f"task names must match [A-Za-z0-9_-]+, got {task!r}")
+            _require(classes >= 2, self, "tasks", f"task {task!r} needs >= 2 classes, got {classes}")
+        _require(len({task for task, _ in self.tasks}) == len(self.tasks), self, "tasks", "task names must be unique")
         for level, _ in self.priority_queue_policies:
             _require(
                 1 <= level <= self.priority_levels,
@@ -175,17 +184,20 @@ def _require(condition: bool, owner: object, field_name: str, message: str) -> N
 
 
 def spec_from_cached_variant(variant_dir: Path, *, name: str | None = None, **knobs: Any) -> TritonModelSpec:
-    """A spec for a variant cached by :mod:`paretoserve.workers.models` (reads its metadata.json).
+    """A spec for a variant cached by :mod:`paretoserve.workers.models`, or a model exported by ``paretoserve
+    fuse`` (its entry's ``1/`` folder; ``tasks`` in its metadata.json make it multi-task).
 
     ``name`` defaults to the variant name; ``knobs`` are the remaining spec fields.
     """
     metadata = json.loads((variant_dir / "metadata.json").read_text())
+    tasks = tuple((str(task), int(classes)) for task, classes in metadata.get("tasks", {}).items())
     return TritonModelSpec(
         name=name or metadata["variant"],
         variant=metadata["variant"],
         weights_dir=str(variant_dir.resolve()),
-        num_classes=len(metadata["class_labels"]),
+        num_classes=len(metadata["class_labels"]) if "class_labels" in metadata else 2,
         input_shape=tuple(metadata["input_shape"]),
+        tasks=tasks,
         **knobs,
     )
 
@@ -210,9 +222,13 @@ def render_config(spec: TritonModelSpec) -> dict[str, Any]:
         "max_batch_size": spec.max_batch_size,
         "input": [_tensor(INPUT_NAME, "TYPE_FP32", spec.input_shape)],
         "output": [
-            _tensor(OUTPUT_PROBS, "TYPE_FP32", (spec.num_classes,)),
-            _tensor(OUTPUT_CONFIDENCE, "TYPE_FP32", (1,)),
-            _tensor(OUTPUT_LABEL, "TYPE_INT64", (1,)),
+            tensor
+            for task, classes in (spec.tasks or (("", spec.num_classes),))
+            for tensor in (
+                _tensor(task_output(OUTPUT_PROBS, task), "TYPE_FP32", (classes,)),
+                _tensor(task_output(OUTPUT_CONFIDENCE, task), "TYPE_FP32", (1,)),
+                _tensor(task_output(OUTPUT_LABEL, task), "TYPE_INT64", (1,)),
+            )
         ],
         "dynamic_batching": batching,
         "instance_group": [{"count": spec.instance_count, "kind": ProtoEnum("KIND_CPU")}],
@@ -221,9 +237,16 @@ def render_config(spec: TritonModelSpec) -> dict[str, Any]:
                 PARAM_VARIANT: {"string_value": spec.variant},
                 PARAM_WEIGHTS_DIR: {"string_value": spec.weights_dir},
                 PARAM_CPU_THREADS: {"string_value": str(spec.cpu_threads_per_instance)},
+                **({PARAM_TASKS: {"string_value": ",".join(task for task, _ in spec.tasks)}} if spec.tasks else {}),
             }
         ),
     }
+
+
+def task_output(output: str, task: str) -> str:
+    """The name of a served output for ``task`` of a fused model (``PROBS_digit``); ``output`` when ``task``
+    is empty (a single-task variant)."""
+    return f"{output}_{task}" if task else output
 
 
 def _tensor(name: str, data_type: str, dims: tuple[int, ...]) -> dict[str, Any]:

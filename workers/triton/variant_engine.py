@@ -24,6 +24,8 @@ from paretoserve.workers.triton.repository import ONNX_FILE
 
 ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
+TASK_OUTPUT_PREFIX = "logits_"
+"""A fused multi-task graph has one output per task: ``logits_<task>``."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,22 @@ class OnnxVariant:
             raise ValueError(f"{path}: expected one input, the graph has {[i.name for i in inputs]}")
         self._input = inputs[0].name
 
+        self._outputs = [output.name for output in self._session.get_outputs()]
+
     def predict(self, images: npt.NDArray[np.floating[Any]]) -> Prediction:
+        """The prediction of a one-output graph (a single-task variant)."""
+        if len(self._outputs) != 1:
+            raise ValueError(f"the graph has outputs {self._outputs}: use predict_tasks")
         batch = np.ascontiguousarray(images, dtype=np.float32)
         (logits,) = self._session.run(None, {self._input: batch})
         return prediction_from_logits(logits)
+
+    def predict_tasks(self, images: npt.NDArray[np.floating[Any]]) -> dict[str, Prediction]:
+        """Each task's prediction of a fused multi-task graph, by task (outputs ``logits_<task>``)."""
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        results = self._session.run(None, {self._input: batch})
+        return {name.removeprefix(TASK_OUTPUT_PREFIX): prediction_from_logits(logits)
+                for name, logits in zip(self._outputs, results, strict=True)}
 
 
 def variant_graph(weights_dir: str, model_dir: Path) -> Path:
