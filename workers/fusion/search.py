@@ -37,7 +37,7 @@ class SearchResult:
     skipped: int = 0
     seconds: float = 0.0
     ended: str = ""
-    """``candidates``, ``budget``, ``temperature`` or ``exhausted``."""
+    """``candidates``, ``budget``, ``temperature`` or ``exhausted`` (:data:`EXHAUSTED_AFTER` misses in a row)."""
 
     def best(self, session: FusionSession) -> Candidate:
         """The fastest graph within θ (the unfused graph if none is)."""
@@ -89,7 +89,7 @@ def search(session: FusionSession, theta: float, *, budget_s: float | None = Non
     elites: list[tuple[FusionGraph, Candidate]] = []
     seen = {session.unfused.key}
     temperature, p = settings.initial_temperature, 0.0
-    attempts = 0
+    misses = 0
     base_unfused = unfused_candidate(session)
     while True:
         if len(result.candidates) >= settings.max_candidates:
@@ -101,10 +101,9 @@ def search(session: FusionSession, theta: float, *, budget_s: float | None = Non
         if temperature < settings.min_temperature:
             result.ended = "temperature"
             break
-        if attempts >= 20 * settings.max_candidates:
+        if misses >= EXHAUSTED_AFTER:
             result.ended = "exhausted"
             break
-        attempts += 1
         base_graph, base = (session.unfused, base_unfused)
         if elites and rng.random() < p:
             base_graph, base = elites[_pick_elite(elites, temperature / settings.initial_temperature,
@@ -112,8 +111,10 @@ def search(session: FusionSession, theta: float, *, budget_s: float | None = Non
         graph = _mutate(base_graph, rng, settings.merges_per_step)
         if graph is None or graph.key in seen:
             result.skipped += 1
+            misses += 1
             continue
         seen.add(graph.key)
+        misses = 0
         candidate = session.evaluate(graph, base, theta)
         result.candidates.append(candidate)
         result.steps += 1
@@ -133,6 +134,9 @@ def search(session: FusionSession, theta: float, *, budget_s: float | None = Non
     return result
 
 
+EXHAUSTED_AFTER = 300
+"""Mutations in a row that give only graphs already seen: the search has run out of new graphs near its
+elites and ends (``exhausted``)."""
 ELITE_GREED = 10.0
 """How strongly a cool search prefers fast elites: weight exp(-GREED · Δ(latency / unfused latency) / (T/T0))."""
 
