@@ -89,10 +89,11 @@ class FusionGraph:
         for chain in chains:
             for index in range(len(chain.blocks)):
                 parents[(chain.task, index)] = (chain.task, index - 1) if index else None
-        return cls._build(chains, parents)
+        return cls.from_parents(chains, parents)
 
     @classmethod
-    def _build(cls, chains: tuple[TaskChain, ...], parents: Mapping[NodeId, NodeId | None]) -> FusionGraph:
+    def from_parents(cls, chains: tuple[TaskChain, ...], parents: Mapping[NodeId, NodeId | None]) -> FusionGraph:
+        """The graph with these parents, validated (raises :class:`FusionGraphError`)."""
         graph = cls(chains=chains, parents=tuple(sorted(parents.items(), key=lambda item: item[0])))
         graph.validate()
         return graph
@@ -232,7 +233,7 @@ class FusionGraph:
         parents[move.node] = move.onto
         graph = FusionGraph(chains=self.chains, parents=tuple(sorted(parents.items(), key=lambda item: item[0])))
         used = {node for task in self.tasks for node in graph.path(task)}
-        return FusionGraph._build(self.chains, {node: parent for node, parent in parents.items() if node in used})
+        return FusionGraph.from_parents(self.chains, {node: parent for node, parent in parents.items() if node in used})
 
     @property
     def key(self) -> str:

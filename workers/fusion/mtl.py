@@ -12,13 +12,12 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from paretoserve.workers.fusion.data import FusionData
 from paretoserve.workers.fusion.graph import FusionGraph, NodeId, TaskChain
 from paretoserve.workers.fusion.nets import FusedNet
 from paretoserve.workers.fusion.spec import Task
-from paretoserve.workers.fusion.training import _batches, _shift, single_thread, task_accuracies
+from paretoserve.workers.fusion.training import single_thread, supervised_fit, task_accuracies
 
 
 def all_shared_graph(chains: tuple[TaskChain, ...]) -> FusionGraph:
@@ -31,7 +30,7 @@ def all_shared_graph(chains: tuple[TaskChain, ...]) -> FusionGraph:
     parents: dict[NodeId, NodeId | None] = {(first, i): (first, i - 1) if i else None for i in range(len(backbone))}
     for chain in reshaped:
         parents[(chain.task, len(chain.blocks) - 1)] = (first, len(backbone) - 1)
-    return FusionGraph._build(reshaped, parents)
+    return FusionGraph.from_parents(reshaped, parents)
 
 
 @dataclass(frozen=True)
@@ -50,19 +49,8 @@ def train_all_shared(chains: tuple[TaskChain, ...], tasks: tuple[Task, ...], dat
     with single_thread():
         torch.manual_seed(seed)
         net = FusedNet(graph)
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate, weight_decay=1e-4)
-        labels = [data.train.labels(task.labels) for task in tasks]
-        for _ in range(epochs):
-            net.train()
-            for rows in _batches(len(data.train), batch_size, generator):
-                outputs = net(_shift(data.train.images[rows], generator))
-                loss = sum((F.cross_entropy(out, y[rows]) for out, y in zip(outputs, labels, strict=True)),
-                           torch.zeros(()))
-                optimizer.zero_grad()
-                torch.autograd.backward(loss)
-                optimizer.step()
-        net.eval()
+        supervised_fit(net, net, [data.train.labels(task.labels) for task in tasks], data, epochs=epochs,
+                       learning_rate=learning_rate, seed=seed, batch_size=batch_size)
         val = tuple(task_accuracies(net, data.val, tasks))
         test = tuple(task_accuracies(net, data.test, tasks))
     return MtlResult(net=net, val_accuracy=val, test_accuracy=test, seconds=time.perf_counter() - started)

@@ -194,4 +194,4 @@ class FusionSession:
             return self.unfused
         saved = json.loads((self._folder(theta) / f"{candidate.cache_id}.json").read_text())
         parents = {(n[0], int(n[1])): None if p is None else (p[0], int(p[1])) for n, p in saved["parents"]}
-        return FusionGraph._build(self.chains, parents)
+        return FusionGraph.from_parents(self.chains, parents)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,13 +38,13 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(size, generator=generator)
     for start in range(0, size, batch_size):
         yield order[start:start + batch_size]
 
 
-def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def shift_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random shift of up to 1/16 of the side (the same for the whole batch): cheap augmentation."""
     reach = max(1, images.shape[-1] // 16)
     dy, dx = (int(v) for v in torch.randint(-reach, reach + 1, (2,), generator=generator))
@@ -73,24 +73,35 @@ class TrainedTask:
     seconds: float
 
 
+def supervised_fit(net: nn.Module, outputs: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+                   labels: Sequence[torch.Tensor], data: FusionData, *, epochs: int, learning_rate: float,
+                   seed: int, batch_size: int) -> None:
+    """Train ``net`` on ``labels`` (one per output of ``outputs``; the sum of their cross-entropies) over the
+    training split with shift augmentation, Adam, one thread. How the task models and the MTL baseline learn."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+    for _ in range(epochs):
+        net.train()
+        for rows in batches(len(data.train), batch_size, generator):
+            predicted = outputs(shift_augment(data.train.images[rows], generator))
+            loss = sum((F.cross_entropy(out, y[rows]) for out, y in zip(predicted, labels, strict=True)),
+                       torch.zeros(()))
+            optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            optimizer.step()
+    net.eval()
+
+
 def train_task(task: Task, data: FusionData) -> TrainedTask:
-    """Train ``task``'s own model on its labels (Adam, shift augmentation, its recipe)."""
+    """Train ``task``'s own model on its labels (its recipe)."""
     started = time.perf_counter()
     recipe = task.training
     with single_thread():
         torch.manual_seed(recipe.seed)
         net = TaskNet(chain_of(task, data.input_shape))
-        generator = torch.Generator().manual_seed(recipe.seed)
-        optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
-        labels = data.train.labels(task.labels)
-        for _ in range(recipe.epochs):
-            net.train()
-            for rows in _batches(len(data.train), recipe.batch_size, generator):
-                loss = F.cross_entropy(net(_shift(data.train.images[rows], generator)), labels[rows])
-                optimizer.zero_grad()
-                torch.autograd.backward(loss)
-                optimizer.step()
-        net.eval()
+        supervised_fit(net, lambda images: (net(images),), [data.train.labels(task.labels)], data,
+                       epochs=recipe.epochs, learning_rate=recipe.learning_rate, seed=recipe.seed,
+                       batch_size=recipe.batch_size)
         with torch.inference_mode():
             val = accuracy(net(data.val.images), data.val.labels(task.labels))
             test = accuracy(net(data.test.images), data.test.labels(task.labels))
@@ -155,7 +166,7 @@ def fine_tune(net: FusedNet, teachers: Sequence[torch.Tensor], data: FusionData,
         while stop == "epochs" and epoch < epochs:
             epoch += 1
             net.train()
-            for rows in _batches(len(data.train), batch_size, generator):
+            for rows in batches(len(data.train), batch_size, generator):
                 outputs = net(data.train.images[rows])
                 loss = sum((l1(out, teacher[rows]) for out, teacher in zip(outputs, teachers, strict=True)),
                            torch.zeros(()))
