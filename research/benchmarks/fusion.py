@@ -102,7 +102,7 @@ def _plot(points: dict[str, list[tuple[float, float, str]]], path: Path) -> None
     axes.set_ylabel("mean of the four tasks' held-out accuracy (%)")
     axes.set_title("Fused variants (Pareto set per θ), separate models, all-shared MTL", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
