@@ -2,8 +2,8 @@
 
 Trains the spec's task models (cached), searches fusion graphs for the lowest latency with every task's
 validation-accuracy drop within θ, and writes the Pareto set of fused variants to DIR: ``repository/`` (Triton
-model-repository entries, one set of outputs per task), ``variants.yaml`` (ServingPipeline variants with
-measured profiles) and ``fusion.json`` (the report). A search run again resumes from its cache. Prints a
+model-repository entries, one set of outputs per task), ``variants.yaml`` (variants of a multi-task stage
+with measured profiles), ``pipeline.yaml`` (a ServingPipeline using them) and ``fusion.json`` (the report). A search run again resumes from its cache. Prints a
 summary as one JSON object; the progress bar goes to stderr. See docs/fusion.md.
 """
 
@@ -68,7 +68,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     fuse = sub.add_parser("fuse", help="fuse task models that read the same input (GMorph)")
     fuse.add_argument("spec", help="a FusionSpec YAML file (e.g. manifests/fusion/digits-tasks.yaml)")
-    fuse.add_argument("--out", required=True, help="folder for repository/, variants.yaml and fusion.json")
+    fuse.add_argument("--out", required=True, help="folder for repository/, variants.yaml, pipeline.yaml, fusion.json")
     fuse.add_argument("--theta", type=_theta, default=None, help="largest per-task accuracy drop (default: spec)")
     fuse.add_argument("--budget-minutes", type=_minutes, default=None, help="search time (default: spec)")
     fuse.add_argument("--cache", default=None, help="cache folder (default ~/.cache/paretoserve/fusion)")
