@@ -3,8 +3,9 @@
 Trains the spec's task models (cached), searches fusion graphs for the lowest latency with every task's
 validation-accuracy drop within θ, and writes the Pareto set of fused variants to DIR: ``repository/`` (Triton
 model-repository entries, one set of outputs per task), ``variants.yaml`` (variants of a multi-task stage
-with measured profiles), ``pipeline.yaml`` (a ServingPipeline using them) and ``fusion.json`` (the report). A search run again resumes from its cache. Prints a
-summary as one JSON object; the progress bar goes to stderr. See docs/fusion.md.
+with measured profiles), ``pipeline.yaml`` (a ServingPipeline using them) and ``fusion.json`` (the report).
+A search run again resumes from its cache. Prints a summary as one JSON object; the progress bar goes to
+stderr. See docs/fusion.md.
 """
 
 from __future__ import annotations
