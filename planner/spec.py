@@ -51,12 +51,15 @@ class SpecError(ValueError):
         self.message = message
 
 
-def _at(subpath: str, message: str) -> ValueError:
-    """A cross-field error that names a field below the validating model (decoded by parse_pipeline)."""
+def field_error(subpath: str, message: str) -> ValueError:
+    """A cross-field error that names a field below the validating model (decoded by `spec_error`)."""
     return ValueError(f"@{subpath}@ {message}")
 
 
-class _Model(BaseModel):
+_at = field_error  # the short name the validators below use
+
+
+class StrictModel(BaseModel):
     # Strict like the API server: "750" is not a number and "yes" is not a boolean; enums stay lax
     # because YAML gives strings.
     model_config = ConfigDict(
@@ -93,7 +96,7 @@ class Percentile(int, Enum):
     P99 = 99
 
 
-class DynamicSLO(_Model):
+class DynamicSLO(StrictModel):
     """Per-request deadlines (Sponge): each request carries its own remaining budget."""
 
     header: Annotated[str, Field(pattern=DEADLINE_HEADER_NAME, min_length=1, max_length=64)] = (
@@ -102,7 +105,7 @@ class DynamicSLO(_Model):
     """Share of the base SLO kept free when draining the queue in EDF order (Sponge uses 0.1)."""
 
 
-class SLO(_Model):
+class SLO(StrictModel):
     latency_ms: Latency
     percentile: Annotated[Percentile, Field(strict=False)] = Percentile.P99
     dynamic: DynamicSLO | None = None
@@ -115,7 +118,7 @@ class AccuracyAggregation(StrEnum):
     RANK_SUM = "rankSum"
 
 
-class Objective(_Model):
+class Objective(StrictModel):
     """Weights of α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter)."""
 
     accuracy: Weight = 1.0
@@ -135,7 +138,7 @@ class Objective(_Model):
         return prices
 
 
-class Budget(_Model):
+class Budget(StrictModel):
     cpu: Annotated[float, Field(ge=0, le=lim.MAX_CPU_BUDGET)] | None = None
     """Cores for the whole pipeline; unset means unbounded."""
     gpus: Annotated[dict[str, GpuBudget], ResourceKeys] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
@@ -149,7 +152,7 @@ class PredictorKind(StrEnum):
     LSTM = "lstm"
 
 
-class Predictor(_Model):
+class Predictor(StrictModel):
     kind: Annotated[PredictorKind, Field(strict=False)] = PredictorKind.MOVING_MAX
     window_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
     headroom: Annotated[float, Field(ge=0, le=10)] = 0.1
@@ -160,7 +163,7 @@ class QueueingModel(StrEnum):
     ERLANG_C = "erlangC"
 
 
-class Adaptation(_Model):
+class Adaptation(StrictModel):
     interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
     check_seconds: Annotated[float, Field(ge=1, le=3600)] = 2.0
     """Seconds between load checks: a load the running plan no longer covers re-plans at once instead of
@@ -177,13 +180,13 @@ class Adaptation(_Model):
     """Wall-clock limit of one whole solve: building the program, the solver and the diagnosis."""
 
 
-class Resources(_Model):
+class Resources(StrictModel):
     cpu: Cores = 1.0
     memory_gib: Annotated[float, Field(ge=0, le=lim.MAX_MEMORY_GIB)] = 1.0
     gpus: Annotated[dict[str, GpuCount], ResourceKeys] = Field(default_factory=dict, max_length=lim.MAX_MAP_KEYS)
 
 
-class ProfilePoint(_Model):
+class ProfilePoint(StrictModel):
     batch: Annotated[int, Field(ge=1, le=4096)]
     cpu: Cores | None = None
     """Cores per replica for this point; unset means the variant's `resources.cpu`."""
@@ -194,7 +197,7 @@ class ProfilePoint(_Model):
     """Sustained requests/s of one replica; unset means instances × batch / latency."""
 
 
-class SpongeFit(_Model):
+class SpongeFit(StrictModel):
     """Sponge's l(b, c) = γ·b/c + δ·b + ε/c + η in milliseconds, evaluated on a grid."""
 
     gamma: SignedScore
@@ -207,7 +210,7 @@ class SpongeFit(_Model):
         return self.gamma * batch / cpu + self.delta * batch + self.epsilon / cpu + self.eta
 
 
-class LinearCapacity(_Model):
+class LinearCapacity(StrictModel):
     """InfAdapter's capacity model: throughput = slope·cores + intercept at batch 1."""
 
     slope: SignedScore
@@ -224,7 +227,7 @@ class LinearCapacity(_Model):
         return self
 
 
-class Profile(_Model):
+class Profile(StrictModel):
     points: list[ProfilePoint] = Field(default_factory=list, max_length=512)
     sponge: SpongeFit | None = None
     linear_capacity: LinearCapacity | None = None
@@ -237,7 +240,7 @@ class Profile(_Model):
         return self
 
 
-class Variant(_Model):
+class Variant(StrictModel):
     name: Name
     triton_model: TritonModel
     accuracy: SignedScore | None = None
@@ -263,7 +266,7 @@ DISCRIMINATOR_ROUTERS = (RouterKind.DISCRIMINATOR, RouterKind.HYBRID)
 """Routers that score the light model's output with `discriminatorModel`; the others take none."""
 
 
-class CascadeRow(_Model):
+class CascadeRow(StrictModel):
     """One operating point of a cascade: f(t) for DiffServe, a Pareto row for HADIS."""
 
     threshold: Annotated[float, Field(ge=0, le=1)]
@@ -285,7 +288,7 @@ class CascadeRow(_Model):
         return self
 
 
-class Cascade(_Model):
+class Cascade(StrictModel):
     light: Name
     heavy: Name
     router: Annotated[RouterKind, Field(strict=False)] = RouterKind.CONFIDENCE
@@ -312,7 +315,7 @@ class Cascade(_Model):
         return self
 
 
-class StageBounds(_Model):
+class StageBounds(StrictModel):
     min_replicas: Annotated[int, Field(ge=0, le=10000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=10000)] = 100
     min_cpu: Annotated[float, Field(ge=0, le=lim.MAX_CPU)] | None = None
@@ -337,7 +340,7 @@ def variant_option_count(variant: Variant, batch_sizes: list[int]) -> int:
     return len(profile.points)
 
 
-class StageTask(_Model):
+class StageTask(StrictModel):
     """One task of a multi-task stage (several task models that read the same input, or a fused model)."""
 
     name: Annotated[str, Field(pattern=lim.TASK_NAME, min_length=1, max_length=31)]
@@ -345,7 +348,7 @@ class StageTask(_Model):
     """The task's share of the stage's accuracy: the stage scores a variant Σ weight · accuracy / Σ weight."""
 
 
-class Stage(_Model):
+class Stage(StrictModel):
     name: Name
     depends_on: list[Name] = Field(default_factory=list, max_length=32)
     variants: list[Variant] = Field(min_length=1, max_length=16)
@@ -437,7 +440,7 @@ class Stage(_Model):
                                                          f"({', '.join(names)})")
 
 
-class ServingPipelineSpec(_Model):
+class ServingPipelineSpec(StrictModel):
     slo: SLO
     objective: Objective = Field(default_factory=Objective)
     budget: Budget = Field(default_factory=Budget)
@@ -472,7 +475,7 @@ class Metadata(BaseModel):
     namespace: str | None = None
 
 
-class ServingPipeline(_Model):
+class ServingPipeline(StrictModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
     )
@@ -532,15 +535,21 @@ def parse_pipeline(document: Mapping[str, Any]) -> ServingPipeline:
     try:
         return ServingPipeline.model_validate(document)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        path = _field_path(tuple(err["loc"]), None)
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if message.startswith("@") and "@ " in message[1:]:
-            subpath, message = message[1:].split("@ ", 1)
-            path = f"{path}{'' if subpath.startswith('[') else '.'}{subpath}"
-        raise SpecError(path, message) from None
+        raise spec_error(exc) from None
     except RecursionError:  # a self-referential structure (YAML aliases) that load_yaml_documents did not see
         raise SpecError("<root>", "the document refers to itself") from None
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """The first error of a strict model's validation as a `SpecError` naming the field (camelCase path; a
+    validator may name a field below its own with a ``@sub.path@ message``)."""
+    err = exc.errors()[0]
+    path = _field_path(tuple(err["loc"]), None)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if message.startswith("@") and "@ " in message[1:]:
+        subpath, message = message[1:].split("@ ", 1)
+        path = f"{subpath}" if path == "<root>" else f"{path}{'' if subpath.startswith('[') else '.'}{subpath}"
+    return SpecError(path, message)
 
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: faster, nesting <= 1000

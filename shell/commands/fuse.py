@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,19 @@ from paretoserve.planner.spec import SpecError
 from paretoserve.shell.errors import CliError
 
 
-def _theta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"must be in [0, 0.5], got {value:g}")
-    return value
+def _number(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] ((low, high] with ``low_open``), else a one-line refusal."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value:g}")
+        return value
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 24 * 60:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1440], got {value:g}")
-    return value
+    return parse
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -70,8 +66,10 @@ def register(sub: Any) -> None:
     fuse = sub.add_parser("fuse", help="fuse task models that read the same input (GMorph)")
     fuse.add_argument("spec", help="a FusionSpec YAML file (e.g. manifests/fusion/digits-tasks.yaml)")
     fuse.add_argument("--out", required=True, help="folder for repository/, variants.yaml, pipeline.yaml, fusion.json")
-    fuse.add_argument("--theta", type=_theta, default=None, help="largest per-task accuracy drop (default: spec)")
-    fuse.add_argument("--budget-minutes", type=_minutes, default=None, help="search time (default: spec)")
+    fuse.add_argument("--theta", type=_number(0.0, 0.5), default=None,
+                      help="largest per-task accuracy drop (default: spec)")
+    fuse.add_argument("--budget-minutes", type=_number(0.0, 24 * 60, low_open=True), default=None,
+                      help="search time (default: spec)")
     fuse.add_argument("--cache", default=None, help="cache folder (default ~/.cache/paretoserve/fusion)")
     fuse.add_argument("--quiet", action="store_true", help="no progress bar")
     fuse.set_defaults(func=cmd_fuse)

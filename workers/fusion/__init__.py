@@ -24,7 +24,6 @@ from paretoserve.workers.fusion.export import (
     write_variants,
 )
 from paretoserve.workers.fusion.graph import FusionGraph
-from paretoserve.workers.fusion.mtl import train_all_shared
 from paretoserve.workers.fusion.nets import FusedNet
 from paretoserve.workers.fusion.search import Progress, SearchResult, pareto, search
 from paretoserve.workers.fusion.session import FusionSession
@@ -56,9 +55,7 @@ def fuse(spec: FusionSpec, out: Path, *, theta: float | None = None, budget_s: f
     fused = [write_served(session, fused_net(session, candidate, theta), f"fused_{candidate.key}", "fused",
                           candidate.describe, repository, estimated_ms=candidate.estimated_ms)
              for candidate in kept]
-    first = spec.spec.tasks[0].training
-    mtl = train_all_shared(session.chains, session.tasks, session.data, epochs=max(t.training.epochs for t in
-                           spec.spec.tasks), learning_rate=first.learning_rate, seed=first.seed)
+    mtl = session.all_shared()
     served_mtl = write_served(session, mtl.net, "mtl_all_shared", "mtl", "all-shared MTL (trained jointly)",
                               repository, estimated_ms=None)
     shutil.rmtree(repository / ".staging", ignore_errors=True)

@@ -28,7 +28,8 @@ from paretoserve.planner.spec import parse_pipeline
 from paretoserve.workers.fusion.latency import onnx_latency_ms
 from paretoserve.workers.fusion.nets import FusedNet, export_onnx
 from paretoserve.workers.fusion.session import Candidate, FusionSession
-from paretoserve.workers.fusion.training import single_thread, task_accuracies
+from paretoserve.workers.fusion.training import task_accuracies
+from paretoserve.workers.models.training import single_thread
 from paretoserve.workers.triton.repository import ONNX_FILE, TritonModelSpec, export_model
 
 

@@ -23,7 +23,7 @@ import torch
 
 from paretoserve.workers.fusion.graph import FusionGraph, NodeId
 from paretoserve.workers.fusion.nets import build_block
-from paretoserve.workers.fusion.training import single_thread
+from paretoserve.workers.models.training import single_thread
 
 
 def _times_ms(run: Callable[[], object], repeats: int, warmup: int = 10) -> list[float]:

@@ -17,7 +17,8 @@ from paretoserve.workers.fusion.data import FusionData
 from paretoserve.workers.fusion.graph import FusionGraph, NodeId, TaskChain
 from paretoserve.workers.fusion.nets import FusedNet
 from paretoserve.workers.fusion.spec import Task
-from paretoserve.workers.fusion.training import single_thread, supervised_fit, task_accuracies
+from paretoserve.workers.fusion.training import supervised_fit, task_accuracies
+from paretoserve.workers.models.training import single_thread
 
 
 def all_shared_graph(chains: tuple[TaskChain, ...]) -> FusionGraph:

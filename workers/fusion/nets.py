@@ -19,14 +19,14 @@ from torch import nn
 from paretoserve.workers.fusion.data import NUM_CLASSES
 from paretoserve.workers.fusion.graph import BlockSig, FusionGraph, NodeId, TaskChain
 from paretoserve.workers.fusion.spec import Task
+from paretoserve.workers.triton.variant_engine import ONNX_INPUT, TASK_OUTPUT_PREFIX
 
-ONNX_INPUT = "images"
 BlockState = dict[str, torch.Tensor]
 
 
 def onnx_output(task: str) -> str:
     """The ONNX output of task ``task``'s logits in a fused graph."""
-    return f"logits_{task}"
+    return f"{TASK_OUTPUT_PREFIX}{task}"
 
 
 def chain_of(task: Task, input_shape: tuple[int, ...]) -> TaskChain:

@@ -2,11 +2,11 @@
 
 Training the task models and fine-tuning candidates are the expensive steps, so everything is cached in a
 directory keyed by what determines it (the data, the tasks and the fine-tuning settings; not the budget):
-``tasks/`` holds each task model's weights and accuracies, ``blocks-b<B>.json`` the block latencies,
-``candidates/theta-<θ>/<base>-<key>.json`` every evaluated graph by the graph it was fine-tuned from (and
-``<base>-<key>.pt`` its fine-tuned weights when it met θ). A search run again with the same spec and seed replays
-the same candidates from the cache in seconds and goes on where the last run stopped: that is how a search is
-resumed.
+``tasks/`` holds each task model's weights and accuracies, ``mtl.pt`` the all-shared baseline's,
+``blocks-b<B>.json`` the block latencies, ``candidates/theta-<θ>/<base>-<key>.json`` every evaluated graph by the
+graph it was fine-tuned from (and ``<base>-<key>.pt`` its fine-tuned weights when it met θ). A search run again
+with the same spec and seed replays the same candidates from the cache in seconds and goes on where the last run
+stopped: that is how a search is resumed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from paretoserve.workers.fusion.data import FusionData, load_fusion_data
 from paretoserve.workers.fusion.graph import FusionGraph, NodeId
 from paretoserve.workers.fusion.latency import block_latencies
+from paretoserve.workers.fusion.mtl import MtlResult, all_shared_graph, train_all_shared
 from paretoserve.workers.fusion.nets import BlockState, FusedNet, TaskNet, chain_of
 from paretoserve.workers.fusion.spec import FusionSpec
 from paretoserve.workers.fusion.training import (
@@ -129,6 +130,26 @@ class FusionSession:
         if self._teachers is None:
             self._teachers = teacher_logits(self.trained, self.data.train)
         return self._teachers
+
+    def all_shared(self) -> MtlResult:
+        """The all-shared MTL baseline (trained once, then read from ``mtl.pt``): the first task's convolutions,
+        every task's head, trained jointly for the longest task recipe at the first task's learning rate."""
+        weights, meta = self.root / "mtl.pt", self.root / "mtl.json"
+        graph = all_shared_graph(self.chains)
+        if weights.is_file() and meta.is_file():
+            net = FusedNet(graph)
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            saved = json.loads(meta.read_text())
+            return MtlResult(net=net.eval(), val_accuracy=tuple(saved["valAccuracy"]),
+                             test_accuracy=tuple(saved["testAccuracy"]), seconds=saved["seconds"])
+        first = self.tasks[0].training
+        result = train_all_shared(self.chains, self.tasks, self.data, epochs=max(t.training.epochs for t in self.tasks),
+                                  learning_rate=first.learning_rate, seed=first.seed)
+        torch.save(result.net.state_dict(), self.root / ".mtl.pt.partial")
+        (self.root / ".mtl.pt.partial").replace(weights)
+        _write_json(meta, {"valAccuracy": result.val_accuracy, "testAccuracy": result.test_accuracy,
+                           "seconds": result.seconds})
+        return result
 
     def block_ms(self, batch: int) -> dict[NodeId, float]:
         """The block latency profile at ``batch`` (measured once, then read from the cache)."""

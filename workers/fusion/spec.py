@@ -13,20 +13,21 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from paretoserve.planner.bounds import TASK_NAME
-from paretoserve.planner.spec import DNS_LABEL, SpecError, load_yaml_documents
+from paretoserve.planner.spec import (
+    DNS_LABEL,
+    SpecError,
+    StrictModel,
+    field_error,
+    load_yaml_documents,
+    spec_error,
+)
 
 KIND = "FusionSpec"
 THETAS = (0.0, 0.01, 0.02)
 """GMorph's accuracy-drop bounds (its ``b*_t0``, ``t001``, ``t002`` scripts)."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
-                              strict=True, allow_inf_nan=False)
 
 
 class TaskLabels(StrEnum):
@@ -42,14 +43,14 @@ class TaskLabels(StrEnum):
     """Closed loops in the written digit: none (1 2 3 5 7), one (0 4 6 9), two (8); 3 classes."""
 
 
-class Training(_Model):
+class Training(StrictModel):
     epochs: Annotated[int, Field(ge=1, le=200)] = 20
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 64
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 3e-3
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
 
-class Task(_Model):
+class Task(StrictModel):
     name: Annotated[str, Field(pattern=TASK_NAME)]
     """Names the task's outputs (``PROBS_<name>`` ...) in the fused Triton model."""
     labels: Annotated[TaskLabels, Field(strict=False)]
@@ -69,14 +70,14 @@ class Task(_Model):
         return channels
 
 
-class Data(_Model):
+class Data(StrictModel):
     image_size: Annotated[int, Field(ge=8, le=128)] = 32
     """The 8x8 digits are upscaled (bilinear) to this side, so the convolutions have work worth sharing."""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """Seed of the stratified 60/20/20 train/validation/test split."""
 
 
-class Search(_Model):
+class Search(StrictModel):
     theta: Annotated[float, Field(ge=0, le=0.5)] = 0.01
     """Largest accuracy drop any task may have on the validation split (GMorph: 0, 0.01, 0.02)."""
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
@@ -97,7 +98,7 @@ class Search(_Model):
     """Batch sizes at which the fused variants are profiled (the first one is what the search minimises)."""
 
 
-class FusionSpecBody(_Model):
+class FusionSpecBody(StrictModel):
     data: Data = Field(default_factory=Data)
     tasks: Annotated[list[Task], Field(min_length=2, max_length=8)]
     search: Search = Field(default_factory=Search)
@@ -106,27 +107,20 @@ class FusionSpecBody(_Model):
     def _unique_names(self) -> FusionSpecBody:
         names = [task.name for task in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"@tasks@ task names must be unique, got {names}")
+            raise field_error("tasks", f"task names must be unique, got {names}")
         return self
 
 
-class Metadata(_Model):
+class Metadata(StrictModel):
     model_config = ConfigDict(extra="ignore")
     name: Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
 
 
-class FusionSpec(_Model):
+class FusionSpec(StrictModel):
     api_version: Literal["paretoserve.io/v1alpha1"]
     kind: Literal["FusionSpec"]
     metadata: Metadata
     spec: FusionSpecBody
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "<root>"
 
 
 def parse_fusion_spec(document: Mapping[str, Any]) -> FusionSpec:
@@ -136,12 +130,7 @@ def parse_fusion_spec(document: Mapping[str, Any]) -> FusionSpec:
     try:
         return FusionSpec.model_validate(document)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        path, message = _path(tuple(error["loc"])), str(error["msg"]).removeprefix("Value error, ")
-        if message.startswith("@") and "@ " in message[1:]:
-            sub, message = message[1:].split("@ ", 1)
-            path = f"{path}.{sub}" if path != "<root>" else sub
-        raise SpecError(path, message) from None
+        raise spec_error(exc) from None
 
 
 def load_fusion_spec(text: str) -> FusionSpec:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,17 +24,7 @@ from torch import nn
 from paretoserve.workers.fusion.data import FusionData, Split
 from paretoserve.workers.fusion.nets import FusedNet, TaskNet, chain_of
 from paretoserve.workers.fusion.spec import Task
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: reproducible reductions, and no oversubscription of a small machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+from paretoserve.workers.models.training import single_thread
 
 
 def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

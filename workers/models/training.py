@@ -108,7 +108,8 @@ def load_split(spec: SplitSpec = DEFAULT_SPLIT) -> DigitsSplit:
 
 
 @contextmanager
-def _single_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: reproducible CPU reductions, and no oversubscription of a small machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -169,7 +170,7 @@ def _predict_labels(module: nn.Module, images: npt.NDArray[np.float32]) -> npt.N
 def train_classifier(recipe: TrainingRecipe, split: DigitsSplit) -> TrainedVariant:
     """Train a digit classifier and count its correct held-out predictions."""
     started = time.perf_counter()
-    with _single_thread():
+    with single_thread():
         torch.manual_seed(recipe.seed)
         module = build_module(recipe.arch)
         _fit(module, torch.from_numpy(split.x_train), torch.from_numpy(split.y_train), recipe)
@@ -195,7 +196,7 @@ def train_discriminator(
     light model, exactly the one served as ``light.recipe.variant``.
     """
     started = time.perf_counter()
-    with _single_thread():
+    with single_thread():
         oof_probs = np.zeros((len(split.y_train), 10), dtype=np.float32)
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=recipe.seed)
         for fit_rows, held_rows in splitter.split(split.x_train, split.y_train):
