@@ -45,6 +45,11 @@ MAX_TASKS = 8
 """Tasks of a multi-task stage."""
 TASK_NAME = r"^[a-z][a-z0-9_]{0,30}$"
 """A task's name: also the suffix of its outputs in a fused Triton model (``PROBS_<task>``)."""
+REQUEST_INPUT = "$request"
+STAGE_INPUT = r"^(\$request|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[A-Za-z_][A-Za-z0-9_]{0,63})?)$"
+"""One piece of a stage's input: the request's own input (``$request``), a parent stage's ``PROBS`` output
+(``<stage>``) or a named output of it (``<stage>.<OUTPUT>``)."""
+MAX_STAGE_INPUTS = 32
 MAX_OPTIONS_PER_STAGE = 2048
 """Options a stage may declare (`Stage.option_count`): its variants' profile points, batchSizes × cpus of
 a Sponge profile, and the cpus of a linear profile, summed."""

@@ -18,12 +18,13 @@ from paretoserve.planner.evaluate import (
     changed,
     cost_normalizer,
     finalize,
+    latency_tie_ms,
     load_time_of,
     max_load_time,
     stage_score,
     topological_order,
 )
-from paretoserve.planner.model import Aggregation, Plan, Problem, SolveStatus, StagePlan
+from paretoserve.planner.model import Aggregation, Goal, Plan, Problem, SolveStatus, StagePlan
 from paretoserve.planner.stageplans import enumerate_stage
 
 
@@ -86,6 +87,10 @@ def brute_force(problem: Problem) -> Plan:
     # ties within rounding, relative to the weights (the schema accepts 1e-7 as well as 1e6)
     tie = 1e-12 * (max(obj.accuracy, obj.cost, obj.batch, obj.reconfiguration) or 1.0)
 
+    floor = -math.inf if obj.min_accuracy is None else obj.min_accuracy - FEASIBILITY_TOL
+    by_latency = obj.goal is Goal.LATENCY
+    latency_tie = latency_tie_ms(problem.slo_ms)
+    best_latency = math.inf
     best_value = -math.inf
     best: list[_Candidate] | None = None
     finish = [0.0] * n_stages
@@ -93,13 +98,21 @@ def brute_force(problem: Problem) -> Plan:
 
     def walk(depth: int, cost: float, cpu: float, gpus: dict[str, float], acc: float, batch: float,
              reconfig: float) -> None:
-        nonlocal best_value, best
+        nonlocal best_value, best, best_latency
         if depth == n_stages:
             accuracy = acc if product else acc / n_stages
+            if accuracy < floor:
+                return
             value = obj.accuracy * accuracy - obj.cost * cost / norm - obj.batch * batch
             if max_lt > EPS:
                 value -= obj.reconfiguration * reconfig / max_lt
-            if value > best_value + tie:
+            if by_latency:
+                end = max(finish)
+                if end < best_latency - latency_tie:
+                    best_latency, best_value, best = end, value, list(chosen)
+                elif end <= best_latency + latency_tie and value > best_value + tie:
+                    best_value, best = value, list(chosen)
+            elif value > best_value + tie:
                 best_value, best = value, list(chosen)
             return
         start = max((finish[d] for d in deps[depth]), default=0.0)

@@ -120,6 +120,8 @@ def compile_problem(
         aggregation=m.Aggregation(obj.accuracy_aggregation.value),
         normalize_cost=obj.normalize_cost,
         prices=tuple(sorted(obj.prices.items())),
+        goal=m.Goal(obj.goal.value),
+        min_accuracy=obj.min_accuracy,
     )
     drain = None
     dynamic = spec.slo.dynamic

@@ -30,6 +30,11 @@ from paretoserve.planner.model import (
 
 EPS = 1e-9
 FEASIBILITY_TOL = 1e-6
+
+
+def latency_tie_ms(slo_ms: float) -> float:
+    """End-to-end latencies closer than this are equal under `Goal.LATENCY` (the solver's tolerance on T)."""
+    return FEASIBILITY_TOL + 1e-9 * slo_ms
 MAX_DRAIN_BATCHES = 1e12
 """Past this many batches in the drain budget the EDF bound cannot bind (and floor() would overflow)."""
 
@@ -295,6 +300,9 @@ def score(problem: Problem, stage_plans: Iterable[StagePlan]) -> Score:
         if gpus.get(name, 0.0) > limit + FEASIBILITY_TOL:
             violations.append(f"{name} {gpus[name]} exceeds the budget of {limit}")
     accuracy = aggregate(problem, plans)
+    floor = problem.objective.min_accuracy
+    if floor is not None and accuracy < floor - FEASIBILITY_TOL:
+        violations.append(f"accuracy {accuracy:.6f} is below the floor of {floor}")
     max_lt = max_load_time(problem)
     value = obj.accuracy * accuracy - obj.cost * cost / cost_normalizer(problem) - obj.batch * batch_sum
     if max_lt > EPS:

@@ -45,6 +45,7 @@ from paretoserve.planner.evaluate import (
 from paretoserve.planner.model import (
     Aggregation,
     Deadline,
+    Goal,
     Option,
     OutOfTime,
     Problem,
@@ -104,10 +105,13 @@ def _expr(terms: Terms, constant: float = 0.0) -> Any:
     return pulp.LpAffineExpression([(v, c) for v, c in summed.items() if c != 0.0], constant=constant)
 
 
-def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False,
-          deadline: Deadline | None = None) -> Model:
+def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = False, relax_accuracy: bool = False,
+          latency_cap_ms: float | None = None, deadline: Deadline | None = None) -> Model:
     """Encode the problem. The relaxations drop one constraint family to diagnose infeasibility.
 
+    Under `Goal.LATENCY` the program minimises the end-to-end latency T ≥ t_s + L_s (every stage), unless
+    `latency_cap_ms` is given: then T ≤ cap and the weighted objective is maximised (the second of the two
+    lexicographic solves, see `solve.py`).
     Raises `OutOfTime` (from `deadline.check`) when the time budget runs out while building.
     """
     deadline = deadline or Deadline.none()
@@ -144,13 +148,19 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
         stage_vars.append(sv)
 
     # Latency over the DAG with start times.
+    end_to_end: Any = None
     if not relax_slo:
         start = {s.name: lp.add_variable(f"t_{i}", lowBound=0) for i, s in enumerate(problem.stages)}
         latency = {sv.stage.name: sv.latency for sv in stage_vars}
+        minimise = obj.goal is Goal.LATENCY
+        if minimise:
+            end_to_end = lp.add_variable("end_to_end", lowBound=0, upBound=problem.slo_ms)
         for stage in topological_order(problem.stages):
             for dep in stage.depends_on:
                 lp += start[stage.name] >= start[dep] + latency[dep]
-            lp += start[stage.name] + latency[stage.name] <= problem.slo_ms
+            lp += start[stage.name] + latency[stage.name] <= (end_to_end if minimise else problem.slo_ms)
+        if minimise and latency_cap_ms is not None:
+            lp += end_to_end <= latency_cap_ms
 
     if not relax_budget:
         if problem.budget.cpu is not None:
@@ -159,7 +169,12 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
             lp += _expr(gpu_terms.get(name, [])) <= limit
 
     deadline.check("linking the stages' accuracies")
-    _add_accuracy(lp, problem, stage_vars, objective, product)
+    floor = None if relax_accuracy else obj.min_accuracy
+    if obj.accuracy > 0 or floor is not None:
+        accuracy = _accuracy_expression(lp, problem, stage_vars, product)
+        objective.extend((var, obj.accuracy * coef) for var, coef in accuracy.items())
+        if floor is not None:
+            lp += accuracy >= floor - FEASIBILITY_TOL
 
     max_lt = max_load_time(problem)
     if obj.reconfiguration > 0 and max_lt > EPS and reconfig_terms:
@@ -167,6 +182,9 @@ def build(problem: Problem, *, relax_budget: bool = False, relax_slo: bool = Fal
         for indicator, load_time in reconfig_terms:
             lp += worst >= load_time * indicator
         objective.append((worst, -obj.reconfiguration / max_lt))
+
+    if end_to_end is not None and latency_cap_ms is None:
+        objective = [(end_to_end, -1.0)]  # the first lexicographic solve: the shortest critical path only
 
     # Scaled so its largest coefficient is 1: HiGHS's tolerances (dual feasibility 1e-7, absolute gap) are
     # absolute, so at weights of 1e-7 an unscaled objective lets "optimal" fall short by as much as it
@@ -477,22 +495,18 @@ def _build_split_counts(lp: Any, problem: Problem, sv: StageVars, tag: str, obje
     lp += _expr([(load, 1.0) for *_, load in sv.split]) == stage.load_rps
 
 
-def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], objective: Terms,
-                  product: bool) -> None:
-    weight = problem.objective.accuracy
-    if weight <= 0:
-        return
+def _accuracy_expression(lp: Any, problem: Problem, stage_vars: list[StageVars], product: bool) -> Any:
+    """The plan's aggregated accuracy as an affine expression (what `evaluate.aggregate` computes)."""
     agg = problem.objective.aggregation
     if not product:
+        terms: Terms = []
         for sv in stage_vars:
             # a split's requests each get one variant: its score is the variants' scores weighted by load
             for acc, var, unit in sv.accuracy_selectors:
-                objective.append((var, weight * normalized(sv.stage, acc, agg) * unit / len(stage_vars)))
-        return
+                terms.append((var, normalized(sv.stage, acc, agg) * unit / len(stage_vars)))
+        return _expr(terms)
     if len(stage_vars) == 1:
-        for acc, var, unit in stage_vars[0].accuracy_selectors:
-            objective.append((var, weight * acc * unit))
-        return
+        return _expr([(var, acc * unit) for acc, var, unit in stage_vars[0].accuracy_selectors])
     # McCormick chain: P_s = P_{s-1} · A_s, with A_s a selection of one accuracy value. With
     # P_{s-1} in [low, high], w_i = P_{s-1}·y_i is exact at binary y for: w_i <= high·y_i,
     # w_i <= P_{s-1} − low·(1 − y_i), and Σ_i w_i = P_{s-1} (the y_i sum to one), which also keeps the
@@ -503,20 +517,20 @@ def _add_accuracy(lp: Any, problem: Problem, stage_vars: list[StageVars], object
     low = min(acc for acc, _, _ in first)
     high = max(acc for acc, _, _ in first)
     for i, sv in enumerate(stage_vars[1:], start=1):
-        terms: Terms = []
+        chained: Terms = []
         parts: Terms = []
         values = _per_value(sv.accuracy_selectors)
         for k, (acc, selector) in enumerate(values):
             w = lp.add_variable(f"w_{i}_{k}", lowBound=0, upBound=high)
             lp += w <= high * selector
             lp += w <= previous - low * (1 - selector)
-            terms.append((w, acc))
+            chained.append((w, acc))
             parts.append((w, 1.0))
         lp += _expr(parts) == previous
         low *= min(acc for acc, _ in values)
         high *= max(acc for acc, _ in values)
-        previous = _expr(terms)
-    objective.extend((var, weight * coef) for var, coef in previous.items())
+        previous = _expr(chained)
+    return previous
 
 
 def _per_value(selectors: list[tuple[float, Any, float]]) -> list[tuple[float, Any]]:

@@ -25,6 +25,16 @@ class Aggregation(StrEnum):
     """Mean of stage accuracy ranks rescaled to [0, 1] (IPA's code: three variants score 0, 0.5, 1)."""
 
 
+class Goal(StrEnum):
+    """What the plan optimises; every goal keeps the SLO, the budget and the accuracy floor as constraints."""
+
+    FRONTIER = "frontier"
+    """Maximise α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter)."""
+    LATENCY = "latency"
+    """Minimise the end-to-end latency (the DAG's critical path), then maximise the weighted objective among
+    the plans that reach it: the critical path gets the fast variants, the branches with slack the cheap ones."""
+
+
 class Baseline(StrEnum):
     """Published baselines expressed as constraints on the same program."""
 
@@ -115,6 +125,9 @@ class Objective:
     aggregation: Aggregation = Aggregation.PRODUCT
     normalize_cost: bool = False
     prices: tuple[tuple[str, float], ...] = (("cpu", 1.0),)
+    goal: Goal = Goal.FRONTIER
+    min_accuracy: float | None = None
+    """The least aggregated accuracy a plan may have (a constraint, under either goal)."""
 
     def price(self, resource: str) -> float:
         return dict(self.prices).get(resource, 0.0)
@@ -215,6 +228,8 @@ class Binding(StrEnum):
     SLO = "slo"
     BUDGET = "budget"
     CAPACITY = "capacity"
+    ACCURACY = "accuracy"
+    """No plan within the SLO and the budget reaches the objective's accuracy floor."""
     UNKNOWN = "unknown"
     """Infeasible, but the time limit ran out before the binding family was found."""
 

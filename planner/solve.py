@@ -20,11 +20,12 @@ from dataclasses import replace
 
 from paretoserve.planner import milp
 from paretoserve.planner.baselines import apply_baseline
-from paretoserve.planner.evaluate import EPS, finalize, fixed_pool_replicas, start_times
+from paretoserve.planner.evaluate import EPS, finalize, fixed_pool_replicas, latency_tie_ms, start_times
 from paretoserve.planner.evaluate import effective_capacity as capacity_of
 from paretoserve.planner.model import (
     Binding,
     Deadline,
+    Goal,
     InfeasibleReason,
     Option,
     OutOfTime,
@@ -100,7 +101,10 @@ def _solve(problem: Problem, limits: SolveLimits, deadline: Deadline) -> Plan:
         except (StopIteration, ValueError) as exc:
             return Plan(status=SolveStatus.ERROR, solver=outcome.solver,
                         message=f"could not decode the solver's solution: {exc!r}")
-        return finalize(problem, stage_plans, solver=outcome.solver, status=outcome.status)
+        plan = finalize(problem, stage_plans, solver=outcome.solver, status=outcome.status)
+        if problem.objective.goal is Goal.LATENCY:
+            return _at_shortest_latency(problem, plan, limits, deadline)
+        return plan
     if outcome.status is SolveStatus.INFEASIBLE:
         reason = diagnose(problem, limits, deadline)
         return Plan(status=SolveStatus.INFEASIBLE, solver=outcome.solver, reason=reason,
@@ -108,6 +112,30 @@ def _solve(problem: Problem, limits: SolveLimits, deadline: Deadline) -> Plan:
     if outcome.status is SolveStatus.TIME_LIMIT_NO_SOLUTION:
         return _out_of_time(problem, limits, outcome.message or "solving", outcome.solver)
     return Plan(status=SolveStatus.ERROR, solver=outcome.solver, message=outcome.message or "solver error")
+
+
+def _at_shortest_latency(problem: Problem, fastest: Plan, limits: SolveLimits, deadline: Deadline) -> Plan:
+    """The second lexicographic solve of `Goal.LATENCY`: the best weighted objective among the plans whose
+    end-to-end latency is the first solve's (within `latency_tie_ms`). Without an answer in time, the first
+    solve's plan stands, reported as not proven optimal."""
+    assert fastest.latency_ms is not None
+    cap = fastest.latency_ms + latency_tie_ms(problem.slo_ms)
+    unproven = replace(fastest, status=SolveStatus.FEASIBLE_AT_TIME_LIMIT,
+                       message="the shortest latency was found; the time limit ran out choosing among its plans")
+    try:
+        model = milp.build(problem, latency_cap_ms=cap, deadline=deadline)
+        outcome = milp.run_solver(model, _solver_limits(limits, deadline), deadline)
+    except OutOfTime:
+        return unproven
+    if not outcome.status.has_plan:
+        return unproven
+    try:
+        stage_plans = milp.extract(problem, model)
+    except (StopIteration, ValueError):
+        return unproven
+    proven = fastest.status is SolveStatus.OPTIMAL and outcome.status is SolveStatus.OPTIMAL
+    both = SolveStatus.OPTIMAL if proven else SolveStatus.FEASIBLE_AT_TIME_LIMIT
+    return finalize(problem, stage_plans, solver=outcome.solver, status=both)
 
 
 def _stage_latency_floor(problem: Problem, stage: Stage) -> float:
@@ -182,6 +210,14 @@ UNDIAGNOSED = "infeasible; the time limit ran out before the binding constraint 
 def diagnose(problem: Problem, limits: SolveLimits, deadline: Deadline | None = None) -> InfeasibleReason:
     """Name the binding constraint family by re-solving with one family relaxed (within the deadline)."""
     deadline = deadline or Deadline.none()
+    floor = problem.objective.min_accuracy
+    if floor is not None:
+        relaxed = _feasible(problem, limits, deadline, relax_accuracy=True)
+        if relaxed is None:
+            return InfeasibleReason(Binding.UNKNOWN, UNDIAGNOSED)
+        if relaxed:
+            return InfeasibleReason(Binding.ACCURACY, f"no plan within the SLO and the budget reaches the "
+                                                      f"accuracy floor of {floor:g}")
     budget = _feasible(problem, limits, deadline, relax_budget=True)
     if budget:
         return InfeasibleReason(Binding.BUDGET, "the plan needs more resources than the budget allows")

@@ -118,8 +118,15 @@ class AccuracyAggregation(StrEnum):
     RANK_SUM = "rankSum"
 
 
+class Goal(StrEnum):
+    FRONTIER = "frontier"
+    LATENCY = "latency"
+
+
 class Objective(StrictModel):
-    """Weights of α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter)."""
+    """Weights of α·accuracy − β·cost − γ·batch − δ·reconfiguration (IPA, InfAdapter), or (goal ``latency``) the
+    shortest end-to-end latency first and those weights among the plans that reach it; ``minAccuracy`` is a
+    floor on the aggregated accuracy under either goal."""
 
     accuracy: Weight = 1.0
     cost: Weight = 0.01
@@ -128,6 +135,9 @@ class Objective(StrictModel):
     accuracy_aggregation: Annotated[AccuracyAggregation, Field(strict=False)] = AccuracyAggregation.PRODUCT
     normalize_cost: bool = False
     """Divide cost by the budget's total price (InfAdapter's Σn/C_max)."""
+    goal: Annotated[Goal, Field(strict=False)] = Goal.FRONTIER
+    min_accuracy: Weight | None = None
+    """The least aggregated accuracy (under ``accuracyAggregation``) a plan may have."""
     prices: dict[str, Weight] = Field(default_factory=lambda: {"cpu": 1.0}, max_length=lim.MAX_MAP_KEYS)
     """Price per unit and replica of `cpu` (cores), `memory` (GiB) and GPU resources; absent ones cost 0."""
 
@@ -351,6 +361,10 @@ class StageTask(StrictModel):
 class Stage(StrictModel):
     name: Name
     depends_on: list[Name] = Field(default_factory=list, max_length=32)
+    inputs: list[Annotated[str, Field(pattern=lim.STAGE_INPUT, max_length=128)]] = Field(
+        default_factory=lambda: [lim.REQUEST_INPUT], min_length=1, max_length=lim.MAX_STAGE_INPUTS)
+    """What the stage's model reads, concatenated per row in this order: ``$request`` (the request's input),
+    ``<stage>`` (that parent's ``PROBS``) or ``<stage>.<OUTPUT>``; every stage named is in ``dependsOn``."""
     variants: list[Variant] = Field(min_length=1, max_length=16)
     batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [1], min_length=1,
                                                                     max_length=32)
@@ -400,6 +414,10 @@ class Stage(StrictModel):
         self._tasks_consistent()
         if self.name in self.depends_on:
             raise _at(f"dependsOn[{self.depends_on.index(self.name)}]", "a stage cannot depend on itself")
+        for i, piece in enumerate(self.inputs):
+            parent = piece.split(".", 1)[0]
+            if piece != lim.REQUEST_INPUT and parent not in self.depends_on:
+                raise _at(f"inputs[{i}]", f"reads stage {parent!r}, which is not in dependsOn")
         if self.option_count > lim.MAX_OPTIONS_PER_STAGE:
             raise _at("variants", f"the stage declares {self.option_count} options (profile points, batchSizes x "
                                   f"sponge.cpus, linearCapacity.cpus over its variants); at most "

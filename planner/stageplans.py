@@ -263,7 +263,8 @@ class PoolFacts:
              *(dict(o.gpus).get(name, 0.0) for name in gpus)]
             for o in options
         ]
-        fixed = [[-o.accuracy if obj.accuracy > 0 else 0.0, float(o.batch) if obj.batch > 0 else 0.0]
+        weighs_accuracy = obj.accuracy > 0 or obj.min_accuracy is not None
+        fixed = [[-o.accuracy if weighs_accuracy else 0.0, float(o.batch) if obj.batch > 0 else 0.0]
                  for o in options]
         loading = obj.reconfiguration > 0 and max_load_time(problem) > EPS
         return PoolFacts(
@@ -282,7 +283,7 @@ def pareto_pool(problem: Problem, stage: Stage, options: list[Option], load_rps:
     """Options of a fixed-load pool (default load: the stage's) with their replicas, minus dominated ones.
 
     An option is dropped when another is no worse on every criterion the program can see: accuracy (when
-    the objective weighs it), latency with the batch-formation wait, price (when cost is weighed), cores
+    the objective weighs it or floors it), latency with the batch-formation wait, price (when cost is weighed), cores
     (under a CPU budget), each budgeted GPU resource, the batch term and the loading-cost penalty (when
     weighed): it can never be strictly better, whatever the other stages do. Ties keep the earlier option.
     This keeps only the stage's Pareto front and is what makes IPA-size products fast.

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from paretoserve.shell.commands import bench, experiment, fuse, models, plan, router, runtime
+from paretoserve.shell.commands import agents, bench, experiment, fuse, models, plan, router, runtime
 from paretoserve.shell.errors import EXIT_USAGE, CliError
 
-COMMANDS = (plan, bench, experiment, runtime, router, models, fuse)
+COMMANDS = (plan, bench, experiment, runtime, router, models, fuse, agents)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -135,6 +135,8 @@ def router_stages(spec: ServingPipelineSpec, plan: Plan | None) -> list[dict[str
         entries.append({
             "name": stage.name,
             "dependsOn": list(stage.depends_on),
+            "inputs": list(stage.inputs),
+            "latencyMs": round(sp.latency_ms, 3) if sp is not None else None,
             "variants": weights,
             "cascade": cascade_entry(stage, sp.threshold if sp is not None else None),
         })
@@ -144,12 +146,13 @@ def router_stages(spec: ServingPipelineSpec, plan: Plan | None) -> list[dict[str
 def router_update(spec: ServingPipelineSpec, plan: Plan | None) -> dict[str, Any]:
     """The live ``POST /admin/config`` body for ``plan``: only what the router changes live.
 
-    Non-cascade stages get their weight map, cascade stages their threshold (and pre-route threshold);
+    Every stage gets its planned latency (the router's slack order), non-cascade stages their weight map,
+    cascade stages their threshold (and pre-route threshold);
     topology, models and timeouts need a router restart and never change during a run.
     """
     stages = []
     for entry in router_stages(spec, plan):
-        update: dict[str, Any] = {"name": entry["name"]}
+        update: dict[str, Any] = {"name": entry["name"], "latencyMs": entry["latencyMs"]}
         if entry["cascade"] is None:
             update["variants"] = entry["variants"]
         else:

@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, str] = {
     "router": "paretoserve.research.benchmarks.router:bench_router",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
     "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
+    "agents": "paretoserve.research.benchmarks.agents:bench_agents",
 }
 
 

@@ -67,7 +67,7 @@ LIGHT_MODEL = "tiny_linear"
 DEADLINE_HEADER = "x-paretoserve-deadline-ms"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -111,7 +111,7 @@ def _tune(pid: int, cpus: set[int] | None, nice: int | None) -> None:
 
 
 @contextmanager
-def _process(command: Sequence[str], cpus: set[int] | None, nice: int | None, log: Path) -> Iterator[int]:
+def run_process(command: Sequence[str], cpus: set[int] | None, nice: int | None, log: Path) -> Iterator[int]:
     """Run ``command`` in its own session, pinned and reniced; SIGINT then SIGKILL on exit."""
     with log.open("wb") as out:
         process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -128,7 +128,7 @@ def _process(command: Sequence[str], cpus: set[int] | None, nice: int | None, lo
                 process.wait(timeout=10)
 
 
-def _wait_ready(url: str, pid: int, log: Path, timeout_s: float = 60.0) -> None:
+def wait_ready(url: str, pid: int, log: Path, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
@@ -195,13 +195,13 @@ def _percentiles(path: Path) -> tuple[float, float, int]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99)), len(values)
 
 
-def _router_command(config: dict[str, Any], directory: Path, port: int) -> list[str]:
+def router_command(config: dict[str, Any], directory: Path, port: int) -> list[str]:
     """The sidecar's command line as on a pod: the data listener on ``port``, the admin one on a free port
     (its API stays off: no token file; nothing here needs it)."""
     path = directory / f"router-{port}.json"
     path.write_text(json.dumps(config))
     return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port),
-            "--admin-port", str(_free_port())]
+            "--admin-port", str(free_port())]
 
 
 def bench_router(quick: bool = False) -> dict[str, Any]:
@@ -226,13 +226,13 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
             # Triton is neither pinned nor reniced: it needs more than what the load generator leaves on
             # one core, and at the router's priority its threads would delay the router's wake-ups.
             direct_url = f"http://{triton.http_url}/v2/models/{LIGHT_MODEL}/infer"
-            port = _free_port()
+            port = free_port()
             config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
                       "upstreams": {LIGHT_MODEL: [f"http://{triton.http_url}"]}}
             log = work / "router.log"
-            with _process(_router_command(config, work, port), router_cpus, nice, log) as router_pid:
+            with run_process(router_command(config, work, port), router_cpus, nice, log) as router_pid:
                 base = f"http://127.0.0.1:{port}"
-                _wait_ready(f"{base}/v2/health/ready", router_pid, log)
+                wait_ready(f"{base}/v2/health/ready", router_pid, log)
                 router_url = f"{base}/v2/pipelines/bench/infer"
                 common = ["--bodies", str(bodies), "--rate", str(RATE_RPS), "--header", f"{DEADLINE_HEADER}:1000"]
                 _loadgen(["open", "--url", direct_url, "--url", router_url, "--duration", "4", *common],
@@ -317,15 +317,15 @@ def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus:
         {"name": "LABEL", "datatype": "INT64", "shape": [1, 1], "data": [0]}]}
     canned = work / "stub-response.json"
     canned.write_text(json.dumps(response))
-    stub_port, port = _free_port(), _free_port()
+    stub_port, port = free_port(), free_port()
     stub = [sys.executable, "-I", "-m", "paretoserve.research.benchmarks.router_loadgen", "stub",
             "--port", str(stub_port), "--response", str(canned)]
     config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
               "upstreams": {LIGHT_MODEL: [f"http://127.0.0.1:{stub_port}"]}}
     log = work / "router-ceiling.log"
-    with _process(stub, other_cpus, nice, work / "stub.log"), \
-            _process(_router_command(config, work, port), router_cpus, nice, log) as router_pid:
-        _wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
+    with run_process(stub, other_cpus, nice, work / "stub.log"), \
+            run_process(router_command(config, work, port), router_cpus, nice, log) as router_pid:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
         url = f"http://127.0.0.1:{port}/v2/pipelines/bench/infer"
         args = ["closed", "--url", url, "--bodies", str(bodies), "--concurrency", "16"]
         _loadgen([*args, "--duration", "2"], other_cpus, nice)

@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "sponge": "paretoserve.research.experiments.sponge",
     "diffserve": "paretoserve.research.experiments.diffserve",
     "hadis": "paretoserve.research.experiments.hadis",
+    "agents": "paretoserve.research.experiments.agents",
     "predictors": "paretoserve.research.experiments.predictors",
 }
 

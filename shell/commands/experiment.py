@@ -9,7 +9,7 @@ from typing import Any
 
 from paretoserve.shell.errors import CliError
 
-NAMES = ("ipa-video", "infadapter", "sponge", "diffserve", "hadis", "predictors")
+NAMES = ("ipa-video", "infadapter", "sponge", "diffserve", "hadis", "agents", "predictors")
 """The experiments of `paretoserve.research.experiments.EXPERIMENTS` (a unit test keeps the two equal)."""
 
 

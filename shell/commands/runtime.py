@@ -80,7 +80,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="paretoserve-profile-"))
     command = "paretoserve profile " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["profile"] else "paretoserve profile"
     try:
-        result = profile_pipeline(pipeline, grid, work_dir, progress=_log)
+        result = profile_pipeline(pipeline, grid, work_dir, progress=_log,
+                                  model_repository=Path(args.model_repository) if args.model_repository else None)
     except SpecError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     except CpuQuotaUnavailable as exc:
@@ -259,6 +260,8 @@ def register(sub: Any) -> None:
                          help="CFS period of those quotas: 100 as the kubelet sets for pods, 10 as 'up' enforces")
     profile.add_argument("--quick", action="store_true", help="fewer samples (noisier tails)")
     profile.add_argument("--work-dir", help="model repository and Triton log (default: a temp dir)")
+    profile.add_argument("--model-repository", help="models the pipeline names that are not digits variants, e.g. "
+                                                    "the repository/ written by `paretoserve agents build`")
     profile.set_defaults(func=cmd_profile)
 
     up = sub.add_parser("up", help="serve a pipeline locally: Triton + router + control loop")

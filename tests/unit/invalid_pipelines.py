@@ -138,6 +138,7 @@ TASK_ACCURACY_WITH_TASKS = "in a stage with tasks every variant gives taskAccura
 TASK_NAMES_UNIQUE = "task names (tasks[].name) must be unique within a stage"
 TASK_WEIGHT_POSITIVE = "at least one task needs a weight > 0"
 TASKS_NOT_CASCADE = "a multi-task stage (tasks) cannot be a cascade"
+INPUTS_FROM_PARENTS = "every stage an input reads (inputs[]) must be in dependsOn"
 # digits-fused.yaml: one multi-task stage (digit, parity, at_least_5, loops); variants[0] runs the separate
 # task models, the others are fused variants.
 FUSED = "spec.stages[0]"
@@ -217,6 +218,18 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
     InvalidPipeline("bad-depends-on-name", set_("spec.stages[1].dependsOn", ["Router"]),
                     "spec.stages[1].dependsOn[0]"),
     InvalidPipeline("bad-metadata-name", set_("metadata.name", "Agent_Workflow"), "metadata.name"),
+    InvalidPipeline("input-from-a-non-parent", set_("spec.stages[1].inputs", ["$request", "reranker"]),
+                    "spec.stages[1]", "cel", "spec.stages[1].inputs", INPUTS_FROM_PARENTS),
+    InvalidPipeline("input-output-of-a-non-parent", set_("spec.stages[4].inputs", ["router.PROBS"]),
+                    "spec.stages[4]", "cel", "spec.stages[4].inputs", INPUTS_FROM_PARENTS),
+    InvalidPipeline("source-reads-a-stage", set_("spec.stages[0].inputs", ["critic"]),
+                    "spec.stages[0]", "cel", "spec.stages[0].inputs", INPUTS_FROM_PARENTS),
+    InvalidPipeline("bad-input-reference", set_("spec.stages[1].inputs", ["router..PROBS"]),
+                    "spec.stages[1].inputs[0]"),
+    InvalidPipeline("input-not-request", set_("spec.stages[1].inputs", ["$input"]), "spec.stages[1].inputs[0]"),
+    InvalidPipeline("no-inputs", set_("spec.stages[1].inputs", []), "spec.stages[1].inputs"),
+    InvalidPipeline("unknown-goal", set_("spec.objective.goal", "throughput"), "spec.objective.goal"),
+    InvalidPipeline("negative-min-accuracy", set_("spec.objective.minAccuracy", -0.1), "spec.objective.minAccuracy"),
     InvalidPipeline("accuracy-not-a-number", set_("spec.stages[0].variants[0].accuracy", "high"),
                     "spec.stages[0].variants[0].accuracy"),
     InvalidPipeline("batch-size-zero", set_("spec.stages[0].batchSizes", [0, 4]), "spec.stages[0].batchSizes[0]"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import strategies as st
 
 from paretoserve.planner.model import (
@@ -10,6 +12,7 @@ from paretoserve.planner.model import (
     Cascade,
     CascadeRow,
     CurrentAllocation,
+    Goal,
     Objective,
     Option,
     Problem,
@@ -151,4 +154,30 @@ def split_problem(draw: st.DrawFn) -> Problem:
     return Problem(
         name="split", stages=(stage,), slo_ms=float(draw(st.integers(20, 500))),
         objective=draw(objective()), budget=draw(budget()), current=current,
+    )
+
+
+@st.composite
+def workflow_problem(draw: st.DrawFn) -> Problem:
+    """Agent workflows: a DAG of 3-6 stages with fan-out and fan-in, two or three variants each, the latency
+    goal (or the frontier goal) and, often, a floor on the aggregated accuracy."""
+    n_stages = draw(st.integers(3, 6))
+    load = float(draw(st.integers(0, 40)))
+    stages = []
+    for i in range(n_stages):
+        accs = draw(accuracies(draw(st.integers(2, 3))))
+        opts: list[Option] = []
+        for v, acc in enumerate(accs):
+            opts += draw(options(f"v{i}{v}", acc, max_batches=2))
+        parents = [f"s{j}" for j in range(i)]
+        deps = tuple(sorted(draw(st.sets(st.sampled_from(parents), min_size=1, max_size=3)))) if i else ()
+        stages.append(Stage(name=f"s{i}", options=tuple(opts), load_rps=load * draw(st.sampled_from([1.0, 2.5])),
+                            depends_on=deps, max_replicas=draw(st.integers(1, 8)),
+                            max_queue_delay_ms=float(draw(st.sampled_from([0, 5])))))
+    base = draw(objective())
+    floor = draw(st.sampled_from([None, None, 0.4, 0.6, 0.75, 0.9]))
+    goal = draw(st.sampled_from([Goal.LATENCY, Goal.LATENCY, Goal.FRONTIER]))
+    return Problem(
+        name="workflow", stages=tuple(stages), slo_ms=float(draw(st.integers(100, 1200))),
+        objective=replace(base, goal=goal, min_accuracy=floor), budget=draw(budget()),
     )

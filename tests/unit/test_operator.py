@@ -371,7 +371,7 @@ def test_router_pusher_posts_live_settings_to_running_pods() -> None:
     assert {port for port, _ in tokens} == {8081}
     assert {token for _, token in tokens} == {f"Bearer {admin_token(b'k', OWNER)}"}
     config = next(body for host, path, body in seen if path == "/admin/config")
-    assert config["stages"][0] == {"name": "detector", "variants": {"small": 0.0, "large": 1.0}}
+    assert config["stages"][0] == {"name": "detector", "latencyMs": 50.0, "variants": {"small": 0.0, "large": 1.0}}
     worker = next(body for host, path, body in seen if path == "/admin/worker")
     assert worker == {"models": {"large": {"instanceCount": 1, "preferredBatchSize": 1,
                                            "maxQueueDelayMicroseconds": 0}}}  # batch 1: no batching wait

@@ -22,6 +22,7 @@ from paretoserve.planner.model import (
     Budget,
     Cascade,
     CascadeRow,
+    Goal,
     Objective,
     Option,
     Problem,
@@ -316,3 +317,42 @@ def test_scale_only_and_switch_only_pins() -> None:
 def test_rank_scores_interpolate_between_levels(accuracy: float, score: float) -> None:
     assert rank_score([0.70, 0.89, 0.90], accuracy) == pytest.approx(score)
     assert rank_score([0.8], accuracy) == 1.0  # one level: every variant is the best
+
+
+def _diamond(goal: Goal, floor: float | None = None) -> Problem:
+    """a -> {b, c} -> d at 10 rps; b and c each have a fast 4-core and a slow 1-core variant."""
+    def stage(name: str, fast: float, slow: float, deps: tuple[str, ...] = (), acc: tuple[float, float] = (0.9, 0.9)
+              ) -> Stage:
+        return Stage(name, (option(f"{name}-fast", acc[0], 1, fast, cpu=4.0), option(f"{name}-slow", acc[1], 1, slow)),
+                     10.0, depends_on=deps, max_queue_delay_ms=0.0)
+    return Problem("diamond", (stage("a", 5, 5), stage("b", 10, 15, ("a",)), stage("c", 20, 50, ("a",)),
+                               stage("d", 5, 5, ("b", "c"), acc=(0.95, 0.6))),
+                   slo_ms=200.0, objective=Objective(accuracy=1.0, cost=0.01, aggregation=Aggregation.SUM,
+                                                     goal=goal, min_accuracy=floor))
+
+
+def test_latency_goal_speeds_up_the_critical_path_and_keeps_the_slack_branch_cheap() -> None:
+    # The critical path is a -> c -> d. Frontier: every stage takes its 1-core variant except d (its fast
+    # variant is more accurate: +0.35/4 accuracy beats 0.03 of cost): 5 + 50 + 5 = 60 ms.
+    frontier = solve(_diamond(Goal.FRONTIER))
+    assert frontier.status is SolveStatus.OPTIMAL and frontier.latency_ms == pytest.approx(60.0)
+    assert [frontier.stage(n).allocations[0].variant for n in "abcd"] == ["a-slow", "b-slow", "c-slow", "d-fast"]
+    # Latency: c's fast variant shortens the critical path to 5 + 20 + 5 = 30 ms; b's branch (15 ms) still has
+    # 5 ms of slack, so b keeps its cheap variant, as do a and d where both variants are equally fast.
+    fastest = solve(_diamond(Goal.LATENCY))
+    assert fastest.status is SolveStatus.OPTIMAL and fastest.latency_ms == pytest.approx(30.0)
+    assert [fastest.stage(n).allocations[0].variant for n in "abcd"] == ["a-slow", "b-slow", "c-fast", "d-fast"]
+    assert fastest.objective == pytest.approx(brute_force(_diamond(Goal.LATENCY)).objective)
+
+
+def test_accuracy_floor_binds_and_an_unreachable_floor_is_diagnosed() -> None:
+    # With d's accuracy weighted at nothing but a floor of 0.9 (mean of 0.9, 0.9, 0.9 and d's), d must run
+    # its 0.95 variant: 0.9125 >= 0.9, while 0.6 gives 0.825.
+    problem = _diamond(Goal.LATENCY, floor=0.9)
+    problem = dataclasses.replace(problem, objective=dataclasses.replace(problem.objective, accuracy=0.0))
+    plan = solve(problem)
+    assert plan.status is SolveStatus.OPTIMAL and plan.stage("d").allocations[0].variant == "d-fast"
+    assert plan.accuracy == pytest.approx(0.9125)
+    unreachable = solve(_diamond(Goal.FRONTIER, floor=0.95))
+    assert unreachable.status is SolveStatus.INFEASIBLE and unreachable.reason is not None
+    assert unreachable.reason.binding is Binding.ACCURACY

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 
 from paretoserve.planner import milp
 from paretoserve.planner.bruteforce import brute_force
-from paretoserve.planner.evaluate import check_plan
-from paretoserve.planner.model import Problem, SolveStatus
+from paretoserve.planner.evaluate import check_plan, latency_tie_ms
+from paretoserve.planner.model import Goal, Problem, SolveStatus
 from paretoserve.planner.solve import solve
 
-from .planner_strategies import cascade_problem, dag_problem, split_problem
+from .planner_strategies import cascade_problem, dag_problem, split_problem, workflow_problem
 
 ORACLE = settings(max_examples=300, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -29,6 +29,8 @@ def assert_matches_oracle(problem: Problem) -> None:
         assert plan.reason is not None
         return
     assert plan.status is SolveStatus.OPTIMAL, (plan.status, plan.message, problem)
+    if problem.objective.goal is Goal.LATENCY:  # the shortest critical path first, then the weighted objective
+        assert plan.latency_ms == pytest.approx(oracle.latency_ms, rel=0, abs=latency_tie_ms(problem.slo_ms))
     # optimal means optimal at every weight scale: within 1e-7 of the largest weight
     weights = problem.objective
     tolerance = 1e-7 * max(weights.accuracy, weights.cost, weights.batch, weights.reconfiguration, 1e-12)
@@ -62,3 +64,13 @@ def test_traffic_splits_too_large_for_pools_match_brute_force(problem: Problem) 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(milp, "POOL_LIMIT", 0)
         assert_matches_oracle(problem)
+
+
+@settings(ORACLE, max_examples=200)
+@given(workflow_problem())
+def test_workflow_latency_goal_and_accuracy_floor_match_brute_force(problem: Problem) -> None:
+    assert_matches_oracle(problem)
+    plan = solve(problem)
+    floor = problem.objective.min_accuracy
+    if plan.status.has_plan and floor is not None:
+        assert plan.accuracy is not None and plan.accuracy >= floor - 1e-6

@@ -136,8 +136,8 @@ def test_traffic_split_weights_follow_the_planned_loads() -> None:
     ))
     update = router_update(pipeline(cascade=False).spec, plan)
     assert update == {"stages": [
-        {"name": "classify", "variants": {"tiny_linear": 0.75, "cnn_large": 0.25}},
-        {"name": "check", "variants": {"mlp_small": 1.0}},
+        {"name": "classify", "latencyMs": 2.0, "variants": {"tiny_linear": 0.75, "cnn_large": 0.25}},
+        {"name": "check", "latencyMs": 2.0, "variants": {"mlp_small": 1.0}},
     ]}
 
 
@@ -145,8 +145,10 @@ def test_live_update_changes_only_live_fields_and_the_router_accepts_it() -> Non
     upstreams = {m: ["http://127.0.0.1:8000"] for m in ("tiny_linear", "cnn_large", "mlp_small")}
     config = parse_config(router_config("p", pipeline().spec, upstreams, None))
     update = router_update(pipeline().spec, cascade_plan(threshold=0.5))
-    assert update["stages"][0] == {"name": "classify", "cascade": {"threshold": 0.5, "preRouteThreshold": None}}
+    assert update["stages"][0] == {"name": "classify", "latencyMs": 4.0,
+                                   "cascade": {"threshold": 0.5, "preRouteThreshold": None}}
     updated = apply_update(config, update)
+    assert updated.stage("classify").latency_ms == 4.0 and updated.ahead_ms["classify"] == 4.0 + 2.0
     assert updated.stage("classify").cascade is not None
     assert updated.stage("classify").cascade.threshold == 0.5  # type: ignore[union-attr]
 

@@ -15,6 +15,7 @@ from paretoserve.workers.runtime.loadgen import (
     ProgressBar,
     RequestRecord,
     infer_body,
+    node_spans,
     predicted_label,
     replay,
 )
@@ -202,3 +203,12 @@ def test_the_summary_says_what_each_applied_plan_changed_when_and_why() -> None:
     assert "Triton held to them by a CPU quota" in text
     assert ("    12.0s  cores 0.4 -> 0.7, cnn_large instances 1 -> 2, cnn_large batch 1 -> 4  "
             "(saw 150 rps, planned for 180 rps: scale up or reconfigure)") in text
+
+
+def test_node_spans_read_the_routers_per_stage_timing_and_refuse_malformed_ones() -> None:
+    payload = {"parameters": {"nodes": '{"triage": [0.0, 1.5], "judge": [3.25, 4.0]}'}}
+    assert node_spans(payload) == {"triage": (0.0, 1.5), "judge": (3.25, 4.0)}
+    assert node_spans({"parameters": {}}) is None
+    assert node_spans({"parameters": {"nodes": "not json"}}) is None
+    assert node_spans({"parameters": {"nodes": '{"a": [1]}'}}) is None
+    assert node_spans([]) is None

@@ -8,6 +8,8 @@ Format (camelCase keys; optional keys show their defaults)::
 
     {"pipeline": "digits",
      "stages": [{"name": "classify", "dependsOn": [],
+                 "inputs": ["$request"],                      # or a parent "<stage>" / "<stage>.<OUTPUT>"
+                 "latencyMs": null,                           # the plan's latency of the stage
                  "variants": {"tiny_linear": 1.0},            # weighted split when several
                  "cascade": {"light": "tiny_linear", "heavy": "cnn_large",
                              "router": "confidence",          # |discriminator|prompt|hybrid
@@ -15,7 +17,7 @@ Format (camelCase keys; optional keys show their defaults)::
      "upstreams": {"tiny_linear": ["http://127.0.0.1:8000"], ...},
      "deadlineHeader": "x-paretoserve-deadline-ms",
      "sloMs": null,                                           # caps the deadline header when set
-     "queue": {"maxSize": 1024, "concurrency": 64},
+     "queue": {"maxSize": 1024, "concurrency": 64, "order": "slack"},  # |deadline|fifo
      "fallback": {"heavyToLight": true, "lightToHeavy": true, "otherVariants": true},
      "timeouts": {"connectMs": 1000, "readMs": 30000, "writeMs": 5000, "poolMs": 5000,
                   "defaultDeadlineMs": null},
@@ -27,8 +29,13 @@ A stage has ``variants`` or a ``cascade`` (then ``variants`` may only list the c
 it too) and ``deadlineHeader`` its ``DEADLINE_HEADER_NAME``: one pattern from the CRD to the router, so a
 model name is always safe in a URL path. Upstreams are ``http(s)://host[:port][/path]`` base URLs without
 credentials, query or fragment.
-Live updates (:func:`apply_update`) may change variant weights, cascade thresholds, upstreams and
-fallback flags; anything else needs a restart and is refused naming the field. The sidecar lets a live
+A stage's ``inputs`` say what its model reads, concatenated per row (see :mod:`.dataflow`); each stage
+named must be in ``dependsOn``. ``queue.order`` orders the upstream calls waiting for a slot: ``slack``
+(default) by the request's deadline minus the planned latency still ahead of the call (the stage's own
+``latencyMs`` and its longest path to a sink: least slack first), ``deadline`` by the request's deadline
+alone, ``fifo`` by arrival.
+Live updates (:func:`apply_update`) may change variant weights, stage latencies, cascade thresholds,
+upstreams and fallback flags; anything else needs a restart and is refused naming the field. The sidecar lets a live
 update point a model only at origins its config file already names (:func:`origins`): the topology comes
 from the file, so a stolen admin token cannot redirect traffic to a new host.
 """
@@ -53,7 +60,11 @@ _HEADER = re.compile(DEADLINE_HEADER_NAME)
 _CASCADE_KEYS = ("light", "heavy", "router", "threshold", "discriminator", "preRouteThreshold")
 _TOP_KEYS = ("pipeline", "stages", "upstreams", "deadlineHeader", "sloMs", "queue", "fallback", "timeouts",
              "limits", "transport")
-_LIVE_STAGE_KEYS = ("name", "variants", "cascade")
+_LIVE_STAGE_KEYS = ("name", "variants", "latencyMs", "cascade")
+REQUEST_INPUT = "$request"
+PRIMARY_OUTPUT = "PROBS"
+QUEUE_ORDERS = ("slack", "deadline", "fifo")
+_OUTPUT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _LIVE_CASCADE_KEYS = ("threshold", "preRouteThreshold")
 _LIVE_TOP_KEYS = ("stages", "upstreams", "fallback")
 
@@ -79,12 +90,34 @@ class CascadeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StageInput:
+    """One piece of a stage's input: the request's input (``stage`` None) or a parent's output tensor."""
+
+    stage: str | None = None
+    output: str = PRIMARY_OUTPUT
+
+    @property
+    def text(self) -> str:
+        if self.stage is None:
+            return REQUEST_INPUT
+        return self.stage if self.output == PRIMARY_OUTPUT else f"{self.stage}.{self.output}"
+
+
+@dataclass(frozen=True, slots=True)
 class StageConfig:
     name: str
     depends_on: tuple[str, ...] = ()
     variants: tuple[tuple[str, float], ...] = ()
     """``(model, weight)`` pairs in declaration order; the weighted split of a non-cascade stage."""
     cascade: CascadeConfig | None = None
+    inputs: tuple[StageInput, ...] = (StageInput(),)
+    latency_ms: float | None = None
+    """The plan's latency of this stage (queueing included); None before a plan (then 0 in slack orders)."""
+
+    @property
+    def reads_request_only(self) -> bool:
+        """Whether the stage's model reads exactly the request (the request's body goes upstream as it is)."""
+        return self.inputs == (StageInput(),)
 
     def models(self) -> tuple[str, ...]:
         """Every model the stage may call."""
@@ -100,7 +133,9 @@ class QueueConfig:
     max_size: int = 1024
     """Requests that may wait in the EDF queue; one more is answered 429 at once."""
     concurrency: int = 64
-    """Upstream calls in flight at once; the rest wait in EDF order."""
+    """Upstream calls in flight at once; the rest wait in ``order``."""
+    order: str = "slack"
+    """``slack``, ``deadline`` or ``fifo`` (see the module notes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +180,9 @@ class RouterConfig:
     """Stage names in dependency order (computed by :func:`parse_config`)."""
     by_name: Mapping[str, StageConfig] = field(default_factory=dict, repr=False, compare=False)
     """The stages by name (filled by :func:`parse_config`)."""
+    ahead_ms: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
+    """Per stage, the planned latency from its start to the end of the pipeline: its own ``latencyMs`` plus
+    its longest path to a sink (filled by :func:`parse_config`)."""
 
     def stage(self, name: str) -> StageConfig:
         return self.by_name.get(name) or next(stage for stage in self.stages if stage.name == name)
@@ -238,9 +276,36 @@ def _cascade(fields: _Fields) -> CascadeConfig:
     return CascadeConfig(light, heavy, router, fields.number("threshold", high=1.0), discriminator, pre)
 
 
+def _inputs(fields: _Fields, depends_on: tuple[str, ...]) -> tuple[StageInput, ...]:
+    raw = fields.raw.get("inputs", [REQUEST_INPUT])
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(fields.at("inputs"), "must be a non-empty list")
+    pieces = []
+    for i, text in enumerate(raw):
+        path = f"{fields.at('inputs')}[{i}]"
+        if text == REQUEST_INPUT:
+            pieces.append(StageInput())
+            continue
+        if not isinstance(text, str):
+            raise ConfigError(path, f"must be {REQUEST_INPUT!r}, a stage name or '<stage>.<OUTPUT>'")
+        parents = [d for d in depends_on if text == d or text.startswith(d + ".")]
+        if not parents:
+            raise ConfigError(path, f"{text!r} reads no stage of dependsOn ({', '.join(depends_on) or 'none'})")
+        parent = max(parents, key=len)
+        output = text[len(parent) + 1:] or PRIMARY_OUTPUT
+        if not _OUTPUT.match(output):
+            raise ConfigError(path, f"output names must match {_OUTPUT.pattern}, got {output!r}")
+        pieces.append(StageInput(parent, output))
+    return tuple(pieces)
+
+
 def _stage(raw: object, path: str) -> StageConfig:
-    fields = _Fields(raw, path, ("name", "dependsOn", "variants", "cascade"))
+    fields = _Fields(raw, path, ("name", "dependsOn", "inputs", "latencyMs", "variants", "cascade"))
     name = fields.string("name")
+    depends_on = fields.names("dependsOn")
+    inputs = _inputs(fields, depends_on)
+    latency_ms = (fields.number("latencyMs", high=3_600_000.0) if fields.raw.get("latencyMs") is not None
+                  else None)
     cascade = _cascade(fields.section("cascade", _CASCADE_KEYS)) if fields.has("cascade") else None
     weights = fields.raw.get("variants") or {}
     if not isinstance(weights, Mapping):
@@ -257,7 +322,21 @@ def _stage(raw: object, path: str) -> StageConfig:
         for model, _ in variants:
             if model not in own:
                 raise ConfigError(variant_fields.at(model), "a cascade stage may only list its cascade's models")
-    return StageConfig(name, fields.names("dependsOn"), variants, cascade)
+    return StageConfig(name, depends_on, variants, cascade, inputs, latency_ms)
+
+
+def _ahead_ms(stages: Sequence[StageConfig], order: Sequence[str]) -> dict[str, float]:
+    """Each stage's planned latency to the end of the pipeline (longest path to a sink, itself included)."""
+    children: dict[str, list[str]] = {stage.name: [] for stage in stages}
+    for stage in stages:
+        for parent in stage.depends_on:
+            children[parent].append(stage.name)
+    by_name = {stage.name: stage for stage in stages}
+    ahead: dict[str, float] = {}
+    for name in reversed(order):
+        own = by_name[name].latency_ms or 0.0
+        ahead[name] = own + max((ahead[child] for child in children[name]), default=0.0)
+    return ahead
 
 
 def _upstreams(fields: _Fields, needed: Sequence[str], default: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -333,7 +412,10 @@ def parse_config(raw: object, *, default_upstreams: Sequence[str] = ()) -> Route
         index = next(i for i, stage in enumerate(stages) if repr(stage.name) in str(exc))
         raise ConfigError(f"stages[{index}].dependsOn", str(exc)) from None
     needed = [model for stage in stages for model in stage.models()]
-    queue = fields.section("queue", ("maxSize", "concurrency"))
+    queue = fields.section("queue", ("maxSize", "concurrency", "order"))
+    queue_order = queue.raw.get("order", "slack")
+    if queue_order not in QUEUE_ORDERS:
+        raise ConfigError("queue.order", f"must be one of {', '.join(QUEUE_ORDERS)}, got {queue_order!r}")
     fallback = fields.section("fallback", ("heavyToLight", "lightToHeavy", "otherVariants"))
     timeouts = fields.section("timeouts", ("connectMs", "readMs", "writeMs", "poolMs", "defaultDeadlineMs"))
     limits = fields.section("limits", ("maxConnections", "maxKeepaliveConnections", "keepaliveExpiryS"))
@@ -346,7 +428,8 @@ def parse_config(raw: object, *, default_upstreams: Sequence[str] = ()) -> Route
         upstreams=MappingProxyType(_upstreams(fields, needed, default_upstreams)),
         deadline_header=fields.string("deadlineHeader", DEFAULT_DEADLINE_HEADER, _HEADER),
         slo_ms=fields.number("sloMs", low_open=True) if fields.has("sloMs") else None,
-        queue=QueueConfig(queue.integer("maxSize", 1024, low=1), queue.integer("concurrency", 64, low=1)),
+        queue=QueueConfig(queue.integer("maxSize", 1024, low=1), queue.integer("concurrency", 64, low=1),
+                          str(queue_order)),
         fallback=FallbackConfig(fallback.boolean("heavyToLight", True), fallback.boolean("lightToHeavy", True),
                                 fallback.boolean("otherVariants", True)),
         timeouts=TimeoutConfig(
@@ -363,6 +446,7 @@ def parse_config(raw: object, *, default_upstreams: Sequence[str] = ()) -> Route
         transport=str(transport),
         order=order,
         by_name=MappingProxyType({stage.name: stage for stage in stages}),
+        ahead_ms=MappingProxyType(_ahead_ms(stages, order)),
     )
 
 
@@ -378,7 +462,9 @@ def load_config_text(text: str, *, default_upstreams: Sequence[str] = ()) -> Rou
 def config_to_json(config: RouterConfig) -> dict[str, Any]:
     """The JSON form of ``config`` (what ``GET /admin/config`` returns; parses back to an equal config)."""
     def stage(s: StageConfig) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": s.name, "dependsOn": list(s.depends_on), "variants": dict(s.variants)}
+        out: dict[str, Any] = {"name": s.name, "dependsOn": list(s.depends_on),
+                               "inputs": [piece.text for piece in s.inputs], "latencyMs": s.latency_ms,
+                               "variants": dict(s.variants)}
         c = s.cascade
         out["cascade"] = None if c is None else {
             "light": c.light, "heavy": c.heavy, "router": c.router.value, "threshold": c.threshold,
@@ -392,7 +478,7 @@ def config_to_json(config: RouterConfig) -> dict[str, Any]:
         "upstreams": {model: list(urls) for model, urls in config.upstreams.items()},
         "deadlineHeader": config.deadline_header,
         "sloMs": config.slo_ms,
-        "queue": {"maxSize": q.max_size, "concurrency": q.concurrency},
+        "queue": {"maxSize": q.max_size, "concurrency": q.concurrency, "order": q.order},
         "fallback": {"heavyToLight": f.heavy_to_light, "lightToHeavy": f.light_to_heavy,
                      "otherVariants": f.other_variants},
         "timeouts": {"connectMs": t.connect_ms, "readMs": t.read_ms, "writeMs": t.write_ms, "poolMs": t.pool_ms,
@@ -442,6 +528,8 @@ def apply_update(config: RouterConfig, patch: object, *,
         patched[index_of[name]] = i
         if "variants" in update:
             target["variants"] = update["variants"]
+        if "latencyMs" in update:
+            target["latencyMs"] = update["latencyMs"]
         if "cascade" in update:
             cascade = update["cascade"]
             if not isinstance(cascade, Mapping):

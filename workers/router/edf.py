@@ -7,6 +7,11 @@ with 900 ms left. The waiting room is bounded: a request that finds it full is r
 with :class:`~.errors.QueueFull` (backpressure), and one whose deadline passes while it waits is
 failed with :class:`~.errors.DeadlineExceeded` -- never dropped silently.
 
+A waiter may be ordered by a ``key`` other than its deadline: the pipeline runner queues an agent
+workflow's calls by their *latest start* (the request's deadline minus the planned critical path still
+ahead of the call, least slack first, as Kairos, LAMaS and Teola schedule), or by arrival (FIFO, the
+baseline); the deadline still decides when a waiter has run out of time.
+
 :class:`EdfQueue` is the pure data structure (a binary heap with lazy deletion, tested with an
 explicit ``now``); :class:`EdfAdmission` adds the asyncio waiting and the concurrency count, with
 an injected clock (``reap()`` fails expired waiters against that clock, so tests need no sleeps).
@@ -34,20 +39,22 @@ T = TypeVar("T")
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("deadline", "seq", "item", "live")
+    __slots__ = ("key", "seq", "deadline", "item", "live")
 
-    def __init__(self, deadline: float, seq: int, item: T) -> None:
-        self.deadline = deadline
+    def __init__(self, key: float, seq: int, deadline: float, item: T) -> None:
+        self.key = key
         self.seq = seq
+        self.deadline = deadline
         self.item = item
         self.live = True
 
     def __lt__(self, other: _Entry[T]) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
+        return (self.key, self.seq) < (other.key, other.seq)
 
 
 class EdfQueue(Generic[T]):
-    """A bounded priority queue by (deadline, arrival); ``discard`` is O(1) (lazy deletion)."""
+    """A bounded priority queue by (key, arrival), the key defaulting to the deadline; ``discard`` is O(1)
+    (lazy deletion)."""
 
     def __init__(self, max_size: int) -> None:
         if max_size < 1:
@@ -56,6 +63,8 @@ class EdfQueue(Generic[T]):
         self._heap: list[_Entry[T]] = []
         self._live = 0
         self._seq = itertools.count()
+        self._keyed = False
+        """Whether some entry's key differs from its deadline (then expiry scans instead of popping)."""
 
     def __len__(self) -> int:
         return self._live
@@ -64,11 +73,16 @@ class EdfQueue(Generic[T]):
     def max_size(self) -> int:
         return self._max_size
 
-    def push(self, deadline: float, item: T) -> _Entry[T]:
-        """Queue ``item``; raises :class:`QueueFull` when ``max_size`` items already wait."""
+    def push(self, deadline: float, item: T, key: float | None = None) -> _Entry[T]:
+        """Queue ``item`` (ordered by ``key``, default its deadline); raises :class:`QueueFull` when ``max_size``
+        items already wait."""
         if self._live >= self._max_size:
             raise QueueFull(f"the router queue is full ({self._max_size} requests waiting); retry later")
-        entry = _Entry(deadline, next(self._seq), item)
+        if key is None:
+            key = deadline
+        elif key != deadline:
+            self._keyed = True
+        entry = _Entry(key, next(self._seq), deadline, item)
         heapq.heappush(self._heap, entry)
         self._live += 1
         return entry
@@ -86,10 +100,14 @@ class EdfQueue(Generic[T]):
     def peek_deadline(self) -> float | None:
         """The earliest deadline waiting, or ``None`` when empty."""
         self._drop_dead()
-        return self._heap[0].deadline if self._heap else None
+        if not self._heap:
+            return None
+        if not self._keyed:
+            return self._heap[0].deadline
+        return min(entry.deadline for entry in self._heap if entry.live)
 
     def pop(self) -> tuple[float, T] | None:
-        """Remove and return the earliest-deadline ``(deadline, item)``, or ``None`` when empty."""
+        """Remove and return the first ``(deadline, item)`` by key, or ``None`` when empty."""
         self._drop_dead()
         if not self._heap:
             return None
@@ -100,12 +118,18 @@ class EdfQueue(Generic[T]):
 
     def expire(self, now: float) -> list[T]:
         """Remove and return every item whose deadline is at or before ``now`` (earliest first)."""
-        expired: list[T] = []
-        while (deadline := self.peek_deadline()) is not None and deadline <= now:
-            popped = self.pop()
-            if popped is not None:
-                expired.append(popped[1])
-        return expired
+        if not self._keyed:
+            expired: list[T] = []
+            while (deadline := self.peek_deadline()) is not None and deadline <= now:
+                popped = self.pop()
+                if popped is not None:
+                    expired.append(popped[1])
+            return expired
+        due = sorted((entry for entry in self._heap if entry.live and entry.deadline <= now),
+                     key=lambda entry: (entry.deadline, entry.seq))
+        for entry in due:
+            self.discard(entry)
+        return [entry.item for entry in due]
 
 
 class EdfAdmission:
@@ -130,8 +154,9 @@ class EdfAdmission:
     def earliest_queued_deadline(self) -> float | None:
         return self._queue.peek_deadline()
 
-    async def acquire(self, deadline: float) -> None:
-        """Wait for a slot in EDF order; raises :class:`DeadlineExceeded` or :class:`QueueFull`."""
+    async def acquire(self, deadline: float, key: float | None = None) -> None:
+        """Wait for a slot in order of ``key`` (default: EDF, the deadline); raises :class:`DeadlineExceeded`
+        or :class:`QueueFull`."""
         now = self._clock()
         if deadline <= now:
             raise DeadlineExceeded("the deadline passed before the request could be sent upstream")
@@ -139,7 +164,7 @@ class EdfAdmission:
             self._in_flight += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = self._queue.push(deadline, waiter)
+        entry = self._queue.push(deadline, waiter, key)
         try:
             if math.isinf(deadline):
                 await waiter

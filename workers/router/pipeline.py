@@ -1,13 +1,18 @@
-"""Running one request through a pipeline: stages in DAG order, variant splits, cascades, fallbacks.
+"""Running one request through a pipeline: a DAG of stages, variant splits, cascades, fallbacks.
 
-This is where the pure decisions of :mod:`.decisions` meet the upstream calls. Every stage of
-these single-input classification pipelines runs on the request's own input, one after another in
-topological order; the pipeline answers with the last stage's response (a KServe v2 response)
-plus ``parameters`` saying which model(s) answered each row and whether rows were deferred,
-pre-routed or fell back. Each upstream call waits for an EDF slot (:mod:`.edf`) and is bounded by
-the request's deadline; its duration is recorded per stage and model. Every answer is checked against
-the rows it was sent (:func:`~.protocol.parse_infer_response`) before anything reads or stitches it,
-and the response is built from the checked outputs and the router's own ``parameters`` only.
+This is where the pure decisions of :mod:`.decisions` meet the upstream calls. The stages run as a data
+flow: a stage starts when all its parents have answered, reads what its ``inputs`` declare
+(:func:`~.dataflow.stage_request`: the request's input, its parents' outputs), and stages whose parents
+have answered run concurrently, so independent branches of an agent workflow overlap (a chain runs one
+stage after the other without tasks). The pipeline answers with the last stage's response (a KServe v2
+response) plus ``parameters`` saying which model(s) answered each row and whether rows were deferred,
+pre-routed or fell back, and, for several stages, when each stage ran (``nodes``: a JSON object of stage
+-> [start, end] in ms since the request arrived) and ``end_to_end_ms``. Each upstream call waits for a slot
+in the queue's order (:mod:`.edf`, :func:`~.dataflow.queue_key`) and is bounded by the request's deadline;
+its duration is recorded per stage and model. Every answer is checked against the rows it was sent
+(:func:`~.protocol.parse_infer_response`) before anything reads or stitches it, and the response is built
+from the checked outputs and the router's own ``parameters`` only. When a stage fails, the stages still
+running are cancelled and the request's error names the stage that failed.
 
 A cascade stage handles each row of a batched request on its own: rows the pre-router predicts
 hard go straight to the heavy model, concurrently with the light model (and the discriminator) on
@@ -29,7 +34,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from paretoserve.workers.router.config import CascadeConfig, RouterConfig, StageConfig
+from paretoserve.workers.router.dataflow import queue_key, stage_request
 from paretoserve.workers.router.decisions import (
     Route,
     choose_variant,
@@ -57,6 +65,21 @@ from paretoserve.workers.router.upstream import UpstreamPool
 from paretoserve.workers.triton.repository import OUTPUT_PROBS
 
 Part = tuple[Message, Sequence[int], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When a stage's upstream calls must be done (the request's deadline) and their queue order key (None:
+    FIFO, the time each call queues)."""
+
+    deadline: float
+    key: float | None
+
+
+def _is_chain(config: RouterConfig) -> bool:
+    """Whether the stages form one path (each depends on the one before): then they run without tasks."""
+    return all(config.stage(name).depends_on == (config.order[i - 1],) if i else not config.stage(name).depends_on
+               for i, name in enumerate(config.order))
 """A model's response, the request rows it answers (in its row order), and the model's name."""
 
 
@@ -87,17 +110,14 @@ class PipelineRunner:
 
     async def run(self, config: RouterConfig, request: InferRequest, *, request_id: str, deadline: float) -> Message:
         """The pipeline's response to ``request`` (raises a :class:`RouterError` naming the stage)."""
+        started = self._clock()
         outcomes: dict[str, StageOutcome] = {}
-        for name in config.order:
-            stage = config.stage(name)
-            try:
-                if stage.cascade is None:
-                    outcomes[name] = await self._direct(config, stage, request, request_id, deadline)
-                else:
-                    outcomes[name] = await self._cascade(config, stage, stage.cascade, request, deadline)
-            except RouterError as exc:
-                exc.at_stage(name)
-                raise
+        spans: dict[str, tuple[float, float]] = {}
+        if _is_chain(config):
+            for name in config.order:
+                await self._stage(config, name, request, request_id, deadline, started, outcomes, spans)
+        else:
+            await self._flow(config, request, request_id, deadline, started, outcomes, spans)
         final = outcomes[config.order[-1]]
         outputs = keep_outputs(final.response, request.requested_outputs)["outputs"]
         parameters: dict[str, Any] = {
@@ -113,17 +133,69 @@ class PipelineRunner:
             parameters["notes"] = "; ".join(final.notes)
         if len(outcomes) > 1:
             parameters["stages"] = ",".join(f"{name}={'+'.join(o.models)}" for name, o in outcomes.items())
+            parameters["nodes"] = orjson.dumps({name: [round(begin * 1000.0, 3), round(end * 1000.0, 3)]
+                                                for name, (begin, end) in spans.items()}).decode()
+            parameters["end_to_end_ms"] = round((self._clock() - started) * 1000.0, 3)
         response: Message = {"model_name": config.pipeline, "outputs": outputs, "parameters": parameters}
         client_id = request.request_id()
         if client_id is not None:
             response["id"] = client_id
         return response
 
-    async def _call(self, stage: str, model: str, body: bytes, rows: int, deadline: float) -> Message:
-        """One upstream call for ``rows`` rows: an EDF slot, the replicas, bounded by the request's deadline."""
+    async def _flow(self, config: RouterConfig, request: InferRequest, request_id: str, deadline: float,
+                    started: float, outcomes: dict[str, StageOutcome], spans: dict[str, tuple[float, float]]) -> None:
+        """Every stage as a task that starts once its parents have answered; the first failure cancels the rest."""
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def node(name: str) -> None:
+            parents = [tasks[parent] for parent in config.stage(name).depends_on]
+            if parents:
+                await asyncio.gather(*parents)
+            await self._stage(config, name, request, request_id, deadline, started, outcomes, spans)
+
+        for name in config.order:  # parents first: each task finds its parents' tasks
+            tasks[name] = asyncio.create_task(node(name))
+        try:
+            done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+            failed = [task for task in done if not task.cancelled() and task.exception() is not None]
+            if failed:
+                # the stage that failed first in the DAG's order (its children only re-raise its error)
+                first = next(task for task in tasks.values() if task in failed)
+                raise first.exception()  # type: ignore[misc]
+        finally:
+            pending = [task for task in tasks.values() if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _stage(self, config: RouterConfig, name: str, request: InferRequest, request_id: str, deadline: float,
+                     started: float, outcomes: dict[str, StageOutcome], spans: dict[str, tuple[float, float]]) -> None:
+        """Run stage ``name`` on what its inputs read; record its outcome and its span since ``started``."""
+        stage = config.stage(name)
+        begin = self._clock()
+        due = Due(deadline, queue_key(config, name, deadline, started))
+        try:
+            answers = {parent: outcomes[parent].response for parent in stage.depends_on}
+            models = {parent: "+".join(outcomes[parent].models) for parent in stage.depends_on}
+            stage_input = stage_request(stage, request, answers, models)
+            if stage.cascade is None:
+                outcome = await self._direct(config, stage, stage_input, request_id, due)
+            else:
+                outcome = await self._cascade(config, stage, stage.cascade, stage_input, due)
+        except RouterError as exc:
+            exc.at_stage(name)
+            raise
+        outcomes[name] = outcome
+        spans[name] = (begin - started, self._clock() - started)
+
+    async def _call(self, stage: str, model: str, body: bytes, rows: int, due: Due) -> Message:
+        """One upstream call for ``rows`` rows: a slot in the queue's order, the replicas, bounded by the request's
+        deadline."""
+        deadline = due.deadline
         started = self._clock()
         try:
-            await self._admission.acquire(deadline)
+            await self._admission.acquire(deadline, started if due.key is None else due.key)
             admitted = self._clock()
             try:
                 if math.isinf(deadline):
@@ -163,19 +235,19 @@ class PipelineRunner:
             self._metrics.rows(stage, model, route, count)
 
     async def _direct(
-        self, config: RouterConfig, stage: StageConfig, request: InferRequest, request_id: str, deadline: float
+        self, config: RouterConfig, stage: StageConfig, request: InferRequest, request_id: str, due: Due
     ) -> StageOutcome:
         model = choose_variant(stage.variants, request_id)
         route = Route.DIRECT
         try:
-            response = await self._call(stage.name, model, request.raw, request.batch, deadline)
+            response = await self._call(stage.name, model, request.raw, request.batch, due)
         except RouterError as exc:
             if not (is_backend_failure(exc) and config.fallback.other_variants):
                 raise
             error = exc
             for other in fallback_variants(stage.variants, model):
                 try:
-                    response = await self._call(stage.name, other, request.raw, request.batch, deadline)
+                    response = await self._call(stage.name, other, request.raw, request.batch, due)
                 except RouterError as again:
                     if not is_backend_failure(again):
                         raise
@@ -193,7 +265,7 @@ class PipelineRunner:
         return outcome
 
     async def _cascade(
-        self, config: RouterConfig, stage: StageConfig, cascade: CascadeConfig, request: InferRequest, deadline: float
+        self, config: RouterConfig, stage: StageConfig, cascade: CascadeConfig, request: InferRequest, due: Due
     ) -> StageOutcome:
         name, light, heavy = stage.name, cascade.light, cascade.heavy
         rows = list(range(request.batch))
@@ -208,12 +280,12 @@ class PipelineRunner:
         notes: list[str] = []
         calls: dict[str, Coroutine[Any, Any, Message]] = {}
         if pre:
-            calls["pre"] = self._call(name, heavy, select_rows(request, pre), len(pre), deadline)
+            calls["pre"] = self._call(name, heavy, select_rows(request, pre), len(pre), due)
         if rest:
             rest_body = select_rows(request, rest)
-            calls["light"] = self._call(name, light, rest_body, len(rest), deadline)
+            calls["light"] = self._call(name, light, rest_body, len(rest), due)
             if cascade.discriminator is not None:
-                calls["judge"] = self._call(name, cascade.discriminator, rest_body, len(rest), deadline)
+                calls["judge"] = self._call(name, cascade.discriminator, rest_body, len(rest), due)
         settled = await self._settle(calls)
         parts: list[Part] = []
         deferred: list[int] = []
@@ -255,7 +327,7 @@ class PipelineRunner:
 
         for model, late_rows, route, backup in late:
             try:
-                answer = await self._call(name, model, select_rows(request, late_rows), len(late_rows), deadline)
+                answer = await self._call(name, model, select_rows(request, late_rows), len(late_rows), due)
             except RouterError as exc:
                 if backup is None or not is_backend_failure(exc):
                     raise

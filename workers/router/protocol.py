@@ -161,8 +161,9 @@ def _tensor(response: Message, name: str, model: str) -> Message:
     raise UpstreamError(f"model {model!r} returned no output {name!r}", model=model)
 
 
-def _numeric(response: Message, name: str, model: str) -> tuple[list[Any], int, int]:
-    """A checked numeric output's flat data, rows and values per row."""
+def numeric_rows(response: Message, name: str, model: str) -> tuple[list[Any], int, int]:
+    """A checked numeric output's flat data, rows and values per row (:class:`UpstreamError` if the answer has
+    no such output, or it is not numeric)."""
     tensor = _tensor(response, name, model)
     if tensor["datatype"] not in NUMERIC:
         raise UpstreamError(f"model {model!r} output {name!r} is {tensor['datatype']}, not numeric", model=model)
@@ -174,7 +175,7 @@ def _numeric(response: Message, name: str, model: str) -> tuple[list[Any], int, 
 
 def column(response: Message, name: str, col: int, model: str) -> list[float]:
     """Column ``col`` of every row of output ``name`` (e.g. P(light wrong) = ``PROBS[:, 1]``)."""
-    data, rows, width = _numeric(response, name, model)
+    data, rows, width = numeric_rows(response, name, model)
     if col >= width:
         raise UpstreamError(f"model {model!r} output {name!r} has {width} columns, needs {col + 1}", model=model)
     return [float(data[row * width + col]) for row in range(rows)]
@@ -185,7 +186,7 @@ def confidence(response: Message, model: str) -> list[float]:
     names = {t.get("name") for t in response.get("outputs") or () if isinstance(t, dict)}
     if OUTPUT_CONFIDENCE in names:
         return column(response, OUTPUT_CONFIDENCE, 0, model)
-    data, rows, width = _numeric(response, OUTPUT_PROBS, model)
+    data, rows, width = numeric_rows(response, OUTPUT_PROBS, model)
     if rows and not width:
         raise UpstreamError(f"model {model!r} output {OUTPUT_PROBS!r} has no columns", model=model)
     return [float(max(data[row * width : (row + 1) * width])) for row in range(rows)]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -42,6 +43,9 @@ class RequestRecord:
     predicted: int | None = None
     retried: bool = False
     """Sent twice: the first attempt's kept-alive connection was closed under it (see `replay`)."""
+    nodes: Mapping[str, tuple[float, float]] | None = None
+    """A multi-stage pipeline's per-stage [start, end] in ms since the router received the request (its
+    ``parameters.nodes``), when it answered them."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,27 @@ class ProgressBar:
             self._stream.flush()
 
 
+def node_spans(payload: Any) -> dict[str, tuple[float, float]] | None:
+    """The router's per-stage spans of a pipeline response (``parameters.nodes``, a JSON object of stage ->
+    [start, end] ms); None when absent or malformed."""
+    parameters = payload.get("parameters") if isinstance(payload, dict) else None
+    text = parameters.get("nodes") if isinstance(parameters, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    spans: dict[str, tuple[float, float]] = {}
+    for stage, span in raw.items():
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int | float) for v in span)):
+            return None
+        spans[str(stage)] = (float(span[0]), float(span[1]))
+    return spans
+
+
 async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDArray[np.float32],
                  labels: npt.NDArray[np.int64], *, progress: ProgressBar | None = None,
                  clock: Callable[[], float] = time.time,
@@ -129,10 +154,11 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
 
     retried: set[int] = set()
 
-    def finish(i: int, latency: float | None, error: str | None, predicted: int | None) -> None:
+    def finish(i: int, latency: float | None, error: str | None, predicted: int | None,
+               nodes: Mapping[str, tuple[float, float]] | None = None) -> None:
         label = int(labels[i % len(labels)])
         records[i] = RequestRecord(offsets[i], start_wall + offsets[i], latency, error, label, predicted,
-                                   i in retried)
+                                   i in retried, nodes)
         counts["failed" if error else "ok"] += 1
         if latency is not None:
             recent.append(latency)
@@ -154,8 +180,9 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
             if response.status_code != 200:
                 finish(i, latency, f"http_{response.status_code}", None)
                 return
-            predicted = predicted_label(response.json())
-            finish(i, latency, None if predicted is not None else "bad_response", predicted)
+            payload = response.json()
+            predicted = predicted_label(payload)
+            finish(i, latency, None if predicted is not None else "bad_response", predicted, node_spans(payload))
         except httpx.TimeoutException:
             finish(i, None, "timeout", None)
         except httpx.ConnectError:

@@ -251,14 +251,26 @@ def cascade_rows(confidence: npt.NDArray[np.float32], light_label: npt.NDArray[n
     return tuple(rows)
 
 
+def model_inputs(spec: TritonModelSpec, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """What to send ``spec``'s model: the held-out digits when it reads images, else as many deterministic
+    uniform rows of its input shape (an agent that reads its parents' outputs; its latency does not depend
+    on the values)."""
+    if tuple(spec.input_shape) == images.shape[1:]:
+        return images
+    rows = np.random.default_rng(0).random((len(images), *spec.input_shape))
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
 def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Path,
-                     progress: Callable[[str], None] = lambda _: None) -> ProfileResult:
-    """Start Triton with the pipeline's models, measure every grid point of each, stop it."""
+                     progress: Callable[[str], None] = lambda _: None,
+                     model_repository: Path | None = None) -> ProfileResult:
+    """Start Triton with the pipeline's models (digits variants, or entries of ``model_repository``), measure
+    every grid point of each, stop it."""
     catalog = ensure_trained()
     uses = pipeline_models(pipeline)
     split = load_split()
     images = np.ascontiguousarray(split.x_test, dtype=np.float32)
-    specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches))
+    specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches), repository=model_repository)
     percentile = int(pipeline.spec.slo.percentile.value)
     measurements: dict[str, tuple[PointMeasurement, ...]] = {}
     rows: dict[str, tuple[dict[str, float], ...]] = {}
@@ -282,6 +294,7 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
                                                         images, split.y_test, grid.thresholds)
                 progress(f"{stage.name}: measured f(t) of {cascade.light} -> {cascade.heavy}")
         for use in uses:
+            inputs = model_inputs(specs[use.model], images)
             points: list[PointMeasurement] = []
             for threads, instances, quota in grid.configurations():
                 if group is not None and quota is not None:
@@ -289,11 +302,11 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
                 spec = replace(specs[use.model], cpu_threads_per_instance=threads, instance_count=instances)
                 load_plain(loader, spec)
                 for batch in grid.batches:
-                    latency = measure_latency(control, use.model, images, batch,
+                    latency = measure_latency(control, use.model, inputs, batch,
                                               samples=grid.latency_samples, warmup=grid.warmup)
                     before = control.metrics()[use.model]
                     rps, loaded = measure_throughput(
-                        lambda: TritonControl(server.http_url), use.model, images, batch,
+                        lambda: TritonControl(server.http_url), use.model, inputs, batch,
                         clients=grid.clients_per_instance * instances, seconds=grid.throughput_seconds)
                     delta = control.metrics()[use.model].since(before)
                     point = PointMeasurement(use.model, batch, threads, instances, latency, loaded, rps,
