@@ -8,8 +8,10 @@ benchmark's load, as the control loop would: today's (goal ``frontier``) and the
 `paretoserve up` applies them) and the router its ``latencyMs`` per stage. For each plan, the same open-loop
 load (the project's generator, :mod:`paretoserve.workers.runtime.loadgen`: Poisson arrivals, one image per
 request, the SLO as deadline header) runs twice: with the router's queue in ``fifo`` and in ``slack`` order.
-The router holds at most ``CONCURRENCY`` upstream calls in flight (the machine's cores), so calls queue in the
-router, where the order decides which runs next; Triton itself queues FIFO.
+The router holds at most as many upstream calls in flight as the machine has cores, so calls queue in the
+router, where the order decides which runs next; Triton itself queues FIFO. One router per order runs beside
+the other, and the load alternates between them in ``ROUNDS`` rounds, so that the stalls of a shared machine
+fall on both orders alike; each order's requests are pooled (``p99MsPerRound`` shows the spread).
 
 Reported per run: end-to-end latency p50/p99 (client side), errors, the workflow's measured accuracy (its
 answers against the held-out labels), and per node the median start and the p50/p99 duration from the
@@ -18,10 +20,11 @@ router's ``parameters.nodes``: the critical path and where the time went.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.plan_rendering import router_config
 from paretoserve.workers.runtime.actuator import LocalLimits, desired_spec, model_settings
 from paretoserve.workers.runtime.loadgen import LoadSettings, RequestRecord, run_replay
+from paretoserve.workers.runtime.report import node_timing
 from paretoserve.workers.runtime.serving import (
     dedicated_cores,
     max_batch_size,
@@ -49,8 +53,9 @@ from paretoserve.workers.runtime.serving import (
 
 MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits-agents.yaml"
 RATE_RPS = 80.0
-SECONDS = 40.0
-QUICK_SECONDS = 12.0
+SECONDS = 15.0
+ROUNDS = 4
+QUICK_SECONDS = 6.0
 ORDERS = ("fifo", "slack")
 
 
@@ -79,28 +84,19 @@ def _describe(plan: Plan) -> dict[str, Any]:
                        for sp in plan.stages}}
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if len(values) else None
-
-
-def summarize(records: Sequence[RequestRecord], stages: Sequence[str]) -> dict[str, Any]:
+def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
     """End-to-end percentiles, errors, measured accuracy and each node's start and duration."""
     done = [r for r in records if r.error is None and r.latency_ms is not None]
     latencies = [r.latency_ms for r in done if r.latency_ms is not None]
-    nodes: dict[str, Any] = {}
-    for stage in stages:
-        spans = [r.nodes[stage] for r in done if r.nodes is not None and stage in r.nodes]
-        nodes[stage] = {"startP50Ms": _percentile([s[0] for s in spans], 50),
-                        "durationP50Ms": _percentile([s[1] - s[0] for s in spans], 50),
-                        "durationP99Ms": _percentile([s[1] - s[0] for s in spans], 99)}
     errors: dict[str, int] = {}
     for r in records:
         if r.error is not None:
             errors[r.error] = errors.get(r.error, 0) + 1
-    return {"requests": len(records), "errors": errors, "p50Ms": _percentile(latencies, 50),
-            "p99Ms": _percentile(latencies, 99),
+    return {"requests": len(records), "errors": errors,
+            "p50Ms": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
+            "p99Ms": round(float(np.percentile(latencies, 99)), 3) if latencies else None,
             "accuracy": round(sum(r.predicted == r.label for r in done) / len(done), 4) if done else None,
-            "nodes": nodes}
+            "nodes": node_timing(records)}
 
 
 def _offsets(rate_rps: float, seconds: float, seed: int = 0) -> list[float]:
@@ -110,8 +106,9 @@ def _offsets(rate_rps: float, seconds: float, seed: int = 0) -> list[float]:
 
 
 def _serve(pipeline: ServingPipeline, plan: Plan, repository: Path, work: Path, rate_rps: float, seconds: float,
-           concurrency: int, progress: Any) -> dict[str, Any]:
-    """One plan on a fresh Triton: the same load under each router order."""
+           rounds: int, concurrency: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One plan on a fresh Triton, a router per order; the same load alternates between the orders ``rounds``
+    times (so a stall of the shared machine hits both alike), and each order's samples are pooled."""
     catalog = ensure_trained()
     cores = dedicated_cores()
     specs = model_specs(pipeline_models(pipeline), catalog, max_batch=max_batch_size(pipeline), repository=repository)
@@ -119,26 +116,31 @@ def _serve(pipeline: ServingPipeline, plan: Plan, repository: Path, work: Path, 
     specs = {name: desired_spec(spec, settings[name]) for name, spec in specs.items()}
     split = load_split()
     images, labels = split.x_test.astype(np.float32), split.y_test.astype(np.int64)
-    stages = [stage.name for stage in pipeline.spec.stages]
     slo = pipeline.spec.slo.latency_ms
-    runs: dict[str, Any] = {}
-    with running_triton(specs, work / "triton", progress=progress) as triton:
+    records: dict[str, list[RequestRecord]] = {order: [] for order in ORDERS}
+    p99s: dict[str, list[float]] = {order: [] for order in ORDERS}
+    with running_triton(specs, work / "triton", progress=progress) as triton, contextlib.ExitStack() as stack:
         upstreams = {name: [f"http://{triton.http_url}"] for name in specs}
+        loads: dict[str, LoadSettings] = {}
         for order in ORDERS:
             config = {**router_config(pipeline.metadata.name, pipeline.spec, upstreams, plan),
                       "queue": {"concurrency": concurrency, "maxSize": 4096, "order": order}}
             port = free_port()
             log = work / f"router-{order}.log"
-            with run_process(router_command(config, work, port), None, None, log) as pid:
-                url = f"http://127.0.0.1:{port}"
-                wait_ready(f"{url}/v2/health/ready", pid, log)
-                load = LoadSettings(url=url, pipeline=pipeline.metadata.name, deadline_header=config["deadlineHeader"],
-                                    deadline_ms=slo)
-                run_replay(load, _offsets(rate_rps, 3.0, seed=1), images, labels)  # warm-up
-                progress(f"{order}: {rate_rps:g} rps for {seconds:g} s")
-                records = run_replay(load, _offsets(rate_rps, seconds), images, labels)
-            runs[order] = summarize(records, stages)
-    return runs
+            pid = stack.enter_context(run_process(router_command(config, work, port), None, None, log))
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(f"{url}/v2/health/ready", pid, log)
+            loads[order] = LoadSettings(url=url, pipeline=pipeline.metadata.name,
+                                        deadline_header=config["deadlineHeader"], deadline_ms=slo)
+            run_replay(loads[order], _offsets(rate_rps, 3.0, seed=1), images, labels)  # warm-up
+        for round_ in range(rounds):
+            for order in ORDERS:
+                progress(f"round {round_ + 1}/{rounds}, {order}: {rate_rps:g} rps for {seconds:g} s")
+                got = run_replay(loads[order], _offsets(rate_rps, seconds, seed=round_), images, labels)
+                records[order] += got
+                ok = [r.latency_ms for r in got if r.error is None and r.latency_ms is not None]
+                p99s[order].append(round(float(np.percentile(ok, 99)), 3) if ok else float("nan"))
+    return {order: {**summarize(records[order]), "p99MsPerRound": p99s[order]} for order in ORDERS}
 
 
 def bench_agents(quick: bool = False) -> dict[str, Any]:
@@ -154,7 +156,8 @@ def bench_agents(quick: bool = False) -> dict[str, Any]:
         print(f"[bench agents] {message}", flush=True, file=sys.stderr)
 
     report: dict[str, Any] = {
-        "rateRps": rate, "seconds": seconds, "routerConcurrency": concurrency, "sloMs": pipeline.spec.slo.latency_ms,
+        "rateRps": rate, "secondsPerRound": seconds, "rounds": 1 if quick else ROUNDS,
+        "routerConcurrency": concurrency, "sloMs": pipeline.spec.slo.latency_ms,
         "loadGenerator": "paretoserve.workers.runtime.loadgen (open loop, Poisson arrivals, one image per request)",
         "plans": {name: _describe(plan) for name, (_, plan) in chosen.items()}, "runs": {},
     }
@@ -164,7 +167,8 @@ def bench_agents(quick: bool = False) -> dict[str, Any]:
         repository.mkdir()
         write_repository(models, repository)
         for name, (planned, plan) in chosen.items():
-            runs = _serve(planned, plan, repository, work / name, rate, seconds, concurrency, progress)
+            runs = _serve(planned, plan, repository, work / name, rate, seconds, 1 if quick else ROUNDS, concurrency,
+                          progress)
             for order, summary in runs.items():
                 report["runs"][f"{name}/{order}"] = summary
     report["gain"] = _gains(report["runs"])

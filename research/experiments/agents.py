@@ -10,7 +10,7 @@ interval by the same control loop:
   request that its slower branch held back overtakes younger ones at the join and after it);
 - ``latency-plan``: the latency goal (shortest critical path first, then accuracy − cost) with a floor on the
   aggregated accuracy: the frontier plan's accuracy at the window's mean load (comparable quality), FIFO;
-- ``both``: the latency plan with slack scheduling.
+- ``paretoserve``: both, the latency plan with slack scheduling (what a pipeline with ``goal: latency`` gets).
 
 The simulator gives each stage its own pool (as each stage gets its own pods on a cluster), so within a queue
 least-slack-first is earliest-deadline-first; the stage offsets of the router's slack key (the planned path
@@ -30,12 +30,14 @@ from paretoserve.research.experiments import data
 from paretoserve.research.experiments.common import cap_for, sim_config, twitter_workload
 from paretoserve.research.experiments.harness import Claim, Metrics, Scenario, Setup, System
 
-DAMPING = 24
+DAMPING = 1
 WINDOWS: dict[str, list[tuple[int, int]]] = {  # the Twitter trace's seconds; IPA's bursty and steady windows
     "bursty": [(1301160, 1302360)],
     "steady-low": [(1299600, 1300800)],
 }
 QUICK = {"bursty": [(1301160, 1301460)]}
+MATERIAL = 0.01
+"""A claim of shorter latency holds only for a p99 at least this much (relative) shorter."""
 
 
 def with_goal(pipeline: ServingPipeline, goal: Goal, floor: float | None) -> ServingPipeline:
@@ -76,7 +78,8 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
         System("latency-plan", pipeline, loop("latency-plan", fastest), fifo,
                note=f"shortest critical path first, accuracy >= {floor:g} (the frontier plan's at the mean "
                     f"load, {mean:.0f} rps); FIFO queues"),
-        System("both", pipeline, loop("both", fastest), slack, note="the latency plan, least slack first"),
+        System("paretoserve", pipeline, loop("paretoserve", fastest), slack,
+               note="the latency plan, least slack first"),
     ]
     notes = [
         "Profiles MEASURED through the real Triton (CPU, CFS quotas of 0.25/0.5/1 core at a 10 ms period) on a "
@@ -101,19 +104,19 @@ def claims(systems: dict[str, Metrics]) -> list[Claim]:
     base = systems["fifo+frontier"]
     out = []
     for name, what in (("latency-plan", "the latency plan"), ("slack-scheduling", "slack scheduling"),
-                       ("both", "both together")):
+                       ("paretoserve", "both together (ParetoServe with goal: latency)")):
         other = systems[name]
         p50 = other["p50_latency_ms"] / base["p50_latency_ms"] - 1
         p99 = other["p99_latency_ms"] / base["p99_latency_ms"] - 1
         accuracy = other["accuracy"] - base["accuracy"]
         cost = other["cost"] / base["cost"] - 1 if base["cost"] else 0.0
-        holds = (other["p99_latency_ms"] < base["p99_latency_ms"] and accuracy >= -0.005
-                 and other["slo_attainment"] >= base["slo_attainment"])
+        holds = (p99 <= -MATERIAL and accuracy >= -0.005 and other["slo_attainment"] >= base["slo_attainment"])
         out.append(Claim(
-            f"{what} shortens end-to-end latency vs FIFO + the frontier plan at comparable quality and SLO",
+            f"{what} shortens the p99 end-to-end latency by >= {MATERIAL:.0%} vs FIFO + the frontier plan, at "
+            "comparable quality and SLO",
             "shorter critical path (Kairos, LAMaS, Teola)",
-            f"p50 {other['p50_latency_ms']:.2f} vs {base['p50_latency_ms']:.2f} ms ({p50:+.0%}), p99 "
-            f"{other['p99_latency_ms']:.2f} vs {base['p99_latency_ms']:.2f} ms ({p99:+.0%}); accuracy "
+            f"p50 {other['p50_latency_ms']:.2f} vs {base['p50_latency_ms']:.2f} ms ({p50:+.1%}), p99 "
+            f"{other['p99_latency_ms']:.2f} vs {base['p99_latency_ms']:.2f} ms ({p99:+.1%}); accuracy "
             f"{accuracy:+.4f}; SLO {other['slo_attainment']:.2%} vs {base['slo_attainment']:.2%}; cores {cost:+.0%}",
             holds))
     return out

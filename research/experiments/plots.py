@@ -107,9 +107,10 @@ def _bars(doc: dict[str, Any], out: Path) -> Path:
         ax.set_title(label)
         if values:
             lo, hi = min(values), max(values)
-            span = (hi - lo) or abs(hi) or 1.0
+            # a difference below 1 % of the values (or 1 point of attainment) is not blown up to the full axis
+            span = max(hi - lo, 1.0 if key == "slo_attainment" else 0.01 * max(abs(lo), abs(hi))) or 1.0
             if key == "slo_attainment":
-                ax.set_ylim(max(0.0, lo - 0.15 * span), min(100.0, hi) + 0.15 * span)
+                ax.set_ylim(max(0.0, lo - 0.5 * span), min(100.0, hi) + 0.15 * span)
             elif lo < 0:
                 ax.set_ylim(lo - 0.1 * span, min(0.0, hi + 0.1 * span))
             else:
@@ -167,6 +168,13 @@ def _pareto(doc: dict[str, Any], out: Path) -> Path:
                 label="Pareto front of the systems with >= 99 % SLO attainment", zorder=1)
         ax.legend(fontsize=8, loc="lower right")
         ax.margins(0.12)
+        accuracies = [p[2] for p in points]
+        low, high = min(accuracies), max(accuracies)
+        least = 0.01 * max(abs(low), abs(high))  # as in the bars: sub-1 % differences keep their scale
+        if high - low < least:
+            middle = (low + high) / 2
+            ax.set_ylim(middle - least, middle + least)
+        ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel(f"cost (mean {doc['cost_unit']})")
     ax.set_ylabel(doc.get("accuracy_label", "accuracy"))
     ax.set_title(f"{doc.get('title', doc['experiment'])}\naccuracy vs cost, coloured by SLO attainment")

@@ -31,6 +31,8 @@ HEADLINES = {
     "diffserve": "DiffServe (MLSys 2025): response quality up to +24 %, latency-violation rates 19-70 % lower than "
                  "state-of-the-art baselines.",
     "hadis": "HADIS (arXiv 2509.00642): response quality up to +35 %, latency-violation rates 2.7-45x lower.",
+    "agents": "Critical-path-aware agent serving (Kairos, LAMaS, Teola, Parrot, Autellix; anchors-2026.md): "
+              "shorter end-to-end latency of multi-agent DAGs at comparable quality; no common benchmark.",
     "predictors": "IPA trains its LSTM on 14 days of the Twitter trace and tests on the rest; no error figure in "
                   "the abstract.",
 }

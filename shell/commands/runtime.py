@@ -134,7 +134,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     pipeline, _ = read_manifest(args.file)
-    for flag, value in (("--cores", args.cores), ("--max-instances", args.max_instances)):
+    for flag, value in (("--cores", args.cores), ("--max-instances", args.max_instances),
+                        ("--router-concurrency", args.router_concurrency)):
         if value is not None and value < 1:
             raise CliError(f"{flag}: must be >= 1, got {value}")
     replay = _replay_args(args, args.replay, "--replay")
@@ -150,7 +151,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = UpSettings(port=args.port, prometheus=args.prometheus, work_dir=Path(args.work_dir) if args.work_dir
                           else None, **({"cores": args.cores} if args.cores else {}),
                           max_instances_per_model=args.max_instances, cpu_quota=not args.no_cpu_quota,
-                          model_repository=Path(args.model_repository) if args.model_repository else None)
+                          model_repository=Path(args.model_repository) if args.model_repository else None,
+                          queue_order=args.queue_order, router_concurrency=args.router_concurrency)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     try:
@@ -159,7 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 runtime.wait(threading.Event())
                 return 0
             startup_s = time.monotonic() - started
-            refusal = replayable(runtime.model_specs)
+            refusal = replayable(pipeline, runtime.model_specs)
             if refusal is not None:
                 raise CliError(f"--replay: {refusal}")
             spec = pipeline.spec
@@ -276,6 +278,12 @@ def register(sub: Any) -> None:
     up.add_argument("--work-dir", help="model repository and logs (default: a temp dir)")
     up.add_argument("--model-repository", help="models the pipeline names that are not digits variants, e.g. "
                                                "the repository/ written by `paretoserve fuse`")
+    up.add_argument("--queue-order", choices=("slack", "deadline", "fifo"), default="slack",
+                    help="order of the router's queued upstream calls: least slack (the request's deadline minus the "
+                         "planned path ahead of the stage), deadline, or arrival")
+    up.add_argument("--router-concurrency", type=int,
+                    help="upstream calls the router runs at once (default 64); near the Triton instances, the router's "
+                         "queue decides which call runs next")
     _add_replay_flags(up)
     up.set_defaults(func=cmd_up)
 

@@ -46,6 +46,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     (["profile", str(EXAMPLE), "--out", "p.yaml", "--cpu-quotas", "64"], "--cpu-quotas: give cores in"),
     (["up", str(EXAMPLE), "--port", "0"], "--port: must be in 1..65535"),
     (["up", str(EXAMPLE), "--port", "18999", "--cores", "0"], "--cores: must be >= 1"),
+    (["up", str(EXAMPLE), "--port", "18999", "--router-concurrency", "0"], "--router-concurrency: must be >= 1"),
+    (["up", str(EXAMPLE), "--port", "18999", "--queue-order", "random"], "--queue-order: invalid choice"),
     (["up", str(EXAMPLE), "--port", "18999", "--window", "1:2"], "--window: only used with --replay"),
     (["up", str(EXAMPLE), "--port", "18999", "--replay", "TRACE", "--scale", "1"], "--window: required with --replay"),
     (["up", str(EXAMPLE), "--port", "18999", "--replay", "absent.tbz2", "--window", "0:2", "--scale", "1"],

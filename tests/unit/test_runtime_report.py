@@ -212,3 +212,23 @@ def test_node_spans_read_the_routers_per_stage_timing_and_refuse_malformed_ones(
     assert node_spans({"parameters": {"nodes": "not json"}}) is None
     assert node_spans({"parameters": {"nodes": '{"a": [1]}'}}) is None
     assert node_spans([]) is None
+
+
+def test_a_replay_checks_the_request_readers_and_the_answer_only() -> None:
+    from paretoserve.planner.spec import load_pipeline_text
+    from paretoserve.workers.runtime.replay import replayable
+    from paretoserve.workers.triton.repository import TritonModelSpec
+
+    examples = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+    pipeline = load_pipeline_text((examples / "digits-agents.yaml").read_text())
+    models = {v.triton_model for s in pipeline.spec.stages for v in s.variants}
+    shapes = {"refine-small": (74,), "refine-large": (74,), "judge-small": (50,), "judge-large": (50,)}
+    specs = {m: TritonModelSpec(name=m, variant=m, weights_dir=".", input_shape=shapes.get(m, (8, 8))) for m in models}
+    assert replayable(pipeline, specs) is None  # the aggregators read their parents' outputs, not the request
+    wide = {**specs, "mlp_small": TritonModelSpec(name="mlp_small", variant="m", weights_dir=".", input_shape=(64,))}
+    refusal = replayable(pipeline, wide)
+    assert refusal is not None and "'mlp_small' of stage 'triage' reads [64]" in refusal
+    fused = {**specs, "judge-large": TritonModelSpec(name="judge-large", variant="j", weights_dir=".",
+                                                     input_shape=(50,), tasks=(("digit", 10), ("parity", 2)))}
+    refusal = replayable(pipeline, fused)
+    assert refusal is not None and "stage 'judge' answers tasks ['digit', 'parity']" in refusal

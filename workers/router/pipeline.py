@@ -132,9 +132,10 @@ class PipelineRunner:
         if final.notes:
             parameters["notes"] = "; ".join(final.notes)
         if len(outcomes) > 1:
-            parameters["stages"] = ",".join(f"{name}={'+'.join(o.models)}" for name, o in outcomes.items())
-            parameters["nodes"] = orjson.dumps({name: [round(begin * 1000.0, 3), round(end * 1000.0, 3)]
-                                                for name, (begin, end) in spans.items()}).decode()
+            parameters["stages"] = ",".join(f"{name}={'+'.join(outcomes[name].models)}" for name in config.order)
+            parameters["nodes"] = orjson.dumps({name: [round(spans[name][0] * 1000.0, 3),
+                                                       round(spans[name][1] * 1000.0, 3)]
+                                                for name in config.order}).decode()
             parameters["end_to_end_ms"] = round((self._clock() - started) * 1000.0, 3)
         response: Message = {"model_name": config.pipeline, "outputs": outputs, "parameters": parameters}
         client_id = request.request_id()

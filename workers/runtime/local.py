@@ -102,6 +102,11 @@ class UpSettings:
     cpu_quota: bool = True
     """Run Triton in a cgroup whose CFS quota is the applied plan's cores (needs root or a delegated cgroup;
     without one `up` says so and Triton may use every core)."""
+    queue_order: str = "slack"
+    """The router's order of upstream calls waiting for a slot (``slack``, ``deadline``, ``fifo``)."""
+    router_concurrency: int | None = None
+    """Upstream calls the router lets run at once (default: the router's 64). Set it near the Triton instances
+    for the router's queue, and so its order, to decide which call runs next (agent workflows)."""
 
     @property
     def url(self) -> str:
@@ -353,8 +358,10 @@ class LocalRuntime:
         self.triton_metrics_url = server.metrics_url
         self._log(f"Triton ready (pid {server.pid}, metrics {server.metrics_url}, log {server.log_path})")
         upstreams = {model: [f"http://{server.http_url}"] for model in specs}
-        router = self._stack.enter_context(RouterProcess(
-            router_config(pipeline.metadata.name, pipeline.spec, upstreams, None), settings, work_dir))
+        config = router_config(pipeline.metadata.name, pipeline.spec, upstreams, None)
+        config["queue"] = {"order": settings.queue_order, **({"concurrency": settings.router_concurrency}
+                                                            if settings.router_concurrency is not None else {})}
+        router = self._stack.enter_context(RouterProcess(config, settings, work_dir))
         self.router_pid = router.pid
         self.router_admin_url = router.admin_url
         self._log(f"router ready at {settings.url} (admin {router.admin_url}, pid {router.pid}, log {router.log_path})")

@@ -17,7 +17,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from paretoserve.planner.bounds import REQUEST_INPUT
+from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import load_split
+from paretoserve.workers.plan_rendering import stage_models
 from paretoserve.workers.runtime.loadgen import LoadSettings, ProgressBar, run_replay
 from paretoserve.workers.runtime.metrics import RouterSnapshot, parse_router_metrics
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep, format_summary, summarize, write_plots
@@ -94,14 +97,24 @@ REPLAY_INPUT_SHAPE = (8, 8)
 """What a replay sends: the held-out digits as they are (one ``LABEL`` checked per answer)."""
 
 
-def replayable(specs: Mapping[str, TritonModelSpec]) -> str | None:
-    """Why a replay cannot check the answers of models ``specs`` (None if it can)."""
-    for name, spec in specs.items():
-        if spec.tasks or spec.input_shape != REPLAY_INPUT_SHAPE:
-            return (f"model {name!r} reads {list(spec.input_shape)}"
-                    + (f" and answers tasks {[t for t, _ in spec.tasks]}" if spec.tasks else "")
-                    + f"; a replay sends the {REPLAY_INPUT_SHAPE[0]}x{REPLAY_INPUT_SHAPE[1]} digits and checks one "
-                      "LABEL (serve it without --replay and send requests to it)")
+def replayable(pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec]) -> str | None:
+    """Why a replay cannot check the answers of ``pipeline`` served by ``specs`` (None if it can): it sends the
+    held-out 8x8 digits as the request and checks one ``LABEL``, so every model of a stage that reads the
+    request alone must read 8x8 images, and every model of a stage no other reads (the answer) must answer one
+    task. Stages that read their parents' outputs (agent workflows) may read anything."""
+    read = {parent for stage in pipeline.spec.stages for parent in stage.depends_on}
+    models = stage_models(pipeline.spec)
+    for stage in pipeline.spec.stages:
+        reads_request = list(stage.inputs) == [REQUEST_INPUT]
+        for name in models[stage.name]:
+            spec = specs[name]
+            if reads_request and spec.input_shape != REPLAY_INPUT_SHAPE:
+                return (f"model {name!r} of stage {stage.name!r} reads {list(spec.input_shape)}; a replay sends the "
+                        f"{REPLAY_INPUT_SHAPE[0]}x{REPLAY_INPUT_SHAPE[1]} digits (serve it without --replay and "
+                        "send requests to it)")
+            if stage.name not in read and spec.tasks:
+                return (f"model {name!r} of stage {stage.name!r} answers tasks {[t for t, _ in spec.tasks]}; a replay "
+                        "checks one LABEL (serve it without --replay and send requests to it)")
     return None
 
 

@@ -130,6 +130,24 @@ def core_seconds(events: Sequence[AppliedEvent], start: float, end: float) -> fl
     return total + cores * max(0.0, end - at)
 
 
+def node_timing(records: Sequence[RequestRecord]) -> dict[str, dict[str, float]]:
+    """Per stage of a multi-stage pipeline (the router's ``parameters.nodes`` of the answered requests): the
+    median start and the p50/p99 of the duration, in ms since the router received the request."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.error is None and r.nodes is not None:
+            for stage, span in r.nodes.items():
+                spans.setdefault(stage, []).append(span)
+    out: dict[str, dict[str, float]] = {}
+    for stage, pairs in spans.items():
+        starts = np.array([begin for begin, _ in pairs])
+        durations = np.array([end - begin for begin, end in pairs])
+        out[stage] = {"startP50Ms": round(float(np.percentile(starts, 50)), 3),
+                      "durationP50Ms": round(float(np.percentile(durations, 50)), 3),
+                      "durationP99Ms": round(float(np.percentile(durations, 99)), 3)}
+    return out
+
+
 def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], *, slo_ms: float,
               percentile: int, start: float, end: float, trace: Mapping[str, Any] | None = None,
               pipeline: str = "", steps: Sequence[LoopStep] = ()) -> dict[str, Any]:
@@ -170,6 +188,7 @@ def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], 
             "tritonInstanceUpdates": sum(1 for e in during for c in e.triton_changes if c[1] == "instances"),
             "tritonReloads": sum(1 for e in during for c in e.triton_changes if c[1] == "reload"),
         },
+        **({"nodes": nodes} if (nodes := node_timing(records)) else {}),
     }
 
 
