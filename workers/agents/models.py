@@ -59,7 +59,7 @@ from paretoserve.workers.models.training import (
     DigitsSplit,
     SplitSpec,
     TrainingRecipe,
-    _fit,  # the catalog's seeded AdamW + one-cycle loop: the aggregators learn exactly as the classifiers do
+    fit,  # the catalog's seeded AdamW + one-cycle loop: the aggregators learn exactly as the classifiers do
     load_split,
     single_thread,
 )
@@ -218,7 +218,7 @@ def _train_one(recipe: AgentRecipe, engines: Mapping[str, Engine], split: Digits
     with single_thread():
         torch.manual_seed(recipe.seed)
         module = AgentMlp(features, recipe.hidden)
-        _fit(module, torch.from_numpy(x_train), torch.from_numpy(y_train),
+        fit(module, torch.from_numpy(x_train), torch.from_numpy(y_train),
              TrainingRecipe(recipe.name, "agent_mlp", epochs=recipe.epochs, batch_size=recipe.batch_size,
                             learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay, seed=recipe.seed))
         seconds = time.perf_counter() - started

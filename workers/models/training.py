@@ -130,7 +130,7 @@ def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return shifted
 
 
-def _fit(
+def fit(
     module: nn.Module,
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -173,7 +173,7 @@ def train_classifier(recipe: TrainingRecipe, split: DigitsSplit) -> TrainedVaria
     with single_thread():
         torch.manual_seed(recipe.seed)
         module = build_module(recipe.arch)
-        _fit(module, torch.from_numpy(split.x_train), torch.from_numpy(split.y_train), recipe)
+        fit(module, torch.from_numpy(split.x_train), torch.from_numpy(split.y_train), recipe)
         correct = int((_predict_labels(module, split.x_test) == split.y_test).sum())
     return TrainedVariant(
         recipe=recipe,
@@ -202,7 +202,7 @@ def train_discriminator(
         for fit_rows, held_rows in splitter.split(split.x_train, split.y_train):
             torch.manual_seed(light.recipe.seed)
             fold_model = build_module(light.recipe.arch)
-            _fit(
+            fit(
                 fold_model,
                 torch.from_numpy(split.x_train[fit_rows]),
                 torch.from_numpy(split.y_train[fit_rows]),
@@ -218,7 +218,7 @@ def train_discriminator(
         torch.manual_seed(recipe.seed)
         discriminator = ErrorDiscriminator(copy.deepcopy(light.module))
         features = torch.cat([torch.from_numpy(split.x_train).flatten(1), torch.from_numpy(oof_probs)], dim=1)
-        _fit(discriminator.head, features, torch.from_numpy(wrong), recipe, class_weights=weights)
+        fit(discriminator.head, features, torch.from_numpy(wrong), recipe, class_weights=weights)
         discriminator.eval()
 
         light_test = _predict_labels(light.module, split.x_test)

@@ -158,11 +158,11 @@ class PipelineRunner:
             tasks[name] = asyncio.create_task(node(name))
         try:
             done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
-            failed = [task for task in done if not task.cancelled() and task.exception() is not None]
-            if failed:
-                # the stage that failed first in the DAG's order (its children only re-raise its error)
-                first = next(task for task in tasks.values() if task in failed)
-                raise first.exception()  # type: ignore[misc]
+            # the stage that failed first in the DAG's order (its children only re-raise its error)
+            errors = [task.exception() for task in tasks.values() if task in done and not task.cancelled()]
+            error = next((e for e in errors if e is not None), None)
+            if error is not None:
+                raise error
         finally:
             pending = [task for task in tasks.values() if not task.done()]
             for task in pending:
