@@ -1,0 +1,168 @@
+"""Content-addressed cache of the trained token-generating models: train once, then read.
+
+Generation workers, the tests and the planner's profiles need the same weights and the same measured
+quality, and training (minutes on one CPU thread) must happen at most once per recipe set. The cache is
+``${PARETOSERVE_CACHE:-~/.cache/paretoserve}/llm/<fingerprint>/<model>/{weights.npz,metadata.json}`` with
+``<fingerprint>/manifest.json`` written last; the fingerprint hashes the recipes, the task spec, this code's
+version and torch's minor version. A version is built under a temporary name and renamed into place, as the
+digits catalog is (:mod:`paretoserve.workers.models.cache`), so readers never see half a cache. ``weights.npz``
+is all the numpy engine needs (its config travels inside); ``metadata.json`` records exact match overall
+and per difficulty bucket, parameters, KV-cache bytes per token, training seconds and engine step timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from paretoserve.workers.llm.config import CONFIG_KEY, ModelConfig
+from paretoserve.workers.llm.engine import NumpyLM, measure_timings
+from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
+from paretoserve.workers.llm.tasks import DEFAULT_TASK, Problem, TaskSpec, make_splits
+from paretoserve.workers.llm.tokenizer import VOCAB, decode, encode_prompt
+from paretoserve.workers.llm.training import MAX_NEW_TOKENS, RECIPES, LMRecipe, TrainedLM, answers, train_model
+from paretoserve.workers.models.cache import default_cache_root
+
+LLM_CODE_VERSION = 1
+"""Bump when training or evaluation changes in a way the recipes and the task spec do not capture."""
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.npz"
+METADATA_FILE = "metadata.json"
+AGREEMENT_PROMPTS = 200
+"""Test prompts on which training checks that the numpy engine answers as the torch model does."""
+
+
+@dataclass(frozen=True)
+class LLMCatalog:
+    """The cached models of one fingerprint: where they are and what they measured."""
+
+    directory: Path
+    fingerprint: str
+    metadata: Mapping[str, Mapping[str, Any]]
+    trained: bool
+    """Whether this call trained them (False: read from the cache)."""
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.metadata)
+
+    def model_dir(self, model: str) -> Path:
+        if model not in self.metadata:
+            raise KeyError(f"model {model!r} not in {self.directory}; has {sorted(self.metadata)}")
+        return self.directory / model
+
+    def config(self, model: str) -> ModelConfig:
+        return ModelConfig(**self.metadata[model]["config"])
+
+    def exact_match(self, model: str) -> float:
+        """Held-out (test split) exact match of the whole greedy answer."""
+        return float(self.metadata[model]["heldout_exact_match"])
+
+    def engine(self, model: str) -> NumpyLM:
+        """The torch-free engine of ``model``."""
+        return NumpyLM.load(self.model_dir(model) / WEIGHTS_FILE)
+
+    def torch_model(self, model: str) -> ArithLM:
+        return load_torch(self.model_dir(model) / WEIGHTS_FILE)
+
+
+def load_torch(weights: Path) -> ArithLM:
+    """The torch model of an exported ``weights.npz``, in eval mode."""
+    with np.load(weights, allow_pickle=False) as archive:
+        model = ArithLM(ModelConfig.from_json(str(archive[CONFIG_KEY])))
+        state = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != CONFIG_KEY}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def fingerprint(recipes: Sequence[LMRecipe] = RECIPES, task: TaskSpec = DEFAULT_TASK) -> str:
+    """Short hash of everything that determines the weights (see the module doc)."""
+    identity = {"code": LLM_CODE_VERSION, "recipes": [asdict(recipe) for recipe in recipes], "task": asdict(task),
+                "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2])}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_model(trained: TrainedLM, folder: Path, key: str, task: TaskSpec,
+                 problems: Sequence[Problem]) -> dict[str, Any]:
+    """Export ``trained`` into ``folder``, check the numpy engine against torch, write and return its metadata."""
+    folder.mkdir()
+    weights = export_npz(trained.model, folder / WEIGHTS_FILE)
+    engine = NumpyLM.load(weights)
+    encoded = [encode_prompt(problem.prompt) for problem in problems]
+    numpy_answers = [decode(tokens) for tokens in engine.generate(encoded, MAX_NEW_TOKENS)]
+    torch_answers = answers(trained.model, problems)
+    agreement = float(np.mean([ours == theirs for ours, theirs in zip(numpy_answers, torch_answers, strict=True)]))
+    config = trained.recipe.config
+    metadata: dict[str, Any] = {
+        "model": config.name,
+        "version": key,
+        "config": asdict(config),
+        "params": count_parameters(trained.model),
+        "kv_bytes_per_token": config.kv_bytes_per_token(),
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "vocab": list(VOCAB),
+        "heldout_exact_match": trained.test.exact_match,
+        "heldout_correct": trained.test.correct,
+        "heldout_size": trained.test.size,
+        "heldout_by_difficulty": trained.test.by,
+        "heldout_bucket_sizes": trained.test.sizes,
+        "validation_exact_match": trained.validation.exact_match,
+        "train_size": trained.train_size,
+        "training_seconds": round(trained.training_seconds, 3),
+        "final_train_loss": round(trained.final_loss, 6),
+        "engine_agreement": agreement,
+        "engine_timings_ms": measure_timings(engine, encoded),
+        "recipe": asdict(trained.recipe),
+        "task": asdict(task),
+        "torch_version": torch.__version__,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    return metadata
+
+
+def _open(directory: Path, *, trained: bool) -> LLMCatalog:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    metadata = {name: json.loads((directory / name / METADATA_FILE).read_text()) for name in manifest["models"]}
+    return LLMCatalog(directory=directory, fingerprint=manifest["fingerprint"], metadata=metadata, trained=trained)
+
+
+def ensure_llms(cache_root: Path | None = None, *, recipes: Sequence[LMRecipe] = RECIPES,
+                task: TaskSpec = DEFAULT_TASK, progress: Callable[[str], None] | None = None) -> LLMCatalog:
+    """The models of ``recipes`` on ``task``: read from ``<cache_root>/llm/<fingerprint>`` (default root
+    ``${PARETOSERVE_CACHE:-~/.cache/paretoserve}``), or trained once and cached there."""
+    key = fingerprint(recipes, task)
+    root = (cache_root or default_cache_root()) / "llm"
+    final = root / key
+    if (final / MANIFEST_FILE).is_file():
+        return _open(final, trained=False)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        splits = make_splits(task)
+        for recipe in recipes:
+            trained = train_model(recipe, splits)
+            saved = _write_model(trained, staging / recipe.name, key, task, splits.test[:AGREEMENT_PROMPTS])
+            if progress is not None:
+                progress(f"trained {recipe.name}: held-out exact match {saved['heldout_exact_match']:.4f} "
+                         f"in {saved['training_seconds']:.1f} s")
+        (staging / MANIFEST_FILE).write_text(json.dumps({"fingerprint": key, "models": [r.name for r in recipes]}))
+        if final.exists() and not (final / MANIFEST_FILE).is_file():
+            shutil.rmtree(final)  # an incomplete leftover
+        try:
+            staging.rename(final)
+        except OSError:
+            if not (final / MANIFEST_FILE).is_file():
+                raise  # not a lost race with another trainer: a real error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _open(final, trained=True)

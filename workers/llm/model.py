@@ -1,0 +1,211 @@
+"""The token-generating model in torch: a small decoder-only transformer with an explicit KV-cache API.
+
+Training needs the whole-sequence forward pass (teacher forcing); generation needs the two steps a serving
+engine schedules separately, prefill (a prompt in one pass, keeping each layer's keys and values) and decode
+(one new token per sequence against its cached keys and values). :class:`ArithLM` offers all three, so the
+tests can check that cached decoding equals full recomputation, and :func:`export_npz` writes the weights the
+torch-free numpy engine (:mod:`paretoserve.workers.llm.engine`) serves. Pre-LN blocks, learned positions,
+GELU (tanh form, which numpy computes exactly), untied output head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from paretoserve.workers.llm.config import CONFIG_KEY, LAYER_NORM_EPS, ModelConfig
+from paretoserve.workers.llm.tokenizer import EOS
+
+
+@dataclass(frozen=True)
+class TorchKVCache:
+    """One sequence's cached keys and values: per layer a ``[heads, length, head_dim]`` tensor each."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[1])
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        width = config.d_model
+        self.heads = config.heads
+        self.ln1 = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.fc = nn.Linear(width, config.mlp_ratio * width)
+        self.out = nn.Linear(config.mlp_ratio * width, width)
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, T, d]``; ``past`` keys and values ``[B, H, P, dh]`` placed before ``x``'s own, attended
+        under the boolean ``mask`` ``[B, 1, T, P + T]`` (without ``past``: causal). Returns the block's output
+        and the keys and values of all ``P + T`` positions."""
+        batch, steps, width = x.shape
+        q, k, v = (part.view(batch, steps, self.heads, width // self.heads).transpose(1, 2)
+                   for part in self.qkv(self.ln1(x)).split(width, dim=2))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        if mask is None:
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, steps, width))
+        x = x + self.out(nn.functional.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return x, k, v
+
+
+class ArithLM(nn.Module):
+    """Token and learned position embeddings, ``layers`` pre-LN blocks, a final LayerNorm, the output head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = nn.Embedding(config.max_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, Block):  # residual projections scaled down with depth (GPT-2)
+                for projection in (module.proj, module.out):
+                    nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
+
+    def _layers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for block in self.blocks:
+            x, k, v = block(x)
+            kept.append((k, v))
+        return self.head(self.ln_f(x)), kept
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Full recomputation: ``ids`` ``[B, T]`` (every row starting at position 0) -> logits ``[B, T, V]``."""
+        steps = ids.shape[1]
+        logits, _ = self._layers(self.tok(ids) + self.pos(torch.arange(steps)))
+        return logits
+
+    def prefill(self, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, TorchKVCache]:
+        """One prompt in one pass: the logits ``[V]`` of its last position and its KV cache."""
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        logits, kept = self._layers(self.tok(ids) + self.pos(torch.arange(ids.shape[1])))
+        cache = TorchKVCache(keys=tuple(k[0] for k, _ in kept), values=tuple(v[0] for _, v in kept))
+        return logits[0, -1], cache
+
+    def decode_step(self, last_ids: Sequence[int],
+                    caches: Sequence[TorchKVCache]) -> tuple[torch.Tensor, list[TorchKVCache]]:
+        """One token per sequence, batched over sequences of different lengths (each with its own cache, padded
+        and masked here): the logits ``[B, V]`` and the caches extended by the new token (inputs untouched)."""
+        if len(last_ids) != len(caches) or not caches:
+            raise ValueError(f"{len(last_ids)} tokens for {len(caches)} caches")
+        lengths = [cache.length for cache in caches]
+        if max(lengths) >= self.config.max_len:
+            raise ValueError(f"a sequence is already at the model's max_len {self.config.max_len}")
+        longest = max(lengths)
+        ids = torch.tensor(list(last_ids), dtype=torch.long)
+        x = (self.tok(ids) + self.pos(torch.tensor(lengths, dtype=torch.long)))[:, None, :]
+        mask = torch.zeros((len(caches), 1, 1, longest + 1), dtype=torch.bool)
+        for row, length in enumerate(lengths):
+            mask[row, 0, 0, :length] = True
+        mask[:, 0, 0, longest] = True  # each sequence's own new token, placed after the padding
+        keys: list[list[torch.Tensor]] = [[] for _ in caches]
+        values: list[list[torch.Tensor]] = [[] for _ in caches]
+        for layer, block in enumerate(self.blocks):
+            past_k = torch.zeros((len(caches), self.config.heads, longest, self.config.head_dim))
+            past_v = torch.zeros_like(past_k)
+            for row, cache in enumerate(caches):
+                past_k[row, :, : cache.length] = cache.keys[layer]
+                past_v[row, :, : cache.length] = cache.values[layer]
+            x, k, v = block(x, (past_k, past_v), mask)
+            for row, cache in enumerate(caches):
+                keys[row].append(torch.cat((cache.keys[layer], k[row, :, longest:]), dim=1))
+                values[row].append(torch.cat((cache.values[layer], v[row, :, longest:]), dim=1))
+        logits = self.head(self.ln_f(x))[:, 0]
+        return logits, [TorchKVCache(tuple(k), tuple(v)) for k, v in zip(keys, values, strict=True)]
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding with the KV cache: each prompt prefilled, then decode steps batched over the sequences
+        still running. At most ``max_new_tokens`` tokens per sequence, ``EOS`` included; returned without it."""
+        with torch.inference_mode():
+            outputs: list[list[int]] = [[] for _ in prompts]
+            caches: list[TorchKVCache] = []
+            logits_rows: list[torch.Tensor] = []
+            for prompt in prompts:
+                logits, cache = self.prefill(prompt)
+                caches.append(cache)
+                logits_rows.append(logits)
+            running = list(range(len(prompts)))
+            logits = torch.stack(logits_rows) if logits_rows else torch.zeros((0, self.config.vocab_size))
+            while running:
+                chosen = logits.argmax(dim=-1).tolist()
+                still: list[int] = []
+                for index, token in zip(running, chosen, strict=True):
+                    if token == EOS:
+                        continue
+                    outputs[index].append(token)
+                    if len(outputs[index]) < max_new_tokens and caches[index].length < self.config.max_len:
+                        still.append(index)
+                running = still
+                if running:
+                    logits, stepped = self.decode_step([outputs[i][-1] for i in running], [caches[i] for i in running])
+                    for index, cache in zip(running, stepped, strict=True):
+                        caches[index] = cache
+        return outputs
+
+
+def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy decoding by full recomputation (no cache): prompts grouped by length, each group extended one token
+    at a time. The reference the cached paths must equal, and the fast way to score a whole split."""
+    outputs: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(len(prompt), []).append(index)
+    with torch.inference_mode():
+        for length, members in sorted(groups.items()):
+            ids = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long)
+            done = torch.zeros(len(members), dtype=torch.bool)
+            for _ in range(min(max_new_tokens, model.config.max_len - length + 1)):
+                chosen = model(ids)[:, -1].argmax(dim=-1)
+                done |= chosen == EOS
+                ids = torch.cat((ids, chosen[:, None]), dim=1)
+                if bool(done.all()) or ids.shape[1] > model.config.max_len:
+                    break
+            for row, index in enumerate(members):
+                for token in ids[row, length:].tolist():
+                    if token == EOS or len(outputs[index]) >= max_new_tokens:
+                        break
+                    outputs[index].append(token)
+    return outputs
+
+
+def export_npz(model: ArithLM, path: Path) -> Path:
+    """The weights as float32 arrays named as in ``state_dict()`` plus the config as JSON (:data:`CONFIG_KEY`),
+    written to a temporary name and renamed: what the numpy engine loads (no pickle)."""
+    arrays = {name: tensor.detach().cpu().numpy().astype(np.float32) for name, tensor in model.state_dict().items()}
+    arrays[CONFIG_KEY] = np.array(model.config.to_json())
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, **arrays)
+    partial.replace(path)
+    return path
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
