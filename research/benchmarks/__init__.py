@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, str] = {
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
     "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
     "agents": "paretoserve.research.benchmarks.agents:bench_agents",
+    "llm": "paretoserve.research.benchmarks.llm:bench_llm",
 }
 
 
