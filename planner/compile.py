@@ -79,7 +79,8 @@ def compile_stage(stage: Stage, pipeline_load: float, *, utilization: float,
         cascade=cascade,
         min_replicas=stage.bounds.min_replicas,
         max_replicas=stage.bounds.max_replicas,
-        max_queue_delay_ms=stage.max_queue_delay_ms,
+        # iteration-level batching never waits for a batch to fill: no batch-formation delay
+        max_queue_delay_ms=0.0 if stage.generation is not None else stage.max_queue_delay_ms,
         queue_delay_ms=queue_delay_ms,
     )
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from paretoserve.planner.model import Option
-from paretoserve.planner.spec import SpecError, Stage, Variant
+from paretoserve.planner.spec import Generation, SpecError, Stage, TokenProfile, Variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,35 @@ def _within(cpu: float, stage: Stage) -> bool:
     return (low is None or cpu >= low - 1e-9) and (high is None or cpu <= high + 1e-9)
 
 
+def token_options(tokens: TokenProfile, generation: Generation, batch_sizes: Sequence[int],
+                  cpu: float) -> list[tuple[int, float, int, float, float]]:
+    """(batch, cpu, instances, latency, throughput) of a token-generating variant at each most-sequences-at-once
+    ``B`` that its KV cache holds and that meets the stage's TTFT and ITL SLOs.
+
+    TTFT = prefill(P); ITL = step(B); a request's latency is TTFT + O·ITL. A replica's engine spends prefill(P)
+    on each request and step(B)/B on each of its O tokens (a step serves B sequences), and holds at most B
+    sequences (Little's law: λ·latency ≤ B), so it carries min(1/(prefill + O·step/B), B/latency) requests per
+    unit of time. Prefills of newcomers also delay the running batch's steps; the profile's step time is
+    measured without them (not modelled)."""
+    out = []
+    prompt, output = generation.prompt_tokens, generation.output_tokens
+    ttft = tokens.prefill.at(prompt)
+    for b in batch_sizes:
+        if b * (prompt + output) * tokens.kv_bytes_per_token > tokens.kv_budget_bytes:
+            continue
+        itl = tokens.decode_step.at(b)
+        if generation.ttft_ms is not None and ttft > generation.ttft_ms:
+            continue
+        if generation.itl_ms is not None and itl > generation.itl_ms:
+            continue
+        latency = ttft + output * itl
+        if not latency > 0:
+            continue
+        throughput = min(1000.0 / (ttft + output * itl / b), b * 1000.0 / latency)
+        out.append((b, cpu, 1, latency, throughput))
+    return out
+
+
 def variant_options(variant: Variant, stage: Stage, *, utilization: float = 1.0) -> list[Option]:
     """Every option the planner may choose for a variant; capacity scaled by the target utilization."""
     res = variant.resources
@@ -107,6 +136,8 @@ def variant_options(variant: Variant, stage: Stage, *, utilization: float = 1.0)
                 raise SpecError(f"{stage.name}/{variant.name}.profile.linearCapacity",
                                 f"non-positive throughput at {c:g} cores")
             raw.append((1, c, 1, lin.latency_ms, model.capacity(c)))
+    elif profile.tokens is not None and stage.generation is not None:
+        raw += token_options(profile.tokens, stage.generation, stage.batch_sizes, res.cpu)
     return [
         Option(
             variant=variant.name,

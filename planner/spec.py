@@ -237,16 +237,41 @@ class LinearCapacity(StrictModel):
         return self
 
 
+class LinearMs(StrictModel):
+    """A time in milliseconds linear in one count: ``interceptMs + slope × count``."""
+
+    intercept_ms: Annotated[float, Field(ge=0, le=lim.MAX_LATENCY_MS)]
+    slope_ms: Annotated[float, Field(ge=0, le=lim.MAX_LATENCY_MS)]
+
+    def at(self, count: float) -> float:
+        return self.intercept_ms + self.slope_ms * count
+
+
+class TokenProfile(StrictModel):
+    """A token-generating variant served with iteration-level batching (`bench llm` measures one): prefill time
+    against prompt tokens, one decode step's time against the sequences in the batch, and its KV cache."""
+
+    prefill: LinearMs
+    """Prefill of one prompt: interceptMs + slopeMs × prompt tokens (visual tokens included)."""
+    decode_step: LinearMs
+    """One decode step of the running batch: interceptMs + slopeMs × sequences (the inter-token latency)."""
+    kv_bytes_per_token: Annotated[int, Field(ge=1, le=2**40)]
+    kv_budget_bytes: Annotated[float, Field(gt=0, le=2**50)]
+    """KV-cache memory of one replica: it holds batch × (prompt + output tokens) × kvBytesPerToken at most."""
+
+
 class Profile(StrictModel):
     points: list[ProfilePoint] = Field(default_factory=list, max_length=512)
     sponge: SpongeFit | None = None
     linear_capacity: LinearCapacity | None = None
+    tokens: TokenProfile | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Profile:
-        given = sum([bool(self.points), self.sponge is not None, self.linear_capacity is not None])
+        given = sum([bool(self.points), self.sponge is not None, self.linear_capacity is not None,
+                     self.tokens is not None])
         if given != 1:
-            raise ValueError("give exactly one of points, sponge, linearCapacity")
+            raise ValueError("give exactly one of points, sponge, linearCapacity, tokens")
         return self
 
 
@@ -347,7 +372,22 @@ def variant_option_count(variant: Variant, batch_sizes: list[int]) -> int:
         return len(batch_sizes) * len(profile.sponge.cpus)
     if profile.linear_capacity is not None:
         return len(profile.linear_capacity.cpus)
+    if profile.tokens is not None:
+        return len(batch_sizes)
     return len(profile.points)
+
+
+class Generation(StrictModel):
+    """A token-generating stage: what a request costs in tokens, and its token-level SLOs."""
+
+    prompt_tokens: Annotated[float, Field(gt=0, le=1e6)]
+    """Mean prompt tokens per request (visual tokens included)."""
+    output_tokens: Annotated[float, Field(gt=0, le=1e6)]
+    """Mean generated tokens per request."""
+    ttft_ms: Latency | None = None
+    """Time to first token (the prefill) at most this; unset: only the end-to-end SLO bounds it."""
+    itl_ms: Latency | None = None
+    """Inter-token latency (one decode step of the running batch) at most this."""
 
 
 class StageTask(StrictModel):
@@ -376,6 +416,9 @@ class Stage(StrictModel):
     """Serve several variants at once with a traffic split (InfAdapter)."""
     cascade: Cascade | None = None
     bounds: StageBounds = Field(default_factory=StageBounds)
+    generation: Generation | None = None
+    """A token-generating stage (every variant has a ``tokens`` profile); ``batchSizes`` are then the most
+    sequences a replica runs at once (iteration-level batching: no waiting for a batch to fill)."""
     tasks: list[StageTask] | None = Field(default=None, min_length=1, max_length=lim.MAX_TASKS)
     """A multi-task stage: every request is answered for each task; each variant serves all of them (one fused
     model, or the separate task models as one Triton ensemble) and gives ``taskAccuracy`` instead of ``accuracy``."""
@@ -412,6 +455,10 @@ class Stage(StrictModel):
             if self.multi_variant:
                 raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
         self._tasks_consistent()
+        for i, variant in enumerate(self.variants):
+            if (variant.profile.tokens is None) != (self.generation is None):
+                raise _at(f"variants[{i}].profile", "a stage with generation needs a tokens profile on every variant, "
+                                                    "and a tokens profile needs the stage's generation")
         if self.name in self.depends_on:
             raise _at(f"dependsOn[{self.depends_on.index(self.name)}]", "a stage cannot depend on itself")
         for i, piece in enumerate(self.inputs):

@@ -116,7 +116,7 @@ LIGHT_IS_VARIANT = "cascade.light must name a variant of this stage"
 HEAVY_IS_VARIANT = "cascade.heavy must name a variant of this stage"
 CASCADE_XOR_MULTI = "a stage is either a cascade or multiVariant, not both"
 LIGHT_NE_HEAVY = "cascade.light and cascade.heavy must differ"
-ONE_PROFILE_KIND = "give exactly one of profile.points, profile.sponge, profile.linearCapacity"
+ONE_PROFILE_KIND = "give exactly one of profile.points, profile.sponge, profile.linearCapacity, profile.tokens"
 MIN_REPLICAS_LE_MAX = "bounds.minReplicas must be <= bounds.maxReplicas"
 MIN_CPU_LE_MAX = "bounds.minCpu must be <= bounds.maxCpu"
 PRE_ROUTED_LE_HEAVY = "rows[].preRoutedFraction must be <= rows[].heavyFraction"
@@ -139,6 +139,9 @@ TASK_NAMES_UNIQUE = "task names (tasks[].name) must be unique within a stage"
 TASK_WEIGHT_POSITIVE = "at least one task needs a weight > 0"
 TASKS_NOT_CASCADE = "a multi-task stage (tasks) cannot be a cascade"
 INPUTS_FROM_PARENTS = "every stage an input reads (inputs[]) must be in dependsOn"
+TOKENS_WITH_GENERATION = ("a stage with generation needs a tokens profile on every variant, and a tokens profile "
+                          "needs the stage's generation")
+LLM = "spec.stages[0]"
 # digits-fused.yaml: one multi-task stage (digit, parity, at_least_5, loops); variants[0] runs the separate
 # task models, the others are fused variants.
 FUSED = "spec.stages[0]"
@@ -228,6 +231,21 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
                     "spec.stages[1].inputs[0]"),
     InvalidPipeline("input-not-request", set_("spec.stages[1].inputs", ["$input"]), "spec.stages[1].inputs[0]"),
     InvalidPipeline("no-inputs", set_("spec.stages[1].inputs", []), "spec.stages[1].inputs"),
+    InvalidPipeline("tokens-profile-without-generation", del_(f"{LLM}.generation"), LLM, "cel",
+                    f"{LLM}.variants", TOKENS_WITH_GENERATION, base="arith-llm.yaml"),
+    InvalidPipeline("generation-with-a-points-profile",
+                    set_(f"{LLM}.variants[1].profile", {"points": [{"batch": 1, "latencyMs": 3}]}), LLM, "cel",
+                    f"{LLM}.variants", TOKENS_WITH_GENERATION, base="arith-llm.yaml"),
+    InvalidPipeline("tokens-and-points", set_(f"{LLM}.variants[0].profile.points", [{"batch": 1, "latencyMs": 3}]),
+                    f"{LLM}.variants[0].profile", "cel", rule=ONE_PROFILE_KIND, base="arith-llm.yaml"),
+    InvalidPipeline("negative-prefill-slope", set_(f"{LLM}.variants[0].profile.tokens.prefill.slopeMs", -0.1),
+                    f"{LLM}.variants[0].profile.tokens.prefill.slopeMs", base="arith-llm.yaml"),
+    InvalidPipeline("kv-bytes-per-token-zero", set_(f"{LLM}.variants[0].profile.tokens.kvBytesPerToken", 0),
+                    f"{LLM}.variants[0].profile.tokens.kvBytesPerToken", base="arith-llm.yaml"),
+    InvalidPipeline("no-output-tokens", set_(f"{LLM}.generation.outputTokens", 0), f"{LLM}.generation.outputTokens",
+                    base="arith-llm.yaml"),
+    InvalidPipeline("itl-slo-zero", set_(f"{LLM}.generation.itlMs", 0), f"{LLM}.generation.itlMs",
+                    base="arith-llm.yaml"),
     InvalidPipeline("unknown-goal", set_("spec.objective.goal", "throughput"), "spec.objective.goal"),
     InvalidPipeline("negative-min-accuracy", set_("spec.objective.minAccuracy", -0.1), "spec.objective.minAccuracy"),
     InvalidPipeline("accuracy-not-a-number", set_("spec.stages[0].variants[0].accuracy", "high"),
