@@ -366,20 +366,25 @@ def test_token_profiles_compile_to_options_under_the_ttft_itl_and_kv_limits_by_h
     pipeline = load_pipeline_text(example.read_text())
     problem = compile_problem(pipeline, Observation(load_rps=2000.0))
     options = {(o.variant, o.batch): o for o in problem.stages[0].options}
-    # arith-small: TTFT = 0.137 + 0.0568 x 8 = 0.5914 ms; ITL(B) = 0.1481 + 0.0785 B; latency = TTFT + 4 ITL.
-    # B = 32: ITL 2.66 ms > the 2 ms ITL SLO; and 32 x 12 tokens x 1024 B > the 256 KiB KV budget: dropped.
+    # arith-small: TTFT = 0.1215 + 0.0599 x 8 = 0.6007 ms; ITL(B) = 0.1673 + 0.08 B; latency = TTFT + 4 ITL.
+    # B = 32: ITL 2.73 ms > the 2 ms ITL SLO; and 32 x 12 tokens x 1024 B > the 256 KiB KV budget: dropped.
     # arith-large: 2304 B per token, so at most 9 sequences (9 x 12 x 2304 = 248,832 B): B = 16 and 32 dropped.
     assert sorted(options) == [("arith-large", 1), ("arith-large", 4), ("arith-large", 8),
                                ("arith-small", 1), ("arith-small", 4), ("arith-small", 8), ("arith-small", 16)]
     small8 = options[("arith-small", 8)]
-    itl = 0.1481 + 0.0785 * 8
-    latency = 0.5914 + 4 * itl
+    itl = 0.1673 + 0.08 * 8
+    latency = 0.6007 + 4 * itl
     assert small8.latency_ms == pytest.approx(latency)
     # capacity: min(engine-bound 1000 / (TTFT + 4 ITL / 8), Little's law 8 x 1000 / latency), x targetUtilization 1
-    assert small8.capacity_rps == pytest.approx(min(1000 / (0.5914 + 4 * itl / 8), 8000 / latency))
+    assert small8.capacity_rps == pytest.approx(min(1000 / (0.6007 + 4 * itl / 8), 8000 / latency))
     assert problem.stages[0].max_queue_delay_ms == 0.0  # continuous batching waits for no batch to fill
-    # more load than the 8-core budget carries with arith-large: the plan falls back to arith-small
-    assert solve(problem).stage("answer").allocations[0].variant == "arith-large"
-    heavy = solve(compile_problem(pipeline, Observation(load_rps=8000.0)))
-    assert heavy.stage("answer").allocations[0].variant == "arith-small"
-    assert heavy.cpu is not None and heavy.cpu <= 8.0
+    # the prompt router's threshold in the same program: every prompt to arith-large while the 8-core budget
+    # carries it, a split at 4,000 requests/s, all to arith-small at 8,000; brute force agrees
+    thresholds = []
+    for load in (2000.0, 4000.0, 8000.0):
+        at_load = compile_problem(pipeline, Observation(load_rps=load))
+        plan = solve(at_load)
+        assert plan.status is SolveStatus.OPTIMAL and plan.cpu is not None and plan.cpu <= 8.0
+        assert plan.objective == pytest.approx(brute_force(at_load).objective, abs=1e-7)
+        thresholds.append(plan.stage("answer").threshold)
+    assert thresholds[0] == 0.0 and 0.0 < thresholds[1] < 1.0 and thresholds[2] == 1.0
