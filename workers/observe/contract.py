@@ -16,7 +16,8 @@ Who exposes what, with which labels of its own:
   `ROUTER_REQUESTS` {pipeline, stage, model, route}, `ROUTER_DEFERRALS` {pipeline, stage},
   `ROUTER_FALLBACKS` {pipeline, stage}, `ROUTER_ERRORS` {pipeline, stage, reason},
   `ROUTER_REQUEST_DURATION` {pipeline, stage, model}, `ROUTER_UPSTREAM_FAILURES` {pipeline, model, reason},
-  and the scrape-time gauges `ROUTER_QUEUE_LENGTH` {pipeline} and `MIN_DEADLINE_REMAINING` {pipeline};
+  the scrape-time gauges `ROUTER_QUEUE_LENGTH` {pipeline} and `MIN_DEADLINE_REMAINING` {pipeline}, and for
+  token generation `ROUTER_TTFT` and `ROUTER_INTER_TOKEN` {pipeline, model};
 - Triton (its own ``/metrics``): `TRITON_QUEUE_DURATION` and `TRITON_REQUEST_SUCCESS` {model, version},
   both counters whose names carry no ``_total`` suffix;
 - the operator (``operator/telemetry.py``): `OPERATOR_DECISIONS` {namespace, pipeline, solver_status,
@@ -58,6 +59,10 @@ ROUTER_QUEUE_LENGTH: Final = "paretoserve_router_queue_length"
 """Gauge: upstream calls waiting in the EDF queue."""
 MIN_DEADLINE_REMAINING: Final = "paretoserve_router_min_deadline_remaining_ms"
 """Gauge: milliseconds left to the tightest deadline the router is serving; absent when none has one."""
+ROUTER_TTFT: Final = "paretoserve_router_ttft_seconds"
+"""Histogram: a streamed generation's time from the request received to its first token sent to the client."""
+ROUTER_INTER_TOKEN: Final = "paretoserve_router_inter_token_seconds"
+"""Histogram: a streamed generation's time between two consecutive tokens sent to the client."""
 
 # --- Triton -----------------------------------------------------------------------------------------
 TRITON_QUEUE_DURATION: Final = "nv_inference_queue_duration_us"

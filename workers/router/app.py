@@ -12,6 +12,8 @@ two listeners (:mod:`.serve`), and a path of one app does not exist on the other
   ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``; and the rest of KServe v2 that
   Triton's clients call (server and model metadata, config, readiness, statistics, versioned paths, the
   pipeline addressed as a model: :mod:`.kserve`), with binary tensor data and compressed bodies (:mod:`.wire`);
+  token generation, streamed: ``POST /v2/models/{model}/generate[_stream]`` and the OpenAI subset
+  ``POST /v1/completions`` (:mod:`.streaming`);
 - **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
   (bearer token, :mod:`.admin`) and ``GET /metrics``.
 
@@ -67,6 +69,7 @@ from paretoserve.workers.router.limits import RequestLimits, parse_deadline_ms, 
 from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
 from paretoserve.workers.router.pipeline import PipelineRunner
 from paretoserve.workers.router.protocol import JSON, InferRequest, Message, json_response, parse_infer_request
+from paretoserve.workers.router.streaming import GenerationEndpoints
 from paretoserve.workers.router.upstream import PROXY_REQUEST_HEADERS, UpstreamPool
 from paretoserve.workers.router.wire import (
     HEADER_LENGTH,
@@ -149,10 +152,16 @@ class RouterService:
         """Set on SIGTERM (:mod:`.serve`): readiness answers 503 while the data plane still serves."""
         self.kserve = KServeEndpoints(self)
         """Metadata, config, readiness and statistics (:mod:`.kserve`), and the pipeline's figures."""
+        self.generation = GenerationEndpoints(self)
+        """Token generation: KServe generate[_stream] and OpenAI completions (:mod:`.streaming`)."""
 
     @property
     def config(self) -> RouterConfig:
         return self._config
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def _queue_probe(self) -> tuple[int, float | None]:
         return self.admission.queue_length, self.active.min_remaining_ms()
@@ -203,6 +212,9 @@ class RouterService:
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.limits.max_body_bytes)
+
+    budget_ms = _budget_ms
+    read_body = _body
 
     def require_running(self) -> tuple[UpstreamPool, PipelineRunner]:
         if self._pool is None or self._runner is None:
@@ -357,7 +369,7 @@ class RouterService:
 
     async def on_router_error(self, request: Request, exc: Exception) -> Response:
         error = exc if isinstance(exc, RouterError) else RouterError(f"internal error: {type(exc).__name__}")
-        if request.url.path.startswith("/v2/"):
+        if request.url.path.startswith(("/v2/", "/v1/")):
             self.metrics.error(error.stage, error.reason)
         where = f" [{error.url}: {error.detail}]" if isinstance(error, UpstreamError) and error.url else ""
         level = logging.WARNING if error.status >= 500 else logging.INFO
@@ -457,6 +469,9 @@ def build_router(
             Route("/v2/pipelines/{pipeline}/infer", service.pipeline_infer, methods=["POST"]),
             Route("/v2/models/{model}/infer", service.model_infer, methods=["POST"]),
             Route("/v2/models/{model}/versions/{version}/infer", service.model_infer, methods=["POST"]),
+            Route("/v2/models/{model}/generate", service.generation.generate, methods=["POST"]),
+            Route("/v2/models/{model}/generate_stream", service.generation.generate_stream, methods=["POST"]),
+            Route("/v1/completions", service.generation.completions, methods=["POST"]),
             Route("/v2/health/ready", service.ready, methods=["GET"]),
             Route("/v2/health/live", service.live, methods=["GET"]),
             Route("/v2", kserve.server_metadata, methods=["GET"]),

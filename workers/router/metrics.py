@@ -14,6 +14,8 @@ adds ``namespace``)::
     paretoserve_router_upstream_failures_total{pipeline,model,reason} failed attempts, retried or not
     paretoserve_router_queue_length{pipeline}                         calls waiting in the EDF queue
     paretoserve_router_min_deadline_remaining_ms{pipeline}            tightest remaining deadline (ms)
+    paretoserve_router_ttft_seconds{pipeline,model}                   generation: request received -> 1st token sent
+    paretoserve_router_inter_token_seconds{pipeline,model}            generation: between two tokens sent
 
 ``requests``, ``deferrals`` and ``fallbacks`` count *rows* (images) of a stage, so
 ``deferrals / requests`` is the deferred share f(t) whatever the batch size; pipeline-level
@@ -40,6 +42,12 @@ PROXY_STAGE = c.PROXY_STAGE
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf,
 )
+
+TOKEN_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, math.inf,
+)
+"""Token latencies (the generation endpoints, :mod:`.streaming`): finer at the low end than :data:`LATENCY_BUCKETS`."""
 
 QueueProbe = Callable[[], tuple[int, float | None]]
 """Returns ``(queue length, min remaining deadline in ms or None)`` at scrape time."""
@@ -103,6 +111,14 @@ class RouterMetrics:
             c.ROUTER_UPSTREAM_FAILURES, "Failed upstream attempts (retried or not).",
             [c.PIPELINE, c.MODEL, c.REASON], registry=registry,
         )
+        self.ttft = Histogram(
+            c.ROUTER_TTFT, "Generation: time from receiving the request to sending its first token to the client.",
+            [c.PIPELINE, c.MODEL], buckets=TOKEN_BUCKETS, registry=registry,
+        )
+        self.inter_token = Histogram(
+            c.ROUTER_INTER_TOKEN, "Generation: time between two consecutive tokens sent to the client.",
+            [c.PIPELINE, c.MODEL], buckets=TOKEN_BUCKETS, registry=registry,
+        )
         registry.register(_QueueCollector(pipeline, probe))
         self._pipeline_requests = self.pipeline_requests.labels(pipeline)
         self._pipeline_duration = self.pipeline_duration.labels(pipeline)
@@ -128,6 +144,10 @@ class RouterMetrics:
         if child is None:
             child = self._calls[key] = self.call_duration.labels(self.pipeline, stage, model)
         child.observe(seconds)
+
+    def token_histograms(self, model: str) -> tuple[Histogram, Histogram]:
+        """The (TTFT, inter-token) histogram children of ``model``."""
+        return self.ttft.labels(self.pipeline, model), self.inter_token.labels(self.pipeline, model)
 
     def deferred(self, stage: str, count: int) -> None:
         self.deferrals.labels(self.pipeline, stage).inc(count)

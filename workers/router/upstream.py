@@ -147,6 +147,9 @@ class UpstreamPool:
         self._on_failure = on_failure
         self._replicas: dict[str, tuple[str, ...]] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._live_clients: dict[str, httpx.AsyncClient] = {}
+        """Per replica reached over :class:`FastTransport` (which reads answers whole): an httpx client over httpx's
+        own transport for answers relayed as they arrive (token streams, :meth:`open_stream` with ``live``)."""
         self._transports: dict[str, httpx.AsyncBaseTransport] = {}
         self._targets: dict[tuple[str, str], tuple[httpx.URL, bytes]] = {}
         self._turn: dict[str, int] = {}
@@ -173,6 +176,8 @@ class UpstreamPool:
             )
         for base in set(self._clients) - wanted:
             self._retire(self._clients.pop(base))
+            if base in self._live_clients:
+                self._retire(self._live_clients.pop(base))
             self._transports.pop(base, None)
             self._targets = {key: target for key, target in self._targets.items() if key[0] != base}
         self._replicas = {model: tuple(urls) for model, urls in upstreams.items()}
@@ -195,7 +200,8 @@ class UpstreamPool:
             task.cancel()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
-        clients, self._clients, self._transports = list(self._clients.values()), {}, {}
+        clients = [*self._clients.values(), *self._live_clients.values()]
+        self._clients, self._live_clients, self._transports = {}, {}, {}
         await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
     async def model_ready(self, base: str, model: str, timeout_s: float = 1.0) -> bool:
@@ -346,18 +352,31 @@ class UpstreamPool:
 
         return await self._transparent(model, send, _body_of)
 
+    def _live_client(self, base: str) -> httpx.AsyncClient:
+        """A client of ``base`` whose answers arrive as the replica sends them (see ``_live_clients``)."""
+        if not isinstance(self._transports.get(base), FastTransport):
+            return self._clients[base]
+        client = self._live_clients.get(base)
+        if client is None:
+            client = self._live_clients[base] = httpx.AsyncClient(
+                base_url=base, transport=httpx.AsyncHTTPTransport(limits=self._limits, retries=0),
+                timeout=self._timeout, limits=self._limits)
+        return client
+
     async def open_stream(self, model: str, body: bytes, headers: Mapping[str, str], *,
-                          path: str | None = None) -> httpx.Response:
+                          path: str | None = None, live: bool = False) -> httpx.Response:
         """Send a proxied request with a streamed response; the caller must ``aclose()`` it.
 
-        ``path`` replaces the model's infer path (a versioned one, ``/v2/models/m/versions/1/infer``); the
-        proxy's retries (`_transparent`).
+        ``path`` replaces the model's infer path (a versioned one, ``/v2/models/m/versions/1/infer``, or a
+        generate path); the proxy's retries (`_transparent`). ``live``: the answer's bytes are readable as the
+        replica sends them, whatever the configured transport (token streams).
         """
 
         async def send(base: str) -> tuple[int, httpx.Response]:
             url = self._url(base, model) if path is None else httpx.URL(f"{base}{path}")
             request = httpx.Request("POST", url, content=body, headers=dict(headers), extensions=self._extensions)
-            response = await self._clients[base].send(request, stream=True)
+            client = self._live_client(base) if live else self._clients[base]
+            response = await client.send(request, stream=True)
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_response_bytes:
                 await response.aclose()

@@ -1,0 +1,324 @@
+"""Token generation through the router: the KServe generate extension and OpenAI completions, streamed.
+
+Data-plane endpoints for a model the router proxies (``upstreams``), all built on the replica's
+``POST /v2/models/{model}/generate_stream`` (Server-Sent Events, one per model response; :mod:`.generate`):
+
+- ``POST /v2/models/{model}/generate_stream``: the replica's events relayed one by one as they arrive
+  (never buffered whole), ``text/event-stream``;
+- ``POST /v2/models/{model}/generate``: the same stream read to its end and merged into one JSON object
+  (:func:`~.generate.merge_events`; Triton's own ``/generate`` refuses decoupled models);
+- ``POST /v1/completions``: the OpenAI subset (``model``, ``prompt``, ``max_tokens``, ``stream``): one answer,
+  or SSE chunks with ``choices[0].text`` per token, a last chunk with ``finish_reason`` and ``usage``, then
+  ``data: [DONE]``.
+
+They follow the model proxy's conventions (:meth:`~.app.RouterService.model_infer`): body limits, the deadline
+header (the EDF queue admits the request by its deadline and it holds its queue slot until its stream ends),
+the replicas' round-robin with retries before the answer starts, and every failure an explicit JSON error from
+the app's one boundary. The body is checked against the model's Triton config first (fetched once per model
+and replica set): a missing input or a value of the wrong type is a 400 naming it. Once the answer has started
+(status 200 sent), a failure -- the replica's own error event, a dropped connection, a read timeout, the
+deadline passing -- ends the stream with one last error event (``{"error", "reason", "status", "model"}``;
+OpenAI streams get no ``[DONE]`` then) and counts in ``paretoserve_router_errors_total``: never a silent cut.
+
+Per streamed request the router observes TTFT (request received -> first token sent to the client) and each
+inter-token gap (between two tokens sent) in ``paretoserve_router_ttft_seconds`` and
+``paretoserve_router_inter_token_seconds`` (:mod:`.metrics`, by model); a token counts as sent once the
+ASGI server took its bytes (the generator resumes after ``send``). Non-streamed answers are not observed there
+(their time is the proxy's ``paretoserve_router_request_duration_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from paretoserve.workers.router.decisions import Route as RowRoute
+from paretoserve.workers.router.errors import DeadlineExceeded, NotFound, RouterError, UpstreamError
+from paretoserve.workers.router.generate import (
+    Completion,
+    InputSpec,
+    SSEParser,
+    check_generate_body,
+    decode_event,
+    error_message,
+    merge_events,
+    model_inputs,
+    parse_completion_request,
+    sse_event,
+    token_text,
+    upstream_body,
+)
+from paretoserve.workers.router.kserve import _fetch_json
+from paretoserve.workers.router.metrics import PROXY_STAGE
+from paretoserve.workers.router.protocol import Message, json_response
+from paretoserve.workers.router.upstream import map_transport_errors, read_capped, scrub, status_error
+
+if TYPE_CHECKING:
+    from paretoserve.workers.router.app import RouterService
+    from paretoserve.workers.router.upstream import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+EVENT_STREAM = "text/event-stream"
+_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_UPSTREAM_HEADERS = {"content-type": "application/json", "accept": EVENT_STREAM}
+
+
+class _EventStreamResponse(StreamingResponse):
+    """An SSE answer whose ``cleanup`` runs however sending ends (done, failed, client gone)."""
+
+    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content, media_type=EVENT_STREAM, headers=_STREAM_HEADERS)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
+
+
+@dataclass
+class _Event:
+    data: bytes
+    """The event's ``data`` as the replica sent it."""
+    message: Message
+
+
+class _Generation:
+    """One admitted request's upstream stream: its events in order, then :meth:`finish` (idempotent)."""
+
+    def __init__(self, service: RouterService, model: str, started: float, deadline: float, token: int) -> None:
+        self._service = service
+        self.model = model
+        self.started = started
+        self.deadline = deadline
+        self._token = token
+        self._upstream: httpx.Response | None = None
+        self._done = False
+
+    def _remaining(self) -> float | None:
+        return None if math.isinf(self.deadline) else self.deadline - self._service.clock()
+
+    async def open(self, pool: UpstreamPool, body: bytes) -> None:
+        """Start the replica's stream (retrying replicas); a refusal is raised as the replica's error."""
+        path = f"/v2/models/{self.model}/generate_stream"
+        try:
+            async with asyncio.timeout(self._remaining()):
+                upstream = await pool.open_stream(self.model, body, _UPSTREAM_HEADERS, path=path, live=True)
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before the model started answering") from None
+        self._upstream = upstream
+        if upstream.status_code >= 300:
+            url = str(upstream.request.url)
+            with map_transport_errors(self.model, url):
+                content = await read_capped(upstream, 64 * 1024, upstream.request)
+            raise status_error(self.model, url, upstream.status_code, error_message(content))
+
+    async def events(self) -> AsyncIterator[_Event]:
+        """The replica's events as they arrive; an ``error`` event, a broken stream or the deadline passing
+        raises :class:`RouterError`."""
+        upstream = self._upstream
+        assert upstream is not None
+        url = str(upstream.request.url)
+        parser = SSEParser()
+        chunks = upstream.aiter_raw()
+        while True:
+            try:
+                with map_transport_errors(self.model, url):
+                    async with asyncio.timeout(self._remaining()):
+                        chunk = await anext(chunks, None)
+            except TimeoutError:
+                raise DeadlineExceeded("the deadline passed while the model was generating") from None
+            try:
+                datas = list(parser.feed(chunk) if chunk is not None else parser.close())
+            except ValueError as exc:
+                raise UpstreamError(f"model {self.model!r} streamed {exc}", model=self.model, url=url) from None
+            for data in datas:
+                message = decode_event(data, self.model)
+                if "error" in message:
+                    detail = str(message["error"])[:300]
+                    raise UpstreamError(f"model {self.model!r} failed while generating: {scrub(detail)}",
+                                        model=self.model, url=url, detail=detail)
+                yield _Event(data, message)
+            if chunk is None:
+                return
+
+    async def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        service = self._service
+        try:
+            if self._upstream is not None:
+                await self._upstream.aclose()
+        finally:
+            service.admission.release()
+            service.active.remove(self._token)
+            service.metrics.call(PROXY_STAGE, self.model, service.clock() - self.started)
+
+
+class GenerationEndpoints:
+    """``/v2/models/{model}/generate[_stream]`` and ``/v1/completions`` of one router (see the module notes)."""
+
+    def __init__(self, service: RouterService) -> None:
+        self._service = service
+        self._inputs: dict[str, tuple[tuple[str, ...], tuple[InputSpec, ...]]] = {}
+        self._ids = itertools.count()
+
+    async def _model_inputs(self, pool: UpstreamPool, model: str) -> tuple[InputSpec, ...]:
+        """The model's inputs from its Triton config (cached per model and replica set)."""
+        replicas = pool.replicas(model)
+        cached = self._inputs.get(model)
+        if cached is not None and cached[0] == replicas:
+            return cached[1]
+        inputs = model_inputs(await _fetch_json(pool, model, f"/v2/models/{model}/config"))
+        self._inputs[model] = (replicas, inputs)
+        return inputs
+
+    async def _start(self, request: Request, model: str | None,
+                     payload: Callable[[str, tuple[InputSpec, ...], bytes], bytes]) -> _Generation:
+        """Read and check the request, wait for its queue slot, open the replica's stream. ``model`` None: taken
+        from the body by ``payload`` (which turns the client's body into the replica's generate body)."""
+        service = self._service
+        started = service.clock()
+        config = service.config
+        try:
+            pool, _ = service.require_running()
+            if model is not None:
+                self._served(model)
+            budget_ms = service.budget_ms(request, config)
+            raw = await service.read_body(request)
+            if model is None:
+                model = parse_completion_request(raw).model
+                self._served(model)
+            body = payload(model, await self._model_inputs(pool, model), raw)
+        except RouterError as exc:
+            raise exc.at_stage(PROXY_STAGE) from None
+        deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
+        token = service.active.add(deadline)
+        try:
+            await service.admission.acquire(deadline)
+        except RouterError as exc:
+            service.active.remove(token)
+            raise exc.at_stage(PROXY_STAGE) from None
+        generation = _Generation(service, model, started, deadline, token)
+        try:
+            await generation.open(pool, body)
+        except BaseException as exc:
+            await generation.finish()
+            if isinstance(exc, RouterError):
+                exc.at_stage(PROXY_STAGE)
+            raise
+        service.metrics.rows(PROXY_STAGE, model, RowRoute.DIRECT)
+        return generation
+
+    def _served(self, model: str) -> None:
+        if model not in self._service.config.upstreams:
+            raise NotFound(f"no upstream serves model {model!r}")
+
+    @staticmethod
+    def _generate_body(model: str, inputs: tuple[InputSpec, ...], raw: bytes) -> bytes:
+        check_generate_body(raw, model, inputs)
+        return raw
+
+    def _failed(self, generation: _Generation, exc: RouterError) -> None:
+        """A failure after the answer started: counted and logged as the boundary would."""
+        exc.at_stage(PROXY_STAGE)
+        self._service.metrics.error(exc.stage, exc.reason)
+        where = f" [{exc.url}: {exc.detail}]" if isinstance(exc, UpstreamError) and exc.url else ""
+        logger.warning("stream of model %r ended by %d %s: %s%s", generation.model, exc.status, exc.reason, exc,
+                       where)
+
+    async def _relay(self, generation: _Generation,
+                     render: Callable[[_Event], tuple[bytes | None, bool]],
+                     end: Callable[[], bytes], fail: Callable[[RouterError], bytes]) -> AsyncIterator[bytes]:
+        """The client's SSE bytes: ``render(event)`` gives (bytes to send or None, is a token) per upstream event,
+        ``end()`` the closing bytes, ``fail(error)`` the last event after a failure; TTFT and gaps observed."""
+        clock = self._service.clock
+        ttft, gap = self._service.metrics.token_histograms(generation.model)
+        last: float | None = None
+        try:
+            async for event in generation.events():
+                chunk, is_token = render(event)
+                if chunk is None:
+                    continue
+                yield chunk
+                if is_token:
+                    now = clock()
+                    if last is None:
+                        ttft.observe(now - generation.started)
+                    else:
+                        gap.observe(now - last)
+                    last = now
+        except RouterError as exc:
+            self._failed(generation, exc)
+            yield fail(exc)
+            return
+        closing = end()
+        if closing:
+            yield closing
+
+    # --- the endpoints -------------------------------------------------------------------------
+
+    async def generate_stream(self, request: Request) -> Response:
+        generation = await self._start(request, request.path_params["model"], self._generate_body)
+
+        def render(event: _Event) -> tuple[bytes, bool]:
+            return b"data: " + event.data + b"\n\n", token_text(event.message) is not None
+
+        def fail(exc: RouterError) -> bytes:
+            body = exc.body()
+            body.setdefault("model", generation.model)
+            return sse_event(body)
+
+        return _EventStreamResponse(self._relay(generation, render, lambda: b"", fail), generation.finish)
+
+    async def generate(self, request: Request) -> Response:
+        generation = await self._start(request, request.path_params["model"], self._generate_body)
+        try:
+            events = [event.message async for event in generation.events()]
+        finally:
+            await generation.finish()
+        return json_response(merge_events(events))
+
+    async def completions(self, request: Request) -> Response:
+        parsed = None
+
+        def payload(model: str, inputs: tuple[InputSpec, ...], raw: bytes) -> bytes:
+            nonlocal parsed
+            parsed = parse_completion_request(raw)
+            return upstream_body(parsed, inputs)
+
+        generation = await self._start(request, None, payload)
+        assert parsed is not None
+        completion = Completion(f"cmpl-{next(self._ids)}-{time.time_ns():x}", generation.model, int(time.time()),
+                                parsed.max_tokens)
+        if not parsed.stream:
+            try:
+                async for event in generation.events():
+                    completion.note(event.message)
+            finally:
+                await generation.finish()
+            return json_response(completion.answer())
+
+        def render(event: _Event) -> tuple[bytes | None, bool]:
+            text = completion.note(event.message)
+            return (None, False) if text is None else (completion.chunk(text), True)
+
+        def fail(exc: RouterError) -> bytes:
+            return sse_event({"error": {"message": exc.message, "type": exc.reason, "code": exc.status}})
+
+        return _EventStreamResponse(self._relay(generation, render, completion.last_chunk, fail), generation.finish)
+
