@@ -1,0 +1,210 @@
+"""The multimodal token-generating model in torch: a patch vision encoder whose visual tokens prefix a decoder.
+
+A multimodal prompt is a digits image (8x8, values in 0..1) and a short text question about it (``+37=``).
+:class:`VisionEncoder` cuts the image into ``patch`` x ``patch`` patches and embeds each (a small per-patch MLP)
+as one visual token of the decoder's width: 4x4 patches give 4 visual tokens, 2x2 patches give 16 (the
+higher-resolution variant). :class:`MultimodalLM` is the text family's decoder (:class:`ArithLM`, same blocks,
+vocabulary and KV-cache API) with those visual tokens at positions ``0..V-1`` before ``BOS question``: prefill
+runs the visual and text tokens in one pass, so each request's KV cache holds its visual tokens too, and the
+decode steps are :meth:`ArithLM.decode_step` unchanged (positions are cache lengths, visual tokens included).
+No numpy engine serves these models yet; they run in torch only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from paretoserve.workers.llm.config import FLOAT32_BYTES, ModelConfig
+from paretoserve.workers.llm.model import ArithLM, TorchKVCache
+from paretoserve.workers.llm.tokenizer import EOS
+
+IMAGE_SIZE = 8
+"""The digits images are 8x8."""
+MM_CONFIG_KEY = "__mm_config__"
+"""The ``weights.npz`` entry holding the :class:`MultimodalConfig` as JSON."""
+
+
+@dataclass(frozen=True)
+class MultimodalConfig:
+    """A decoder (its :class:`ModelConfig`) and the patch size of its vision encoder."""
+
+    decoder: ModelConfig
+    patch: int
+    image_size: int = IMAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch:
+            raise ValueError(f"patch {self.patch} does not tile a {self.image_size}x{self.image_size} image")
+
+    @property
+    def name(self) -> str:
+        return self.decoder.name
+
+    @property
+    def visual_tokens(self) -> int:
+        return (self.image_size // self.patch) ** 2
+
+    def kv_bytes_per_token(self, dtype_bytes: int = FLOAT32_BYTES) -> int:
+        return self.decoder.kv_bytes_per_token(dtype_bytes)
+
+    def kv_bytes_per_request(self, text_tokens: int, dtype_bytes: int = FLOAT32_BYTES) -> int:
+        """KV-cache memory of one request holding ``text_tokens`` text tokens plus its visual tokens."""
+        return (self.visual_tokens + text_tokens) * self.kv_bytes_per_token(dtype_bytes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MultimodalConfig:
+        fields: dict[str, Any] = json.loads(text)
+        return cls(decoder=ModelConfig(**fields.pop("decoder")), **fields)
+
+
+class VisionEncoder(nn.Module):
+    """Non-overlapping ``patch`` x ``patch`` patches, row-major, each embedded by ``Linear-GELU-Linear``."""
+
+    def __init__(self, config: MultimodalConfig) -> None:
+        super().__init__()
+        self.patch = config.patch
+        self.image_size = config.image_size
+        width = config.decoder.d_model
+        self.embed = nn.Linear(config.patch * config.patch, width)
+        self.mix = nn.Linear(width, width)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, S, S]`` -> ``[B, V, patch*patch]``."""
+        batch, grid = images.shape[0], self.image_size // self.patch
+        cut = images.reshape(batch, grid, self.patch, grid, self.patch).permute(0, 1, 3, 2, 4)
+        return cut.reshape(batch, grid * grid, self.patch * self.patch)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, S, S]`` -> visual tokens ``[B, V, d_model]``."""
+        result: torch.Tensor = self.mix(nn.functional.gelu(self.embed(self.patches(images)), approximate="tanh"))
+        return result
+
+
+class MultimodalLM(ArithLM):
+    """:class:`ArithLM` whose sequences start with the :class:`VisionEncoder`'s visual tokens."""
+
+    def __init__(self, config: MultimodalConfig) -> None:
+        if config.decoder.max_len < config.visual_tokens + 1:
+            raise ValueError(f"max_len {config.decoder.max_len} leaves no room after {config.visual_tokens} "
+                             "visual tokens")
+        super().__init__(config.decoder)
+        self.mm_config = config
+        self.vision = VisionEncoder(config)
+        for linear in (self.vision.embed, self.vision.mix):
+            nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+
+    def _embed(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        x: torch.Tensor = torch.cat((self.vision(images), self.tok(ids)), dim=1)
+        positions: torch.Tensor = self.pos(torch.arange(x.shape[1]))
+        return x + positions
+
+    def forward_multimodal(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Full recomputation: images ``[B, S, S]`` and text ids ``[B, T]`` -> logits ``[B, V + T, vocab]``
+        (position ``V + t`` predicts text token ``t + 1``)."""
+        logits, _ = self._layers(self._embed(images, ids))
+        return logits
+
+    def prefill_image(self, image: npt.NDArray[np.float32] | torch.Tensor,
+                      prompt_ids: Sequence[int]) -> tuple[torch.Tensor, TorchKVCache]:
+        """One image and its prompt in one pass: the logits ``[vocab]`` of the last position and the KV cache
+        of all ``V + len(prompt_ids)`` positions."""
+        pixels = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        logits, kept = self._layers(self._embed(pixels, ids))
+        cache = TorchKVCache(keys=tuple(k[0] for k, _ in kept), values=tuple(v[0] for _, v in kept))
+        return logits[0, -1], cache
+
+    def generate_multimodal(self, images: Sequence[npt.NDArray[np.float32]], prompts: Sequence[Sequence[int]],
+                            max_new_tokens: int) -> tuple[list[list[int]], list[int]]:
+        """Greedy decoding with the KV cache: each request prefilled (visual tokens and prompt), then decode steps
+        batched over the requests still running. Returns the tokens (without ``EOS``) and each request's final
+        KV-cache length in tokens (visual tokens included)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        with torch.inference_mode():
+            outputs: list[list[int]] = [[] for _ in prompts]
+            caches: list[TorchKVCache] = []
+            rows: list[torch.Tensor] = []
+            for image, prompt in zip(images, prompts, strict=True):
+                logits, cache = self.prefill_image(image, prompt)
+                caches.append(cache)
+                rows.append(logits)
+            running = list(range(len(prompts)))
+            logits = torch.stack(rows) if rows else torch.zeros((0, self.config.vocab_size))
+            while running:
+                chosen = logits.argmax(dim=-1).tolist()
+                still: list[int] = []
+                for index, token in zip(running, chosen, strict=True):
+                    if token == EOS:
+                        continue
+                    outputs[index].append(token)
+                    if len(outputs[index]) < max_new_tokens and caches[index].length < self.config.max_len:
+                        still.append(index)
+                running = still
+                if running:
+                    logits, stepped = self.decode_step([outputs[i][-1] for i in running], [caches[i] for i in running])
+                    for index, cache in zip(running, stepped, strict=True):
+                        caches[index] = cache
+        return outputs, [cache.length for cache in caches]
+
+
+def generate_full_multimodal(model: MultimodalLM, images: npt.NDArray[np.float32], prompts: Sequence[Sequence[int]],
+                             max_new_tokens: int) -> list[list[int]]:
+    """Greedy decoding by full recomputation (no cache), requests grouped by prompt length: the reference the
+    cached path must equal, and the fast way to score a split. ``images`` ``[N, S, S]``."""
+    outputs: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(len(prompt), []).append(index)
+    visual = model.mm_config.visual_tokens
+    with torch.inference_mode():
+        for length, members in sorted(groups.items()):
+            pixels = torch.from_numpy(np.asarray(images[members], dtype=np.float32))
+            ids = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long)
+            done = torch.zeros(len(members), dtype=torch.bool)
+            for _ in range(min(max_new_tokens, model.config.max_len - visual - length + 1)):
+                chosen = model.forward_multimodal(pixels, ids)[:, -1].argmax(dim=-1)
+                done |= chosen == EOS
+                ids = torch.cat((ids, chosen[:, None]), dim=1)
+                if bool(done.all()) or visual + ids.shape[1] > model.config.max_len:
+                    break
+            for row, index in enumerate(members):
+                for token in ids[row, length:].tolist():
+                    if token == EOS or len(outputs[index]) >= max_new_tokens:
+                        break
+                    outputs[index].append(token)
+    return outputs
+
+
+def export_multimodal(model: MultimodalLM, path: Path) -> Path:
+    """The weights as float32 arrays named as in ``state_dict()`` plus the config as JSON, written to a temporary
+    name and renamed (no pickle)."""
+    arrays = {name: tensor.detach().cpu().numpy().astype(np.float32) for name, tensor in model.state_dict().items()}
+    arrays[MM_CONFIG_KEY] = np.array(model.mm_config.to_json())
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, **arrays)
+    partial.replace(path)
+    return path
+
+
+def load_multimodal(weights: Path) -> MultimodalLM:
+    """The torch model of an exported ``weights.npz``, in eval mode."""
+    with np.load(weights, allow_pickle=False) as archive:
+        model = MultimodalLM(MultimodalConfig.from_json(str(archive[MM_CONFIG_KEY])))
+        state = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != MM_CONFIG_KEY}
+    model.load_state_dict(state)
+    return model.eval()
