@@ -232,3 +232,14 @@ def test_a_replay_checks_the_request_readers_and_the_answer_only() -> None:
                                                      input_shape=(50,), tasks=(("digit", 10), ("parity", 2)))}
     refusal = replayable(pipeline, fused)
     assert refusal is not None and "stage 'judge' answers tasks ['digit', 'parity']" in refusal
+
+
+def test_the_summary_times_each_stage_of_a_workflow() -> None:
+    spans = [{"triage": (0.0, 1.0), "judge": (2.0, 2.5)}, {"triage": (0.0, 3.0), "judge": (4.0, 6.0)}]
+    records = [RequestRecord(0.1 * i, 1000.0 + 0.1 * i, 7.0, None, 3, 3, nodes=n) for i, n in enumerate(spans)]
+    summary = summarize(records, [], slo_ms=50.0, percentile=99, start=1000.0, end=1001.0)
+    assert summary["nodes"]["judge"] == {"startP50Ms": 3.0, "durationP50Ms": 1.25, "durationP99Ms": 1.985}
+    text = format_summary(summary)
+    assert "per stage (ms since the router got the request" in text
+    assert "  judge            start     3.00  took     1.25 / 1.99" in text
+    assert "nodes" not in summarize([record(0.1, 10.0)], [], slo_ms=50.0, percentile=99, start=1000.0, end=1001.0)

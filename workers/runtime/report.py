@@ -228,6 +228,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  {change['atSeconds']:6.1f}s  {', '.join(change['changed'])}  ({reason})")
     if len(changes) > MAX_CHANGE_LINES:
         lines.append(f"  ... {len(changes) - MAX_CHANGE_LINES} more in summary.json")
+    nodes = summary.get("nodes") or {}
+    if nodes:
+        lines.append("per stage (ms since the router got the request: median start, median / p99 duration):")
+        lines += [f"  {stage:<16} start {n['startP50Ms']:8.2f}  took {n['durationP50Ms']:8.2f} / "
+                  f"{n['durationP99Ms']:.2f}" for stage, n in nodes.items()]
     router = summary.get("router") or {}
     if router.get("deferredShare") is not None:
         lines.append(f"router: {router['deferrals']} rows deferred light -> heavy "
