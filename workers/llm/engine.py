@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paretoserve.workers.llm.config import CONFIG_KEY, LAYER_NORM_EPS, ModelConfig
-from paretoserve.workers.llm.tokenizer import EOS
+from paretoserve.workers.llm.decoding import greedy_decode
 
 Floats = npt.NDArray[np.float32]
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -153,30 +153,16 @@ class NumpyLM:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding: each prompt prefilled, then decode steps batched over the sequences still running
-        (a finished one leaves the batch). At most ``max_new_tokens`` tokens each, ``EOS`` included; returned
-        without it."""
-        outputs: list[list[int]] = [[] for _ in prompts]
-        caches: list[KVCache] = []
-        rows: list[Floats] = []
-        for prompt in prompts:
-            logits, cache = self.prefill(prompt)
-            caches.append(cache)
-            rows.append(logits)
-        running = list(range(len(prompts)))
-        chosen = [int(np.argmax(row)) for row in rows]
-        while running:
-            still: list[int] = []
-            for index, token in zip(running, chosen, strict=True):
-                if token == EOS:
-                    continue
-                outputs[index].append(token)
-                if len(outputs[index]) < max_new_tokens and caches[index].length < self.config.max_len:
-                    still.append(index)
-            running = still
-            if running:
-                logits_batch, _ = self.decode_step([outputs[i][-1] for i in running], [caches[i] for i in running])
-                chosen = [int(token) for token in logits_batch.argmax(axis=-1)]
-        return outputs
+        (:func:`~.decoding.greedy_decode`'s stop rule). Returned without ``EOS``."""
+        prefilled = [self.prefill(prompt) for prompt in prompts]
+        caches = [cache for _, cache in prefilled]
+
+        def step(running: list[int], last: list[int]) -> list[int]:
+            logits, _ = self.decode_step(last, [caches[i] for i in running])
+            return [int(token) for token in logits.argmax(axis=-1)]
+
+        return greedy_decode([int(np.argmax(logits)) for logits, _ in prefilled], step, lambda i: caches[i].length,
+                             max_new_tokens=max_new_tokens, max_len=self.config.max_len)
 
 
 def measure_timings(engine: NumpyLM, prompts: Sequence[Sequence[int]], batch_sizes: Sequence[int] = (1, 8),

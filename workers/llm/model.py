@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from paretoserve.workers.llm.config import CONFIG_KEY, LAYER_NORM_EPS, ModelConfig
+from paretoserve.workers.llm.decoding import greedy_decode
 from paretoserve.workers.llm.tokenizer import EOS
 
 
@@ -144,30 +145,17 @@ class ArithLM(nn.Module):
         """Greedy decoding with the KV cache: each prompt prefilled, then decode steps batched over the sequences
         still running. At most ``max_new_tokens`` tokens per sequence, ``EOS`` included; returned without it."""
         with torch.inference_mode():
-            outputs: list[list[int]] = [[] for _ in prompts]
-            caches: list[TorchKVCache] = []
-            logits_rows: list[torch.Tensor] = []
-            for prompt in prompts:
-                logits, cache = self.prefill(prompt)
-                caches.append(cache)
-                logits_rows.append(logits)
-            running = list(range(len(prompts)))
-            logits = torch.stack(logits_rows) if logits_rows else torch.zeros((0, self.config.vocab_size))
-            while running:
-                chosen = logits.argmax(dim=-1).tolist()
-                still: list[int] = []
-                for index, token in zip(running, chosen, strict=True):
-                    if token == EOS:
-                        continue
-                    outputs[index].append(token)
-                    if len(outputs[index]) < max_new_tokens and caches[index].length < self.config.max_len:
-                        still.append(index)
-                running = still
-                if running:
-                    logits, stepped = self.decode_step([outputs[i][-1] for i in running], [caches[i] for i in running])
-                    for index, cache in zip(running, stepped, strict=True):
-                        caches[index] = cache
-        return outputs
+            prefilled = [self.prefill(prompt) for prompt in prompts]
+            caches = [cache for _, cache in prefilled]
+
+            def step(running: list[int], last: list[int]) -> list[int]:
+                logits, stepped = self.decode_step(last, [caches[i] for i in running])
+                for index, cache in zip(running, stepped, strict=True):
+                    caches[index] = cache
+                return [int(token) for token in logits.argmax(dim=-1).tolist()]
+
+            return greedy_decode([int(logits.argmax()) for logits, _ in prefilled], step, lambda i: caches[i].length,
+                                 max_new_tokens=max_new_tokens, max_len=self.config.max_len)
 
 
 def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from paretoserve.workers.llm.decoding import continues
 from paretoserve.workers.llm.engine import KVCache, NumpyLM
 from paretoserve.workers.llm.tokenizer import EOS, VOCAB, encode_prompt
 from paretoserve.workers.triton.repository import ProtoEnum, ProtoMap, to_pbtxt
@@ -231,8 +232,8 @@ class ContinuousBatcher:
             sequence.request.on_token(TokenEvent(token, VOCAB[token], sequence.generated, batch))
             sequence.generated += 1
             sequence.last_token = token
-            if (sequence.generated < sequence.request.max_tokens
-                    and sequence.cache.length < self.engine.config.max_len):
+            if continues(sequence.generated, sequence.cache.length, max_new_tokens=sequence.request.max_tokens,
+                         max_len=self.engine.config.max_len):
                 return True
         request = sequence.request
         first = sequence.first_token_at or time.perf_counter()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from paretoserve.workers.llm.config import FLOAT32_BYTES, ModelConfig
+from paretoserve.workers.llm.decoding import greedy_decode
 from paretoserve.workers.llm.model import ArithLM, TorchKVCache
 from paretoserve.workers.llm.tokenizer import EOS
 
@@ -135,29 +136,18 @@ class MultimodalLM(ArithLM):
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         with torch.inference_mode():
-            outputs: list[list[int]] = [[] for _ in prompts]
-            caches: list[TorchKVCache] = []
-            rows: list[torch.Tensor] = []
-            for image, prompt in zip(images, prompts, strict=True):
-                logits, cache = self.prefill_image(image, prompt)
-                caches.append(cache)
-                rows.append(logits)
-            running = list(range(len(prompts)))
-            logits = torch.stack(rows) if rows else torch.zeros((0, self.config.vocab_size))
-            while running:
-                chosen = logits.argmax(dim=-1).tolist()
-                still: list[int] = []
-                for index, token in zip(running, chosen, strict=True):
-                    if token == EOS:
-                        continue
-                    outputs[index].append(token)
-                    if len(outputs[index]) < max_new_tokens and caches[index].length < self.config.max_len:
-                        still.append(index)
-                running = still
-                if running:
-                    logits, stepped = self.decode_step([outputs[i][-1] for i in running], [caches[i] for i in running])
-                    for index, cache in zip(running, stepped, strict=True):
-                        caches[index] = cache
+            prefilled = [self.prefill_image(image, prompt) for image, prompt in zip(images, prompts, strict=True)]
+            caches = [cache for _, cache in prefilled]
+
+            def step(running: list[int], last: list[int]) -> list[int]:
+                logits, stepped = self.decode_step(last, [caches[i] for i in running])
+                for index, cache in zip(running, stepped, strict=True):
+                    caches[index] = cache
+                return [int(token) for token in logits.argmax(dim=-1).tolist()]
+
+            outputs = greedy_decode([int(logits.argmax()) for logits, _ in prefilled], step,
+                                    lambda i: caches[i].length, max_new_tokens=max_new_tokens,
+                                    max_len=self.config.max_len)
         return outputs, [cache.length for cache in caches]
 
 
