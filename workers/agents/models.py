@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +51,13 @@ from paretoserve.workers.agents.workflow import (
     random_picks,
     run_workflow,
 )
-from paretoserve.workers.models.cache import DIGIT_LABELS, ModelCatalog, default_cache_root, ensure_trained
+from paretoserve.workers.models.cache import (
+    DIGIT_LABELS,
+    ModelCatalog,
+    build_into_place,
+    default_cache_root,
+    ensure_trained,
+)
 from paretoserve.workers.models.runtime import METADATA_FILE, WEIGHTS_FILE
 from paretoserve.workers.models.training import (
     DigitsSplit,
@@ -253,11 +257,8 @@ def ensure_agents(cache_root: Path | None = None, *, catalog: ModelCatalog | Non
     key = fingerprint(catalog, recipes)
     root = cache_root or default_cache_root() / "agents"
     final = root / key
-    if (final / MANIFEST_FILE).is_file():
-        return _open(final, catalog, trained=False)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
+
+    def build(staging: Path) -> None:
         split = catalog_split(catalog)
         engines = {v: onnx_engine(catalog.variant_dir(v) / ONNX_FILE, catalog[v].input_shape) for v in CLASSIFIERS}
         for recipe in recipes:
@@ -267,16 +268,8 @@ def ensure_agents(cache_root: Path | None = None, *, catalog: ModelCatalog | Non
                 progress(f"trained {recipe.name}: held-out accuracy {saved['heldout_accuracy']:.4f} "
                          f"in {saved['training_seconds']:.1f} s")
         (staging / MANIFEST_FILE).write_text(json.dumps({"fingerprint": key, "models": [r.name for r in recipes]}))
-        if final.exists() and not (final / MANIFEST_FILE).is_file():
-            shutil.rmtree(final)  # an incomplete leftover
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / MANIFEST_FILE).is_file():
-                raise  # not a lost race with another trainer: a real error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return _open(final, catalog, trained=True)
+
+    return _open(final, catalog, trained=build_into_place(final, build))
 
 
 def workflow_accuracy(assignment: Mapping[str, str], models: AgentModels | None = None,

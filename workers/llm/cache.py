@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
 from paretoserve.workers.llm.tasks import DEFAULT_TASK, Problem, TaskSpec, make_splits
 from paretoserve.workers.llm.tokenizer import VOCAB, decode, encode_prompt
 from paretoserve.workers.llm.training import MAX_NEW_TOKENS, RECIPES, LMRecipe, TrainedLM, answers, train_model
-from paretoserve.workers.models.cache import default_cache_root
+from paretoserve.workers.models.cache import build_into_place, default_cache_root
 
 LLM_CODE_VERSION = 1
 """Bump when training or evaluation changes in a way the recipes and the task spec do not capture."""
@@ -143,11 +141,8 @@ def ensure_llms(cache_root: Path | None = None, *, recipes: Sequence[LMRecipe] =
     key = fingerprint(recipes, task)
     root = (cache_root or default_cache_root()) / "llm"
     final = root / key
-    if (final / MANIFEST_FILE).is_file():
-        return _open(final, trained=False)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
+
+    def build(staging: Path) -> None:
         splits = make_splits(task)
         for recipe in recipes:
             trained = train_model(recipe, splits)
@@ -156,13 +151,5 @@ def ensure_llms(cache_root: Path | None = None, *, recipes: Sequence[LMRecipe] =
                 progress(f"trained {recipe.name}: held-out exact match {saved['heldout_exact_match']:.4f} "
                          f"in {saved['training_seconds']:.1f} s")
         (staging / MANIFEST_FILE).write_text(json.dumps({"fingerprint": key, "models": [r.name for r in recipes]}))
-        if final.exists() and not (final / MANIFEST_FILE).is_file():
-            shutil.rmtree(final)  # an incomplete leftover
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / MANIFEST_FILE).is_file():
-                raise  # not a lost race with another trainer: a real error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return _open(final, trained=True)
+
+    return _open(final, trained=build_into_place(final, build))

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +43,7 @@ from paretoserve.workers.llm.vision import (
     generate_full_multimodal,
     load_multimodal,
 )
-from paretoserve.workers.models.cache import default_cache_root
+from paretoserve.workers.models.cache import build_into_place, default_cache_root
 from paretoserve.workers.models.training import DEFAULT_SPLIT, DigitsSplit, SplitSpec, load_split, single_thread
 
 MM_CODE_VERSION = 1
@@ -440,11 +438,8 @@ def ensure_multimodal(cache_root: Path | None = None, *, recipes: Sequence[Multi
     key = fingerprint(recipes, task)
     root = (cache_root or default_cache_root()) / "llm-multimodal"
     final = root / key
-    if (final / MANIFEST_FILE).is_file():
-        return _open(final, trained=False)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
+
+    def build(staging: Path) -> None:
         splits = make_multimodal_splits(task)
         for recipe in recipes:
             trained = train_multimodal(recipe, splits)
@@ -453,13 +448,5 @@ def ensure_multimodal(cache_root: Path | None = None, *, recipes: Sequence[Multi
                 progress(f"trained {recipe.name}: held-out exact match {saved['heldout_exact_match']:.4f} "
                          f"in {saved['training_seconds']:.1f} s")
         (staging / MANIFEST_FILE).write_text(json.dumps({"fingerprint": key, "models": [r.name for r in recipes]}))
-        if final.exists() and not (final / MANIFEST_FILE).is_file():
-            shutil.rmtree(final)
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / MANIFEST_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return _open(final, trained=True)
+
+    return _open(final, trained=build_into_place(final, build))

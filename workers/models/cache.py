@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -174,6 +174,29 @@ def _write_version(staging: Path, version: str, trained: tuple[TrainedVariant, .
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
 
+def build_into_place(final: Path, build: Callable[[Path], None]) -> bool:
+    """Make the cache folder ``final`` with ``build(staging)``, which must write ``manifest.json`` last, in a
+    temporary sibling renamed into place: readers see a complete folder or none, and of two builders racing the
+    second's rename fails harmlessly. A leftover without a manifest (a crash mid-build) is replaced. Returns whether
+    this call built it (False: it was there already)."""
+    if (final / MANIFEST_FILE).is_file():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        build(staging)
+        if final.exists() and not (final / MANIFEST_FILE).is_file():
+            shutil.rmtree(final)  # an incomplete leftover (a crash before the manifest was written)
+        try:
+            staging.rename(final)
+        except OSError:
+            if not (final / MANIFEST_FILE).is_file():
+                raise  # not a lost race with another builder: a real error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
 def ensure_trained(
     cache_root: Path | None = None,
     *,
@@ -184,19 +207,5 @@ def ensure_trained(
     version = catalog_version(recipes, split)
     models_dir = (cache_root or default_cache_root()) / "models"
     final = models_dir / version
-    if (final / MANIFEST_FILE).is_file():
-        return open_catalog(final)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=models_dir))
-    try:
-        _write_version(staging, version, train_all(recipes, split), split)
-        if final.exists() and not (final / MANIFEST_FILE).is_file():
-            shutil.rmtree(final)  # an incomplete leftover (a crash before the manifest was written)
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / MANIFEST_FILE).is_file():
-                raise  # not a lost race with another trainer: a real error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_into_place(final, lambda staging: _write_version(staging, version, train_all(recipes, split), split))
     return open_catalog(final)
