@@ -60,6 +60,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test's report gets what its module's ``failure_context()`` says (e.g. the operator's log), so
+    a failure on CI can be diagnosed from its output alone."""
+    report: pytest.TestReport = yield
+    context = getattr(getattr(item, "module", None), "failure_context", None)
+    if report.when == "call" and report.failed and callable(context):
+        try:
+            text = str(context())
+        except Exception as exc:  # the context is a diagnosis: never turn it into a second failure
+            text = f"(could not gather it: {type(exc).__name__}: {exc})"
+        report.sections.append(("failure context", text))
+    return report
+
+
 def _run_script(config: pytest.Config, name: str, *args: str, live: bool = False) -> str:
     """Run e2e/cluster/<name> and return its stdout.
 

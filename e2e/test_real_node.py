@@ -83,8 +83,23 @@ def prometheus(cluster: Cluster, node: RealNode) -> Iterator[PrometheusWithDisco
     server.close()
 
 
+_RUNNING: dict[str, Cluster] = {}
+"""The cluster the operator was installed on, for `failure_context`."""
+
+
+def failure_context(lines: int = 80) -> str:
+    """The operator's last log lines (its decisions, retries and errors): added to a failed test's report."""
+    cluster = _RUNNING.get("cluster")
+    if cluster is None:
+        return "(the operator was not installed)"
+    logs = cluster.kubectl("-n", RELEASE_NS, "logs", "-l", "app.kubernetes.io/name=paretoserve", f"--tail={lines}",
+                           check=False)
+    return f"the operator's last {lines} log lines:\n{logs.stdout}{logs.stderr}"
+
+
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, node: RealNode, prometheus: PrometheusWithDiscovery) -> Iterator[str]:
+    _RUNNING["cluster"] = cluster
     scheduling = node.scheduling
     values = {
         "operator": {"tickSeconds": 2, **scheduling},
@@ -93,6 +108,7 @@ def release(cluster: Cluster, node: RealNode, prometheus: PrometheusWithDiscover
     }
     helm_install(cluster, RELEASE, RELEASE_NS, values)
     yield RELEASE_NS
+    _RUNNING.clear()
     helm_uninstall(cluster, RELEASE, RELEASE_NS)
 
 

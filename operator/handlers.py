@@ -24,6 +24,9 @@ from paretoserve.planner.spec import API_GROUP, API_VERSION
 from paretoserve.workers.solver_banner import silence_solver_banner
 
 RESOURCE = (API_GROUP, API_VERSION, "servingpipelines")
+RETRY_BACKOFF_S = 5.0
+"""Seconds before kopf retries a reconcile the API server failed (kopf's default, 60 s, left a spec change
+unapplied for minutes after one timeout on a busy control plane)."""
 
 
 @kopf.on.startup()
@@ -62,9 +65,9 @@ def track(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         telemetry.forget(meta["namespace"], meta["name"])
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
+@kopf.on.resume(*RESOURCE, backoff=RETRY_BACKOFF_S)
+@kopf.on.create(*RESOURCE, backoff=RETRY_BACKOFF_S)
+@kopf.on.update(*RESOURCE, field="spec", backoff=RETRY_BACKOFF_S)
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pipeline = pipeline_steps.parse_or_fail(body, patch, now=time.time())
     try:

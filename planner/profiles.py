@@ -81,27 +81,34 @@ def token_options(tokens: TokenProfile, generation: Generation, batch_sizes: Seq
     """(batch, cpu, instances, latency, throughput) of a token-generating variant at each most-sequences-at-once
     ``B`` that its KV cache holds and that meets the stage's TTFT and ITL SLOs.
 
-    TTFT = prefill(P); ITL = step(B); a request's latency is TTFT + O·ITL. A replica's engine spends prefill(P)
-    on each request and step(B)/B on each of its O tokens (a step serves B sequences), and holds at most B
-    sequences (Little's law: λ·latency ≤ B), so it carries min(1/(prefill + O·step/B), B/latency) requests per
-    unit of time. Prefills of newcomers also delay the running batch's steps; the profile's step time is
-    measured without them (not modelled)."""
+    A replica runs iterations: it prefills the newcomers (``prefill(P)`` each: a request's first token), then
+    takes one decode step for every running sequence, newcomers included (``step(B)``). A request of O tokens
+    holds a slot for O − 1 iterations, so a full replica admits ``n = B / (O − 1)`` newcomers per iteration
+    and an iteration, the gap between two tokens of a running sequence, lasts ``ITL = step(B) + max(1, n)·
+    prefill(P)``: newcomers' prefills stall the batch. A request waits for the iteration under way, then for
+    its round's prefills: ``TTFT = ITL + max(1, n)·prefill(P)``; its latency is ``TTFT + (O − 1)·ITL``. Both
+    are taken at a full batch, the worst case. A replica carries ``n`` requests per iteration, i.e.
+    ``1 / (prefill(P) + (O − 1)·step(B) / B)`` per unit of time. The simulator's token pools
+    (`sim/tokens.py`) run the iterations themselves and check this model."""
     out = []
     prompt, output = generation.prompt_tokens, generation.output_tokens
-    ttft = tokens.prefill.at(prompt)
+    prefill = tokens.prefill.at(prompt)
+    decoded = max(0.0, output - 1)  # tokens after the first, one per iteration
     for b in batch_sizes:
         if b * (prompt + output) * tokens.kv_bytes_per_token > tokens.kv_budget_bytes:
             continue
-        itl = tokens.decode_step.at(b)
+        step = tokens.decode_step.at(b)
+        newcomers = max(1.0, b / decoded) if decoded > 0 else float(b)
+        itl = step + newcomers * prefill
+        ttft = itl + newcomers * prefill
         if generation.ttft_ms is not None and ttft > generation.ttft_ms:
             continue
-        if generation.itl_ms is not None and itl > generation.itl_ms:
+        if generation.itl_ms is not None and decoded > 0 and itl > generation.itl_ms:
             continue
-        latency = ttft + output * itl
+        latency = ttft + decoded * itl
         if not latency > 0:
             continue
-        throughput = min(1000.0 / (ttft + output * itl / b), b * 1000.0 / latency)
-        out.append((b, cpu, 1, latency, throughput))
+        out.append((b, cpu, 1, latency, 1000.0 / (prefill + decoded * step / b)))
     return out
 
 

@@ -330,6 +330,10 @@ class Cascade(StrictModel):
     discriminator_model: TritonModel | None = None
     """Triton model that scores the light model's output (discriminator and hybrid routers); the light
     variant's workers serve it next to the light model."""
+    scorer_model: TritonModel | None = None
+    """Triton model that scores a generation stage's prompt (``PROMPT`` in, ``SCORE`` = P(light model wrong) out):
+    required by the prompt router on a stage with ``generation``, refused otherwise; the light variant's workers
+    serve it next to the light model."""
     threshold: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
     rows: list[CascadeRow] = Field(min_length=1, max_length=256)
 
@@ -427,6 +431,15 @@ class Stage(StrictModel):
     def option_count(self) -> int:
         return sum(variant_option_count(v, self.batch_sizes) for v in self.variants)
 
+    def _scorer_consistent(self, cascade: Cascade) -> None:
+        """A prompt router on a generation stage scores each prompt with ``scorerModel``; nothing else uses one."""
+        scored = cascade.router is RouterKind.PROMPT and self.generation is not None
+        if scored and cascade.scorer_model is None:
+            raise _at("cascade.scorerModel", "the prompt router on a stage with generation needs one (the Triton "
+                                             "model scoring each prompt)")
+        if not scored and cascade.scorer_model is not None:
+            raise _at("cascade.scorerModel", "used only by the prompt router on a stage with generation; remove it")
+
     def accuracy_of(self, variant: Variant) -> float:
         """The score the planner maximises for ``variant``: its accuracy, or in a multi-task stage the weighted
         mean of its task accuracies."""
@@ -452,6 +465,7 @@ class Stage(StrictModel):
             needs_model = self.cascade.router in DISCRIMINATOR_ROUTERS
             if needs_model and self.cascade.discriminator_model is None:
                 raise _at("cascade.discriminatorModel", f"the {self.cascade.router.value} router needs one")
+            self._scorer_consistent(self.cascade)
             if self.multi_variant:
                 raise _at("multiVariant", "a stage is either a cascade or multiVariant, not both")
         self._tasks_consistent()

@@ -6,7 +6,7 @@
   models with them. Batching is on only where the planner charged for it (batch > 1): at batch 1 Triton
   must not hold requests back waiting for a batch.
 - Router settings (`router_config`, `router_update`): traffic splits from planned load shares, cascade
-  thresholds from the chosen row, the discriminator model the spec names. The operator writes the whole
+  thresholds from the chosen row, the discriminator or prompt-scorer model the spec names. The operator writes the whole
   config into the ConfigMap and pushes the live part; the local runtime starts its router with it.
 
 It lives outside the sidecar package (`workers/router/`), which only parses and serves what this renders.
@@ -41,9 +41,15 @@ def discriminator_model(stage: Stage) -> str | None:
     return cascade.discriminator_model
 
 
+def scorer_model(stage: Stage) -> str | None:
+    """The model scoring a generation stage's prompts for its prompt router (None for every other stage)."""
+    return stage.cascade.scorer_model if stage.cascade is not None else None
+
+
 def served_models(stage: Stage, variant: Variant) -> tuple[str, ...]:
-    """Triton models a variant's workers load: its own, plus the discriminator next to a cascade's light model."""
-    extra = discriminator_model(stage)
+    """Triton models a variant's workers load: its own, plus the cascade router's model (discriminator or prompt
+    scorer) next to a cascade's light model."""
+    extra = discriminator_model(stage) or scorer_model(stage)
     if extra and stage.cascade is not None and stage.cascade.light == variant.name:
         return (variant.triton_model, extra)
     return (variant.triton_model,)
@@ -106,6 +112,7 @@ def cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | Non
         "threshold": threshold,
         "discriminator": discriminator_model(stage),
         "preRouteThreshold": row.prompt_threshold,
+        "scorer": scorer_model(stage),
     }
 
 

@@ -7,6 +7,7 @@ It is pure like the rest of the planner — no I/O and no clock; randomness come
 
     workload.py     arrivals (per-second counts or timestamps), dynamic SLOs, confidence replay
     pools.py        one pool of replicas with Triton-style dynamic batching, one batch at a time
+    tokens.py       one pool of a token-generating variant: continuous batching, KV-cache admission, TTFT/ITL
     engine.py       stages, routing, cascades, DAG fan-out/fan-in, cold starts and resizes
     records.py      per-request arrays, the summary (SLO attainment, p99, accuracy, cost), timelines
     controllers.py  ParetoServe and the baselines behind one `tick(now)` interface; `simulate`
@@ -15,10 +16,10 @@ It is pure like the rest of the planner — no I/O and no clock; randomness come
 from paretoserve.planner.sim.controllers import Controller, ControllerFactory, run, simulate
 from paretoserve.planner.sim.engine import SimConfig, Simulator
 from paretoserve.planner.sim.records import COMPLETED, DROPPED, TIMED_OUT, SimResult, Summary, summarize, timeline
-from paretoserve.planner.sim.workload import Workload, arrivals_from_counts, arrivals_from_timestamps
+from paretoserve.planner.sim.workload import Prompts, Workload, arrivals_from_counts, arrivals_from_timestamps
 
 __all__ = [
-    "COMPLETED", "DROPPED", "TIMED_OUT", "Controller", "ControllerFactory", "SimConfig", "SimResult", "Simulator",
-    "Summary", "Workload", "arrivals_from_counts", "arrivals_from_timestamps", "run", "simulate", "summarize",
-    "timeline",
+    "COMPLETED", "DROPPED", "TIMED_OUT", "Controller", "ControllerFactory", "Prompts", "SimConfig", "SimResult",
+    "Simulator", "Summary", "Workload", "arrivals_from_counts", "arrivals_from_timestamps", "run", "simulate",
+    "summarize", "timeline",
 ]

@@ -35,8 +35,17 @@ from paretoserve.planner.sim.records import (
     SimResult,
     aggregate_accuracy,
 )
-from paretoserve.planner.sim.workload import ConfidenceCalibration, FloatArray, IntArray, Workload, counts_per_second
-from paretoserve.planner.spec import ServingPipeline
+from paretoserve.planner.sim.tokens import TokenConfig, TokenPool, TokenRecords
+from paretoserve.planner.sim.workload import (
+    ConfidenceCalibration,
+    FloatArray,
+    Inbox,
+    IntArray,
+    Workload,
+    counts_per_second,
+    take_before,
+)
+from paretoserve.planner.spec import Generation, ServingPipeline, TokenProfile
 
 INF = math.inf
 RESIZE_MODES = ("surge", "in-place", "recreate")
@@ -70,6 +79,7 @@ class SimConfig:
 
 
 PoolKey = tuple[str, str, float, int]  # variant, role, cores (or -1 when resized in place), instances
+AnyPool = Pool | TokenPool
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class Regime:
     cut: float = -INF
     direct: float = 0.0
     quality: float = 0.0
+    prompt_cut: float | None = None
+    """The planned prompt-router threshold: requests whose difficulty is at least it go to `heavy`."""
 
 
 @dataclass
@@ -91,9 +103,9 @@ class StageState:
     stage: Stage
     index: int
     children: list[int] = field(default_factory=list)
-    pools: dict[PoolKey, Pool] = field(default_factory=dict)
+    pools: dict[PoolKey, AnyPool] = field(default_factory=dict)
     regimes: list[Regime] = field(default_factory=list)
-    inbox: list[tuple[FloatArray, IntArray]] = field(default_factory=list)
+    inbox: Inbox = field(default_factory=list)
     retiring: set[PoolKey] = field(default_factory=set)
     shrinking: dict[PoolKey, int] = field(default_factory=dict)
     """Replicas a kept pool gives up once the new traffic split starts (make before break)."""
@@ -114,8 +126,12 @@ class Simulator:
         self._load_time: dict[tuple[str, str], float] = {}
         self._accuracy: dict[tuple[str, str], float] = {}
         self._pre_routed: dict[tuple[str, str, str, float, float, float], float] = {}  # cascade row -> its share
+        self._prompt_cut: dict[tuple[str, str, str, float, float, float], float] = {}  # row -> prompt threshold
+        self._tokens: dict[tuple[str, str], tuple[TokenProfile, Generation]] = {}
         for pipe in (pipeline, *catalog):
             self._learn(compile_problem(pipe, Observation(load_rps=0.0)), pipe.spec.adaptation.target_utilization)
+            self._tokens.update({(s.name, v.name): (v.profile.tokens, s.generation) for s in pipe.spec.stages
+                                 for v in s.variants if s.generation is not None and v.profile.tokens is not None})
         self.order = topological_order(self.problem.stages)
         self.states = [StageState(s, i) for i, s in enumerate(self.order)]
         index = {s.name: i for i, s in enumerate(self.order)}
@@ -142,6 +158,7 @@ class Simulator:
             self.rng.random(n) if has_cascade else np.zeros(n))
         self.calibration = ConfidenceCalibration.of(workload.confidence)
         self.prompt_score = self.rng.random(n) if has_cascade else np.zeros(n)
+        self.token_records = _token_records(pipeline, workload)
         self.counts = counts_per_second(self.arrival, workload.duration_s)
         self.now = 0.0
         self._next = 0
@@ -162,12 +179,17 @@ class Simulator:
                 for r in s.cascade.rows:
                     key = (s.name, s.cascade.light, s.cascade.heavy, r.threshold, r.heavy_fraction, r.quality)
                     self._pre_routed[key] = s.cascade.pre_routed_fraction(r)
+                    if r.prompt_threshold is not None:
+                        self._prompt_cut[key] = r.prompt_threshold
 
     def _key(self, a: Allocation) -> PoolKey:
         cpu = -1.0 if self.config.resize != "surge" else a.cpu
         return (a.variant, a.role, cpu, a.instances)
 
-    def _pool_config(self, st: StageState, a: Allocation, accuracy: float) -> PoolConfig:
+    def _pool_config(self, st: StageState, a: Allocation, accuracy: float) -> PoolConfig | TokenConfig:
+        tokens = self._tokens.get((st.stage.name, a.variant))
+        if tokens is not None:
+            return _token_config(*tokens, a, accuracy)
         table = self._latency.get((st.stage.name, a.variant, a.cpu, a.instances))
         if not table:
             raise KeyError(f"stage {st.stage.name}: no profile for {a.variant} at {a.cpu} cores")
@@ -210,7 +232,7 @@ class Simulator:
             startup = 0.0 if warm else self._load_time.get((st.stage.name, a.variant), 0.0) + cfg.cold_start_s
             pool = st.pools.get(key)
             if pool is None:
-                pool = Pool(st.stage.name, a.variant, a.role, a.instances, new_cfg, cfg.timeout_s, edf=cfg.edf)
+                pool = self._new_pool(st, a, new_cfg)
                 st.pools[key] = pool
                 self._resources(now, st, pool, a.replicas, new_cfg)
                 pool.add_replicas(a.replicas, now + startup)
@@ -221,17 +243,17 @@ class Simulator:
             if new_cfg.cpu != old.cpu:
                 if cfg.resize == "in-place":
                     at = now + cfg.resize_delay_s
-                    pool.pending_config = (at, new_cfg)
+                    _reconfigure(pool, new_cfg, at, pending=True)
                     self._resources(at, st, pool, 0, new_cfg, old)
                 else:  # recreate: the pods restart with the new size and load the model again
                     pool.pending_config = None
-                    pool.set_config(new_cfg, now + startup)
+                    _reconfigure(pool, new_cfg, now + startup, pending=False)
                     pool.block_until(now + startup)
                     self._resources(now, st, pool, 0, new_cfg, old)
             elif pool.pending_config is not None:
-                pool.pending_config = (pool.pending_config[0], new_cfg)
+                _reconfigure(pool, new_cfg, pool.pending_config[0], pending=True)
             else:
-                pool.set_config(new_cfg, now)
+                _reconfigure(pool, new_cfg, now, pending=False)
             diff = a.replicas - pool.replicas
             if diff > 0:
                 pool.add_replicas(diff, now + startup)
@@ -251,15 +273,16 @@ class Simulator:
         if "light" in roles or "heavy" in roles:
             light, heavy = roles.get("light"), roles.get("heavy")
             f = (sp.heavy_fraction or 0.0) if heavy is not None else 0.0
-            direct = 0.0
+            direct, prompt_cut = 0.0, None
             if light is not None and heavy is not None:
                 row = (st.stage.name, light[0], heavy[0], sp.threshold or 0.0, sp.heavy_fraction or 0.0, sp.accuracy)
                 direct = min(self._pre_routed.get(row, 0.0), f)
+                prompt_cut = self._prompt_cut.get(row)
             if light is None:
                 direct = 1.0
             rest = (f - direct) / (1.0 - direct) if direct < 1.0 else 0.0
             return Regime(t_from, light=light, heavy=heavy, cut=self.calibration.cut(rest), direct=direct,
-                          quality=sp.accuracy)
+                          quality=sp.accuracy, prompt_cut=prompt_cut)
         keys = tuple(desired)
         weights = np.array([max(desired[k].load_rps, 0.0) for k in keys], dtype=np.float64)
         if weights.sum() <= 0:
@@ -267,8 +290,16 @@ class Simulator:
         cumulative = tuple(float(c) for c in np.cumsum(weights) / weights.sum()) if len(keys) else ()
         return Regime(t_from, main=keys, cumulative=cumulative)
 
-    def _resources(self, t: float, st: StageState, pool: Pool, replicas: int, cfg: PoolConfig,
-                   old: PoolConfig | None = None) -> None:
+    def _new_pool(self, st: StageState, a: Allocation, config: PoolConfig | TokenConfig) -> AnyPool:
+        if isinstance(config, TokenConfig):
+            if self.token_records is None:
+                raise ValueError(f"stage {st.stage.name}: a token-generating pool in a pipeline without generation")
+            return TokenPool(st.stage.name, a.variant, a.role, a.instances, config, self.config.timeout_s,
+                             self.token_records)
+        return Pool(st.stage.name, a.variant, a.role, a.instances, config, self.config.timeout_s, edf=self.config.edf)
+
+    def _resources(self, t: float, st: StageState, pool: AnyPool, replicas: int, cfg: PoolConfig | TokenConfig,
+                   old: PoolConfig | TokenConfig | None = None) -> None:
         if old is not None:  # a resize of the pool's current replicas
             self.events.append((t, st.index, 0.0, pool.replicas * (cfg.cpu - old.cpu),
                                 pool.replicas * (cfg.gpus - old.gpus)))
@@ -338,20 +369,16 @@ class Simulator:
             accuracy=accuracy, stage_accuracy=self.stage_acc, heavy=self.heavy, duration_s=self.workload.duration_s,
             stage_names=tuple(st.stage.name for st in self.states), resource_events=events,
             reconfigurations=max(0, self.applies - 1), applied_at_s=tuple(self.applied_at),
+            tokens=self.token_records,
         )
 
     def _process(self, st: StageState, t_end: float) -> None:
         if st.inbox:
-            times = np.concatenate([t for t, _ in st.inbox])
-            ids = np.concatenate([i for _, i in st.inbox])
-            order = np.argsort(times, kind="stable")
-            times, ids = times[order], ids[order]
-            cut = int(np.searchsorted(times, t_end, side="left"))
-            st.inbox = [(times[cut:], ids[cut:])] if cut < len(times) else []
-            if cut:
-                st.arrivals.append((t_end, cut))
+            times, ids, st.inbox = take_before(st.inbox, t_end)
+            if len(ids):
+                st.arrivals.append((t_end, len(ids)))
                 del st.arrivals[:-64]
-                self._route(st, times[:cut], ids[:cut])
+                self._route(st, times, ids)
         deadlines = self.deadline if self.config.edf else None
         for key, pool in list(st.pools.items()):
             if key[1] != "heavy":
@@ -377,7 +404,11 @@ class Simulator:
         if r.light is not None or r.heavy is not None:
             self.stage_cut[s, ids] = r.cut
             self.stage_acc[s, ids] = r.quality
-            direct = self.prompt_score[ids] < r.direct
+            difficulty = self.workload.prompts.difficulty if self.workload.prompts is not None else None
+            if difficulty is not None and r.prompt_cut is not None and r.light is not None:
+                direct = difficulty[ids] >= r.prompt_cut  # the router's own score of each prompt
+            else:
+                direct = self.prompt_score[ids] < r.direct
             if r.heavy is not None and direct.any():
                 self.heavy[ids[direct]] = True
                 st.pools[r.heavy].offer(times[direct], ids[direct])
@@ -401,13 +432,16 @@ class Simulator:
                 self.stage_acc[s, ids[mask]] = pool.config.accuracy
                 pool.offer(times[mask], ids[mask])
 
-    def _collect(self, st: StageState, pool: Pool, d: Dispatched) -> None:
+    def _collect(self, st: StageState, pool: AnyPool, d: Dispatched) -> None:
         if len(d.ids) == 0:
             return
         if d.timed_out.any():
             self._fail(d.ids[d.timed_out], TIMED_OUT)
         ok = ~d.timed_out
         ids, done = d.ids[ok], d.done[ok]
+        correct = self.workload.prompts.correct.get(pool.variant) if self.workload.prompts is not None else None
+        if correct is not None:  # the quality of this variant's own answer to each request
+            self.stage_acc[st.index, ids] = correct[ids]
         if pool.role == "light":
             deferred = self.confidence[ids] < self.stage_cut[st.index, ids]
             if deferred.any():
@@ -479,3 +513,46 @@ class Simulator:
                                     -pool.replicas * pool.config.gpus))
                 del st.pools[key]
                 st.retiring.discard(key)
+
+
+def _reconfigure(pool: AnyPool, new: PoolConfig | TokenConfig, at: float, *, pending: bool) -> None:
+    """Give `pool` its new config at `at`: now, or pending (an in-place resize that lands later). The two
+    branches read alike but narrow the pool and its config types together, which one `or` cannot."""
+    if isinstance(pool, TokenPool) and isinstance(new, TokenConfig):  # noqa: SIM114
+        if pending:
+            pool.pending_config = (at, new)
+        else:
+            pool.set_config(new, at)
+    elif isinstance(pool, Pool) and isinstance(new, PoolConfig):
+        if pending:
+            pool.pending_config = (at, new)
+        else:
+            pool.set_config(new, at)
+    else:
+        raise TypeError(f"{type(pool).__name__} cannot run a {type(new).__name__}")
+
+
+def _token_records(pipeline: ServingPipeline, workload: Workload) -> TokenRecords | None:
+    """Per-request token counts of a pipeline with a token-generating stage: the workload's, or every request
+    at the stage's declared means (rounded up)."""
+    generation = next((s.generation for s in pipeline.spec.stages if s.generation is not None), None)
+    if generation is None:
+        return None
+    if workload.prompts is not None:
+        return TokenRecords(np.asarray(workload.prompts.prompt_tokens, dtype=np.int64),
+                            np.asarray(workload.prompts.output_tokens, dtype=np.int64))
+    n = workload.requests
+    return TokenRecords(np.full(n, math.ceil(generation.prompt_tokens), dtype=np.int64),
+                        np.full(n, math.ceil(generation.output_tokens), dtype=np.int64))
+
+
+def _token_config(tokens: TokenProfile, generation: Generation, a: Allocation, accuracy: float) -> TokenConfig:
+    """A token pool's engine at allocation `a`: `a.batch` sequences at once, the profile's fits and KV budget."""
+    return TokenConfig(
+        batch=a.batch, kv_tokens=int(tokens.kv_budget_bytes // tokens.kv_bytes_per_token),
+        prefill_s=(tokens.prefill.intercept_ms / 1000.0, tokens.prefill.slope_ms / 1000.0),
+        step_s=(tokens.decode_step.intercept_ms / 1000.0, tokens.decode_step.slope_ms / 1000.0),
+        cpu=a.cpu, gpus=sum(amount for _, amount in a.gpus), accuracy=accuracy,
+        ttft_slo_s=generation.ttft_ms / 1000.0 if generation.ttft_ms is not None else INF,
+        itl_slo_s=generation.itl_ms / 1000.0 if generation.itl_ms is not None else INF,
+    )

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paretoserve.planner.queueing import servers
-from paretoserve.planner.sim.workload import FloatArray, IntArray
+from paretoserve.planner.sim.workload import FloatArray, Inbox, IntArray, take_before
 
 INF = math.inf
 
@@ -97,7 +97,7 @@ class Pool:
     q_id: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     q_deadline: FloatArray = field(default_factory=lambda: np.zeros(0))
     head: int = 0
-    inbox: list[tuple[FloatArray, IntArray]] = field(default_factory=list)
+    inbox: Inbox = field(default_factory=list)
     pending_config: tuple[float, PoolConfig] | None = None
     _edf_heap: list[tuple[float, float, int]] = field(default_factory=list)
 
@@ -153,17 +153,12 @@ class Pool:
         """Move inbox arrivals before `t_end` into the queue (they are all later than what it holds)."""
         if not self.inbox:
             return
-        times = np.concatenate([t for t, _ in self.inbox])
-        ids = np.concatenate([i for _, i in self.inbox])
-        order = np.argsort(times, kind="stable")
-        times, ids = times[order], ids[order]
-        cut = int(np.searchsorted(times, t_end, side="left"))
-        self.inbox = [(times[cut:], ids[cut:])] if cut < len(times) else []
+        times, ids, self.inbox = take_before(self.inbox, t_end)
         rest_t, rest_id = self.q_t[self.head:], self.q_id[self.head:]
-        self.q_t = np.concatenate([rest_t, times[:cut]])
-        self.q_id = np.concatenate([rest_id, ids[:cut]])
+        self.q_t = np.concatenate([rest_t, times])
+        self.q_id = np.concatenate([rest_id, ids])
         if deadlines is not None:
-            self.q_deadline = np.concatenate([self.q_deadline[self.head:], deadlines[ids[:cut]]])
+            self.q_deadline = np.concatenate([self.q_deadline[self.head:], deadlines[ids]])
         self.head = 0
 
     def run(self, t_end: float, rng: np.random.Generator | None, noise_cv: float,

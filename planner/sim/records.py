@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from paretoserve.planner.evaluate import normalized
 from paretoserve.planner.model import Aggregation, Stage
+from paretoserve.planner.sim.tokens import TokenRecords
 from paretoserve.planner.sim.workload import FloatArray
 
 IN_FLIGHT, COMPLETED, DROPPED, TIMED_OUT = 0, 1, 2, 3
@@ -61,14 +62,20 @@ class SimResult:
     """Rows of (time s, stage index, Δreplicas, Δcores, ΔGPUs)."""
     reconfigurations: int
     applied_at_s: tuple[float, ...]
+    tokens: TokenRecords | None = None
+    """TTFT and inter-token gaps per request, when the pipeline generates tokens."""
 
     @property
     def latency_ms(self) -> FloatArray:
         return (self.finish_s - self.arrival_s) * 1000.0
 
     def met_slo(self) -> npt.NDArray[np.bool_]:
+        """Completed within the end-to-end SLO and, for token generation, within the TTFT and ITL SLOs."""
         lat = self.latency_ms
-        return np.asarray((self.status == COMPLETED) & (lat <= self.slo_ms + 1e-9), dtype=np.bool_)
+        met = (self.status == COMPLETED) & (lat <= self.slo_ms + 1e-9)
+        if self.tokens is not None:
+            met &= ~self.tokens.late
+        return np.asarray(met, dtype=np.bool_)
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,43 @@ class Summary:
     reconfigurations: int
     seconds_over_slo: float
     """Share of seconds whose p99 latency (timeouts and drops count as infinite) exceeds the SLO (InfAdapter)."""
+    tokens: TokenSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "tokens"}
+        if self.tokens is not None:
+            out["tokens"] = {k: round(v, 6) for k, v in asdict(self.tokens).items()}
+        return out
+
+
+@dataclass(frozen=True)
+class TokenSummary:
+    """TTFT and TPOT (mean inter-token gap) of the completed requests, in ms, and the share within their SLOs."""
+
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    tpot_p50_ms: float
+    tpot_p99_ms: float
+    itl_max_p99_ms: float
+    """p99 over requests of each one's longest gap between two tokens (newcomers' prefills stall a batch)."""
+    token_slo_attainment: float
+    """Share of all requests completed within the TTFT and ITL SLOs (ignoring the end-to-end one)."""
+
+
+def summarize_tokens(result: SimResult) -> TokenSummary | None:
+    records = result.tokens
+    if records is None:
+        return None
+    done = result.status == COMPLETED
+
+    def pct(values: FloatArray, q: float) -> float:
+        kept = values[done & np.isfinite(values)] * 1000.0
+        return float(np.percentile(kept, q)) if len(kept) else float("nan")
+
+    n = len(result.status)
+    return TokenSummary(pct(records.ttft_s, 50), pct(records.ttft_s, 99), pct(records.tpot_s, 50),
+                        pct(records.tpot_s, 99), pct(records.itl_max_s, 99),
+                        float((done & ~records.late).mean()) if n else 1.0)
 
 
 def integrate(events: FloatArray, column: int, duration_s: float) -> float:
@@ -152,6 +193,7 @@ def summarize(result: SimResult) -> Summary:
         mean_gpus=gpu_s / duration if duration > 0 else 0.0,
         reconfigurations=result.reconfigurations,
         seconds_over_slo=float(over.mean()) if len(over) else 0.0,
+        tokens=summarize_tokens(result),
     )
 
 

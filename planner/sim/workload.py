@@ -9,7 +9,7 @@ Reading the files is the edges' job (`paretoserve.research.experiments.data`); t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +21,23 @@ IntArray = npt.NDArray[np.int64]
 
 def _empty() -> FloatArray:
     return np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Per-request facts of token-generating requests, aligned with the workload's arrivals."""
+
+    prompt_tokens: IntArray
+    output_tokens: IntArray
+    difficulty: FloatArray | None = None
+    """The prompt router's score of each request: a `prompt` cascade sends it to the heavy model when the
+    score is at least the planned threshold (without it, a random share f(t) goes there)."""
+    correct: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    """Variant -> whether its answer to each request is right: a request's quality is that of the variant
+    that served it, instead of the variant's (or cascade row's) mean."""
+
+    def __len__(self) -> int:
+        return len(self.prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class Workload:
     """Per-request discriminator confidence of the light model's output, replayed by cascades."""
     prelude_counts: FloatArray = field(default_factory=_empty)
     """Requests per second before t = 0, oldest first: the predictors' history at the first tick."""
+    prompts: Prompts | None = None
+    """Token counts (and optionally router scores and correctness) of token-generating requests."""
 
     def __post_init__(self) -> None:
         n = len(self.arrivals_s)
@@ -44,15 +63,34 @@ class Workload:
             raise ValueError("arrivals must be sorted and non-negative")
         if n and self.arrivals_s[-1] > self.duration_s:
             raise ValueError("the last arrival lies beyond duration_s")
-        for name in ("slo_ms", "confidence"):
+        for name in ("slo_ms", "confidence", "prompts"):
             values = getattr(self, name)
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} needs one value per request ({n}), got {len(values)}")
+        if self.prompts is not None:
+            lengths = [len(v) for v in (self.prompts.output_tokens, self.prompts.difficulty,
+                                        *self.prompts.correct.values()) if v is not None]
+            if any(length != n for length in lengths):
+                raise ValueError(f"prompts needs one value per request ({n}) in every array")
 
     @property
     def requests(self) -> int:
         return len(self.arrivals_s)
 
+
+
+Inbox = list[tuple[FloatArray, IntArray]]
+"""Arrivals handed to a stage or pool in pieces (times, request ids), each piece sorted, not yet queued."""
+
+
+def take_before(inbox: Inbox, t_end: float) -> tuple[FloatArray, IntArray, Inbox]:
+    """The inbox's arrivals before `t_end` in time order (ties keep their order), and the inbox left after."""
+    times = np.concatenate([t for t, _ in inbox])
+    ids = np.concatenate([i for _, i in inbox])
+    order = np.argsort(times, kind="stable")
+    times, ids = times[order], ids[order]
+    cut = int(np.searchsorted(times, t_end, side="left"))
+    return times[:cut], ids[:cut], ([(times[cut:], ids[cut:])] if cut < len(times) else [])
 
 
 def arrivals_from_counts(counts: Sequence[float] | npt.NDArray[np.generic], rng: np.random.Generator | None = None,

@@ -15,41 +15,56 @@ the numpy engine a worker serves, on one BLAS thread:
   answers) and each row's engine cost relative to all-large: the rows a `router: prompt` cascade declares.
 
 Numbers are wall milliseconds of a shared 2-core machine: the fits, not single points, are what a profile
-keeps.
+keeps. The multimodal family's benchmark (`paretoserve bench mm`, :mod:`.mm`) reuses the measuring and the split's
+summary here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from paretoserve.workers.llm import DEFAULT_TASK, NumpyLM, encode_prompt, make_splits
-from paretoserve.workers.llm.cache import LLMCatalog, ensure_llms
-from paretoserve.workers.llm.routing import FEATURES, SplitRow, correct_answers, fit_difficulty, split_rows
+from paretoserve.workers.llm import DEFAULT_TASK, KVCache, NumpyLM, encode_prompt, make_splits
+from paretoserve.workers.llm.cache import LLMCatalog, ensure_llms, ensure_scorer
+from paretoserve.workers.llm.routing import (
+    FEATURES,
+    SCORER_TRAIN_PROMPTS,
+    SplitRow,
+    correct_answers,
+    fit_scorer,
+    split_rows,
+)
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 KV_BUDGET_MIB = 64.0
 """The KV-cache memory of one replica in the capacity column (a CPU replica's share; a GPU's would be GiB)."""
+COST_BATCH = 8
+"""Sequences per replica at which a request's engine cost is taken (:func:`request_cost_ms`)."""
+
+Prefill = Callable[[], tuple[Any, KVCache]]
+"""One request's prefill on an engine: its last logits and its new KV cache."""
 
 
-def _prefill_ms(engine: NumpyLM, prompt: Sequence[int], repeats: int) -> float:
+def median_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median wall milliseconds of ``run()`` over ``repeats`` calls."""
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
-        engine.prefill(prompt)
+        run()
         samples.append(time.perf_counter() - started)
     return round(1000.0 * float(np.median(samples)), 4)
 
 
-def _decode_ms(engine: NumpyLM, prompts: Sequence[Sequence[int]], repeats: int) -> float:
-    """One batched decode step over ``prompts`` just prefilled (each repeat prefills afresh, untimed)."""
+def _decode_ms(engine: NumpyLM, prefills: Sequence[Prefill], repeats: int) -> float:
+    """One batched decode step over the requests of ``prefills`` just prefilled (each repeat prefills afresh,
+    untimed)."""
     samples = []
     for _ in range(repeats):
-        prefilled = [engine.prefill(prompt) for prompt in prompts]
+        prefilled = [prefill() for prefill in prefills]
         tokens = [int(np.argmax(logits)) for logits, _ in prefilled]
         started = time.perf_counter()
         engine.decode_step(tokens, [cache for _, cache in prefilled])
@@ -67,8 +82,21 @@ def profile_model(engine: NumpyLM, prompts: Sequence[Sequence[int]], repeats: in
     by_length: dict[int, Sequence[int]] = {}
     for prompt in prompts:
         by_length.setdefault(len(prompt), prompt)
-    prefill = {length: _prefill_ms(engine, prompt, repeats) for length, prompt in sorted(by_length.items())}
-    decode = {batch: _decode_ms(engine, [prompts[i % len(prompts)] for i in range(batch)], repeats)
+
+    def prefill_of(prompt: Sequence[int]) -> Prefill:
+        return lambda: engine.prefill(prompt)
+
+    return profile_steps(engine, {length: prefill_of(prompt) for length, prompt in by_length.items()},
+                         [prefill_of(prompt) for prompt in prompts], repeats)
+
+
+def profile_steps(engine: NumpyLM, prefill_by_tokens: Mapping[int, Prefill], requests: Sequence[Prefill],
+                  repeats: int) -> dict[str, Any]:
+    """Prefill time by prompt tokens (``prefill_by_tokens``: a request filling that many KV positions each),
+    decode step time by batch size (the batch drawn from ``requests`` in turn), their linear fits, and the KV-cache
+    sizes of one model."""
+    prefill = {tokens: median_ms(run, repeats) for tokens, run in sorted(prefill_by_tokens.items())}
+    decode = {batch: _decode_ms(engine, [requests[i % len(requests)] for i in range(batch)], repeats)
               for batch in BATCHES}
     config = engine.config
     per_token = config.kv_bytes_per_token()
@@ -86,39 +114,63 @@ def profile_model(engine: NumpyLM, prompts: Sequence[Sequence[int]], repeats: in
     }
 
 
+def request_cost_ms(fits: Mapping[str, Any], prompt_tokens: float, output_tokens: float,
+                    batch: int = COST_BATCH) -> float:
+    """Engine milliseconds one request costs on a replica running ``batch`` sequences: its prefill plus its share
+    of the decode steps (from a :func:`profile_steps` report's fits)."""
+    prefill, step = fits["prefillFit"], fits["decodeFit"]
+    return float(prefill["interceptMs"] + prefill["slopeMs"] * prompt_tokens
+                 + output_tokens * (step["interceptMs"] + batch * step["slopeMs"]) / batch)
+
+
+def split_summary(rows: Sequence[SplitRow], light_correct: Sequence[bool], heavy_correct: Sequence[bool],
+                  light_cost: float, heavy_cost: float) -> dict[str, Any]:
+    """All-light, all-heavy, the rows with each one's engine cost relative to all-heavy, and the cheapest row
+    within 1 point of all-heavy's exact match."""
+
+    def cost(row: SplitRow) -> float:
+        return round(((1 - row.heavy_fraction) * light_cost + row.heavy_fraction * heavy_cost) / heavy_cost, 4)
+
+    all_heavy = float(np.mean(heavy_correct))
+    within = [r for r in rows if r.exact_match >= all_heavy - 0.01]
+    cheapest = min(within, key=cost) if within else None
+    return {
+        "allSmall": {"exactMatch": round(float(np.mean(light_correct)), 4),
+                     "relativeCost": round(light_cost / heavy_cost, 4)},
+        "allLarge": {"exactMatch": round(all_heavy, 4), "relativeCost": 1.0},
+        "rows": [{"threshold": r.threshold, "heavyFraction": r.heavy_fraction, "exactMatch": r.exact_match,
+                  "relativeCost": cost(r)} for r in rows],
+        "cheapestWithin1Point": None if cheapest is None else {
+            "threshold": cheapest.threshold, "heavyFraction": cheapest.heavy_fraction,
+            "exactMatch": cheapest.exact_match, "relativeCost": cost(cheapest)},
+        "costModel": f"engine ms per request at {COST_BATCH} sequences per replica: prefill(prompt) + output x "
+                     f"step({COST_BATCH}) / {COST_BATCH}",
+    }
+
+
+def quantile_thresholds(scores: Sequence[float], points: int = 21) -> list[float]:
+    """0, 1 and the scores' quantiles at ``points`` even steps: the thresholds whose rows a benchmark prints."""
+    return sorted({0.0, 1.0, *(round(float(q), 4) for q in np.quantile(scores, np.linspace(0, 1, points)))})
+
+
 def query_aware_split(catalog: LLMCatalog, costs: dict[str, float], quick: bool) -> dict[str, Any]:
     """The difficulty router's f(t) rows (fitted on training prompts, measured on the test split) and the
     quality and engine cost of each against all-small and all-large."""
     splits = make_splits(DEFAULT_TASK)
     small, large = (catalog.engine(m) for m in ("arith-small", "arith-large"))
     max_new = int(catalog.metadata["arith-small"]["max_new_tokens"])
-    train = list(splits.train[: 1000 if quick else 4000])
-    score = fit_difficulty([p.prompt for p in train], [not c for c in correct_answers(small, train, max_new)])
+    # the served scorer (what the router asks: fitted on 4,000 training prompts, cached); quick runs fit on 1,000
+    fitted_on = 1000 if quick else SCORER_TRAIN_PROMPTS
+    score = fit_scorer(small, list(splits.train[:fitted_on]), max_new) if quick else ensure_scorer().score()
     test = list(splits.test)
     small_ok, large_ok = correct_answers(small, test, max_new), correct_answers(large, test, max_new)
     scores = [score(p.prompt) for p in test]
-    thresholds = sorted({0.0, 1.0, *(round(float(q), 4) for q in np.quantile(scores, np.linspace(0, 1, 21)))})
-    rows = split_rows(scores, small_ok, large_ok, thresholds)
-    c_small, c_large = costs["arith-small"], costs["arith-large"]
-
-    def cost(row: SplitRow) -> float:
-        return round(((1 - row.heavy_fraction) * c_small + row.heavy_fraction * c_large) / c_large, 4)
-
-    all_large = float(np.mean(large_ok))
-    within = [r for r in rows if r.exact_match >= all_large - 0.01]
-    cheapest = min(within, key=cost) if within else None
+    rows = split_rows(scores, small_ok, large_ok, quantile_thresholds(scores))
     return {
         "features": list(FEATURES), "weights": [round(w, 4) for w in score.weights],
-        "fittedOn": f"{len(train)} training prompts (the small model's greedy answers)",
+        "fittedOn": f"{fitted_on} training prompts (the small model's greedy answers)",
         "measuredOn": f"{len(test)} test prompts",
-        "allSmall": {"exactMatch": round(float(np.mean(small_ok)), 4), "relativeCost": round(c_small / c_large, 4)},
-        "allLarge": {"exactMatch": round(all_large, 4), "relativeCost": 1.0},
-        "rows": [{"threshold": r.threshold, "heavyFraction": r.heavy_fraction, "exactMatch": r.exact_match,
-                  "relativeCost": cost(r)} for r in rows],
-        "cheapestWithin1Point": None if cheapest is None else {
-            "threshold": cheapest.threshold, "heavyFraction": cheapest.heavy_fraction,
-            "exactMatch": cheapest.exact_match, "relativeCost": cost(cheapest)},
-        "costModel": "engine ms per request at 8 sequences per replica: prefill(prompt) + output x step(8) / 8",
+        **split_summary(rows, small_ok, large_ok, costs["arith-small"], costs["arith-large"]),
     }
 
 
@@ -136,10 +188,8 @@ def bench_llm(quick: bool = False) -> dict[str, Any]:
             report["models"][model] = {"exactMatch": catalog.exact_match(model), "parameters": metadata["params"],
                                        "exactMatchByBucket": metadata["heldout_by_difficulty"]["bucket"],
                                        **profile_model(catalog.engine(model), prompts, repeats)}
-            fits = report["models"][model]
             prompt_tokens = float(np.mean([len(p) for p in prompts]))
             output_tokens = float(np.mean([len(problem.answer) + 1 for problem in splits.test]))
-            costs[model] = (fits["prefillFit"]["interceptMs"] + fits["prefillFit"]["slopeMs"] * prompt_tokens
-                            + output_tokens * (fits["decodeFit"]["interceptMs"] + 8 * fits["decodeFit"]["slopeMs"]) / 8)
+            costs[model] = request_cost_ms(report["models"][model], prompt_tokens, output_tokens)
         report["split"] = query_aware_split(catalog, costs, quick)
     return report

@@ -15,7 +15,9 @@ def bench_simulator(quick: bool = False) -> dict[str, Any]:
     Three workloads at a constant Poisson-like load, each served by a plan made once (so the number is the
     simulator's, not the solver's): the IPA video chain with dynamic batching (1 M requests), InfAdapter's
     batch-1 M/D/c replicas (1 M) and DiffServe's cascade (400 k). `requests_per_s` pools them; a fourth run
-    drives the IPA chain with the real control loop every 10 s and reports its rate including the solves.
+    drives the IPA chain with the real control loop every 10 s and reports its rate including the solves; a
+    fifth (`token_level`, not pooled) serves the arithmetic LLM split at 3,000 requests/s token by token
+    (iteration-level batching, `sim/tokens.py`), 1.2 M requests.
     """
     import numpy as np
 
@@ -49,10 +51,29 @@ def bench_simulator(quick: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     controllers.run(pipeline, workload, controllers.loop("paretoserve", pipeline), SimConfig(seed=7))
     elapsed = time.perf_counter() - started
+    token_level = _token_level(scale)
     return {
         "requests_per_s": round(total_requests / total_s),
         "requests": total_requests,
         "cases": out,
         "with_control_loop": {"pipeline": "ipa-video", "interval_s": 10, "requests": len(arrivals),
                               "requests_per_s": round(len(arrivals) / elapsed)},
+        "token_level": token_level,
     }
+
+
+def _token_level(scale: float, load: float = 3000.0, seconds: int = 400) -> dict[str, Any]:
+    import numpy as np
+
+    from paretoserve.planner.sim import SimConfig, Workload, arrivals_from_counts, controllers
+    from paretoserve.planner.spec import load_pipeline_text
+
+    pipeline = load_pipeline_text((REPO / "manifests" / "examples" / "arith-llm.yaml").read_text())
+    duration = int(seconds * scale)
+    arrivals = arrivals_from_counts(np.full(duration, load), np.random.default_rng(7))
+    workload = Workload(arrivals, float(duration), prelude_counts=np.full(60, load))
+    started = time.perf_counter()
+    controllers.run(pipeline, workload, controllers.static("arith-llm", pipeline, load * 1.1), SimConfig(seed=7))
+    elapsed = time.perf_counter() - started
+    return {"pipeline": "arith-llm", "load_rps": load, "requests": len(arrivals),
+            "requests_per_s": round(len(arrivals) / elapsed)}

@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "diffserve": "paretoserve.research.experiments.diffserve",
     "hadis": "paretoserve.research.experiments.hadis",
     "agents": "paretoserve.research.experiments.agents",
+    "llm": "paretoserve.research.experiments.llm",
     "predictors": "paretoserve.research.experiments.predictors",
 }
 

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from paretoserve.planner.sim.controllers import ControllerFactory, run
 from paretoserve.planner.sim.engine import SimConfig
 from paretoserve.planner.sim.records import SimResult, summarize, timeline
+from paretoserve.planner.sim.tokens import concat_records
 from paretoserve.planner.sim.workload import Workload
 from paretoserve.planner.spec import ServingPipeline
 
@@ -136,6 +137,7 @@ def concat(results: Sequence[SimResult]) -> SimResult:
         resource_events=np.concatenate(events) if events else np.zeros((0, 5)),
         reconfigurations=sum(r.reconfigurations for r in results),
         applied_at_s=tuple(t + off for r, off in zip(results, offsets, strict=True) for t in r.applied_at_s),
+        tokens=concat_records([r.tokens for r in results if r.tokens is not None]) if results[0].tokens else None,
     )
 
 
@@ -168,6 +170,9 @@ def metrics(setup: Setup, system: System, result: SimResult) -> Metrics:
         "seconds_over_slo": round(s.seconds_over_slo, 6),
         "heavy_share": round(s.heavy_share, 6),
     }
+    if s.tokens is not None:
+        out.update(ttft_p99_ms=round(s.tokens.ttft_p99_ms, 3), tpot_p99_ms=round(s.tokens.tpot_p99_ms, 3),
+                   token_slo_attainment=round(s.tokens.token_slo_attainment, 6))
     if setup.extra is not None:
         out.update(setup.extra(system, result))
     notes = [system.note] if system.note else []

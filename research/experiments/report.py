@@ -33,6 +33,9 @@ HEADLINES = {
     "hadis": "HADIS (arXiv 2509.00642): response quality up to +35 %, latency-violation rates 2.7-45x lower.",
     "agents": "Critical-path-aware agent serving (Kairos, LAMaS, Teola, Parrot, Autellix; anchors-2026.md): "
               "shorter end-to-end latency of multi-agent DAGs at comparable quality; no common benchmark.",
+    "llm": "Token generation with a query-aware split (issue 15; DiffServe's threshold-in-the-program, the "
+           "production LLM planners of anchors-2026.md): TTFT/ITL SLOs, quality and cost against all-small, "
+           "all-large and a fixed threshold; target: within 1 point of all-large at well under half its cost.",
     "predictors": "IPA trains its LSTM on 14 days of the Twitter trace and tests on the rest; no error figure in "
                   "the abstract.",
 }

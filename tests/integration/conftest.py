@@ -1,9 +1,13 @@
-"""Session fixtures for the integration tests: the trained catalog and one real Triton server.
+"""Session fixtures for the integration tests: the trained catalogs and real Triton servers.
 
 The server (the real ``tritonserver`` from the nvidia-pytriton wheel, not a mock) starts once per
 session with three variants, because each start costs seconds per model (every instance is a
 Python-backend stub that opens an ONNX Runtime session). A missing installation is a test failure with the install
 hint, never a skip: CI installs the workers extra. Tests that reconfigure a model restore it.
+
+The token-generating models have their own session server (``llm_triton_url``): the decoupled ``arith-small`` and
+``arith-large`` and the prompt scorer ``arith-scorer`` (:mod:`paretoserve.workers.llm.scorer`), from the cached
+catalog (``llm_catalog``) and the cached scorer fit (``llm_scorer``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from paretoserve.workers.llm.cache import CachedScorer, LLMCatalog, ensure_llms, ensure_scorer
+from paretoserve.workers.llm.scorer import SCORER_MODEL, write_scorer_model
+from paretoserve.workers.llm.serving import spec_from_cached_llm, write_llm_model
 from paretoserve.workers.models import ModelCatalog, ensure_trained
 from paretoserve.workers.triton.control import TritonControl
 from paretoserve.workers.triton.repository import TritonModelSpec, spec_from_cached_variant, write_repository
@@ -26,12 +33,26 @@ SERVED_VARIANTS = ("tiny_linear", "cnn_small", "cnn_large")
 EXTRA_VARIANTS = ("discriminator",)
 """Written into the session server's repository but not loaded at start; a test loads one on demand
 (``TritonControl.load_model``) and unloads it afterwards."""
+LLM_MODELS = ("arith-small", "arith-large")
+"""The token-generating models ``llm_triton_url`` serves (with the prompt scorer)."""
 
 
 @pytest.fixture(scope="session")
 def catalog() -> ModelCatalog:
     """The default catalog (``$PARETOSERVE_CACHE`` or ``~/.cache/paretoserve``); trained once if absent."""
     return ensure_trained()
+
+
+@pytest.fixture(scope="session")
+def llm_catalog() -> LLMCatalog:
+    """The token-generating models (trained once if absent)."""
+    return ensure_llms()
+
+
+@pytest.fixture(scope="session")
+def llm_scorer(llm_catalog: LLMCatalog) -> CachedScorer:
+    """The prompt scorer fitted on ``arith-small``'s answers (fitted once if absent)."""
+    return ensure_scorer()
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +103,18 @@ def triton_server(
 def control(triton_server: TritonServer) -> Iterator[TritonControl]:
     with TritonControl(triton_server.http_url, triton_server.metrics_url) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def llm_triton_url(tmp_path_factory: pytest.TempPathFactory, triton_installation: TritonInstallation,
+                   llm_catalog: LLMCatalog, llm_scorer: CachedScorer) -> Iterator[str]:
+    """``http://host:port`` of a real Triton serving the LLM family (8 sequences each) and ``arith-scorer``."""
+    work = tmp_path_factory.mktemp("triton-llm-family")
+    repository = work / "repository"
+    for model in LLM_MODELS:
+        write_llm_model(repository, spec_from_cached_llm(llm_catalog.model_dir(model), max_sequences=8))
+    write_scorer_model(repository, llm_scorer.weights_file)
+    config = TritonServerConfig(model_repository=repository, models=(*LLM_MODELS, SCORER_MODEL), work_dir=work,
+                                backend_cache_dir=work / "backends")
+    with TritonServer(config, triton_installation) as server:
+        yield f"http://{server.http_url}"

@@ -97,3 +97,15 @@ def test_predictors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_window_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment", "sponge", "--quick", "--out", str(tmp_path), "--trace-window", "9:3"]) == 2
     assert "START < END" in capsys.readouterr().err
+
+
+def test_llm(tmp_path: Path) -> None:
+    """Token-level serving across a steep rise (1,000 -> 4,500 requests/s): the endpoints order as their models
+    do, and ParetoServe's split moves between them."""
+    s = check_schema(run("llm", tmp_path, "--trace-window", "1301500:1301620"), tmp_path)
+    small, large, ours = s["all-small"], s["all-large"], s["paretoserve"]
+    assert small["accuracy"] < ours["accuracy"] < large["accuracy"]
+    assert small["cost"] < large["cost"]
+    assert 0.0 < ours["heavy_share"] < 1.0  # all to arith-large before the rise, a split after it
+    for m in s.values():
+        assert m["ttft_p99_ms"] > 0 and m["tpot_p99_ms"] > 0 and 0.0 <= m["token_slo_attainment"] <= 1.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -22,15 +22,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from paretoserve.workers.llm.cache import LLMCatalog, ensure_llms
+from paretoserve.workers.llm.cache import LLMCatalog
 from paretoserve.workers.llm.engine import NumpyLM
-from paretoserve.workers.llm.serving import spec_from_cached_llm, write_llm_model
 from paretoserve.workers.llm.tasks import make_splits
 from paretoserve.workers.llm.tokenizer import decode, encode_prompt
 from paretoserve.workers.router.app import build_router
 from paretoserve.workers.router.config import RouterConfig, parse_config
 from paretoserve.workers.router.serve import ServerThread
-from paretoserve.workers.triton.server import TritonInstallation, TritonNotFoundError, TritonServer, TritonServerConfig
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -39,13 +37,8 @@ MAX_NEW = 5
 
 
 @pytest.fixture(scope="module")
-def catalog() -> LLMCatalog:
-    return ensure_llms()
-
-
-@pytest.fixture(scope="module")
-def engine(catalog: LLMCatalog) -> NumpyLM:
-    return catalog.engine(MODEL)
+def engine(llm_catalog: LLMCatalog) -> NumpyLM:
+    return llm_catalog.engine(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +47,9 @@ def prompts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def triton_url(tmp_path_factory: pytest.TempPathFactory, catalog: LLMCatalog) -> Iterator[str]:
-    try:
-        installation = TritonInstallation.locate()
-    except TritonNotFoundError as error:
-        pytest.fail(f"the real Triton server is required for these tests: {error}", pytrace=False)
-    work = tmp_path_factory.mktemp("triton-router-llm")
-    repository = work / "repository"
-    write_llm_model(repository, spec_from_cached_llm(catalog.model_dir(MODEL), max_sequences=8))
-    config = TritonServerConfig(model_repository=repository, models=(MODEL,), work_dir=work,
-                                backend_cache_dir=work / "backends")
-    with TritonServer(config, installation) as running:
-        yield f"http://{running.http_url}"
+def triton_url(llm_triton_url: str) -> str:
+    """The session's LLM Triton (``tests/integration/conftest.py``); these tests use its ``arith-small``."""
+    return llm_triton_url
 
 
 def config_for(url: str) -> RouterConfig:

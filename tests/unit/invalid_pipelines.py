@@ -139,6 +139,8 @@ TASK_NAMES_UNIQUE = "task names (tasks[].name) must be unique within a stage"
 TASK_WEIGHT_POSITIVE = "at least one task needs a weight > 0"
 TASKS_NOT_CASCADE = "a multi-task stage (tasks) cannot be a cascade"
 INPUTS_FROM_PARENTS = "every stage an input reads (inputs[]) must be in dependsOn"
+SCORER_MODEL = "cascade.scorerModel is required by the prompt router on a stage with generation"
+SCORER_MODEL_UNUSED = "cascade.scorerModel is used only by the prompt router on a stage with generation"
 TOKENS_WITH_GENERATION = ("a stage with generation needs a tokens profile on every variant, and a tokens profile "
                           "needs the stage's generation")
 LLM = "spec.stages[0]"
@@ -153,6 +155,19 @@ def _sponge_stage(name: str, variants: int, cpus: int, batch_sizes: list[int]) -
     return {"name": name, "batchSizes": batch_sizes,
             "variants": [{"name": f"v{i}", "tritonModel": f"m{i}", "accuracy": 0.9, "profile": {"sponge": fit}}
                          for i in range(variants)]}
+
+
+def _prompt_router_with_scorer(stage: str) -> Mutation:
+    """Make the cascade of ``stage`` (a stage without generation) a prompt router that names a scorer model."""
+
+    def mutate(doc: Manifest) -> None:
+        node, last = _parent(doc, stage)
+        cascade = node[last]["cascade"]
+        cascade.update({"router": "prompt", "scorerModel": "scorer"})
+        for row in cascade["rows"]:
+            row["promptThreshold"] = row["threshold"]
+
+    return mutate
 
 
 def _stages(*stages: dict[str, Any]) -> Mutation:
@@ -473,6 +488,15 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
     InvalidPipeline("every-task-weight-zero", set_(f"{FUSED}.tasks", [{"name": t, "weight": 0} for t in
                                                                      ("digit", "parity", "at_least_5", "loops")]),
                     FUSED, "cel", f"{FUSED}.tasks", TASK_WEIGHT_POSITIVE, base="digits-fused.yaml"),
+    # --- the prompt scorer of a generation stage (router: prompt) -----------------------------------
+    InvalidPipeline("generation-prompt-router-without-scorer", del_(f"{LLM}.cascade.scorerModel"), LLM, "cel",
+                    f"{LLM}.cascade.scorerModel", SCORER_MODEL, base="arith-llm.yaml"),
+    InvalidPipeline("scorer-model-on-confidence-router", set_(f"{ANSWER}.cascade.scorerModel", "scorer"), ANSWER,
+                    "cel", f"{ANSWER}.cascade.scorerModel", SCORER_MODEL_UNUSED),
+    InvalidPipeline("scorer-model-without-generation", _prompt_router_with_scorer(ANSWER), ANSWER, "cel",
+                    f"{ANSWER}.cascade.scorerModel", SCORER_MODEL_UNUSED),
+    InvalidPipeline("scorer-model-bad-name", set_(f"{LLM}.cascade.scorerModel", "../scorer"),
+                    f"{LLM}.cascade.scorerModel", base="arith-llm.yaml"),
     InvalidPipeline("multi-task-cascade",
                     lambda doc: doc["spec"]["stages"][0].__setitem__("cascade", {
                         "light": doc["spec"]["stages"][0]["variants"][1]["name"],

@@ -1,12 +1,27 @@
-"""The query-aware router's difficulty score and f(t) rows (`paretoserve.workers.llm.routing`): pure logic."""
+"""The query-aware router's difficulty score and f(t) rows (`paretoserve.workers.llm.routing`), and the scorer a
+Triton model serves from it (`paretoserve.workers.llm.scorer`): pure logic, no Triton."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from paretoserve.workers.llm.routing import fit_difficulty, prompt_features, split_rows
+from paretoserve.workers.llm.routing import FEATURES, DifficultyScore, fit_difficulty, prompt_features, split_rows
+from paretoserve.workers.llm.scorer import (
+    SCORER_BACKEND_FILE,
+    SCORER_FILE,
+    SCORER_MODEL,
+    ScorerServingSpec,
+    load_scorer,
+    render_scorer_config,
+    score_rows,
+    write_scorer_model,
+)
 from paretoserve.workers.llm.tasks import Problem
+from paretoserve.workers.triton.repository import to_pbtxt
 
 
 def test_features_read_the_prompt_text_only() -> None:
@@ -32,3 +47,52 @@ def test_rows_send_the_prompts_at_or_above_the_threshold_to_the_large_model() ->
                       [0.0, 0.5, 0.92, 1.01])
     assert [(r.heavy_fraction, r.exact_match) for r in rows] == [(1.0, 0.75), (0.75, 0.75), (0.25, 0.75),
                                                                  (0.0, 0.5)]
+
+
+# --- the served scorer (`paretoserve.workers.llm.scorer`): weights file, rows, repository entry ---------------
+
+WEIGHTS = (-7.9, 2.4, 0.9, 1.3, 2.1, 0.8)
+
+
+def test_the_weights_file_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    score = DifficultyScore(WEIGHTS)
+    assert DifficultyScore.from_json(json.loads(json.dumps(score.to_json()))) == score
+    for raw in ({"features": ["bias"], "weights": [1.0]}, {"features": list(FEATURES), "weights": [1.0] * 5},
+                {"features": list(FEATURES), "weights": [1.0, "x", 1, 1, 1, 1]},
+                {"features": list(FEATURES), "weights": [float("nan")] * 6}):
+        with pytest.raises(ValueError, match="scorer"):
+            DifficultyScore.from_json(raw)
+    broken = tmp_path / "scorer.json"
+    broken.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a scorer weights file"):
+        load_scorer(broken)
+
+
+def test_score_rows_answer_one_fp32_score_per_row_and_refuse_a_foreign_prompt() -> None:
+    score = DifficultyScore(WEIGHTS)
+    rows = score_rows(score, np.array([b"483+219=", b"1+1="], dtype=np.object_))
+    assert rows.dtype == np.float32 and rows.shape == (2, 1)
+    assert rows[:, 0].tolist() == pytest.approx([score("483+219="), score("1+1=")], rel=1e-6)
+    assert rows[0, 0] > rows[1, 0]  # two carries and three digits: harder than 1+1
+    for bad in ([b"hello"], [b"\xff+1="], [b"5--3="]):
+        with pytest.raises(ValueError):
+            score_rows(score, bad)
+
+
+def test_the_scorer_entry_is_a_batching_python_model_with_its_weights_beside_it(tmp_path: Path) -> None:
+    weights = tmp_path / "fitted.json"
+    weights.write_text(json.dumps(DifficultyScore(WEIGHTS).to_json()))
+    entry = write_scorer_model(tmp_path / "repository", weights, ScorerServingSpec(max_batch_size=16))
+    assert entry.name == SCORER_MODEL
+    config = render_scorer_config(ScorerServingSpec(max_batch_size=16))
+    assert config["max_batch_size"] == 16 and "dynamic_batching" in config and config["backend"] == "python"
+    assert [(t["name"], t["data_type"], t["dims"]) for t in (*config["input"], *config["output"])] == [
+        ("PROMPT", "TYPE_STRING", [1]), ("SCORE", "TYPE_FP32", [1])]
+    assert (entry / "config.pbtxt").read_text() == to_pbtxt(config)
+    assert load_scorer(entry / "1" / SCORER_FILE) == DifficultyScore(WEIGHTS)
+    assert (entry / "1" / "model.py").read_text() == SCORER_BACKEND_FILE.read_text()
+    weights.write_text("{}")
+    with pytest.raises(ValueError, match="not a scorer weights file"):
+        write_scorer_model(tmp_path / "other", weights)
+    with pytest.raises(ValueError, match="name"):
+        ScorerServingSpec(name="../x")

@@ -10,16 +10,20 @@ for batches the planner never charged for.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from paretoserve.operator.children import Owner, WorkerSettings, render_children
 from paretoserve.planner.model import Allocation, Plan, SolveStatus, StagePlan
-from paretoserve.planner.spec import ServingPipeline, parse_pipeline
+from paretoserve.planner.spec import ServingPipeline, load_pipeline_text, parse_pipeline
+from paretoserve.workers.plan_rendering import router_update, served_models
+from paretoserve.workers.router.config import parse_config
 from paretoserve.workers.runtime.actuator import LocalLimits, model_settings
 
 KEY = b"test-key"
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 
 
 def _pipeline() -> ServingPipeline:
@@ -63,3 +67,28 @@ def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, insta
     pipeline = _pipeline()
     allocation = Allocation("large", batch, float(instances), instances, 1, 10.0, 2.0, 0.0, "main")
     assert _kubernetes(pipeline, allocation) == _local(pipeline, allocation)
+
+
+def test_a_generation_prompt_cascade_renders_its_scorer_next_to_the_light_model() -> None:
+    """arith-llm: the light pods load arith-scorer beside arith-small, and every router's config names it as the
+    cascade's scorer with the chosen row's prompt threshold (what the router applies per request)."""
+    pipeline = load_pipeline_text((EXAMPLES / "arith-llm.yaml").read_text())
+    stage = pipeline.spec.stages[0]
+    light, heavy = (next(v for v in stage.variants if v.name == name) for name in ("arith-small", "arith-large"))
+    assert served_models(stage, light) == ("arith-small", "arith-scorer")
+    assert served_models(stage, heavy) == ("arith-large",)
+    row = stage.cascade.rows[3] if stage.cascade is not None else None
+    assert row is not None
+    plan = Plan(SolveStatus.OPTIMAL, (StagePlan("answer", (), 0.0, 1.0, row.quality or 0.0, threshold=row.threshold),))
+    children = render_children(Owner("arith", "ns", "uid"), pipeline.spec, plan, WorkerSettings(), admin_key=KEY)
+    loads = {tuple(a for a in c["args"] if a.startswith("--load-model="))
+             for o in children if o["kind"] == "Deployment"
+             for c in o["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"}
+    assert loads == {("--load-model=arith-small", "--load-model=arith-scorer"), ("--load-model=arith-large",)}
+    for config_map in (o for o in children if o["kind"] == "ConfigMap" and "router.json" in o.get("data", {})):
+        config = parse_config(json.loads(config_map["data"]["router.json"]))
+        cascade = config.stages[0].cascade
+        assert cascade is not None and cascade.scorer == "arith-scorer"
+        assert cascade.pre_route_threshold == row.prompt_threshold and "arith-scorer" in config.upstreams
+    update = router_update(pipeline.spec, plan)["stages"][0]["cascade"]
+    assert update == {"threshold": row.threshold, "preRouteThreshold": row.prompt_threshold}

@@ -366,25 +366,35 @@ def test_token_profiles_compile_to_options_under_the_ttft_itl_and_kv_limits_by_h
     pipeline = load_pipeline_text(example.read_text())
     problem = compile_problem(pipeline, Observation(load_rps=2000.0))
     options = {(o.variant, o.batch): o for o in problem.stages[0].options}
-    # arith-small: TTFT = 0.1215 + 0.0599 x 8 = 0.6007 ms; ITL(B) = 0.1673 + 0.08 B; latency = TTFT + 4 ITL.
-    # B = 32: ITL 2.73 ms > the 2 ms ITL SLO; and 32 x 12 tokens x 1024 B > the 256 KiB KV budget: dropped.
-    # arith-large: 2304 B per token, so at most 9 sequences (9 x 12 x 2304 = 248,832 B): B = 16 and 32 dropped.
-    assert sorted(options) == [("arith-large", 1), ("arith-large", 4), ("arith-large", 8),
+    # arith-small: prefill(8) = 0.1215 + 0.0599 x 8 = 0.6007 ms; step(B) = 0.1673 + 0.08 B. A request of 4 tokens
+    # holds a slot for 3 iterations, so a full replica admits n = max(1, B / 3) newcomers per iteration:
+    # ITL = step(B) + n prefill, TTFT = ITL + n prefill, latency = TTFT + 3 ITL. B = 32: 32 x 12 tokens x 1024 B
+    # > the 256 KiB KV budget. arith-large: prefill(8) = 1.2942 ms; 2304 B per token, so at most 9 sequences
+    # (B = 16 and 32 dropped); B = 8: ITL 1.6034 + 8/3 x 1.2942 = 5.05 ms > the 5 ms ITL SLO.
+    assert sorted(options) == [("arith-large", 1), ("arith-large", 4),
                                ("arith-small", 1), ("arith-small", 4), ("arith-small", 8), ("arith-small", 16)]
     small8 = options[("arith-small", 8)]
-    itl = 0.1673 + 0.08 * 8
-    latency = 0.6007 + 4 * itl
+    prefill, step, n = 0.6007, 0.1673 + 0.08 * 8, 8 / 3
+    itl = step + n * prefill
+    latency = itl + n * prefill + 3 * itl
     assert small8.latency_ms == pytest.approx(latency)
-    # capacity: min(engine-bound 1000 / (TTFT + 4 ITL / 8), Little's law 8 x 1000 / latency), x targetUtilization 1
-    assert small8.capacity_rps == pytest.approx(min(1000 / (0.6007 + 4 * itl / 8), 8000 / latency))
+    # capacity: n requests per iteration = 1000 / (prefill + 3 step / 8) per second, x targetUtilization 1
+    assert small8.capacity_rps == pytest.approx(1000 / (prefill + 3 * step / 8))
+    # the SLOs drop what misses them: arith-small at B = 16 has ITL 1.4473 + 16/3 x 0.6007 = 4.65 ms > 3 ms
+    stage = pipeline.spec.stages[0]
+    assert stage.generation is not None
+    tighter = stage.model_copy(update={"generation": stage.generation.model_copy(update={"itl_ms": 3.0})})
+    strict = pipeline.model_copy(update={"spec": pipeline.spec.model_copy(update={"stages": [tighter]})})
+    kept = {(o.variant, o.batch) for o in compile_problem(strict, Observation(load_rps=2000.0)).stages[0].options}
+    assert kept == set(options) - {("arith-small", 16)}
     assert problem.stages[0].max_queue_delay_ms == 0.0  # continuous batching waits for no batch to fill
     # the prompt router's threshold in the same program: every prompt to arith-large while the 8-core budget
-    # carries it, a split at 4,000 requests/s, all to arith-small at 8,000; brute force agrees
+    # carries it, then more and more to arith-small as the load rises; brute force agrees
     thresholds = []
-    for load in (2000.0, 4000.0, 8000.0):
+    for load in (2000.0, 4500.0, 6000.0):
         at_load = compile_problem(pipeline, Observation(load_rps=load))
         plan = solve(at_load)
         assert plan.status is SolveStatus.OPTIMAL and plan.cpu is not None and plan.cpu <= 8.0
         assert plan.objective == pytest.approx(brute_force(at_load).objective, abs=1e-7)
         thresholds.append(plan.stage("answer").threshold)
-    assert thresholds[0] == 0.0 and 0.0 < thresholds[1] < 1.0 and thresholds[2] == 1.0
+    assert thresholds[0] == 0.0 and 0.0 < thresholds[1] < thresholds[2] < 1.0

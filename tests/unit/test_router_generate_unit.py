@@ -197,8 +197,8 @@ async def test_refusals_are_json_errors() -> None:
     assert answer.status_code == 400 and answer.json()["error"].startswith("PROMPT: missing")
     answer, _ = await _post(_upstream(TOKENS), "/v1/completions", {"model": "lm", "prompt": "1", "max_tokens": -1})
     assert answer.status_code == 400 and answer.json()["error"].startswith("max_tokens")
-    answer, _ = await _post(_upstream(TOKENS), "/v2/models/p/generate", {"PROMPT": "1"})
-    assert answer.status_code == 404
+    answer, _ = await _post(_upstream(TOKENS), "/v2/models/nope/generate", {"PROMPT": "1"})
+    assert answer.status_code == 404 and "nope" in answer.json()["error"]
 
 
 async def test_completion_whole_answer() -> None:

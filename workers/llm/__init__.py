@@ -4,7 +4,9 @@ No model can be downloaded, so :mod:`.training` trains a family of decoder-only 
 ``arith-large``) on :mod:`.tasks` (``483+219=`` -> ``702``; exact match measured per difficulty bucket) and
 :mod:`.cache` caches them (``ensure_llms``). :mod:`.model` is the torch model with an explicit KV-cache API;
 :mod:`.engine` is the same forward pass in numpy with a per-sequence KV cache and a batched decode step, the
-building block of iteration-level batching that a Triton backend serves.
+building block of iteration-level batching that a Triton backend serves. :mod:`.routing` is the query-aware split's
+difficulty score on the prompt's text, and :mod:`.scorer` serves it to the router as a Triton model
+(``arith-scorer``; fitted and cached by ``ensure_scorer``).
 
 This package's top level imports no torch (the worker image has none): the engine, tokenizer, task and
 config are here; import the trainer and the cache from their modules

@@ -8,6 +8,13 @@ version and torch's minor version. A version is built under a temporary name and
 digits catalog is (:mod:`paretoserve.workers.models.cache`), so readers never see half a cache. ``weights.npz``
 is all the numpy engine needs (its config travels inside); ``metadata.json`` records exact match overall
 and per difficulty bucket, parameters, KV-cache bytes per token, training seconds and engine step timings.
+
+The prompt scorer the router asks (:mod:`.scorer`) is fitted on the light model's answers, so it is cached next
+to the models by :func:`ensure_scorer`: ``<root>/llm-scorer/<key>/{scorer.json,manifest.json}``, the key hashing
+the models' fingerprint, the light model and the fit (:func:`~.routing.fit_scorer` on the first
+:data:`~.routing.SCORER_TRAIN_PROMPTS` training prompts). The fit is deterministic (greedy answers, full-batch
+gradient descent from zero), so every worker image and test serves the weights ``bench llm``'s rows were measured
+with.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 from paretoserve.workers.llm.config import CONFIG_KEY, ModelConfig
 from paretoserve.workers.llm.engine import NumpyLM, measure_timings
 from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
+from paretoserve.workers.llm.routing import SCORER_TRAIN_PROMPTS, DifficultyScore, fit_scorer
+from paretoserve.workers.llm.scorer import SCORER_FILE, load_scorer
 from paretoserve.workers.llm.tasks import DEFAULT_TASK, Problem, TaskSpec, make_splits
 from paretoserve.workers.llm.tokenizer import VOCAB, decode, encode_prompt
 from paretoserve.workers.llm.training import MAX_NEW_TOKENS, RECIPES, LMRecipe, TrainedLM, answers, train_model
@@ -37,6 +46,8 @@ WEIGHTS_FILE = "weights.npz"
 METADATA_FILE = "metadata.json"
 AGREEMENT_PROMPTS = 200
 """Test prompts on which training checks that the numpy engine answers as the torch model does."""
+SCORER_CODE_VERSION = 1
+"""Bump when the scorer's features or fit change in a way its key does not capture."""
 
 
 @dataclass(frozen=True)
@@ -153,3 +164,46 @@ def ensure_llms(cache_root: Path | None = None, *, recipes: Sequence[LMRecipe] =
         (staging / MANIFEST_FILE).write_text(json.dumps({"fingerprint": key, "models": [r.name for r in recipes]}))
 
     return _open(final, trained=build_into_place(final, build))
+
+
+@dataclass(frozen=True)
+class CachedScorer:
+    """The cached prompt scorer of one light model: its weights file (what a scorer model serves) and provenance."""
+
+    directory: Path
+    key: str
+    metadata: Mapping[str, Any]
+    trained: bool
+    """Whether this call fitted it (False: read from the cache)."""
+
+    @property
+    def weights_file(self) -> Path:
+        return self.directory / SCORER_FILE
+
+    def score(self) -> DifficultyScore:
+        return load_scorer(self.weights_file)
+
+
+def ensure_scorer(cache_root: Path | None = None, *, light: str = "arith-small",
+                  train_prompts: int = SCORER_TRAIN_PROMPTS, recipes: Sequence[LMRecipe] = RECIPES,
+                  task: TaskSpec = DEFAULT_TASK) -> CachedScorer:
+    """The difficulty score predicting that ``light`` fails a prompt, fitted on the first ``train_prompts`` training
+    prompts (:func:`~.routing.fit_scorer`): read from ``<cache_root>/llm-scorer/<key>``, or fitted once and cached
+    there (the models themselves by :func:`ensure_llms`, trained first if absent)."""
+    catalog = ensure_llms(cache_root, recipes=recipes, task=task)
+    max_new = int(catalog.metadata[light]["max_new_tokens"])
+    identity = {"code": SCORER_CODE_VERSION, "llm": catalog.fingerprint, "light": light, "prompts": train_prompts,
+                "maxNewTokens": max_new}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    final = (cache_root or default_cache_root()) / "llm-scorer" / key
+
+    def build(staging: Path) -> None:
+        problems = list(make_splits(task).train[:train_prompts])
+        score = fit_scorer(catalog.engine(light), problems, max_new)
+        record = {**score.to_json(), **identity, "fittedOn": f"{len(problems)} training prompts (the greedy answers "
+                                                            f"of {light})"}
+        (staging / SCORER_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        (staging / MANIFEST_FILE).write_text(json.dumps({"key": key, **identity}))
+
+    trained = build_into_place(final, build)
+    return CachedScorer(final, key, json.loads((final / SCORER_FILE).read_text()), trained)

@@ -9,13 +9,16 @@ model answers wrongly; it never looks at a model's answer, so the router can dec
 :func:`split_rows` measures, on held-out prompts where both models' answers are known, the share each threshold
 sends to the large model and the exact match of the mixed answers: the ``f(t)`` rows a cascade stage declares
 (``router: prompt``), with which the planner chooses the threshold, the replicas and the sequences per replica in
-one program, DiffServe-style. numpy only.
+one program, DiffServe-style. :func:`fit_scorer` is THE fit: the cached scorer a Triton model serves to the router
+(:mod:`.scorer`, :func:`~paretoserve.workers.llm.cache.ensure_scorer`) and the benchmark's rows come from it, so
+the thresholds the planner picks mean the same thing where the router applies them. numpy only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +29,8 @@ from paretoserve.workers.llm.tokenizer import decode, encode_prompt
 
 Floats = npt.NDArray[np.float64]
 FEATURES = ("bias", "left digits", "right digits", "minus", "times", "carries")
+SCORER_TRAIN_PROMPTS = 4000
+"""Training prompts the served scorer is fitted on (the first of the training split)."""
 
 
 def prompt_features(prompt: str) -> Floats:
@@ -50,6 +55,21 @@ class DifficultyScore:
         z = float(prompt_features(prompt) @ np.asarray(self.weights))
         return float(1.0 / (1.0 + np.exp(-z)))
 
+    def to_json(self) -> dict[str, Any]:
+        """What a scorer's weights file holds (the features name the weights, in order)."""
+        return {"features": list(FEATURES), "weights": list(self.weights)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> DifficultyScore:
+        """The score of a weights file written by :meth:`to_json`; ``ValueError`` when it does not fit."""
+        features, weights = raw.get("features"), raw.get("weights")
+        if features != list(FEATURES):
+            raise ValueError(f"scorer features {features!r} are not this code's {list(FEATURES)!r}")
+        if not isinstance(weights, list) or len(weights) != len(FEATURES) or not all(
+                isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) for w in weights):
+            raise ValueError(f"scorer weights must be {len(FEATURES)} finite numbers, got {weights!r}")
+        return cls(tuple(float(w) for w in weights))
+
 
 def fit_difficulty(prompts: Sequence[str], small_wrong: Sequence[bool], *, steps: int = 2000,
                    learning_rate: float = 0.5) -> DifficultyScore:
@@ -68,6 +88,12 @@ def fit_difficulty(prompts: Sequence[str], small_wrong: Sequence[bool], *, steps
     raw = w / scale
     raw[0] = w[0] - float((w[1:] * mean[1:] / scale[1:]).sum())
     return DifficultyScore(tuple(float(v) for v in raw))
+
+
+def fit_scorer(small: NumpyLM, problems: Sequence[Problem], max_new_tokens: int) -> DifficultyScore:
+    """The difficulty score fitted to predict that ``small`` answers ``problems`` wrongly (greedy, exact match)."""
+    wrong = [not ok for ok in correct_answers(small, problems, max_new_tokens)]
+    return fit_difficulty([problem.prompt for problem in problems], wrong)
 
 
 def correct_answers(engine: NumpyLM, problems: Sequence[Problem], max_new_tokens: int) -> list[bool]:

@@ -13,7 +13,8 @@ Format (camelCase keys; optional keys show their defaults)::
                  "variants": {"tiny_linear": 1.0},            # weighted split when several
                  "cascade": {"light": "tiny_linear", "heavy": "cnn_large",
                              "router": "confidence",          # |discriminator|prompt|hybrid
-                             "threshold": 0.8, "discriminator": null, "preRouteThreshold": null}}],
+                             "threshold": 0.8, "discriminator": null, "preRouteThreshold": null,
+                             "scorer": null}}],               # prompt: the model scoring a generation prompt
      "upstreams": {"tiny_linear": ["http://127.0.0.1:8000"], ...},
      "deadlineHeader": "x-paretoserve-deadline-ms",
      "sloMs": null,                                           # caps the deadline header when set
@@ -57,7 +58,7 @@ from paretoserve.workers.router.errors import ConfigError
 DEFAULT_DEADLINE_HEADER = "x-paretoserve-deadline-ms"
 _NAME = re.compile(TRITON_MODEL_NAME)
 _HEADER = re.compile(DEADLINE_HEADER_NAME)
-_CASCADE_KEYS = ("light", "heavy", "router", "threshold", "discriminator", "preRouteThreshold")
+_CASCADE_KEYS = ("light", "heavy", "router", "threshold", "discriminator", "preRouteThreshold", "scorer")
 _TOP_KEYS = ("pipeline", "stages", "upstreams", "deadlineHeader", "sloMs", "queue", "fallback", "timeouts",
              "limits", "transport")
 _LIVE_STAGE_KEYS = ("name", "variants", "latencyMs", "cascade")
@@ -82,6 +83,9 @@ class CascadeConfig:
     """Model giving P(light wrong) in column 1 of ``PROBS``; discriminator router, optional for hybrid."""
     pre_route_threshold: float | None = None
     """prompt/hybrid: rows with hardness >= this go straight to ``heavy``."""
+    scorer: str | None = None
+    """prompt router: the model giving a generation request's prompt its ``SCORE`` (P(light wrong)); the request
+    goes to ``heavy`` when the score is >= ``pre_route_threshold`` (:mod:`.streaming`)."""
 
     @property
     def check(self) -> str:
@@ -125,6 +129,7 @@ class StageConfig:
         if self.cascade is not None:
             names += [self.cascade.light, self.cascade.heavy]
             names += [self.cascade.discriminator] if self.cascade.discriminator else []
+            names += [self.cascade.scorer] if self.cascade.scorer else []
         return tuple(dict.fromkeys(names))
 
 
@@ -273,7 +278,13 @@ def _cascade(fields: _Fields) -> CascadeConfig:
         raise ConfigError(fields.at("preRouteThreshold"), f"the {router.value} router needs a preRouteThreshold")
     if not prompt_like and pre is not None:
         raise ConfigError(fields.at("preRouteThreshold"), f"not used by the {router.value} router; set it to null")
-    return CascadeConfig(light, heavy, router, fields.number("threshold", high=1.0), discriminator, pre)
+    scorer = fields.string("scorer") if fields.has("scorer") else None
+    if scorer is not None and router is not RouterKind.PROMPT:
+        raise ConfigError(fields.at("scorer"), f"not used by the {router.value} router (only by prompt); "
+                                               "set it to null")
+    if scorer is not None and scorer in (light, heavy):
+        raise ConfigError(fields.at("scorer"), f"must differ from light and heavy ({scorer!r})")
+    return CascadeConfig(light, heavy, router, fields.number("threshold", high=1.0), discriminator, pre, scorer)
 
 
 def _inputs(fields: _Fields, depends_on: tuple[str, ...]) -> tuple[StageInput, ...]:
@@ -318,7 +329,7 @@ def _stage(raw: object, path: str) -> StageConfig:
         if sum(weight for _, weight in variants) <= 0:
             raise ConfigError(fields.at("variants"), "weights must have a positive total")
     else:
-        own = {cascade.light, cascade.heavy, cascade.discriminator}
+        own = {cascade.light, cascade.heavy, cascade.discriminator, cascade.scorer}
         for model, _ in variants:
             if model not in own:
                 raise ConfigError(variant_fields.at(model), "a cascade stage may only list its cascade's models")
@@ -468,7 +479,7 @@ def config_to_json(config: RouterConfig) -> dict[str, Any]:
         c = s.cascade
         out["cascade"] = None if c is None else {
             "light": c.light, "heavy": c.heavy, "router": c.router.value, "threshold": c.threshold,
-            "discriminator": c.discriminator, "preRouteThreshold": c.pre_route_threshold}
+            "discriminator": c.discriminator, "preRouteThreshold": c.pre_route_threshold, "scorer": c.scorer}
         return out
 
     t, q, f, lim = config.timeouts, config.queue, config.fallback, config.limits

@@ -178,6 +178,22 @@ def check_generate_body(body: bytes, model: str, inputs: Sequence[InputSpec]) ->
     return message
 
 
+def generate_prompt(body: bytes) -> str:
+    """The prompt text of a generate body (its first :data:`PROMPT_INPUTS` input: a string, or a list of one), what
+    the pipeline's prompt scorer reads; :class:`BadRequest` naming the input when there is none."""
+    message = decode_object(body, "the request body")
+    for name in PROMPT_INPUTS:
+        value = message.get(name)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, str):
+            return value
+        if name in message:
+            raise BadRequest(f"{name}: must be one string (the pipeline scores the prompt to choose a model), "
+                             f"got {orjson.dumps(value).decode()[:80]}")
+    raise BadRequest(f"{PROMPT_INPUTS[0]}: missing (the pipeline scores the prompt to choose a model)")
+
+
 def merge_events(events: Sequence[Message]) -> Message:
     """One answer for a whole stream (the router's ``/generate``): a key sent once keeps its value, a key sent
     by several events gets the list of their values in order, ``model_name``/``model_version`` once. One event

@@ -190,9 +190,9 @@ class PipelineRunner:
         outcomes[name] = outcome
         spans[name] = (begin - started, self._clock() - started)
 
-    async def _call(self, stage: str, model: str, body: bytes, rows: int, due: Due) -> Message:
+    async def call(self, stage: str, model: str, body: bytes, rows: int, due: Due) -> Message:
         """One upstream call for ``rows`` rows: a slot in the queue's order, the replicas, bounded by the request's
-        deadline."""
+        deadline; its answer checked. The stages' calls, and the prompt scorer's (:mod:`.prompt_router`)."""
         deadline = due.deadline
         started = self._clock()
         try:
@@ -241,14 +241,14 @@ class PipelineRunner:
         model = choose_variant(stage.variants, request_id)
         route = Route.DIRECT
         try:
-            response = await self._call(stage.name, model, request.raw, request.batch, due)
+            response = await self.call(stage.name, model, request.raw, request.batch, due)
         except RouterError as exc:
             if not (is_backend_failure(exc) and config.fallback.other_variants):
                 raise
             error = exc
             for other in fallback_variants(stage.variants, model):
                 try:
-                    response = await self._call(stage.name, other, request.raw, request.batch, due)
+                    response = await self.call(stage.name, other, request.raw, request.batch, due)
                 except RouterError as again:
                     if not is_backend_failure(again):
                         raise
@@ -281,12 +281,12 @@ class PipelineRunner:
         notes: list[str] = []
         calls: dict[str, Coroutine[Any, Any, Message]] = {}
         if pre:
-            calls["pre"] = self._call(name, heavy, select_rows(request, pre), len(pre), due)
+            calls["pre"] = self.call(name, heavy, select_rows(request, pre), len(pre), due)
         if rest:
             rest_body = select_rows(request, rest)
-            calls["light"] = self._call(name, light, rest_body, len(rest), due)
+            calls["light"] = self.call(name, light, rest_body, len(rest), due)
             if cascade.discriminator is not None:
-                calls["judge"] = self._call(name, cascade.discriminator, rest_body, len(rest), due)
+                calls["judge"] = self.call(name, cascade.discriminator, rest_body, len(rest), due)
         settled = await self._settle(calls)
         parts: list[Part] = []
         deferred: list[int] = []
@@ -328,7 +328,7 @@ class PipelineRunner:
 
         for model, late_rows, route, backup in late:
             try:
-                answer = await self._call(name, model, select_rows(request, late_rows), len(late_rows), due)
+                answer = await self.call(name, model, select_rows(request, late_rows), len(late_rows), due)
             except RouterError as exc:
                 if backup is None or not is_backend_failure(exc):
                     raise

@@ -20,6 +20,15 @@ and replica set): a missing input or a value of the wrong type is a 400 naming i
 deadline passing -- ends the stream with one last error event (``{"error", "reason", "status", "model"}``;
 OpenAI streams get no ``[DONE]`` then) and counts in ``paretoserve_router_errors_total``: never a silent cut.
 
+A request may name the pipeline instead of a model (``/v2/models/{pipeline}/...``, or a completion whose
+``model`` is the pipeline): :mod:`.prompt_router` chooses the model (the stage's split, or its prompt cascade: the
+scorer's score against the live ``preRouteThreshold``), and the request is relayed exactly as if it had named that
+model. Every answer says which model served it in the ``x-paretoserve-variant`` header, and how it was chosen in
+``x-paretoserve-route`` (``direct``, ``light``, ``prerouted``, ``fallback``: the scorer failed); the generate
+events keep the model's own ``model_name`` and a completion keeps the ``model`` the client sent (OpenAI's
+semantics). A pipeline request counts in the pipeline's request and duration metrics (the planner's load signal)
+and its routing in ``paretoserve_router_requests_total`` under its stage.
+
 Per streamed request the router observes TTFT (request received -> first token sent to the client) and each
 inter-token gap (between two tokens sent) in ``paretoserve_router_ttft_seconds`` and
 ``paretoserve_router_inter_token_seconds`` (:mod:`.metrics`, by model); a token counts as sent once the
@@ -30,19 +39,23 @@ ASGI server took its bytes (the generator resumes after ``send``). Non-streamed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from paretoserve.workers.router.config import RouterConfig, StageConfig
+from paretoserve.workers.router.dataflow import queue_key
 from paretoserve.workers.router.decisions import Route as RowRoute
 from paretoserve.workers.router.errors import DeadlineExceeded, NotFound, RouterError, UpstreamError
 from paretoserve.workers.router.generate import (
@@ -52,6 +65,7 @@ from paretoserve.workers.router.generate import (
     check_generate_body,
     decode_event,
     error_message,
+    generate_prompt,
     merge_events,
     model_inputs,
     parse_completion_request,
@@ -61,11 +75,14 @@ from paretoserve.workers.router.generate import (
 )
 from paretoserve.workers.router.kserve import _fetch_json
 from paretoserve.workers.router.metrics import PROXY_STAGE
+from paretoserve.workers.router.pipeline import Due
+from paretoserve.workers.router.prompt_router import Choice, Scorer, choose, pipeline_stage, read_score, scorer_body
 from paretoserve.workers.router.protocol import Message, json_response
 from paretoserve.workers.router.upstream import map_transport_errors, read_capped, scrub, status_error
 
 if TYPE_CHECKING:
     from paretoserve.workers.router.app import RouterService
+    from paretoserve.workers.router.pipeline import PipelineRunner
     from paretoserve.workers.router.upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
@@ -73,13 +90,20 @@ logger = logging.getLogger(__name__)
 EVENT_STREAM = "text/event-stream"
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _UPSTREAM_HEADERS = {"content-type": "application/json", "accept": EVENT_STREAM}
+VARIANT_HEADER = "x-paretoserve-variant"
+"""The model that served a generation request (the pipeline's choice, or the model the request named)."""
+ROUTE_HEADER = "x-paretoserve-route"
+"""How that model was chosen: ``direct``, ``light``, ``prerouted`` or ``fallback`` (:class:`~.decisions.Route`)."""
+Payload = Callable[[str, tuple[InputSpec, ...], bytes], bytes]
+"""Turns the client's body into the generate body for a model (given its inputs)."""
 
 
 class _EventStreamResponse(StreamingResponse):
     """An SSE answer whose ``cleanup`` runs however sending ends (done, failed, client gone)."""
 
-    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(content, media_type=EVENT_STREAM, headers=_STREAM_HEADERS)
+    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]],
+                 headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=EVENT_STREAM, headers={**_STREAM_HEADERS, **headers})
         self._cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,14 +123,24 @@ class _Event:
 class _Generation:
     """One admitted request's upstream stream: its events in order, then :meth:`finish` (idempotent)."""
 
-    def __init__(self, service: RouterService, model: str, started: float, deadline: float, token: int) -> None:
+    def __init__(self, service: RouterService, choice: Choice, started: float, deadline: float, token: int,
+                 *, pipeline: bool) -> None:
         self._service = service
-        self.model = model
+        self.choice = choice
+        self.model = choice.model
+        self.stage = choice.stage
         self.started = started
         self.deadline = deadline
         self._token = token
+        self._pipeline = pipeline
         self._upstream: httpx.Response | None = None
         self._done = False
+        self.failed = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Which model served the request and how it was chosen (see the module notes)."""
+        return {VARIANT_HEADER: self.model, ROUTE_HEADER: self.choice.route.value}
 
     def _remaining(self) -> float | None:
         return None if math.isinf(self.deadline) else self.deadline - self._service.clock()
@@ -128,7 +162,16 @@ class _Generation:
 
     async def events(self) -> AsyncIterator[_Event]:
         """The replica's events as they arrive; an ``error`` event, a broken stream or the deadline passing
-        raises :class:`RouterError`."""
+        raises :class:`RouterError` (and marks the request failed)."""
+        try:
+            async with contextlib.aclosing(self._events()) as events:
+                async for event in events:
+                    yield event
+        except RouterError:
+            self.failed = True
+            raise
+
+    async def _events(self) -> AsyncGenerator[_Event, None]:
         upstream = self._upstream
         assert upstream is not None
         url = str(upstream.request.url)
@@ -166,7 +209,16 @@ class _Generation:
         finally:
             service.admission.release()
             service.active.remove(self._token)
-            service.metrics.call(PROXY_STAGE, self.model, service.clock() - self.started)
+            elapsed = service.clock() - self.started
+            service.metrics.call(self.stage, self.model, elapsed)
+            if self._pipeline:
+                _pipeline_finished(service, elapsed, ok=not self.failed)
+
+
+def _pipeline_finished(service: RouterService, elapsed: float, *, ok: bool) -> None:
+    """A generation request addressed to the pipeline is over: its pipeline request metrics and statistics."""
+    service.metrics.request_finished(elapsed)
+    service.kserve.stats.record(ok, elapsed, 1 if ok else 0)
 
 
 class GenerationEndpoints:
@@ -174,59 +226,94 @@ class GenerationEndpoints:
 
     def __init__(self, service: RouterService) -> None:
         self._service = service
-        self._inputs: dict[str, tuple[tuple[str, ...], tuple[InputSpec, ...]]] = {}
+        self._configs: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
         self._ids = itertools.count()
 
-    async def _model_inputs(self, pool: UpstreamPool, model: str) -> tuple[InputSpec, ...]:
-        """The model's inputs from its Triton config (cached per model and replica set)."""
+    async def _model_config(self, pool: UpstreamPool, model: str) -> dict[str, Any]:
+        """The model's Triton config (cached per model and replica set)."""
         replicas = pool.replicas(model)
-        cached = self._inputs.get(model)
+        cached = self._configs.get(model)
         if cached is not None and cached[0] == replicas:
             return cached[1]
-        inputs = model_inputs(await _fetch_json(pool, model, f"/v2/models/{model}/config"))
-        self._inputs[model] = (replicas, inputs)
-        return inputs
+        config = await _fetch_json(pool, model, f"/v2/models/{model}/config")
+        self._configs[model] = (replicas, config)
+        return config
 
-    async def _start(self, request: Request, model: str | None,
-                     payload: Callable[[str, tuple[InputSpec, ...], bytes], bytes]) -> _Generation:
-        """Read and check the request, wait for its queue slot, open the replica's stream. ``model`` None: taken
-        from the body by ``payload`` (which turns the client's body into the replica's generate body)."""
+    async def _model_inputs(self, pool: UpstreamPool, model: str) -> tuple[InputSpec, ...]:
+        return model_inputs(await self._model_config(pool, model))
+
+    def _scorer(self, pool: UpstreamPool, runner: PipelineRunner, due: Due, stage: str) -> Scorer:
+        """Asks a prompt scorer (:mod:`.prompt_router`) through the EDF queue, within the request's deadline."""
+
+        async def score(scorer: str, prompt: str) -> float:
+            batched = int((await self._model_config(pool, scorer)).get("max_batch_size") or 0) > 0
+            answer = await runner.call(stage, scorer, scorer_body(prompt, batched=batched), 1, due)
+            return read_score(answer, scorer)
+
+        return score
+
+    def _pipeline_stage(self, config: RouterConfig, name: str) -> StageConfig | None:
+        """The stage a request naming ``name`` runs on when ``name`` is the pipeline (counted as a pipeline
+        request), None for a model the router proxies; 404 for anything else."""
+        if name in config.upstreams:
+            return None
+        if name != config.pipeline:
+            raise NotFound(f"no upstream serves model {name!r} (and the pipeline is {config.pipeline!r})")
+        stage = pipeline_stage(config)
+        self._service.metrics.request_started()
+        return stage
+
+    async def _start(self, request: Request, name: str | None, payload: Payload,
+                     prompt_of: Callable[[bytes], str]) -> _Generation:
+        """Read and check the request, choose the model (the named one, or the pipeline's choice), wait for the
+        request's queue slot, open the model's stream. ``name`` None: taken from the completion body.
+        ``payload`` turns the client's body into the model's generate body; ``prompt_of`` reads its prompt."""
         service = self._service
         started = service.clock()
-        config = service.config
+        config = service.config  # one config for the whole decision: a live update applies to the next request
+        stage: StageConfig | None = None
+        token: int | None = None
         try:
-            pool, _ = service.require_running()
-            if model is not None:
-                self._served(model)
+            pool, runner = service.require_running()
+            if name is not None:
+                stage = self._pipeline_stage(config, name)
             budget_ms = service.budget_ms(request, config)
             raw = await service.read_body(request)
-            if model is None:
-                model = parse_completion_request(raw).model
-                self._served(model)
-            body = payload(model, await self._model_inputs(pool, model), raw)
-        except RouterError as exc:
-            raise exc.at_stage(PROXY_STAGE) from None
-        deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
-        token = service.active.add(deadline)
-        try:
+            if name is None:
+                name = parse_completion_request(raw).model
+                stage = self._pipeline_stage(config, name)
+            deadline = math.inf if budget_ms is None else started + budget_ms / 1000.0
+            token = service.active.add(deadline)  # only now: a client still sending cannot move the gauge
+            if stage is None:
+                choice = Choice(PROXY_STAGE, name, RowRoute.DIRECT)
+            else:
+                prompt = prompt_of(raw) if stage.cascade is not None else ""
+                due = Due(deadline, queue_key(config, stage.name, deadline, started))
+                choice = await choose(stage, prompt, self._scorer(pool, runner, due, stage.name),
+                                      f"generate-{next(self._ids)}")
+            body = payload(choice.model, await self._model_inputs(pool, choice.model), raw)
             await service.admission.acquire(deadline)
-        except RouterError as exc:
-            service.active.remove(token)
-            raise exc.at_stage(PROXY_STAGE) from None
-        generation = _Generation(service, model, started, deadline, token)
+        except BaseException as exc:
+            if token is not None:
+                service.active.remove(token)
+            if stage is not None:
+                _pipeline_finished(service, service.clock() - started, ok=False)
+            if isinstance(exc, RouterError):
+                raise exc.at_stage(PROXY_STAGE if stage is None else stage.name) from None
+            raise
+        generation = _Generation(service, choice, started, deadline, token, pipeline=stage is not None)
         try:
             await generation.open(pool, body)
         except BaseException as exc:
+            generation.failed = True
             await generation.finish()
             if isinstance(exc, RouterError):
-                exc.at_stage(PROXY_STAGE)
+                exc.at_stage(choice.stage)
             raise
-        service.metrics.rows(PROXY_STAGE, model, RowRoute.DIRECT)
+        service.metrics.rows(choice.stage, choice.model, choice.route)  # counted once the model answers
+        if choice.route is RowRoute.FALLBACK:
+            service.metrics.fell_back(choice.stage, 1)
         return generation
-
-    def _served(self, model: str) -> None:
-        if model not in self._service.config.upstreams:
-            raise NotFound(f"no upstream serves model {model!r}")
 
     @staticmethod
     def _generate_body(model: str, inputs: tuple[InputSpec, ...], raw: bytes) -> bytes:
@@ -235,7 +322,7 @@ class GenerationEndpoints:
 
     def _failed(self, generation: _Generation, exc: RouterError) -> None:
         """A failure after the answer started: counted and logged as the boundary would."""
-        exc.at_stage(PROXY_STAGE)
+        exc.at_stage(generation.stage)
         self._service.metrics.error(exc.stage, exc.reason)
         where = f" [{exc.url}: {exc.detail}]" if isinstance(exc, UpstreamError) and exc.url else ""
         logger.warning("stream of model %r ended by %d %s: %s%s", generation.model, exc.status, exc.reason, exc,
@@ -273,7 +360,7 @@ class GenerationEndpoints:
     # --- the endpoints -------------------------------------------------------------------------
 
     async def generate_stream(self, request: Request) -> Response:
-        generation = await self._start(request, request.path_params["model"], self._generate_body)
+        generation = await self._start(request, request.path_params["model"], self._generate_body, generate_prompt)
 
         def render(event: _Event) -> tuple[bytes, bool]:
             return b"data: " + event.data + b"\n\n", token_text(event.message) is not None
@@ -283,15 +370,16 @@ class GenerationEndpoints:
             body.setdefault("model", generation.model)
             return sse_event(body)
 
-        return _EventStreamResponse(self._relay(generation, render, lambda: b"", fail), generation.finish)
+        return _EventStreamResponse(self._relay(generation, render, lambda: b"", fail), generation.finish,
+                                    generation.headers)
 
     async def generate(self, request: Request) -> Response:
-        generation = await self._start(request, request.path_params["model"], self._generate_body)
+        generation = await self._start(request, request.path_params["model"], self._generate_body, generate_prompt)
         try:
             events = [event.message async for event in generation.events()]
         finally:
             await generation.finish()
-        return json_response(merge_events(events))
+        return json_response(merge_events(events), headers=generation.headers)
 
     async def completions(self, request: Request) -> Response:
         parsed = None
@@ -299,11 +387,12 @@ class GenerationEndpoints:
         def payload(model: str, inputs: tuple[InputSpec, ...], raw: bytes) -> bytes:
             nonlocal parsed
             parsed = parse_completion_request(raw)
-            return upstream_body(parsed, inputs)
+            return upstream_body(dataclasses.replace(parsed, model=model), inputs)
 
-        generation = await self._start(request, None, payload)
+        generation = await self._start(request, None, payload, lambda raw: parse_completion_request(raw).prompt)
         assert parsed is not None
-        completion = Completion(f"cmpl-{next(self._ids)}-{time.time_ns():x}", generation.model, int(time.time()),
+        # the model the client named (OpenAI's semantics; the pipeline's choice is in the headers)
+        completion = Completion(f"cmpl-{next(self._ids)}-{time.time_ns():x}", parsed.model, int(time.time()),
                                 parsed.max_tokens)
         if not parsed.stream:
             try:
@@ -311,7 +400,7 @@ class GenerationEndpoints:
                     completion.note(event.message)
             finally:
                 await generation.finish()
-            return json_response(completion.answer())
+            return json_response(completion.answer(), headers=generation.headers)
 
         def render(event: _Event) -> tuple[bytes | None, bool]:
             text = completion.note(event.message)
@@ -320,5 +409,6 @@ class GenerationEndpoints:
         def fail(exc: RouterError) -> bytes:
             return sse_event({"error": {"message": exc.message, "type": exc.reason, "code": exc.status}})
 
-        return _EventStreamResponse(self._relay(generation, render, completion.last_chunk, fail), generation.finish)
+        return _EventStreamResponse(self._relay(generation, render, completion.last_chunk, fail), generation.finish,
+                                    generation.headers)
 
