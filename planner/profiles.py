@@ -88,11 +88,13 @@ def token_options(tokens: TokenProfile, generation: Generation, batch_sizes: Seq
     prefill(P)``: newcomers' prefills stall the batch. A request waits for the iteration under way, then for
     its round's prefills: ``TTFT = ITL + max(1, n)·prefill(P)``; its latency is ``TTFT + (O − 1)·ITL``. Both
     are taken at a full batch, the worst case. A replica carries ``n`` requests per iteration, i.e.
-    ``1 / (prefill(P) + (O − 1)·step(B) / B)`` per unit of time. The simulator's token pools
+    ``1 / (prefill(P) + (O − 1)·step(B) / B)`` per unit of time. prefill(P) here is what a request costs the
+    replica as served: the engine's prefill plus the profile's ``requestOverheadMs`` (the server's front end
+    and its response per token, which on the Python backend cost more than the engine). The simulator's token pools
     (`sim/tokens.py`) run the iterations themselves and check this model."""
     out = []
     prompt, output = generation.prompt_tokens, generation.output_tokens
-    prefill = tokens.prefill.at(prompt)
+    prefill = tokens.served_prefill_ms(prompt)  # the engine's prefill and the server's per-request overhead
     decoded = max(0.0, output - 1)  # tokens after the first, one per iteration
     for b in batch_sizes:
         if b * (prompt + output) * tokens.kv_bytes_per_token > tokens.kv_budget_bytes:

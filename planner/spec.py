@@ -258,6 +258,13 @@ class TokenProfile(StrictModel):
     kv_bytes_per_token: Annotated[int, Field(ge=1, le=2**40)]
     kv_budget_bytes: Annotated[float, Field(gt=0, le=2**50)]
     """KV-cache memory of one replica: it holds batch × (prompt + output tokens) × kvBytesPerToken at most."""
+    request_overhead_ms: Annotated[float, Field(ge=0, le=lim.MAX_LATENCY_MS)] = 0.0
+    """CPU a served request costs the replica beyond the engine's prefill and steps (the server's front end and
+    its response per token), measured through the server; the planner counts it like prefill time."""
+
+    def served_prefill_ms(self, prompt_tokens: float) -> float:
+        """What one request's prefill costs the replica as served: the engine's prefill and the overhead."""
+        return self.prefill.at(prompt_tokens) + self.request_overhead_ms
 
 
 class Profile(StrictModel):

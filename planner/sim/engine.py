@@ -550,7 +550,7 @@ def _token_config(tokens: TokenProfile, generation: Generation, a: Allocation, a
     """A token pool's engine at allocation `a`: `a.batch` sequences at once, the profile's fits and KV budget."""
     return TokenConfig(
         batch=a.batch, kv_tokens=int(tokens.kv_budget_bytes // tokens.kv_bytes_per_token),
-        prefill_s=(tokens.prefill.intercept_ms / 1000.0, tokens.prefill.slope_ms / 1000.0),
+        prefill_s=(tokens.served_prefill_ms(0.0) / 1000.0, tokens.prefill.slope_ms / 1000.0),
         step_s=(tokens.decode_step.intercept_ms / 1000.0, tokens.decode_step.slope_ms / 1000.0),
         cpu=a.cpu, gpus=sum(amount for _, amount in a.gpus), accuracy=accuracy,
         ttft_slo_s=generation.ttft_ms / 1000.0 if generation.ttft_ms is not None else INF,

@@ -56,6 +56,7 @@ BENCHMARKS: dict[str, str] = {
     "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
     "agents": "paretoserve.research.benchmarks.agents:bench_agents",
     "llm": "paretoserve.research.benchmarks.llm:bench_llm",
+    "generation": "paretoserve.research.benchmarks.generation:bench_generation",
     "mm": "paretoserve.research.benchmarks.mm:bench_mm",
 }
 

@@ -3,8 +3,8 @@
 For every model of the arithmetic family (`paretoserve.workers.llm`, trained here and cached) on this machine,
 the numpy engine a worker serves, on one BLAS thread:
 
-- **prefill** time against prompt tokens (each prompt length the task has, median of repeats) and its linear
-  fit ``a + b·tokens``;
+- **prefill** time against prompt tokens (each prompt length the task has, median of repeats, the lengths
+  measured in turn so that other work on the machine skews no single point) and its linear fit ``a + b·tokens``;
 - **decode step** time against the number of sequences in the batch (1 to 32, sequences of mixed lengths) and
   its fit ``c + d·batch``: what iteration-level batching buys;
 - **KV cache**: bytes per token (2 × layers × d_model × 4), per sequence at the model's ``max_len``, and the
@@ -49,27 +49,33 @@ Prefill = Callable[[], tuple[Any, KVCache]]
 """One request's prefill on an engine: its last logits and its new KV cache."""
 
 
+def _seconds(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
 def median_ms(run: Callable[[], object], repeats: int) -> float:
     """Median wall milliseconds of ``run()`` over ``repeats`` calls."""
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return round(1000.0 * float(np.median(samples)), 4)
+    return round(1000.0 * float(np.median([_seconds(run) for _ in range(repeats)])), 4)
 
 
-def _decode_ms(engine: NumpyLM, prefills: Sequence[Prefill], repeats: int) -> float:
-    """One batched decode step over the requests of ``prefills`` just prefilled (each repeat prefills afresh,
-    untimed)."""
-    samples = []
+def _decode_seconds(engine: NumpyLM, prefills: Sequence[Prefill]) -> float:
+    """One batched decode step over the requests of ``prefills`` just prefilled (the prefills untimed)."""
+    prefilled = [prefill() for prefill in prefills]
+    tokens = [int(np.argmax(logits)) for logits, _ in prefilled]
+    return _seconds(lambda: engine.decode_step(tokens, [cache for _, cache in prefilled]))
+
+
+def _interleaved_ms(timers: Mapping[int, Callable[[], float]], repeats: int) -> dict[int, float]:
+    """The median milliseconds of each timer (a call returns the seconds of what it timed), the timers taking
+    turns for ``repeats`` rounds: a burst of other work on a shared machine spreads over every point instead of
+    skewing the one measured during it."""
+    samples: dict[int, list[float]] = {key: [] for key in timers}
     for _ in range(repeats):
-        prefilled = [prefill() for prefill in prefills]
-        tokens = [int(np.argmax(logits)) for logits, _ in prefilled]
-        started = time.perf_counter()
-        engine.decode_step(tokens, [cache for _, cache in prefilled])
-        samples.append(time.perf_counter() - started)
-    return round(1000.0 * float(np.median(samples)), 4)
+        for key, timer in timers.items():
+            samples[key].append(timer())
+    return {key: round(1000.0 * float(np.median(values)), 4) for key, values in sorted(samples.items())}
 
 
 def _fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
@@ -95,9 +101,14 @@ def profile_steps(engine: NumpyLM, prefill_by_tokens: Mapping[int, Prefill], req
     """Prefill time by prompt tokens (``prefill_by_tokens``: a request filling that many KV positions each),
     decode step time by batch size (the batch drawn from ``requests`` in turn), their linear fits, and the KV-cache
     sizes of one model."""
-    prefill = {tokens: median_ms(run, repeats) for tokens, run in sorted(prefill_by_tokens.items())}
-    decode = {batch: _decode_ms(engine, [requests[i % len(requests)] for i in range(batch)], repeats)
-              for batch in BATCHES}
+    def prefill_timer(run: Prefill) -> Callable[[], float]:
+        return lambda: _seconds(run)
+
+    def decode_timer(batch: int) -> Callable[[], float]:
+        return lambda: _decode_seconds(engine, [requests[i % len(requests)] for i in range(batch)])
+
+    prefill = _interleaved_ms({tokens: prefill_timer(run) for tokens, run in prefill_by_tokens.items()}, repeats)
+    decode = _interleaved_ms({batch: decode_timer(batch) for batch in BATCHES}, repeats)
     config = engine.config
     per_token = config.kv_bytes_per_token()
     per_sequence = per_token * config.max_len

@@ -88,17 +88,25 @@ def _can_raise_priority() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _tune(pid: int, cpus: set[int] | None, nice: int | None) -> None:
-    """Pin every thread of every process in ``pid``'s process group, and set its niceness."""
+def group_members(pid: int) -> Iterator[Path]:
+    """``/proc/<pid>`` of every process in ``pid``'s process group (one that exits meanwhile is skipped)."""
     group = os.getpgid(pid)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if os.getpgid(int(entry.name)) != group:
-                continue
-            threads = [int(task.name) for task in (entry / "task").iterdir()]
+            if os.getpgid(int(entry.name)) == group:
+                yield entry
         except (OSError, ProcessLookupError):
+            continue
+
+
+def _tune(pid: int, cpus: set[int] | None, nice: int | None) -> None:
+    """Pin every thread of every process in ``pid``'s process group, and set its niceness."""
+    for entry in group_members(pid):
+        try:
+            threads = [int(task.name) for task in (entry / "task").iterdir()]
+        except OSError:
             continue
         for tid in threads:
             try:

@@ -37,7 +37,7 @@ from paretoserve.research.experiments import data
 from paretoserve.research.experiments.common import SEED, cap_for, sim_config, workload_from_counts
 from paretoserve.research.experiments.harness import Claim, Metrics, Scenario, Setup, System
 
-SCALE = 20
+SCALE = 7
 """Twitter requests per second × this: engines measured at thousands of prompts per second per core."""
 WINDOWS: dict[str, list[tuple[int, int]]] = {  # the Twitter trace's seconds; IPA's bursty and steady windows
     "bursty": [(1301160, 1302360)],

@@ -4,6 +4,8 @@ Covers, for ``mm-low`` and ``mm-high`` from the cached catalog: the numpy engine
 model's on every held-out problem (1,350, batched decode steps over requests of different lengths), so its
 held-out exact match is the recorded one; its prefill and decode-step logits match torch's to float32 rounding;
 its KV cache holds the visual tokens; the cache records the engine's agreement (checked when it was written).
+``paretoserve bench mm`` (quick) reports both profiles with the visual tokens counted and split rows from all-high
+to all-low that route better than chance (its timings are printed, never asserted).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from paretoserve.research.benchmarks import run_bench
 from paretoserve.workers.llm.mm_engine import MultimodalEngine
 from paretoserve.workers.llm.multimodal import (
     MultimodalCatalog,
@@ -77,3 +80,29 @@ def test_logits_match_torch_with_visual_tokens_in_the_cache(catalog: MultimodalC
         their_step, _ = torch_model.decode_step(nxt, [cache for _, cache in theirs])
         our_step, _ = engine.decode_step(nxt, [cache for _, cache in ours])
     np.testing.assert_allclose(our_step, their_step.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bench_mm_reports_profiles_and_split_rows() -> None:
+    report = run_bench("mm", quick=True)
+
+    low, high = report["models"]["mm-low"], report["models"]["mm-high"]
+    for profile, visual, kv in ((low, 4, 512), (high, 16, 1024)):
+        assert profile["exactMatch"] == profile["recordedExactMatch"]
+        assert profile["visualTokens"] == visual and profile["kvBytesPerToken"] == kv
+        assert min(int(tokens) for tokens in profile["prefillMsByPromptTokens"]) == visual + 1  # visual counted
+        assert set(profile["decodeStepMsByBatch"]) == {"1", "2", "4", "8", "16", "32"}
+        fit, rebased = profile["prefillFit"], profile["prefillFitTextTokens"]
+        assert rebased["interceptMs"] == pytest.approx(fit["interceptMs"] + visual * fit["slopeMs"], abs=1e-3)
+        text, output = profile["meanTextPromptTokens"], profile["meanOutputTokens"]
+        assert profile["kvBytesPerTextToken"] * (text + output) == pytest.approx(
+            kv * (visual + text + output), rel=1e-3)
+    split = report["split"]
+    rows = split["rows"]
+    assert (rows[0]["heavyFraction"], rows[0]["exactMatch"]) == (1.0, high["exactMatch"])
+    assert (rows[-1]["heavyFraction"], rows[-1]["exactMatch"]) == (0.0, low["exactMatch"])
+    assert [row["heavyFraction"] for row in rows] == sorted((row["heavyFraction"] for row in rows), reverse=True)
+    assert 0.5 < split["rocAuc"] <= 1.0 and len(split["weights"]) == len(split["features"])
+    # the score routes better than chance: at half the requests on mm-high, above the random split's mix
+    half = min(rows, key=lambda row: abs(row["heavyFraction"] - 0.5))
+    chance = half["heavyFraction"] * high["exactMatch"] + (1 - half["heavyFraction"]) * low["exactMatch"]
+    assert half["exactMatch"] > chance

@@ -6,7 +6,10 @@ scheduler thread streams the request's responses through its response sender: on
 final one with the request's timings, flagged ``TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (wire format in
 :mod:`paretoserve.workers.llm.serving`). The config's ``parameters`` say where ``weights.npz`` is (absolute, or
 relative to the version directory), how many sequences may hold a KV cache at once (``max_sequences``), the
-default token limit and an optional pause per iteration (``step_delay_us``, for tests).
+default token limit, an optional KV budget in tokens (``max_kv_tokens``) and an optional pause per iteration
+(``step_delay_us``, for tests). The same file serves the multimodal family: when ``weights.npz`` holds a
+multimodal model (:func:`~paretoserve.workers.llm.mm_engine.load_engine`), each request's ``IMAGE`` is read too
+and checked (:func:`~paretoserve.workers.llm.mm_engine.image_pixels`), a bad one failing its request alone.
 
 No torch (the worker image has none); ``triton_python_backend_utils`` exists only inside the stub, so it is
 imported in :meth:`TritonPythonModel.initialize` and this module stays importable and type-checkable outside.
@@ -20,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from paretoserve.workers.llm.engine import NumpyLM
+from paretoserve.workers.llm.engine import Floats
+from paretoserve.workers.llm.mm_engine import INPUT_IMAGE, MultimodalEngine, image_pixels, load_engine
 from paretoserve.workers.llm.serving import (
     INPUT_MAX_TOKENS,
     INPUT_PROMPT,
@@ -33,6 +38,7 @@ from paretoserve.workers.llm.serving import (
     OUTPUT_TOKEN,
     OUTPUT_TOKEN_ID,
     OUTPUT_TTFT_US,
+    PARAM_MAX_KV_TOKENS,
     PARAM_MAX_NEW_TOKENS,
     PARAM_MAX_SEQUENCES,
     PARAM_MODEL,
@@ -61,10 +67,13 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         self._pb: Any = importlib.import_module("triton_python_backend_utils")
+        # One BLAS thread per instance (instances are the parallelism): OpenBLAS's idle pool threads spin, and
+        # with the machine's cores as its pool they cost Triton 4x the CPU per request (bench generation).
+        self._blas = threadpool_limits(limits=1, user_api="blas")
         params = config_parameters(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         weights = Path(params[PARAM_WEIGHTS])
-        engine = NumpyLM.load(weights if weights.is_absolute() else version_dir / weights)
+        engine = self._engine = load_engine(weights if weights.is_absolute() else version_dir / weights)
         self._model = params.get(PARAM_MODEL, engine.config.name)
         self._default_max_tokens = int(params.get(PARAM_MAX_NEW_TOKENS, str(engine.config.max_len)))
         self._batcher = ContinuousBatcher(
@@ -72,6 +81,7 @@ class TritonPythonModel:
             max_sequences=int(params.get(PARAM_MAX_SEQUENCES, "8")),
             max_new_tokens=self._default_max_tokens,
             step_delay_s=int(params.get(PARAM_STEP_DELAY_US, "0")) / 1e6,
+            max_kv_tokens=int(params.get(PARAM_MAX_KV_TOKENS, "0")) or None,
         ).start()
 
     def execute(self, requests: list[Any]) -> None:
@@ -83,12 +93,21 @@ class TritonPythonModel:
                 limit = pb.get_input_tensor_by_name(request, INPUT_MAX_TOKENS)
                 max_tokens = int(limit.as_numpy().reshape(-1)[0]) if limit is not None else self._default_max_tokens
                 self._batcher.submit(prompt_request(prompt, max_tokens, self._token_sender(sender),
-                                                    self._finisher(sender)))
+                                                    self._finisher(sender), image=self._image(request)))
             except Exception as error:  # a bad request fails alone
                 message = f"{self._model}: {type(error).__name__}: {error}"
                 sender.send(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message)),
                             flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+
+    def _image(self, request: Any) -> Floats | None:
+        """A multimodal model's ``IMAGE`` of ``request``, checked (``ValueError`` naming it); None for text."""
+        if not isinstance(self._engine, MultimodalEngine):
+            return None
+        tensor = self._pb.get_input_tensor_by_name(request, INPUT_IMAGE)
+        if tensor is None:
+            raise ValueError(f"{INPUT_IMAGE} is required")
+        return image_pixels(tensor.as_numpy(), self._engine.mm_config.image_size)
 
     def _token_sender(self, sender: Any) -> Any:
         pb = self._pb

@@ -6,7 +6,9 @@ blocks of iteration-level (continuous) batching: :meth:`NumpyLM.prefill` of one 
 :class:`KVCache`, and :meth:`NumpyLM.decode_step`, ONE step over several running sequences of different
 lengths (each with its own cache): the projections and MLPs run batched, attention runs per sequence over
 its own cache. A scheduler may add sequences to, or drop them from, the batch between any two steps.
-Its logits match the torch model's to float32 rounding and its greedy outputs are the same.
+Its logits match the torch model's to float32 rounding and its greedy outputs are the same. The prefill also
+takes a prefix of embeddings ahead of the prompt's tokens: the multimodal family's visual tokens
+(:mod:`.mm_engine`), so that family reuses this forward pass whole.
 """
 
 from __future__ import annotations
@@ -106,13 +108,20 @@ class NumpyLM:
         logits: Floats = _layer_norm(x, *self.ln_f) @ self.head_w + self.head_b
         return logits
 
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[Floats, KVCache]:
-        """One prompt in one pass: the logits ``[V]`` of its last position and its new cache."""
-        steps, heads, head_dim = len(prompt_ids), self.config.heads, self.config.head_dim
+    def prefill(self, prompt_ids: Sequence[int], prefix: Floats | None = None) -> tuple[Floats, KVCache]:
+        """One prompt in one pass: the logits ``[V]`` of its last position and its new cache. ``prefix``
+        ``[P, d_model]``: embeddings placed ahead of the prompt's tokens, at positions ``0..P-1`` (a multimodal
+        request's visual tokens, :mod:`.mm_engine`); the cache holds them like tokens."""
+        embedded: Floats = self.tok[np.asarray(prompt_ids, dtype=np.int64)]
+        if prefix is not None:
+            if prefix.ndim != 2 or prefix.shape[1] != self.config.d_model:
+                raise ValueError(f"a prefix must be [positions, {self.config.d_model}], got {list(prefix.shape)}")
+            embedded = np.concatenate((np.asarray(prefix, dtype=np.float32), embedded))
+        steps, heads, head_dim = len(embedded), self.config.heads, self.config.head_dim
         if not 0 < steps <= self.config.max_len:
             raise ValueError(f"a prompt of {steps} tokens does not fit max_len {self.config.max_len}")
         cache = KVCache(self.config)
-        x: Floats = self.tok[np.asarray(prompt_ids)] + self.pos[:steps]
+        x: Floats = embedded + self.pos[:steps]
         future = np.triu(np.ones((steps, steps), dtype=bool), k=1)
         for layer, block in enumerate(self.blocks):
             qkv = _layer_norm(x, block["ln1.weight"], block["ln1.bias"]) @ block["qkv.weight"] + block["qkv.bias"]
@@ -151,10 +160,15 @@ class NumpyLM:
             cache.length += 1
         return self._logits(x), caches
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding: each prompt prefilled, then decode steps batched over the sequences still running
-        (:func:`~.decoding.greedy_decode`'s stop rule). Returned without ``EOS``."""
-        prefilled = [self.prefill(prompt) for prompt in prompts]
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 prefixes: Sequence[Floats | None] | None = None) -> list[list[int]]:
+        """Greedy decoding: each prompt prefilled (after its ``prefixes`` entry, see :meth:`prefill`), then decode
+        steps batched over the sequences still running (:func:`~.decoding.greedy_decode`'s stop rule). Returned
+        without ``EOS``."""
+        if prefixes is not None and len(prefixes) != len(prompts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
+        ahead: Sequence[Floats | None] = [None] * len(prompts) if prefixes is None else prefixes
+        prefilled = [self.prefill(prompt, prefix) for prompt, prefix in zip(prompts, ahead, strict=True)]
         caches = [cache for _, cache in prefilled]
 
         def step(running: list[int], last: list[int]) -> list[int]:

@@ -11,8 +11,9 @@ The splits derive from the digits split (:func:`paretoserve.workers.models.load_
 digits test images only (each image asked once per operator, operands seeded), validation problems a seeded
 tenth of the digits training images, training problems the rest (drawn with repeats, each image shifted by up
 to a pixel per batch). :func:`ensure_multimodal` caches the trained models like :func:`ensure_llms` does the
-text family, under ``${PARETOSERVE_CACHE:-~/.cache/paretoserve}/llm-multimodal/<fingerprint>/``. These models
-run in torch only: no numpy engine serves them yet.
+text family, under ``${PARETOSERVE_CACHE:-~/.cache/paretoserve}/llm-multimodal/<fingerprint>/``, after checking
+that the torch-free engine (:class:`~paretoserve.workers.llm.mm_engine.MultimodalEngine`, what Triton serves)
+answers every held-out problem as the torch model does.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ import torch
 from torch import nn
 
 from paretoserve.workers.llm.config import ModelConfig
+from paretoserve.workers.llm.mm_engine import MultimodalConfig, MultimodalEngine
 from paretoserve.workers.llm.model import count_parameters
 from paretoserve.workers.llm.tasks import OPERATOR_NAMES
 from paretoserve.workers.llm.tokenizer import PAD, VOCAB, VOCAB_SIZE, decode, encode_example, encode_prompt
 from paretoserve.workers.llm.vision import (
-    MultimodalConfig,
     MultimodalLM,
     export_multimodal,
     generate_full_multimodal,
@@ -46,8 +47,9 @@ from paretoserve.workers.llm.vision import (
 from paretoserve.workers.models.cache import build_into_place, default_cache_root
 from paretoserve.workers.models.training import DEFAULT_SPLIT, DigitsSplit, SplitSpec, load_split, single_thread
 
-MM_CODE_VERSION = 1
-"""Bump when training or evaluation changes in a way the recipes and the task spec do not capture."""
+MM_CODE_VERSION = 2
+"""Bump when training, evaluation or what the cache records change in a way the recipes and the task spec do not
+capture (2: the numpy engine's agreement with torch is checked and recorded)."""
 OPERAND_RANGES: Mapping[str, tuple[int, int]] = {"+": (0, 99), "-": (0, 9), "*": (0, 9)}
 """Inclusive operand range per operator: answers ``-9..108``, at most 3 characters."""
 MAX_QUESTION_CHARS = 4
@@ -370,11 +372,22 @@ class MultimodalCatalog:
     def torch_model(self, model: str) -> MultimodalLM:
         return load_multimodal(self.model_dir(model) / WEIGHTS_FILE)
 
+    def engine(self, model: str) -> MultimodalEngine:
+        """The torch-free engine of ``model`` (what Triton serves)."""
+        return MultimodalEngine.load(self.model_dir(model) / WEIGHTS_FILE)
+
 
 def fingerprint(recipes: Sequence[MultimodalRecipe] = RECIPES, task: MultimodalTaskSpec = DEFAULT_MM_TASK) -> str:
     identity = {"code": MM_CODE_VERSION, "recipes": [asdict(recipe) for recipe in recipes], "task": asdict(task),
                 "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2])}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def engine_answers(engine: MultimodalEngine, splits: MultimodalSplits, problems: Sequence[VisualProblem]) -> list[str]:
+    """Greedy answers of the numpy engine (what Triton serves), batched decode steps."""
+    generated = engine.generate_multimodal(list(splits.pixels(problems)),
+                                           [encode_prompt(problem.prompt) for problem in problems], MAX_NEW_TOKENS)
+    return [decode(tokens) for tokens in generated]
 
 
 def _write_model(trained: TrainedMultimodal, folder: Path, key: str, splits: MultimodalSplits) -> dict[str, Any]:
@@ -383,6 +396,8 @@ def _write_model(trained: TrainedMultimodal, folder: Path, key: str, splits: Mul
     checked = splits.test[:CHECKED_PROMPTS]
     cached, _ = cached_answers(trained.model, splits, checked)
     full = answers(trained.model, splits, checked)
+    served = engine_answers(MultimodalEngine.load(weights), splits, splits.test)
+    reference = answers(trained.model, splits, splits.test)
     config = trained.recipe.config
     vision_params = count_parameters(trained.model.vision)
     metadata: dict[str, Any] = {
@@ -412,7 +427,9 @@ def _write_model(trained: TrainedMultimodal, folder: Path, key: str, splits: Mul
         "training_seconds": round(trained.training_seconds, 3),
         "final_train_loss": round(trained.final_loss, 6),
         "cached_decoding_agreement": float(np.mean([a == b for a, b in zip(cached, full, strict=True)])),
-        "numpy_engine": False,
+        "numpy_engine": True,
+        "numpy_agreement": float(np.mean([a == b for a, b in zip(served, reference, strict=True)])),
+        "numpy_checked": len(served),
         "recipe": asdict(trained.recipe),
         "task": asdict(splits.spec),
         "torch_version": torch.__version__,

@@ -71,11 +71,10 @@ class DifficultyScore:
         return cls(tuple(float(w) for w in weights))
 
 
-def fit_difficulty(prompts: Sequence[str], small_wrong: Sequence[bool], *, steps: int = 2000,
-                   learning_rate: float = 0.5) -> DifficultyScore:
-    """Logistic regression by full-batch gradient descent on standardised features (deterministic)."""
-    x = np.stack([prompt_features(p) for p in prompts])
-    y = np.asarray(small_wrong, dtype=np.float64)
+def fit_logistic(x: Floats, y: Sequence[bool], *, steps: int = 2000, learning_rate: float = 0.5) -> Floats:
+    """Weights of a logistic regression of ``y`` on the rows of ``x`` (column 0 the bias, all ones), by full-batch
+    gradient descent on standardised features (deterministic), folded back onto the raw features."""
+    target = np.asarray(y, dtype=np.float64)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     mean[0], scale[0] = 0.0, 1.0
     scale[scale == 0] = 1.0
@@ -83,10 +82,17 @@ def fit_difficulty(prompts: Sequence[str], small_wrong: Sequence[bool], *, steps
     w = np.zeros(z.shape[1])
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        w -= learning_rate * z.T @ (p - y) / len(y)
-    # fold the standardisation back into raw-feature weights
-    raw = w / scale
+        w -= learning_rate * z.T @ (p - target) / len(target)
+    raw: Floats = w / scale
     raw[0] = w[0] - float((w[1:] * mean[1:] / scale[1:]).sum())
+    return raw
+
+
+def fit_difficulty(prompts: Sequence[str], small_wrong: Sequence[bool], *, steps: int = 2000,
+                   learning_rate: float = 0.5) -> DifficultyScore:
+    """The text difficulty score: :func:`fit_logistic` on the prompts' features."""
+    x = np.stack([prompt_features(p) for p in prompts])
+    raw = fit_logistic(x, small_wrong, steps=steps, learning_rate=learning_rate)
     return DifficultyScore(tuple(float(v) for v in raw))
 
 

@@ -7,67 +7,27 @@ higher-resolution variant). :class:`MultimodalLM` is the text family's decoder (
 vocabulary and KV-cache API) with those visual tokens at positions ``0..V-1`` before ``BOS question``: prefill
 runs the visual and text tokens in one pass, so each request's KV cache holds its visual tokens too, and the
 decode steps are :meth:`ArithLM.decode_step` unchanged (positions are cache lengths, visual tokens included).
-No numpy engine serves these models yet; they run in torch only.
+:func:`export_multimodal` writes the weights that the torch-free engine
+(:class:`~paretoserve.workers.llm.mm_engine.MultimodalEngine`, which also holds :class:`MultimodalConfig`) serves.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from paretoserve.workers.llm.config import FLOAT32_BYTES, ModelConfig
 from paretoserve.workers.llm.decoding import greedy_decode
+from paretoserve.workers.llm.mm_engine import MM_CONFIG_KEY, MultimodalConfig
 from paretoserve.workers.llm.model import ArithLM, TorchKVCache
 from paretoserve.workers.llm.tokenizer import EOS
 
-IMAGE_SIZE = 8
-"""The digits images are 8x8."""
-MM_CONFIG_KEY = "__mm_config__"
-"""The ``weights.npz`` entry holding the :class:`MultimodalConfig` as JSON."""
-
-
-@dataclass(frozen=True)
-class MultimodalConfig:
-    """A decoder (its :class:`ModelConfig`) and the patch size of its vision encoder."""
-
-    decoder: ModelConfig
-    patch: int
-    image_size: int = IMAGE_SIZE
-
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch:
-            raise ValueError(f"patch {self.patch} does not tile a {self.image_size}x{self.image_size} image")
-
-    @property
-    def name(self) -> str:
-        return self.decoder.name
-
-    @property
-    def visual_tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2
-
-    def kv_bytes_per_token(self, dtype_bytes: int = FLOAT32_BYTES) -> int:
-        return self.decoder.kv_bytes_per_token(dtype_bytes)
-
-    def kv_bytes_per_request(self, text_tokens: int, dtype_bytes: int = FLOAT32_BYTES) -> int:
-        """KV-cache memory of one request holding ``text_tokens`` text tokens plus its visual tokens."""
-        return (self.visual_tokens + text_tokens) * self.kv_bytes_per_token(dtype_bytes)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> MultimodalConfig:
-        fields: dict[str, Any] = json.loads(text)
-        return cls(decoder=ModelConfig(**fields.pop("decoder")), **fields)
+__all__ = ["MM_CONFIG_KEY", "MultimodalConfig", "MultimodalLM", "VisionEncoder", "export_multimodal",
+           "generate_full_multimodal", "load_multimodal"]
 
 
 class VisionEncoder(nn.Module):
