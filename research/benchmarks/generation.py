@@ -27,7 +27,8 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,37 @@ def _served_cost(triton_pid: int, url: str, model: str, bodies: Sequence[bytes],
             "request_overhead_ms": round(max(0.0, served - engine), 3)}
 
 
+@contextmanager
+def _pinned(cpus: set[int] | None) -> Iterator[None]:
+    """This thread on ``cpus`` while it measures, and its own CPUs back after: whoever called the benchmark (a test
+    session, say) keeps them, and so do the processes it starts later."""
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run(report: dict[str, Any], direct: str, routed: str, triton_pid: int, rates: Mapping[str, Sequence[float]],
+         seconds: float, bodies: Sequence[bytes], prompts: Sequence[str]) -> None:
+    url = "{}/v2/models/{}/generate_stream"
+    _measure([url.format(direct, MODELS[0]), url.format(routed, MODELS[0])], 20.0, 2.0, bodies)  # warm-up
+    for model in MODELS:
+        report["curves"][model] = {
+            f"{rate:g}": _measure([url.format(direct, model)], rate, seconds, bodies, seed=int(rate))[0]
+            for rate in rates[model]}
+    for rate in ROUTER_RATES:
+        d, r = _measure([url.format(direct, MODELS[0]), url.format(routed, MODELS[0])], rate, 2 * seconds, bodies,
+                        seed=int(rate) + 1)
+        report["router"][f"{rate:g}"] = {"model": MODELS[0], "direct": d, "router": r, **_added(d, r)}
+    report["served_cost"] = {model: _served_cost(triton_pid, url.format(direct, model), model, bodies, prompts,
+                                                 seconds) for model in MODELS}
+
+
 def bench_generation(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark (``quick``: two rates per model and 3 s per point instead of 15) and return the report."""
     silence_solver_banner()
@@ -223,21 +255,9 @@ def bench_generation(quick: bool = False) -> dict[str, Any]:
             with run_process(router_command(router_config, work, port), router_cpus, None, log) as router_pid:
                 routed = f"http://127.0.0.1:{port}"
                 wait_ready(f"{routed}/v2/health/ready", router_pid, log)
-                if client_cpus is not None and hasattr(os, "sched_setaffinity"):
-                    os.sched_setaffinity(0, client_cpus)
-                url = "{}/v2/models/{}/generate_stream"
-                _measure([url.format(direct, MODELS[0]), url.format(routed, MODELS[0])], 20.0, 2.0, bodies)  # warm
-                for model in MODELS:
-                    report["curves"][model] = {
-                        f"{rate:g}": _measure([url.format(direct, model)], rate, seconds, bodies, seed=int(rate))[0]
-                        for rate in rates[model]}
-                for rate in ROUTER_RATES:
-                    d, r = _measure([url.format(direct, MODELS[0]), url.format(routed, MODELS[0])], rate,
-                                    2 * seconds, bodies, seed=int(rate) + 1)
-                    report["router"][f"{rate:g}"] = {"model": MODELS[0], "direct": d, "router": r, **_added(d, r)}
-                assert triton.pid is not None
-                report["served_cost"] = {model: _served_cost(triton.pid, url.format(direct, model), model, bodies,
-                                                             prompts, seconds) for model in MODELS}
+                with _pinned(client_cpus):
+                    assert triton.pid is not None
+                    _run(report, direct, routed, triton.pid, rates, seconds, bodies, prompts)
     report["placement"] = {"router_cpus": sorted(router_cpus) if router_cpus else None,
                            "client_cpus": sorted(client_cpus) if client_cpus else None,
                            "triton": "unpinned"}

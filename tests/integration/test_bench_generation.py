@@ -3,11 +3,15 @@ streams. Checks the report's structure and what follows from the inputs, never a
 
 from __future__ import annotations
 
+import os
+
 from paretoserve.research.benchmarks.generation import MODELS, bench_generation
 
 
 def test_bench_generation_reports_latency_curves_router_overhead_and_served_cost() -> None:
+    cpus = os.sched_getaffinity(0)
     report = bench_generation(quick=True)
+    assert os.sched_getaffinity(0) == cpus  # the client was pinned while it measured, and only then
     for model in MODELS:
         curve = report["curves"][model]
         assert len(curve) == 2
