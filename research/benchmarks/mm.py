@@ -14,7 +14,8 @@ engine a worker serves (:class:`~paretoserve.workers.llm.mm_engine.MultimodalEng
   the same memory for a stage counting text tokens only;
 - the held-out exact match of the numpy engine (equal to the recorded torch one) and the **query-aware split**
   (`paretoserve.workers.llm.mm_routing`): a difficulty score on the question's text and the image, fitted on
-  training problems to predict that ``mm-low`` fails, its ROC AUC with and without the image features, and its
+  training problems to predict that ``mm-low`` fails (the served ``mm-scorer``'s cached fit,
+  `paretoserve.workers.llm.cache.ensure_mm_scorer`), its ROC AUC with and without the image features, and its
   f(t) rows on the test split with each row's engine cost relative to all-``mm-high``.
 """
 
@@ -35,8 +36,15 @@ from paretoserve.research.benchmarks.llm import (
     request_cost_ms,
     split_summary,
 )
+from paretoserve.workers.llm.cache import ensure_mm_scorer
 from paretoserve.workers.llm.mm_engine import MultimodalEngine
-from paretoserve.workers.llm.mm_routing import FEATURES, SCORER_TRAIN_PROBLEMS, fit_mm_difficulty, roc_auc
+from paretoserve.workers.llm.mm_routing import (
+    FEATURES,
+    SCORER_TRAIN_PROBLEMS,
+    fit_mm_difficulty,
+    fit_mm_scorer,
+    roc_auc,
+)
 from paretoserve.workers.llm.multimodal import (
     MultimodalCatalog,
     MultimodalSplits,
@@ -92,12 +100,16 @@ def mm_split(catalog: MultimodalCatalog, splits: MultimodalSplits, costs: dict[s
              correct: dict[str, list[bool]], quick: bool) -> dict[str, Any]:
     """The difficulty score's f(t) rows on the test split (fitted on training problems) and what the image adds."""
     train = list(splits.train[: 1000 if quick else SCORER_TRAIN_PROBLEMS])
-    low_wrong = [answer != problem.answer
-                 for answer, problem in zip(engine_answers(catalog.engine(LIGHT), splits, train), train, strict=True)]
     train_images, test_images = list(splits.pixels(train)), list(splits.pixels(splits.test))
-    questions = [problem.prompt for problem in splits.test]
-    score = fit_mm_difficulty(train_images, [problem.prompt for problem in train], low_wrong)
-    text_only = fit_mm_difficulty(train_images, [problem.prompt for problem in train], low_wrong, use_image=False)
+    train_questions, questions = [problem.prompt for problem in train], [problem.prompt for problem in splits.test]
+    low, max_new = catalog.engine(LIGHT), int(catalog.metadata[LIGHT]["max_new_tokens"])
+    # the served scorer (what the router asks: mm-scorer, fitted on 4,000 training problems, cached); quick runs fit
+    # on 1,000 with the same function
+    score = (fit_mm_scorer(low, train_images, train_questions, [problem.answer for problem in train], max_new)
+             if quick else ensure_mm_scorer().score())
+    low_wrong = [answer != problem.answer for answer, problem in zip(engine_answers(low, splits, train), train,
+                                                                      strict=True)]
+    text_only = fit_mm_difficulty(train_images, train_questions, low_wrong, use_image=False)
     scores = score.scores(test_images, questions)
     light_wrong = [not right for right in correct[LIGHT]]
     rows = split_rows(scores, correct[LIGHT], correct[HEAVY], quantile_thresholds(scores))

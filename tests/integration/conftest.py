@@ -7,7 +7,9 @@ hint, never a skip: CI installs the workers extra. Tests that reconfigure a mode
 
 The token-generating models have their own session server (``llm_triton_url``): the decoupled ``arith-small`` and
 ``arith-large`` and the prompt scorer ``arith-scorer`` (:mod:`paretoserve.workers.llm.scorer`), from the cached
-catalog (``llm_catalog``) and the cached scorer fit (``llm_scorer``).
+catalog (``llm_catalog``) and the cached scorer fit (``llm_scorer``). The multimodal family has one too
+(``mm_triton_url``): ``mm-low``, ``mm-high`` and their scorer ``mm-scorer`` (``IMAGE`` and ``PROMPT`` in), from
+``multimodal_catalog`` and ``mm_scorer``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from paretoserve.workers.llm.cache import CachedScorer, LLMCatalog, ensure_llms, ensure_scorer
-from paretoserve.workers.llm.scorer import SCORER_MODEL, write_scorer_model
+from paretoserve.workers.llm.cache import (
+    CachedMMScorer,
+    CachedScorer,
+    LLMCatalog,
+    ensure_llms,
+    ensure_mm_scorer,
+    ensure_scorer,
+)
+from paretoserve.workers.llm.multimodal import MultimodalCatalog, ensure_multimodal
+from paretoserve.workers.llm.scorer import MM_SCORER_MODEL, SCORER_MODEL, scorer_spec, write_scorer_model
 from paretoserve.workers.llm.serving import spec_from_cached_llm, write_llm_model
 from paretoserve.workers.models import ModelCatalog, ensure_trained
 from paretoserve.workers.triton.control import TritonControl
@@ -35,6 +45,8 @@ EXTRA_VARIANTS = ("discriminator",)
 (``TritonControl.load_model``) and unloads it afterwards."""
 LLM_MODELS = ("arith-small", "arith-large")
 """The token-generating models ``llm_triton_url`` serves (with the prompt scorer)."""
+MM_MODELS = ("mm-low", "mm-high")
+"""The multimodal models ``mm_triton_url`` serves (with their scorer)."""
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +65,18 @@ def llm_catalog() -> LLMCatalog:
 def llm_scorer(llm_catalog: LLMCatalog) -> CachedScorer:
     """The prompt scorer fitted on ``arith-small``'s answers (fitted once if absent)."""
     return ensure_scorer()
+
+
+@pytest.fixture(scope="session")
+def multimodal_catalog() -> MultimodalCatalog:
+    """The multimodal models (trained once if absent)."""
+    return ensure_multimodal()
+
+
+@pytest.fixture(scope="session")
+def mm_scorer(multimodal_catalog: MultimodalCatalog) -> CachedMMScorer:
+    """The multimodal scorer fitted on ``mm-low``'s answers (fitted once if absent)."""
+    return ensure_mm_scorer()
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +139,21 @@ def llm_triton_url(tmp_path_factory: pytest.TempPathFactory, triton_installation
         write_llm_model(repository, spec_from_cached_llm(llm_catalog.model_dir(model), max_sequences=8))
     write_scorer_model(repository, llm_scorer.weights_file)
     config = TritonServerConfig(model_repository=repository, models=(*LLM_MODELS, SCORER_MODEL), work_dir=work,
+                                backend_cache_dir=work / "backends")
+    with TritonServer(config, triton_installation) as server:
+        yield f"http://{server.http_url}"
+
+
+@pytest.fixture(scope="session")
+def mm_triton_url(tmp_path_factory: pytest.TempPathFactory, triton_installation: TritonInstallation,
+                  multimodal_catalog: MultimodalCatalog, mm_scorer: CachedMMScorer) -> Iterator[str]:
+    """``http://host:port`` of a real Triton serving the multimodal family (8 sequences each) and ``mm-scorer``."""
+    work = tmp_path_factory.mktemp("triton-mm-family")
+    repository = work / "repository"
+    for model in MM_MODELS:
+        write_llm_model(repository, spec_from_cached_llm(multimodal_catalog.model_dir(model), max_sequences=8))
+    write_scorer_model(repository, mm_scorer.weights_file, scorer_spec(mm_scorer.weights_file))
+    config = TritonServerConfig(model_repository=repository, models=(*MM_MODELS, MM_SCORER_MODEL), work_dir=work,
                                 backend_cache_dir=work / "backends")
     with TritonServer(config, triton_installation) as server:
         yield f"http://{server.http_url}"

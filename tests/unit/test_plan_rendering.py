@@ -18,7 +18,7 @@ import pytest
 from paretoserve.operator.children import Owner, WorkerSettings, render_children
 from paretoserve.planner.model import Allocation, Plan, SolveStatus, StagePlan
 from paretoserve.planner.spec import ServingPipeline, load_pipeline_text, parse_pipeline
-from paretoserve.workers.plan_rendering import router_update, served_models
+from paretoserve.workers.plan_rendering import router_config, router_update, served_models
 from paretoserve.workers.router.config import parse_config
 from paretoserve.workers.runtime.actuator import LocalLimits, model_settings
 
@@ -69,26 +69,36 @@ def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, insta
     assert _kubernetes(pipeline, allocation) == _local(pipeline, allocation)
 
 
-def test_a_generation_prompt_cascade_renders_its_scorer_next_to_the_light_model() -> None:
-    """arith-llm: the light pods load arith-scorer beside arith-small, and every router's config names it as the
-    cascade's scorer with the chosen row's prompt threshold (what the router applies per request)."""
-    pipeline = load_pipeline_text((EXAMPLES / "arith-llm.yaml").read_text())
+@pytest.mark.parametrize(("example", "light_name", "heavy_name", "scorer"), [
+    ("arith-llm.yaml", "arith-small", "arith-large", "arith-scorer"),
+    ("mm-llm.yaml", "mm-low", "mm-high", "mm-scorer"),
+])
+def test_a_generation_prompt_cascade_renders_its_scorer_next_to_the_light_model(
+        example: str, light_name: str, heavy_name: str, scorer: str) -> None:
+    """arith-llm and mm-llm alike: the light pods load the scorer beside the light model, and every router's config
+    names it as the cascade's scorer with the chosen row's prompt threshold (what the router applies per request);
+    the multimodal scorer's extra IMAGE input changes nothing here (the router reads it from the scorer's config)."""
+    pipeline = load_pipeline_text((EXAMPLES / example).read_text())
     stage = pipeline.spec.stages[0]
-    light, heavy = (next(v for v in stage.variants if v.name == name) for name in ("arith-small", "arith-large"))
-    assert served_models(stage, light) == ("arith-small", "arith-scorer")
-    assert served_models(stage, heavy) == ("arith-large",)
+    light, heavy = (next(v for v in stage.variants if v.name == name) for name in (light_name, heavy_name))
+    assert served_models(stage, light) == (light_name, scorer)
+    assert served_models(stage, heavy) == (heavy_name,)
     row = stage.cascade.rows[3] if stage.cascade is not None else None
     assert row is not None
     plan = Plan(SolveStatus.OPTIMAL, (StagePlan("answer", (), 0.0, 1.0, row.quality or 0.0, threshold=row.threshold),))
-    children = render_children(Owner("arith", "ns", "uid"), pipeline.spec, plan, WorkerSettings(), admin_key=KEY)
+    children = render_children(Owner("llm", "ns", "uid"), pipeline.spec, plan, WorkerSettings(), admin_key=KEY)
     loads = {tuple(a for a in c["args"] if a.startswith("--load-model="))
              for o in children if o["kind"] == "Deployment"
              for c in o["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"}
-    assert loads == {("--load-model=arith-small", "--load-model=arith-scorer"), ("--load-model=arith-large",)}
+    assert loads == {(f"--load-model={light_name}", f"--load-model={scorer}"), (f"--load-model={heavy_name}",)}
     for config_map in (o for o in children if o["kind"] == "ConfigMap" and "router.json" in o.get("data", {})):
         config = parse_config(json.loads(config_map["data"]["router.json"]))
         cascade = config.stages[0].cascade
-        assert cascade is not None and cascade.scorer == "arith-scorer"
-        assert cascade.pre_route_threshold == row.prompt_threshold and "arith-scorer" in config.upstreams
+        assert cascade is not None and cascade.scorer == scorer
+        assert cascade.pre_route_threshold == row.prompt_threshold and scorer in config.upstreams
     update = router_update(pipeline.spec, plan)["stages"][0]["cascade"]
     assert update == {"threshold": row.threshold, "preRouteThreshold": row.prompt_threshold}
+    provisional = router_config(pipeline.metadata.name, pipeline.spec, {light_name: ["http://l"], heavy_name: [
+        "http://h"], scorer: ["http://s"]}, None)["stages"][0]["cascade"]  # before a plan: the best row, threshold 0
+    assert (provisional["scorer"], provisional["preRouteThreshold"], provisional["light"], provisional["heavy"]) == (
+        scorer, 0.0, light_name, heavy_name)

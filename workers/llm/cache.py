@@ -14,7 +14,10 @@ to the models by :func:`ensure_scorer`: ``<root>/llm-scorer/<key>/{scorer.json,m
 the models' fingerprint, the light model and the fit (:func:`~.routing.fit_scorer` on the first
 :data:`~.routing.SCORER_TRAIN_PROMPTS` training prompts). The fit is deterministic (greedy answers, full-batch
 gradient descent from zero), so every worker image and test serves the weights ``bench llm``'s rows were measured
-with.
+with. The multimodal family's scorer (``mm-scorer``) is cached the same way by :func:`ensure_mm_scorer`, under
+``<root>/llm-mm-scorer/<key>/``: :func:`~.mm_routing.fit_mm_scorer` on ``mm-low``'s greedy answers (numpy engine,
+one BLAS thread as served) to the first :data:`~.mm_routing.SCORER_TRAIN_PROBLEMS` training problems of
+:func:`~.multimodal.ensure_multimodal`'s models, whose rows ``bench mm`` measures with it.
 """
 
 from __future__ import annotations
@@ -28,12 +31,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from paretoserve.workers.llm.config import CONFIG_KEY, ModelConfig
 from paretoserve.workers.llm.engine import NumpyLM, measure_timings
+from paretoserve.workers.llm.mm_routing import SCORER_TRAIN_PROBLEMS, MultimodalDifficulty, fit_mm_scorer
 from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
+from paretoserve.workers.llm.multimodal import (
+    DEFAULT_MM_TASK,
+    MultimodalRecipe,
+    MultimodalTaskSpec,
+    ensure_multimodal,
+    make_multimodal_splits,
+)
+from paretoserve.workers.llm.multimodal import RECIPES as MM_RECIPES
 from paretoserve.workers.llm.routing import SCORER_TRAIN_PROMPTS, DifficultyScore, fit_scorer
-from paretoserve.workers.llm.scorer import SCORER_FILE, load_scorer
+from paretoserve.workers.llm.scorer import SCORER_FILE, load_mm_scorer, load_scorer
 from paretoserve.workers.llm.tasks import DEFAULT_TASK, Problem, TaskSpec, make_splits
 from paretoserve.workers.llm.tokenizer import VOCAB, decode, encode_prompt
 from paretoserve.workers.llm.training import MAX_NEW_TOKENS, RECIPES, LMRecipe, TrainedLM, answers, train_model
@@ -167,8 +180,8 @@ def ensure_llms(cache_root: Path | None = None, *, recipes: Sequence[LMRecipe] =
 
 
 @dataclass(frozen=True)
-class CachedScorer:
-    """The cached prompt scorer of one light model: its weights file (what a scorer model serves) and provenance."""
+class CachedFit:
+    """A cached scorer fit: its weights file (what a scorer model serves) and provenance."""
 
     directory: Path
     key: str
@@ -180,8 +193,38 @@ class CachedScorer:
     def weights_file(self) -> Path:
         return self.directory / SCORER_FILE
 
+
+@dataclass(frozen=True)
+class CachedScorer(CachedFit):
+    """The cached prompt scorer of one light model of the text family."""
+
     def score(self) -> DifficultyScore:
         return load_scorer(self.weights_file)
+
+
+@dataclass(frozen=True)
+class CachedMMScorer(CachedFit):
+    """The cached scorer of the multimodal family's light model (reads the question and the image)."""
+
+    def score(self) -> MultimodalDifficulty:
+        return load_mm_scorer(self.weights_file)
+
+
+def _fit_once(folder: Path, identity: Mapping[str, Any],
+              fit: Callable[[], tuple[Mapping[str, Any], str]]) -> tuple[Path, str, dict[str, Any], bool]:
+    """``<folder>/<key>`` holding ``scorer.json`` (the weights ``fit()`` returns, with ``identity`` and what they
+    were fitted on) and ``manifest.json``, fitted once and built into place; (directory, key, record, fitted)."""
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    final = folder / key
+
+    def build(staging: Path) -> None:
+        weights, fitted_on = fit()
+        record = {**weights, **identity, "fittedOn": fitted_on}
+        (staging / SCORER_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        (staging / MANIFEST_FILE).write_text(json.dumps({"key": key, **identity}))
+
+    trained = build_into_place(final, build)
+    return final, key, json.loads((final / SCORER_FILE).read_text()), trained
 
 
 def ensure_scorer(cache_root: Path | None = None, *, light: str = "arith-small",
@@ -194,16 +237,34 @@ def ensure_scorer(cache_root: Path | None = None, *, light: str = "arith-small",
     max_new = int(catalog.metadata[light]["max_new_tokens"])
     identity = {"code": SCORER_CODE_VERSION, "llm": catalog.fingerprint, "light": light, "prompts": train_prompts,
                 "maxNewTokens": max_new}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    final = (cache_root or default_cache_root()) / "llm-scorer" / key
 
-    def build(staging: Path) -> None:
+    def fit() -> tuple[Mapping[str, Any], str]:
         problems = list(make_splits(task).train[:train_prompts])
         score = fit_scorer(catalog.engine(light), problems, max_new)
-        record = {**score.to_json(), **identity, "fittedOn": f"{len(problems)} training prompts (the greedy answers "
-                                                            f"of {light})"}
-        (staging / SCORER_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-        (staging / MANIFEST_FILE).write_text(json.dumps({"key": key, **identity}))
+        return score.to_json(), f"{len(problems)} training prompts (the greedy answers of {light})"
 
-    trained = build_into_place(final, build)
-    return CachedScorer(final, key, json.loads((final / SCORER_FILE).read_text()), trained)
+    return CachedScorer(*_fit_once((cache_root or default_cache_root()) / "llm-scorer", identity, fit))
+
+
+def ensure_mm_scorer(cache_root: Path | None = None, *, light: str = "mm-low",
+                     train_problems: int = SCORER_TRAIN_PROBLEMS, recipes: Sequence[MultimodalRecipe] = MM_RECIPES,
+                     task: MultimodalTaskSpec = DEFAULT_MM_TASK) -> CachedMMScorer:
+    """The multimodal difficulty score predicting that ``light`` fails a request (question and image), fitted on
+    the first ``train_problems`` training problems (:func:`~.mm_routing.fit_mm_scorer`, on one BLAS thread as the
+    engine is served): read from ``<cache_root>/llm-mm-scorer/<key>``, or fitted once and cached there (the models
+    by :func:`~.multimodal.ensure_multimodal`, trained first if absent)."""
+    catalog = ensure_multimodal(cache_root, recipes=recipes, task=task)
+    max_new = int(catalog.metadata[light]["max_new_tokens"])
+    identity = {"code": SCORER_CODE_VERSION, "multimodal": catalog.fingerprint, "light": light,
+                "problems": train_problems, "maxNewTokens": max_new}
+
+    def fit() -> tuple[Mapping[str, Any], str]:
+        splits = make_multimodal_splits(task)
+        problems = list(splits.train[:train_problems])
+        with threadpool_limits(limits=1):
+            score = fit_mm_scorer(catalog.engine(light), list(splits.pixels(problems)),
+                                  [problem.prompt for problem in problems], [problem.answer for problem in problems],
+                                  max_new)
+        return score.to_json(), f"{len(problems)} training problems (the greedy answers of {light}, numpy engine)"
+
+    return CachedMMScorer(*_fit_once((cache_root or default_cache_root()) / "llm-mm-scorer", identity, fit))

@@ -4,24 +4,30 @@ A ``router: prompt`` cascade in front of ``mm-low`` and ``mm-high`` sends a requ
 difficulty score is at least a threshold, before either model runs (as the text family's
 :mod:`~paretoserve.workers.llm.routing` does). Here the request is an image and a question about it, so the score
 reads both: the question's operator and operand digits (``+37=``: an addition, with carries, is the hard case),
-and the image through the router's own rule-based :func:`~paretoserve.workers.router.decisions.hardness` (faint
+and the image through the router's own rule-based :func:`~paretoserve.workers.digit_hardness.hardness` (faint
 strokes, narrow glyph) plus two pixel statistics (mean intensity, share of inked pixels). A logistic regression
 on them is fitted offline on training problems to predict that ``mm-low`` answers wrongly; it never looks at a
 model's answer. The f(t) rows of the split are :func:`~paretoserve.workers.llm.routing.split_rows`'s, measured
-on the test split where both models' answers are known. numpy only.
+on the test split where both models' answers are known.
+
+:func:`fit_mm_scorer` is THE fit of the served score: ``mm-scorer`` (:mod:`.scorer`, cached by
+:func:`~paretoserve.workers.llm.cache.ensure_mm_scorer`) serves it to the router, and ``bench mm``'s rows are
+measured with it, so a threshold the planner picks means the same where the router applies it. numpy only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from paretoserve.workers.llm.mm_engine import IMAGE_SIZE, image_pixels
-from paretoserve.workers.llm.routing import fit_logistic
-from paretoserve.workers.router.decisions import hardness
+from paretoserve.workers.digit_hardness import hardness
+from paretoserve.workers.llm.mm_engine import IMAGE_SIZE, MultimodalEngine, image_pixels
+from paretoserve.workers.llm.routing import fit_logistic, weights_of
+from paretoserve.workers.llm.tokenizer import decode, encode_prompt
 
 Floats = npt.NDArray[np.float64]
 QUESTION_FEATURES = ("bias", "minus", "times", "two-digit operand", "operand units")
@@ -78,6 +84,16 @@ class MultimodalDifficulty:
     def scores(self, images: Sequence[npt.ArrayLike], questions: Sequence[str]) -> list[float]:
         return [self(image, question) for image, question in zip(images, questions, strict=True)]
 
+    def to_json(self) -> dict[str, Any]:
+        """What a scorer's weights file holds (the features name the weights, in order)."""
+        return {"features": list(self.features), "weights": list(self.weights)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> MultimodalDifficulty:
+        """The score of a weights file written by :meth:`to_json`; ``ValueError`` when it does not fit."""
+        features = QUESTION_FEATURES if raw.get("features") == list(QUESTION_FEATURES) else FEATURES
+        return cls(weights_of(raw, features), features)
+
 
 def fit_mm_difficulty(images: Sequence[npt.ArrayLike], questions: Sequence[str], low_wrong: Sequence[bool], *,
                       use_image: bool = True) -> MultimodalDifficulty:
@@ -87,6 +103,22 @@ def fit_mm_difficulty(images: Sequence[npt.ArrayLike], questions: Sequence[str],
     probe = MultimodalDifficulty(tuple(0.0 for _ in features), features)
     x = np.stack([probe.row(image, question) for image, question in zip(images, questions, strict=True)])
     return MultimodalDifficulty(tuple(float(w) for w in fit_logistic(x, low_wrong)), features)
+
+
+def greedy_answers(engine: MultimodalEngine, images: Sequence[npt.ArrayLike], questions: Sequence[str],
+                   max_new_tokens: int) -> list[str]:
+    """``engine``'s greedy answer text to each image and question (batched decode steps)."""
+    generated = engine.generate_multimodal(list(images), [encode_prompt(q) for q in questions], max_new_tokens)
+    return [decode(tokens) for tokens in generated]
+
+
+def fit_mm_scorer(low: MultimodalEngine, images: Sequence[npt.ArrayLike], questions: Sequence[str],
+                  answers: Sequence[str], max_new_tokens: int) -> MultimodalDifficulty:
+    """The served score (see the module doc): :func:`fit_mm_difficulty` on whether ``low``'s greedy answer to each
+    training request is wrong (``answers``: the right ones)."""
+    given = greedy_answers(low, images, questions, max_new_tokens)
+    wrong = [ours != right for ours, right in zip(given, answers, strict=True)]
+    return fit_mm_difficulty(images, questions, wrong)
 
 
 def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:

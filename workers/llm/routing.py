@@ -62,13 +62,19 @@ class DifficultyScore:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> DifficultyScore:
         """The score of a weights file written by :meth:`to_json`; ``ValueError`` when it does not fit."""
-        features, weights = raw.get("features"), raw.get("weights")
-        if features != list(FEATURES):
-            raise ValueError(f"scorer features {features!r} are not this code's {list(FEATURES)!r}")
-        if not isinstance(weights, list) or len(weights) != len(FEATURES) or not all(
-                isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) for w in weights):
-            raise ValueError(f"scorer weights must be {len(FEATURES)} finite numbers, got {weights!r}")
-        return cls(tuple(float(w) for w in weights))
+        return cls(weights_of(raw, FEATURES))
+
+
+def weights_of(raw: Mapping[str, Any], features: Sequence[str]) -> tuple[float, ...]:
+    """The weights of a scorer weights file (``{"features": [...], "weights": [...]}``) whose features must be
+    ``features``, in order; ``ValueError`` saying what does not fit (every served score reads its file so)."""
+    named, weights = raw.get("features"), raw.get("weights")
+    if named != list(features):
+        raise ValueError(f"scorer features {named!r} are not this code's {list(features)!r}")
+    if not isinstance(weights, list) or len(weights) != len(features) or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) for w in weights):
+        raise ValueError(f"scorer weights must be {len(features)} finite numbers, got {weights!r}")
+    return tuple(float(w) for w in weights)
 
 
 def fit_logistic(x: Floats, y: Sequence[bool], *, steps: int = 2000, learning_rate: float = 0.5) -> Floats:

@@ -1,8 +1,10 @@
 """Triton Python-backend model of the prompt scorer (copied as ``<model>/1/model.py``; wire format in :mod:`.scorer`).
 
-``execute`` answers each request of a dynamic batch on its own: the ``SCORE`` of each row of its ``PROMPT``, or
-an error response for that request alone when a row is no prompt the score can read (the router then sends the
-prompt to the heavy model). The weights are ``scorer.json`` beside this file, in the version directory.
+``execute`` answers each request of a dynamic batch on its own: the ``SCORE`` of each row of its inputs
+(``PROMPT``; ``IMAGE`` and ``PROMPT`` for a multimodal score, :func:`~.scorer.scorer_inputs`), or an error response
+for that request alone when a row is no prompt (or no image) the score can read (the router then sends the request
+to the heavy model, or answers the client's bad image with a 400 before asking). The weights are ``scorer.json``
+beside this file, in the version directory; their ``features`` say which score it is.
 
 No torch (the worker image has none); ``triton_python_backend_utils`` exists only inside the stub, so it is
 imported in :meth:`TritonPythonModel.initialize` and this module stays importable and type-checkable outside.
@@ -14,8 +16,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from paretoserve.workers.llm.scorer import OUTPUT_SCORE, SCORER_FILE, load_scorer, score_rows
-from paretoserve.workers.llm.serving import INPUT_PROMPT
+from paretoserve.workers.llm.scorer import OUTPUT_SCORE, SCORER_FILE, load_served_score, score_inputs, scorer_inputs
 
 
 class TritonPythonModel:
@@ -24,17 +25,19 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self._pb: Any = importlib.import_module("triton_python_backend_utils")
         self._name = args.get("model_name", "scorer")
-        self._score = load_scorer(Path(args["model_repository"]) / str(args["model_version"]) / SCORER_FILE)
+        self._score = load_served_score(Path(args["model_repository"]) / str(args["model_version"]) / SCORER_FILE)
+        self._inputs = scorer_inputs(self._score)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb
         responses = []
         for request in requests:
             try:
-                prompts = pb.get_input_tensor_by_name(request, INPUT_PROMPT).as_numpy().reshape(-1)
-                scores = score_rows(self._score, prompts)
+                tensors = {name: pb.get_input_tensor_by_name(request, name) for name in self._inputs}
+                scores = score_inputs(self._score, {name: tensor.as_numpy() for name, tensor in tensors.items()
+                                                    if tensor is not None})
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(OUTPUT_SCORE, scores)]))
-            except Exception as error:  # a prompt the score cannot read fails its own request, as the client's 400
+            except Exception as error:  # a row the score cannot read fails its own request, as the client's 400
                 message = f"{self._name}: {type(error).__name__}: {error}"
                 code = pb.TritonError.INVALID_ARG if isinstance(error, ValueError) else pb.TritonError.INTERNAL
                 responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code)))

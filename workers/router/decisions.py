@@ -13,7 +13,8 @@ serves traffic. The I/O around these decisions lives in :mod:`.pipeline`.
   discriminator model. Either way the deferred share f(t) grows with ``t``: 0 at ``t = 0``,
   (almost) everything at ``t = 1``.
 - **Pre-routing** (HADIS ``prompt``/``hybrid``): a cheap hardness score computed from the request
-  itself sends rows predicted to be hard straight to the heavy model, skipping the light pass.
+  itself (:func:`~paretoserve.workers.digit_hardness.hardness`, re-exported here) sends rows predicted to be hard
+  straight to the heavy model, skipping the light pass.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-HARDNESS_TV_REFERENCE = 30.0
-"""Total variation at which the stroke term of :func:`hardness` reaches 0 (typical digits: 20-45)."""
+from paretoserve.workers.digit_hardness import hardness as hardness
 
 
 class Route(StrEnum):
@@ -86,40 +86,6 @@ def discriminator_score(p_light_wrong: float) -> float:
 def defer_by_discriminator(p_light_wrong: Sequence[float], threshold: float) -> list[bool]:
     """Discriminator router: defer a row when ``1 − P(light wrong)`` is below ``threshold``."""
     return [discriminator_score(value) < threshold for value in p_light_wrong]
-
-
-def hardness(image: Sequence[float], width: int = 8) -> float:
-    """Rule-based hardness of a digit image in [0, 1], from the request alone (no model).
-
-    The mean of two stroke features, each scaled to [0, 1]:
-
-    - *faint strokes*: ``1 − TV / 30`` clipped at 0, where TV is the total variation (sum of
-      absolute differences of horizontally and vertically adjacent pixels, pixels in [0, 1]);
-      thin, faint or short strokes have little variation;
-    - *narrow glyph*: ``1 − w / width`` where ``w`` counts the columns holding a pixel > 0.25.
-
-    On the held-out digits the linear model errs on 26% of the rows scoring >= 0.3 (15% of rows)
-    against 12% overall (ROC AUC 0.69 for "light model wrong"): weak but free, like HADIS' prompt
-    features, hence meant to be combined with the post-check of the ``hybrid`` router.
-    """
-    if width <= 0 or len(image) % width:
-        raise ValueError(f"image of {len(image)} values is not a grid of width {width}")
-    height = len(image) // width
-    variation = 0.0
-    columns = [False] * width
-    for row in range(height):
-        base = row * width
-        for col in range(width):
-            value = image[base + col]
-            if value > 0.25:
-                columns[col] = True
-            if col + 1 < width:
-                variation += abs(image[base + col + 1] - value)
-            if row + 1 < height:
-                variation += abs(image[base + width + col] - value)
-    faint = max(0.0, 1.0 - variation / HARDNESS_TV_REFERENCE)
-    narrow = 1.0 - sum(columns) / width
-    return 0.5 * faint + 0.5 * narrow
 
 
 def preroute(hardness_values: Sequence[float], pre_route_threshold: float) -> list[bool]:

@@ -10,15 +10,20 @@ upstream stream too, merging the events (:func:`merge_events`).
 
 This module knows no HTTP client and no Starlette: it frames and parses events (:class:`SSEParser`,
 :func:`sse_event`), checks a generate body against the model's Triton config (:func:`check_generate_body`:
-a missing required input or a value of the wrong JSON type is a 400 naming the input, so that it never
-reaches a model that would answer with a Python traceback, or Triton with a 500 the proxy would retry), and
-translates the OpenAI ``/v1/completions`` subset (:func:`parse_completion_request`, :func:`upstream_body`,
-:class:`Completion`). A *token event* is one carrying a text output (:data:`TEXT_OUTPUTS`: ParetoServe's
-``TOKEN``, or ``text_output`` as Triton's LLM backends name it); other events (the final summary) are not tokens.
+a missing required input, a value of the wrong JSON type, outside the range of the input's type, or of the wrong
+count for the input's fixed ``dims`` -- an ``IMAGE`` of 63 values for ``[64]`` -- is a 400 naming the input, so
+that it never reaches a model that would answer with a Python traceback, or Triton with a 500 the proxy would
+retry), turns a checked value into a KServe v2 ``infer`` tensor (:func:`infer_tensor`: how a multimodal request's
+``IMAGE`` reaches the pipeline's scorer), and translates the OpenAI ``/v1/completions`` subset
+(:func:`parse_completion_request`, :func:`upstream_body`, :class:`Completion`; text only: a model that needs
+another input, such as an ``IMAGE``, is a 400 naming it). A *token event* is one carrying a text output
+(:data:`TEXT_OUTPUTS`: ParetoServe's ``TOKEN``, or ``text_output`` as Triton's LLM backends name it); other events
+(the final summary) are not tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +133,23 @@ class InputSpec:
     data_type: str
     """Triton's ``TYPE_STRING``, ``TYPE_INT32``, ``TYPE_FP32``, ``TYPE_BOOL``, ..."""
     optional: bool = False
+    dims: tuple[int, ...] = ()
+    """The config's ``dims`` (without the batch dimension); ``()`` when it gives none."""
+
+    @property
+    def values(self) -> int | None:
+        """How many values one request's input holds when every dim is fixed (``[64]``: 64), else None."""
+        if not self.dims or any(d < 1 for d in self.dims):
+            return None
+        return math.prod(self.dims)
+
+
+def _dims(raw: object) -> tuple[int, ...]:
+    if isinstance(raw, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        return tuple(raw)
+    if isinstance(raw, list) and all(isinstance(d, str) and d.lstrip("-").isdigit() for d in raw):
+        return tuple(int(d) for d in raw)  # protobuf JSON writes int64 as strings
+    return ()
 
 
 def model_inputs(config: Mapping[str, Any]) -> tuple[InputSpec, ...]:
@@ -135,8 +157,13 @@ def model_inputs(config: Mapping[str, Any]) -> tuple[InputSpec, ...]:
     specs = []
     for raw in config.get("input") or ():
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            specs.append(InputSpec(raw["name"], str(raw.get("data_type", "")), bool(raw.get("optional", False))))
+            specs.append(InputSpec(raw["name"], str(raw.get("data_type", "")), bool(raw.get("optional", False)),
+                                   _dims(raw.get("dims"))))
     return tuple(specs)
+
+
+_FLOAT_MAX = {"TYPE_FP16": 65504.0, "TYPE_FP32": 3.4028234663852886e38, "TYPE_BF16": 3.3895313892515355e38}
+"""The largest finite value of each narrow float type: a larger one would reach the model as infinity."""
 
 
 def _fits(value: object, data_type: str) -> bool:
@@ -148,18 +175,37 @@ def _fits(value: object, data_type: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and (
             value >= 0 or data_type.startswith("TYPE_INT"))
     if data_type.startswith(("TYPE_FP", "TYPE_BF")):
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and (
+            abs(value) <= _FLOAT_MAX.get(data_type, math.inf))
     return True  # a type the router does not know: Triton judges
 
 
 _KIND = {"TYPE_STRING": "a string", "TYPE_BOOL": "a boolean"}
 
 
-def check_generate_body(body: bytes, model: str, inputs: Sequence[InputSpec]) -> Message:
-    """The decoded generate body, or :class:`BadRequest` naming the input that is missing or of the wrong type.
+def check_input(spec: InputSpec, value: object, model: str) -> list[Any]:
+    """The values of one input (a scalar is one value), or :class:`BadRequest` naming the input when they are not
+    scalars of its type, or not as many as its fixed ``dims`` hold."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(_fits(v, spec.data_type) for v in values):
+        kind = _KIND.get(spec.data_type, f"a finite {kserve_datatype(spec.data_type)} number"
+                         if spec.data_type.startswith(("TYPE_FP", "TYPE_BF")) else "a non-negative integer"
+                         if spec.data_type.startswith("TYPE_UINT") else "an integer")
+        raise BadRequest(f"{spec.name}: must be {kind} (or a list of them) for model {model!r}, "
+                         f"got {orjson.dumps(value).decode()[:80]}")
+    expected = spec.values
+    if expected is not None and len(values) != expected:
+        raise BadRequest(f"{spec.name}: must hold {expected} values for model {model!r} (its dims "
+                         f"{list(spec.dims)}, flat), got {len(values)}")
+    return values
 
-    A value is a scalar or a list of scalars of the input's type (Triton's generate mapping); keys that are no
-    input of the model are left to Triton (it ignores them).
+
+def check_generate_body(body: bytes, model: str, inputs: Sequence[InputSpec]) -> Message:
+    """The decoded generate body, or :class:`BadRequest` naming the input that is missing, of the wrong type or
+    of the wrong count (:func:`check_input`).
+
+    A value is a scalar or a flat list of scalars of the input's type (Triton's generate mapping); keys that are
+    no input of the model are left to Triton (it ignores them).
     """
     message = decode_object(body, "the request body")
     for spec in inputs:
@@ -168,14 +214,21 @@ def check_generate_body(body: bytes, model: str, inputs: Sequence[InputSpec]) ->
                 required = ", ".join(s.name for s in inputs if not s.optional)
                 raise BadRequest(f"{spec.name}: missing (model {model!r} requires {required})")
             continue
-        value = message[spec.name]
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(_fits(v, spec.data_type) for v in values):
-            kind = _KIND.get(spec.data_type, "a number" if spec.data_type.startswith("TYPE_FP") else
-                             "a non-negative integer" if spec.data_type.startswith("TYPE_UINT") else "an integer")
-            raise BadRequest(f"{spec.name}: must be {kind} (or a list of them) for model {model!r}, "
-                             f"got {orjson.dumps(value).decode()[:80]}")
+        check_input(spec, message[spec.name], model)
     return message
+
+
+def kserve_datatype(data_type: str) -> str:
+    """The KServe v2 datatype of a Triton config's ``data_type`` (``TYPE_FP32`` -> ``FP32``, strings ``BYTES``)."""
+    return "BYTES" if data_type in ("TYPE_STRING", "BYTES") else data_type.removeprefix("TYPE_")
+
+
+def infer_tensor(spec: InputSpec, values: Sequence[Any], *, batched: bool) -> Message:
+    """One request's checked ``values`` (:func:`check_input`) as a KServe v2 ``infer`` input tensor of ``spec``:
+    shape its ``dims`` (or ``[len(values)]``), with a batch dimension of 1 first for a batching model."""
+    shape = list(spec.dims) if spec.values is not None else [len(values)]
+    return {"name": spec.name, "datatype": kserve_datatype(spec.data_type), "shape": [1, *shape] if batched else shape,
+            "data": list(values)}
 
 
 def generate_prompt(body: bytes) -> str:
@@ -253,7 +306,8 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
 
 
 def upstream_body(request: CompletionRequest, inputs: Sequence[InputSpec]) -> bytes:
-    """The generate body for a completion: ``prompt`` and ``max_tokens`` under the model's own input names."""
+    """The generate body for a completion: ``prompt`` and ``max_tokens`` under the model's own input names; a model
+    that requires another input (a multimodal model's ``IMAGE``) is a 400 naming it (completions are text only)."""
     names = {spec.name for spec in inputs}
     prompt_name = next((name for name in PROMPT_INPUTS if name in names), None)
     if prompt_name is None:
@@ -265,6 +319,12 @@ def upstream_body(request: CompletionRequest, inputs: Sequence[InputSpec]) -> by
         if limit_name is None:
             raise BadRequest(f"max_tokens: model {request.model!r} takes no token limit")
         message[limit_name] = request.max_tokens
+    missing = [spec.name for spec in inputs if not spec.optional and spec.name not in message]
+    if missing:
+        raise BadRequest(f"{missing[0]}: missing (model {request.model!r} requires {', '.join(missing)} besides the "
+                         f"prompt, and /v1/completions carries a text prompt only: send "
+                         f"{' and '.join(missing)} with {prompt_name} to /v2/models/{{model or pipeline}}/generate or "
+                         "generate_stream)")
     return orjson.dumps(message)
 
 

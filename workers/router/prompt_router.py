@@ -16,19 +16,26 @@ served, so a multi-stage pipeline answers 400):
 - any other cascade: 400 (the confidence, discriminator and hybrid routers judge the light model's answer rows,
   which a token stream does not have).
 
+A scorer may read more than the prompt: a multimodal family's (``mm-scorer``: ``IMAGE`` FP32 ``[64]`` and
+``PROMPT``) takes the request's image too. Every input of the scorer's Triton config other than ``PROMPT`` is taken
+from the request's generate body under the same name and checked against that config as the model's inputs are
+(:func:`scorer_tensors`: missing, of the wrong type or count, a 400 naming it -- the client's error, never a
+fallback); a completion carries text only, so a scorer that needs more refuses it with a 400 naming the input.
+
 A scorer that fails -- an error answer, an unreachable or timed-out replica, a malformed ``SCORE`` or one outside
 [0, 1] -- sends the request to ``heavy``: never a silently worse answer, never a 5xx because of the scorer alone.
 The failure is logged and the request counted as a fallback (``route="fallback"`` on the heavy model in
-``paretoserve_router_requests_total``, and ``paretoserve_router_fallbacks_total``). Only what ends any call ends
-the request: its deadline passing (504) or a full queue (429). The scorer call waits for a slot of the EDF queue
-like every upstream call (:meth:`~.pipeline.PipelineRunner.call`), bounded by the request's deadline and the
-upstream read timeout (``timeouts.readMs``).
+``paretoserve_router_requests_total``, and ``paretoserve_router_fallbacks_total``). Only the request's own errors
+end it: its deadline passing (504), a full queue (429), an input the scorer reads that the body does not carry
+right (400). The scorer call waits for a slot of the EDF queue like every upstream call
+(:meth:`~.pipeline.PipelineRunner.call`), bounded by the request's deadline and the upstream read timeout
+(``timeouts.readMs``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -37,14 +44,16 @@ from paretoserve.planner.spec import RouterKind
 from paretoserve.workers.router.config import CascadeConfig, RouterConfig, StageConfig
 from paretoserve.workers.router.decisions import Route, choose_variant, preroute
 from paretoserve.workers.router.errors import BadRequest, DeadlineExceeded, QueueFull, RouterError, UpstreamError
+from paretoserve.workers.router.generate import InputSpec, check_input, infer_tensor
 from paretoserve.workers.router.protocol import Message, column
 
 logger = logging.getLogger(__name__)
 
 SCORER_INPUT = "PROMPT"
 SCORER_OUTPUT = "SCORE"
-REQUEST_ERRORS = (DeadlineExceeded, QueueFull)
-"""Errors of the request itself, not of the scorer: they end the request as they would any call."""
+REQUEST_ERRORS = (DeadlineExceeded, QueueFull, BadRequest)
+"""Errors of the request itself, not of the scorer: they end the request as they would any call (a scorer's own
+refusal is an :class:`UpstreamError`, a fallback)."""
 
 Scorer = Callable[[str, str], Awaitable[float]]
 """``score(scorer model, prompt)``: the prompt's score, or a :class:`RouterError`."""
@@ -87,10 +96,30 @@ def model_for_score(cascade: CascadeConfig, score: float | None) -> tuple[str, R
     return (cascade.heavy, Route.PREROUTED) if hard else (cascade.light, Route.LIGHT)
 
 
-def scorer_body(prompt: str, *, batched: bool) -> bytes:
-    """The scorer's KServe v2 request for one prompt (shape ``[1, 1]`` for a batching model, ``[1]`` otherwise)."""
+def scorer_body(prompt: str, *, batched: bool, extra: Sequence[Message] = ()) -> bytes:
+    """The scorer's KServe v2 request for one prompt (shape ``[1, 1]`` for a batching model, ``[1]`` otherwise), and
+    the ``extra`` input tensors a scorer reading more than the prompt takes (:func:`scorer_tensors`)."""
     tensor = {"name": SCORER_INPUT, "datatype": "BYTES", "shape": [1, 1] if batched else [1], "data": [prompt]}
-    return orjson.dumps({"inputs": [tensor], "outputs": [{"name": SCORER_OUTPUT}]})
+    return orjson.dumps({"inputs": [tensor, *extra], "outputs": [{"name": SCORER_OUTPUT}]})
+
+
+def scorer_tensors(body: Message | None, scorer: str, inputs: Sequence[InputSpec], *,
+                   batched: bool) -> list[Message]:
+    """The scorer's inputs other than ``PROMPT`` (its config's ``inputs``), taken from the request's generate
+    ``body`` by name and checked against them; ``body`` None: a completion, which carries the prompt only.
+    :class:`BadRequest` naming a required input that is missing, or a value that does not fit the input."""
+    tensors = []
+    for spec in inputs:
+        if spec.name == SCORER_INPUT:
+            continue
+        if body is None or spec.name not in body:
+            if spec.optional:
+                continue
+            why = ("and /v1/completions carries a text prompt only: send it to /v2/models/{pipeline}/generate or "
+                   "generate_stream" if body is None else "with the prompt, to choose the model")
+            raise BadRequest(f"{spec.name}: missing (the pipeline's prompt scorer {scorer!r} reads it, {why})")
+        tensors.append(infer_tensor(spec, check_input(spec, body[spec.name], scorer), batched=batched))
+    return tensors
 
 
 def read_score(answer: Message, scorer: str) -> float:

@@ -23,11 +23,14 @@ OpenAI streams get no ``[DONE]`` then) and counts in ``paretoserve_router_errors
 A request may name the pipeline instead of a model (``/v2/models/{pipeline}/...``, or a completion whose
 ``model`` is the pipeline): :mod:`.prompt_router` chooses the model (the stage's split, or its prompt cascade: the
 scorer's score against the live ``preRouteThreshold``), and the request is relayed exactly as if it had named that
-model. Every answer says which model served it in the ``x-paretoserve-variant`` header, and how it was chosen in
-``x-paretoserve-route`` (``direct``, ``light``, ``prerouted``, ``fallback``: the scorer failed); the generate
-events keep the model's own ``model_name`` and a completion keeps the ``model`` the client sent (OpenAI's
-semantics). A pipeline request counts in the pipeline's request and duration metrics (the planner's load signal)
-and its routing in ``paretoserve_router_requests_total`` under its stage.
+model. A multimodal request carries its image in the generate body (``{"PROMPT": "+37=", "IMAGE": [64 floats]}``):
+the scorer gets it too when its config has an ``IMAGE`` input (:func:`~.prompt_router.scorer_tensors`), and the
+chosen model gets the whole body; ``/v1/completions`` carries text only (a model or scorer that needs an ``IMAGE``
+answers it 400 naming it). Every answer says which model served it in the ``x-paretoserve-variant`` header, and how
+it was chosen in ``x-paretoserve-route`` (``direct``, ``light``, ``prerouted``, ``fallback``: the scorer failed);
+the generate events keep the model's own ``model_name`` and a completion keeps the ``model`` the client sent
+(OpenAI's semantics). A pipeline request counts in the pipeline's request and duration metrics (the planner's
+load signal) and its routing in ``paretoserve_router_requests_total`` under its stage.
 
 Per streamed request the router observes TTFT (request received -> first token sent to the client) and each
 inter-token gap (between two tokens sent) in ``paretoserve_router_ttft_seconds`` and
@@ -76,8 +79,16 @@ from paretoserve.workers.router.generate import (
 from paretoserve.workers.router.kserve import _fetch_json
 from paretoserve.workers.router.metrics import PROXY_STAGE
 from paretoserve.workers.router.pipeline import Due
-from paretoserve.workers.router.prompt_router import Choice, Scorer, choose, pipeline_stage, read_score, scorer_body
-from paretoserve.workers.router.protocol import Message, json_response
+from paretoserve.workers.router.prompt_router import (
+    Choice,
+    Scorer,
+    choose,
+    pipeline_stage,
+    read_score,
+    scorer_body,
+    scorer_tensors,
+)
+from paretoserve.workers.router.protocol import Message, decode_object, json_response
 from paretoserve.workers.router.upstream import map_transport_errors, read_capped, scrub, status_error
 
 if TYPE_CHECKING:
@@ -96,6 +107,9 @@ ROUTE_HEADER = "x-paretoserve-route"
 """How that model was chosen: ``direct``, ``light``, ``prerouted`` or ``fallback`` (:class:`~.decisions.Route`)."""
 Payload = Callable[[str, tuple[InputSpec, ...], bytes], bytes]
 """Turns the client's body into the generate body for a model (given its inputs)."""
+Scored = Callable[[bytes], tuple[str, Message | None]]
+"""Reads what a prompt scorer may score in the client's body: its prompt, and its generate inputs by name (None for a
+completion, which carries the prompt only)."""
 
 
 class _EventStreamResponse(StreamingResponse):
@@ -242,12 +256,16 @@ class GenerationEndpoints:
     async def _model_inputs(self, pool: UpstreamPool, model: str) -> tuple[InputSpec, ...]:
         return model_inputs(await self._model_config(pool, model))
 
-    def _scorer(self, pool: UpstreamPool, runner: PipelineRunner, due: Due, stage: str) -> Scorer:
-        """Asks a prompt scorer (:mod:`.prompt_router`) through the EDF queue, within the request's deadline."""
+    def _scorer(self, pool: UpstreamPool, runner: PipelineRunner, due: Due, stage: str,
+                body: Message | None) -> Scorer:
+        """Asks a prompt scorer (:mod:`.prompt_router`) through the EDF queue, within the request's deadline; the
+        inputs it reads besides the prompt come from the request's ``body`` (:func:`~.prompt_router.scorer_tensors`)."""
 
         async def score(scorer: str, prompt: str) -> float:
-            batched = int((await self._model_config(pool, scorer)).get("max_batch_size") or 0) > 0
-            answer = await runner.call(stage, scorer, scorer_body(prompt, batched=batched), 1, due)
+            config = await self._model_config(pool, scorer)
+            batched = int(config.get("max_batch_size") or 0) > 0
+            extra = scorer_tensors(body, scorer, model_inputs(config), batched=batched)
+            answer = await runner.call(stage, scorer, scorer_body(prompt, batched=batched, extra=extra), 1, due)
             return read_score(answer, scorer)
 
         return score
@@ -263,11 +281,10 @@ class GenerationEndpoints:
         self._service.metrics.request_started()
         return stage
 
-    async def _start(self, request: Request, name: str | None, payload: Payload,
-                     prompt_of: Callable[[bytes], str]) -> _Generation:
+    async def _start(self, request: Request, name: str | None, payload: Payload, scored: Scored) -> _Generation:
         """Read and check the request, choose the model (the named one, or the pipeline's choice), wait for the
         request's queue slot, open the model's stream. ``name`` None: taken from the completion body.
-        ``payload`` turns the client's body into the model's generate body; ``prompt_of`` reads its prompt."""
+        ``payload`` turns the client's body into the model's generate body; ``scored`` reads what a scorer scores."""
         service = self._service
         started = service.clock()
         config = service.config  # one config for the whole decision: a live update applies to the next request
@@ -287,9 +304,9 @@ class GenerationEndpoints:
             if stage is None:
                 choice = Choice(PROXY_STAGE, name, RowRoute.DIRECT)
             else:
-                prompt = prompt_of(raw) if stage.cascade is not None else ""
+                prompt, inputs = scored(raw) if stage.cascade is not None else ("", None)
                 due = Due(deadline, queue_key(config, stage.name, deadline, started))
-                choice = await choose(stage, prompt, self._scorer(pool, runner, due, stage.name),
+                choice = await choose(stage, prompt, self._scorer(pool, runner, due, stage.name, inputs),
                                       f"generate-{next(self._ids)}")
             body = payload(choice.model, await self._model_inputs(pool, choice.model), raw)
             await service.admission.acquire(deadline)
@@ -319,6 +336,11 @@ class GenerationEndpoints:
     def _generate_body(model: str, inputs: tuple[InputSpec, ...], raw: bytes) -> bytes:
         check_generate_body(raw, model, inputs)
         return raw
+
+    @staticmethod
+    def _generate_scored(raw: bytes) -> tuple[str, Message]:
+        """A generate body's prompt and its inputs (a multimodal request's ``IMAGE`` among them)."""
+        return generate_prompt(raw), decode_object(raw, "the request body")
 
     def _failed(self, generation: _Generation, exc: RouterError) -> None:
         """A failure after the answer started: counted and logged as the boundary would."""
@@ -360,7 +382,8 @@ class GenerationEndpoints:
     # --- the endpoints -------------------------------------------------------------------------
 
     async def generate_stream(self, request: Request) -> Response:
-        generation = await self._start(request, request.path_params["model"], self._generate_body, generate_prompt)
+        generation = await self._start(request, request.path_params["model"], self._generate_body,
+                                       self._generate_scored)
 
         def render(event: _Event) -> tuple[bytes, bool]:
             return b"data: " + event.data + b"\n\n", token_text(event.message) is not None
@@ -374,7 +397,8 @@ class GenerationEndpoints:
                                     generation.headers)
 
     async def generate(self, request: Request) -> Response:
-        generation = await self._start(request, request.path_params["model"], self._generate_body, generate_prompt)
+        generation = await self._start(request, request.path_params["model"], self._generate_body,
+                                       self._generate_scored)
         try:
             events = [event.message async for event in generation.events()]
         finally:
@@ -389,7 +413,7 @@ class GenerationEndpoints:
             parsed = parse_completion_request(raw)
             return upstream_body(dataclasses.replace(parsed, model=model), inputs)
 
-        generation = await self._start(request, None, payload, lambda raw: parse_completion_request(raw).prompt)
+        generation = await self._start(request, None, payload, lambda raw: (parse_completion_request(raw).prompt, None))
         assert parsed is not None
         # the model the client named (OpenAI's semantics; the pipeline's choice is in the headers)
         completion = Completion(f"cmpl-{next(self._ids)}-{time.time_ns():x}", parsed.model, int(time.time()),
