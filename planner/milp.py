@@ -290,7 +290,13 @@ def _build_cascade(lp: Any, problem: Problem, sv: StageVars, tag: str, objective
     for z, row in zip(sv.rows, rows, strict=True):
         if row.heavy_fraction > 0:
             lp += z <= heavy_on
-    sv.latency = _expr(light_latency + [(heavy_latency, 1.0)], stage.queue_delay_ms)
+    if cascade.router == "prompt":  # each request visits one model: the slower path, not the sum
+        slower = lp.add_variable(f"lc_{tag}", lowBound=0)
+        lp += slower >= _expr(light_latency)
+        lp += slower >= heavy_latency
+        sv.latency = _expr([(slower, 1.0)], stage.queue_delay_ms)
+    else:  # a deferred request runs on the light model, then the heavy one
+        sv.latency = _expr(light_latency + [(heavy_latency, 1.0)], stage.queue_delay_ms)
 
 
 def _variable_pool_changes(lp: Any, problem: Problem, sv: StageVars, option: Option, x: Any, n: Any,
@@ -630,7 +636,13 @@ class _DeadlineHiGHS(pulp.HiGHS):  # type: ignore[misc]
             if left <= 0:
                 raise OutOfTime("passing the program to the solver")
             lp.solverModel.setOptionValue("time_limit", float(min(self.timeLimit, SOLVER_SHARE * left)))
+        # HiGHS's default (1e-6) lets a binary sit 1e-6 off its value, which with big-M latency rows let a
+        # plan choose a batch size whose row it only nearly satisfied, 2e-6 below the optimum at small weights
+        lp.solverModel.setOptionValue("mip_feasibility_tolerance", MIP_FEASIBILITY_TOL)
         lp.solverModel.run()
+
+
+MIP_FEASIBILITY_TOL = 1e-9
 
 
 def _make_solver(name: str, limits: SolveLimits, deadline: Deadline) -> Any:

@@ -148,8 +148,9 @@ def _stage_latency_floor(problem: Problem, stage: Stage) -> float:
             continue
         best = min(best, o.latency_ms)
     if stage.cascade is not None and best < math.inf and all(r.heavy_fraction > 0 for r in stage.cascade.rows):
-        heavy = [o.latency_ms for o in allowed_options(stage, [stage.cascade.heavy])]
-        best += min(heavy, default=math.inf)
+        fastest_heavy = min((o.latency_ms for o in allowed_options(stage, [stage.cascade.heavy])), default=math.inf)
+        # a prompt router sends each request to one model; the others defer some after the light one answered
+        best = max(best, fastest_heavy) if stage.cascade.router == "prompt" else best + fastest_heavy
     return best + stage.queue_delay_ms
 
 

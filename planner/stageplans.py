@@ -83,12 +83,15 @@ def cascade_plan(
     light_load = stage.load_rps * stage.cascade.light_fraction(row)
     light_queue = batch_delay_ms(light.batch, light_load, stage.max_queue_delay_ms)
     allocs = [allocation(light, light_replicas, light_load, light_queue, "light")]
-    latency = light.latency_ms + light_queue + stage.queue_delay_ms
+    path = light.latency_ms + light_queue
     if heavy is not None:
         heavy_load = stage.load_rps * row.heavy_fraction
         heavy_queue = batch_delay_ms(heavy.batch, heavy_load, stage.max_queue_delay_ms)
         allocs.append(allocation(heavy, heavy_replicas, heavy_load, heavy_queue, "heavy"))
-        latency += heavy.latency_ms + heavy_queue
+        heavy_path = heavy.latency_ms + heavy_queue
+        # a prompt router sends each request to one model; the others defer some after the light one answered
+        path = max(path, heavy_path) if stage.cascade.router == "prompt" else path + heavy_path
+    latency = path + stage.queue_delay_ms
     return StagePlan(
         stage.name, tuple(allocs), 0.0, latency, row.quality,
         threshold=row.threshold, heavy_fraction=row.heavy_fraction, cascade_row=row_index,

@@ -6,6 +6,9 @@
   ``--replay TRACE --window A:B --scale X`` replay a trace window against it, print the summary and exit;
 - ``load --trace … --window … --scale …``: replay a trace against a running ``up``.
 
+A pipeline that generates tokens is replayed with streamed OpenAI completions of held-out arithmetic prompts
+naming the pipeline (``workers/runtime/completions.py``); any other with the held-out digits.
+
 Heavy imports (torch, tritonclient, httpx, matplotlib) happen inside the command functions so the rest of
 the CLI stays fast. Bad input is one line naming the argument or manifest field, exit status 2.
 """
@@ -143,6 +146,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import threading
 
     from paretoserve.planner.spec import SpecError
+    from paretoserve.workers.runtime.completions import generation_slo
     from paretoserve.workers.runtime.local import LocalRuntime, UpSettings
     from paretoserve.workers.runtime.replay import Target, replayable, run_and_report
     from paretoserve.workers.solver_banner import silence_solver_banner
@@ -167,7 +171,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             spec = pipeline.spec
             target = Target(runtime.url, pipeline.metadata.name, spec.slo.latency_ms, int(spec.slo.percentile.value),
                             spec.slo.dynamic.header if spec.slo.dynamic else None,
-                            f"{runtime.router_admin_url}/metrics" if runtime.router_admin_url else None)
+                            f"{runtime.router_admin_url}/metrics" if runtime.router_admin_url else None,
+                            generation_slo(pipeline))
             summary = run_and_report(target, replay, events=lambda: runtime.events, steps=lambda: runtime.steps,
                                      out_dir=Path(args.out) if args.out else None, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -224,8 +229,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         httpx.get(f"{args.url.rstrip('/')}/v2/health/ready", timeout=5.0).raise_for_status()
     except httpx.HTTPError as exc:
         raise CliError(f"--url: no ready router at {args.url} ({type(exc).__name__}); start `paretoserve up`") from None
+    generation = info.get("generation")
+    if args.completions and generation is None:
+        generation = {"stage": None, "ttftMs": None, "itlMs": None}  # no `up` state: no stage SLOs to check
     target = Target(args.url, str(pipeline), float(slo_ms), int(info.get("percentile", 99)),
-                    info.get("deadlineHeader"), info.get("routerMetricsUrl"))
+                    info.get("deadlineHeader"), info.get("routerMetricsUrl"), generation)
 
     def events() -> list[Any]:
         return read_state(state_dir)[1] if (state_dir / "runtime.json").exists() else []
@@ -293,5 +301,8 @@ def register(sub: Any) -> None:
     load.add_argument("--state", help="state directory of that `up` (default: from the URL's port)")
     load.add_argument("--pipeline", help="pipeline name (default: from the `up` state)")
     load.add_argument("--slo-ms", type=float, help="latency SLO (default: from the `up` state)")
+    load.add_argument("--completions", action="store_true",
+                      help="send streamed /v1/completions of held-out arithmetic prompts naming the pipeline (default: "
+                           "when the `up` state says the pipeline generates tokens)")
     _add_replay_flags(load)
     load.set_defaults(func=cmd_load)

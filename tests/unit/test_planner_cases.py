@@ -398,3 +398,32 @@ def test_token_profiles_compile_to_options_under_the_ttft_itl_and_kv_limits_by_h
         assert plan.objective == pytest.approx(brute_force(at_load).objective, abs=1e-7)
         thresholds.append(plan.stage("answer").threshold)
     assert thresholds[0] == 0.0 and 0.0 < thresholds[1] < thresholds[2] < 1.0
+
+
+def test_a_prompt_router_stage_takes_the_slower_model_not_both() -> None:
+    """A prompt router sends each request to one model; a confidence cascade runs the deferred ones on both."""
+    from paretoserve.planner.model import Baseline, Budget, Cascade, CascadeRow, Option, Problem, Stage
+
+    def option(variant: str, batch: int, latency: float, capacity: float) -> Option:
+        return Option(variant=variant, accuracy=0.3, batch=batch, cpu=1.0, latency_ms=latency, capacity_rps=capacity,
+                      instances=1, memory_gib=0.0, gpus=(), load_time_s=0.0)
+
+    rows = (CascadeRow(threshold=0.0, heavy_fraction=0.0, quality=0.3),
+            CascadeRow(threshold=0.4, heavy_fraction=1.0, quality=0.31))
+
+    def problem(router: str) -> Problem:
+        stage = Stage(name="gen", options=(option("light", 1, 5.0, 200.0), option("heavy", 4, 246.4, 16.234)),
+                      load_rps=18.0, depends_on=(), multi_variant=False,
+                      cascade=Cascade(light="light", heavy="heavy", rows=rows, router=router), min_replicas=0,
+                      max_replicas=2, max_queue_delay_ms=0.0, queue_delay_ms=0.0, pinned_variants=(),
+                      pinned_replicas=None)
+        return Problem(name="cascade", stages=(stage,), slo_ms=247.0,
+                       objective=Objective(accuracy=10.0, cost=0.001, aggregation=Aggregation.PRODUCT),
+                       budget=Budget(), baseline=Baseline.NONE)
+
+    prompt = solve(problem("prompt"))
+    assert prompt.status is SolveStatus.OPTIMAL and prompt.stage("gen").threshold == 0.4
+    assert prompt.latency_ms == pytest.approx(246.4)  # max(5, 246.4): every request visits one model
+    assert prompt.objective == pytest.approx(brute_force(problem("prompt")).objective, abs=1e-9)
+    confidence = solve(problem("confidence"))  # 5 + 246.4 > 247: the deferred rows cannot meet the SLO
+    assert confidence.status is SolveStatus.OPTIMAL and confidence.stage("gen").threshold == 0.0

@@ -8,22 +8,24 @@ one ``tritonserver`` and of the router, so the one `ControlLoop` drives both wor
 | replicas × instances of a variant | Triton ``instance_group.count`` of its model (capped at the cores) |
 | cores per replica | CPU threads per instance = cores / instances (never more threads than cores) |
 | batch size | dynamic batching ``preferred_batch_size`` and the stage's max queue delay |
+| batch size of a generation stage | the model's ``max_sequences`` (sequences one instance runs at once; a reload) |
 | cascade threshold, traffic split | router ``POST /admin/config`` (threshold, variant weights) |
 | the plan's cores (Σ replicas × cores) | the CFS quota of Triton's cgroup, when `up` could make one |
 
 `model_settings` and the router rendering (workers/router/plan_rendering.py) are pure (unit-tested);
 `LocalActuator` applies their result in an order that never drops requests: models that grow first, then the
 router, then models that shrink; the CPU quota is raised before all of it and lowered after. Every
-variant stays loaded with at least one instance, so a routing change never meets an unloaded model. An
-instance-count-only change is an in-place Triton update (~2 s); anything else is a reload that keeps serving
-until the new instances are ready.
+variant stays loaded with at least one instance, and a cascade's discriminator or prompt scorer with it, so a
+routing change never meets an unloaded model. An instance-count-only change of a classifier is an in-place
+Triton update (~2 s); anything else, and every change of a generation model (`served`), is a reload that keeps
+serving until the new instances are ready.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -36,9 +38,11 @@ from paretoserve.workers.plan_rendering import (
     router_config,
     router_stages,
     router_update,
+    scorer_model,
     triton_knobs,
     variant_models,
 )
+from paretoserve.workers.runtime.served import ModelSettings, ServedSpec, change_kind, with_settings
 from paretoserve.workers.triton.repository import TritonModelSpec
 
 
@@ -56,22 +60,13 @@ class LocalLimits:
             raise ValueError(f"max_instances_per_model: must be >= 1, got {self.max_instances_per_model}")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """Desired settings of one Triton model; ``None`` keeps the running value (idle variants)."""
-
-    model: str
-    instances: int
-    threads: int | None = None
-    preferred_batch: tuple[int, ...] | None = None
-    max_queue_delay_us: int | None = None
-    capped: bool = False
-    """True when the plan asked for more instances or threads than the machine allows."""
-
-
 def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -> dict[str, ModelSettings]:
     """Per Triton model, the plan's per-pod knobs (`plan_rendering.triton_knobs`, the same rule a Kubernetes
-    pod gets) on one machine: one Triton serves every replica, so instances = Σ replicas × instances."""
+    pod gets) on one machine: one Triton serves every replica, so instances = Σ replicas × instances.
+
+    A generation stage's model batches sequences itself: its replicas become instances (one scheduler each) and
+    the batch of its allocations that run replicas becomes its ``max_sequences`` (kept while it runs none); it has
+    no threads or dynamic batching to set."""
     wanted: dict[str, dict[str, Any]] = {}
     stages = {s.name: s for s in pipeline.spec.stages}
     for sp in plan.stages:
@@ -80,21 +75,29 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
         for a in sp.allocations:
             variant = variants[a.variant]
             knobs = triton_knobs(stage, variant, a)
-            entry = wanted.setdefault(variant.triton_model, {"instances": 0, "threads": 1, "batch": None, "delay": 0})
+            entry = wanted.setdefault(variant.triton_model, {"instances": 0, "threads": 1, "batch": None, "delay": 0,
+                                                             "generation": stage.generation is not None,
+                                                             "sequences": None})
             entry["instances"] += a.replicas * knobs.instances
             entry["threads"] = max(entry["threads"], knobs.threads)
             if knobs.preferred_batch is not None:
                 entry["batch"] = max(entry["batch"] or 1, knobs.preferred_batch)
             entry["delay"] = max(entry["delay"], knobs.max_queue_delay_us)
+            if a.replicas > 0:
+                entry["sequences"] = max(entry["sequences"] or 1, a.batch)
     out: dict[str, ModelSettings] = {}
     for stage in pipeline.spec.stages:
         for model in variant_models(stage).values():
             out.setdefault(model, ModelSettings(model, instances=1))
-        extra = discriminator_model(stage)
-        if extra is not None:
-            out.setdefault(extra, ModelSettings(extra, instances=1))
+        for extra in (discriminator_model(stage), scorer_model(stage)):
+            if extra is not None:
+                out.setdefault(extra, ModelSettings(extra, instances=1))
     for model, entry in wanted.items():
         instances = max(1, min(int(entry["instances"]), limits.max_instances_per_model))
+        if entry["generation"]:
+            out[model] = ModelSettings(model, instances=instances, max_sequences=entry["sequences"],
+                                       capped=instances < entry["instances"])
+            continue
         threads = max(1, min(int(entry["threads"]), limits.cores // instances))
         out[model] = ModelSettings(
             model, instances=instances, threads=threads,
@@ -105,26 +108,9 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
     return out
 
 
-def desired_spec(spec: TritonModelSpec, settings: ModelSettings) -> TritonModelSpec:
-    """``spec`` with the settings applied (``None`` fields keep the running value)."""
-    preferred = spec.preferred_batch_sizes if settings.preferred_batch is None else settings.preferred_batch
-    return replace(
-        spec,
-        instance_count=settings.instances,
-        cpu_threads_per_instance=spec.cpu_threads_per_instance if settings.threads is None else settings.threads,
-        preferred_batch_sizes=tuple(b for b in preferred if b <= spec.max_batch_size),
-        max_queue_delay_us=spec.max_queue_delay_us if settings.max_queue_delay_us is None
-        else settings.max_queue_delay_us,
-    )
-
-
-def change_kind(current: TritonModelSpec, desired: TritonModelSpec) -> str:
-    """``none``, ``instances`` (an in-place Triton update) or ``reload``."""
-    if current == desired:
-        return "none"
-    if replace(current, instance_count=desired.instance_count) == desired:
-        return "instances"
-    return "reload"
+def desired_spec(spec: ServedSpec, settings: ModelSettings) -> ServedSpec:
+    """``spec`` with the settings applied (``None`` fields keep the running value; `served.with_settings`)."""
+    return with_settings(spec, settings)
 
 
 class RouterAdmin:
@@ -188,9 +174,9 @@ class AppliedRecord:
 
 
 class ModelLoader(Protocol):
-    """What the actuator needs from Triton (`GrpcModelControl`; `TritonControl` also fits)."""
+    """What the actuator needs from Triton (`GrpcModelControl`: any kind of model, `served.served_config`)."""
 
-    def apply_spec(self, spec: TritonModelSpec) -> None: ...
+    def apply_spec(self, spec: ServedSpec) -> None: ...
 
 
 class CoreLimit(Protocol):
@@ -202,7 +188,7 @@ class CoreLimit(Protocol):
 class LocalActuator:
     """The `Actuator` of `paretoserve up`. Used from the control-loop thread only (clients are not thread-safe)."""
 
-    def __init__(self, pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec], control: ModelLoader,
+    def __init__(self, pipeline: ServingPipeline, specs: Mapping[str, ServedSpec], control: ModelLoader,
                  router: RouterAdmin, limits: LocalLimits, *, cores: CoreLimit | None = None,
                  on_apply: Callable[[AppliedRecord], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -221,13 +207,15 @@ class LocalActuator:
     def applied(self) -> Plan | None:
         return self._applied
 
-    def running_specs(self) -> dict[str, TritonModelSpec]:
+    def running_specs(self) -> dict[str, ServedSpec]:
         return dict(self._specs)
 
     def batching_delay_ms(self, model: str) -> float:
         """The dynamic-batching wait configured for ``model`` (part of Triton's queue time by design)."""
         spec = self._specs.get(model)
-        return 0.0 if spec is None or not spec.preferred_batch_sizes else spec.max_queue_delay_us / 1000.0
+        if not isinstance(spec, TritonModelSpec) or not spec.preferred_batch_sizes:
+            return 0.0  # a generation model's requests wait in its own scheduler, not in a batching delay
+        return spec.max_queue_delay_us / 1000.0
 
     def hold(self, plan: Plan | None, *, now: float) -> None:
         """One Triton and one router that this process started: their settings change only through `apply`."""
@@ -277,7 +265,7 @@ class LocalActuator:
             self._cores.set_cores(cores)
             self._quota = cores
 
-    def _change(self, model: str, spec: TritonModelSpec) -> list[tuple[str, str, float]]:
+    def _change(self, model: str, spec: ServedSpec) -> list[tuple[str, str, float]]:
         kind = change_kind(self._specs[model], spec)
         if kind == "none":
             return []
@@ -287,5 +275,5 @@ class LocalActuator:
         return [(model, kind, round(self._clock() - started, 3))]
 
 
-__all__ = ["CoreLimit", "LocalActuator", "LocalLimits", "ModelSettings", "model_settings", "router_config",
-           "router_stages", "router_update"]
+__all__ = ["CoreLimit", "LocalActuator", "LocalLimits", "ModelSettings", "change_kind", "desired_spec",
+           "model_settings", "router_config", "router_stages", "router_update"]

@@ -2,11 +2,14 @@
 
 A closed loop (send the next request when the last returns) hides overload: a slow server slows the
 client down. The seed systems replay traces open-loop, and so does `paretoserve load`: every request is
-sent at its scheduled time as its own asyncio task, and latency is measured from that time. Inputs are
-held-out digits, so every response's label can be checked and the run reports accuracy. The run is
-bounded: at most ``max_requests`` requests, at most ``max_in_flight`` outstanding (beyond that a request
-is counted as an ``overload`` error instead of sent), every request has a timeout, and stragglers are
-cancelled ``drain_timeout_s`` after the last send.
+sent at its scheduled time as its own asyncio task, and latency is measured from that time. What a request
+is comes from a `Requests` kind: `DigitsRequests` sends held-out digits to ``/v2/pipelines/{p}/infer`` and
+reads one ``LABEL`` (`replay`), `paretoserve.workers.runtime.completions.CompletionRequests` streams OpenAI
+completions of held-out arithmetic prompts; either way every answer is checked against the held-out truth,
+so the run reports accuracy. The run is bounded: at most ``max_requests`` requests, at most
+``max_in_flight`` outstanding (beyond that a request is counted as an ``overload`` error instead of sent),
+every request has a timeout, and stragglers are cancelled ``drain_timeout_s`` after the last send. A request
+counts as served only when its whole answer arrived with status 200; anything else is an error of a named kind.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import httpx
 import numpy as np
@@ -39,13 +42,23 @@ class RequestRecord:
     latency_ms: float | None
     error: str | None
     """``None`` when it succeeded; else ``http_<status>``, ``timeout``, ``connect``, ``overload``, …"""
-    label: int
-    predicted: int | None = None
+    label: int | str
+    """The held-out truth: a digit's label, or an arithmetic problem's answer text."""
+    predicted: int | str | None = None
+    """What was served: the ``LABEL``, or the completion's text."""
     retried: bool = False
     """Sent twice: the first attempt's kept-alive connection was closed under it (see `replay`)."""
     nodes: Mapping[str, tuple[float, float]] | None = None
     """A multi-stage pipeline's per-stage [start, end] in ms since the router received the request (its
     ``parameters.nodes``), when it answered them."""
+    variant: str | None = None
+    """The model that served a generation request (the router's ``x-paretoserve-variant``)."""
+    ttft_ms: float | None = None
+    """A streamed answer's first token, ms after the request's scheduled time (received by the client)."""
+    gaps_ms: tuple[float, ...] | None = None
+    """A streamed answer's gaps between consecutive tokens as the client received them (0 when several came in
+    one read)."""
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,37 @@ class LoadSettings:
     max_in_flight: int = 256
     max_requests: int = 200_000
     drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one answer said (a `Requests` kind reads it); the replay adds the timing and the truth."""
+
+    error: str | None
+    predicted: int | str | None = None
+    nodes: Mapping[str, tuple[float, float]] | None = None
+    variant: str | None = None
+    ttft_ms: float | None = None
+    gaps_ms: tuple[float, ...] | None = None
+
+
+class Requests(Protocol):
+    """One kind of request a replay sends: where, what (the i-th of the replay) and how its answer is read."""
+
+    def url(self, settings: LoadSettings) -> str: ...
+
+    def label(self, i: int) -> int | str:
+        """The held-out truth of the i-th request."""
+        ...
+
+    def prompt(self, i: int) -> str | None: ...
+
+    async def send(self, client: httpx.AsyncClient, url: str, i: int, headers: Mapping[str, str],
+                   started: float) -> Outcome:
+        """Send the i-th request, read its answer. ``started`` is its scheduled time on the event loop's clock.
+        A transport error before the answer started propagates (the replay maps it to a kind, or retries a
+        kept-alive connection closed under it); once the answer started, failures are an `Outcome` error."""
+        ...
 
 
 def infer_body(image: npt.NDArray[np.float32]) -> dict[str, Any]:
@@ -132,18 +176,51 @@ def node_spans(payload: Any) -> dict[str, tuple[float, float]] | None:
     return spans
 
 
+class DigitsRequests:
+    """Held-out digits to ``/v2/pipelines/{pipeline}/infer``, one ``LABEL`` read from each answer."""
+
+    def __init__(self, images: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], count: int) -> None:
+        self._labels = labels
+        self._bodies = [infer_body(images[i % len(images)]) for i in range(min(len(images), count))]
+
+    def url(self, settings: LoadSettings) -> str:
+        return f"{settings.url.rstrip('/')}/v2/pipelines/{settings.pipeline}/infer"
+
+    def label(self, i: int) -> int:
+        return int(self._labels[i % len(self._labels)])
+
+    def prompt(self, i: int) -> None:
+        return None
+
+    async def send(self, client: httpx.AsyncClient, url: str, i: int, headers: Mapping[str, str],
+                   started: float) -> Outcome:
+        response = await client.post(url, json=self._bodies[i % len(self._bodies)], headers=dict(headers))
+        if response.status_code != 200:
+            return Outcome(f"http_{response.status_code}")
+        payload = response.json()
+        predicted = predicted_label(payload)
+        return Outcome(None if predicted is not None else "bad_response", predicted, node_spans(payload))
+
+
 async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDArray[np.float32],
                  labels: npt.NDArray[np.int64], *, progress: ProgressBar | None = None,
                  clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None) -> list[RequestRecord]:
-    """Send one request per offset (seconds from now); return the records in send order."""
+    """Send one digit per offset (seconds from now); return the records in send order."""
+    requests = DigitsRequests(images, labels, min(len(offsets), settings.max_requests))
+    return await replay_requests(settings, offsets, requests, progress=progress, clock=clock, transport=transport)
+
+
+async def replay_requests(settings: LoadSettings, offsets: Sequence[float], requests: Requests, *,
+                          progress: ProgressBar | None = None, clock: Callable[[], float] = time.time,
+                          transport: httpx.AsyncBaseTransport | None = None) -> list[RequestRecord]:
+    """Send one request of ``requests`` per offset (seconds from now); return the records in send order."""
     offsets = list(offsets)[: settings.max_requests]
-    url = f"{settings.url.rstrip('/')}/v2/pipelines/{settings.pipeline}/infer"
+    url = requests.url(settings)
     headers = {}
     if settings.deadline_header and settings.deadline_ms is not None:
         headers[settings.deadline_header] = f"{settings.deadline_ms:g}"
     records: list[RequestRecord | None] = [None] * len(offsets)
-    bodies = [infer_body(images[i % len(images)]) for i in range(min(len(images), len(offsets)))]
     recent: list[float] = []
     counts = {"ok": 0, "failed": 0, "in_flight": 0}
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
@@ -154,12 +231,14 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
 
     retried: set[int] = set()
 
-    def finish(i: int, latency: float | None, error: str | None, predicted: int | None,
-               nodes: Mapping[str, tuple[float, float]] | None = None) -> None:
-        label = int(labels[i % len(labels)])
-        records[i] = RequestRecord(offsets[i], start_wall + offsets[i], latency, error, label, predicted,
-                                   i in retried, nodes)
-        counts["failed" if error else "ok"] += 1
+    def record(i: int, latency: float | None, outcome: Outcome) -> RequestRecord:
+        return RequestRecord(offsets[i], start_wall + offsets[i], latency, outcome.error, requests.label(i),
+                             outcome.predicted, i in retried, outcome.nodes, outcome.variant, outcome.ttft_ms,
+                             outcome.gaps_ms, requests.prompt(i))
+
+    def finish(i: int, latency: float | None, outcome: Outcome) -> None:
+        records[i] = record(i, latency, outcome)
+        counts["failed" if outcome.error else "ok"] += 1
         if latency is not None:
             recent.append(latency)
             del recent[:-500]
@@ -169,28 +248,23 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
         scheduled = start_mono + offsets[i]
         try:
             try:
-                response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
+                outcome = await requests.send(client, url, i, headers, scheduled)
             except (httpx.RemoteProtocolError, httpx.ReadError):
                 # the server closed a kept-alive connection as this request reused it (a pod shutting down):
-                # like HTTP clients generally, send the idempotent inference once more on a fresh connection;
-                # the record says so, and the latency counts from the first attempt
+                # like HTTP clients generally, send the request once more on a fresh connection (no answer had
+                # started, so nothing was served twice); the record says so, and the latency counts from the first
+                # attempt
                 retried.add(i)
-                response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
-            latency = (loop.time() - scheduled) * 1e3
-            if response.status_code != 200:
-                finish(i, latency, f"http_{response.status_code}", None)
-                return
-            payload = response.json()
-            predicted = predicted_label(payload)
-            finish(i, latency, None if predicted is not None else "bad_response", predicted, node_spans(payload))
+                outcome = await requests.send(client, url, i, headers, scheduled)
+            finish(i, (loop.time() - scheduled) * 1e3, outcome)
         except httpx.TimeoutException:
-            finish(i, None, "timeout", None)
+            finish(i, None, Outcome("timeout"))
         except httpx.ConnectError:
-            finish(i, None, "connect", None)
+            finish(i, None, Outcome("connect"))
         except (httpx.HTTPError, ValueError) as exc:
-            finish(i, None, type(exc).__name__, None)
+            finish(i, None, Outcome(type(exc).__name__))
         except asyncio.CancelledError:
-            finish(i, None, "cancelled", None)
+            finish(i, None, Outcome("cancelled"))
             raise
         finally:
             counts["in_flight"] -= 1
@@ -209,7 +283,7 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
             if delay > 0:
                 await asyncio.sleep(delay)
             if counts["in_flight"] >= settings.max_in_flight:
-                finish(i, None, "overload", None)
+                finish(i, None, Outcome("overload"))
             else:
                 task = asyncio.create_task(one(client, i))
                 tasks.add(task)
@@ -228,13 +302,19 @@ async def replay(settings: LoadSettings, offsets: Sequence[float], images: npt.N
     report()
     if progress is not None:
         progress.close()
-    return [r if r is not None else RequestRecord(offsets[i], start_wall + offsets[i], None, "cancelled",
-                                                  int(labels[i % len(labels)])) for i, r in enumerate(records)]
+    return [r if r is not None else record(i, None, Outcome("cancelled")) for i, r in enumerate(records)]
 
 
 def run_replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDArray[np.float32],
                labels: npt.NDArray[np.int64], *, progress: ProgressBar | None = None) -> list[RequestRecord]:
-    """`replay` in a fresh event loop (the blocking entry point for the CLI).
+    """`replay` of digits in a fresh event loop (`run_requests`)."""
+    requests = DigitsRequests(images, labels, min(len(offsets), settings.max_requests))
+    return run_requests(settings, offsets, requests, progress=progress)
+
+
+def run_requests(settings: LoadSettings, offsets: Sequence[float], requests: Requests, *,
+                 progress: ProgressBar | None = None) -> list[RequestRecord]:
+    """`replay_requests` in a fresh event loop (the blocking entry point for the CLI).
 
     Everything allocated so far (torch, sklearn, the planner) is moved out of the garbage collector's
     reach first: otherwise a full collection walks that heap every ~15 s and stalls the event loop for
@@ -243,6 +323,6 @@ def run_replay(settings: LoadSettings, offsets: Sequence[float], images: npt.NDA
     gc.collect()
     gc.freeze()
     try:
-        return asyncio.run(replay(settings, offsets, images, labels, progress=progress))
+        return asyncio.run(replay_requests(settings, offsets, requests, progress=progress))
     finally:
         gc.unfreeze()

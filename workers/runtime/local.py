@@ -1,7 +1,8 @@
 """`paretoserve up`: a ServingPipeline on one machine, with the real Triton, the router and the one loop.
 
-What a cluster does with pods, this does with processes: one ``tritonserver`` serving every variant of the
-pipeline (cached digits models, loaded by config override), the router as a subprocess in front of it
+What a cluster does with pods, this does with processes: one ``tritonserver`` serving every model of the
+pipeline (cached digits models or repository entries, token-generating models and their prompt scorer, each
+loaded by config override: `serving.model_specs`), the router as a subprocess in front of it
 (``paretoserve router``, configured from the pipeline), and the adaptation loop — the planner's
 `ControlLoop`, not a copy — fed by `LocalMetricsSource` (or `PrometheusSource`, as on a cluster) and acting through
 `LocalActuator`. `LocalRuntime` owns all of it as one context manager: leaving the ``with`` block (normally,
@@ -49,8 +50,10 @@ from paretoserve.workers.models import ensure_trained
 from paretoserve.workers.observe.prometheus import PrometheusSource
 from paretoserve.workers.plan_rendering import router_config, stage_models
 from paretoserve.workers.runtime.actuator import AppliedRecord, LocalActuator, LocalLimits, RouterAdmin
+from paretoserve.workers.runtime.completions import generation_slo, generation_stage
 from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusWarmup
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep
+from paretoserve.workers.runtime.served import ServedSpec
 from paretoserve.workers.runtime.serving import (
     GrpcModelControl,
     dedicated_cores,
@@ -65,7 +68,6 @@ from paretoserve.workers.triton.cpu_quota import (
     CpuQuotaUnavailable,
     cpu_quota_group,
 )
-from paretoserve.workers.triton.repository import TritonModelSpec
 
 RUNTIME_FILE = "runtime.json"
 APPLIED_FILE = "applied.jsonl"
@@ -239,7 +241,7 @@ def applied_event(record: AppliedRecord) -> AppliedEvent:
         time=record.time, cores=float(record.plan.cpu or 0.0), instances=record.instances,
         thresholds={sp.stage: sp.threshold for sp in record.plan.stages if sp.threshold is not None},
         triton_changes=list(record.triton_changes), error=record.error,
-        batch={m: max(s.preferred_batch or (1,)) for m, s in record.settings.items() if s.preferred_batch is not None},
+        batch={m: batch for m, s in record.settings.items() if (batch := s.batch) is not None},
         cpu_quota=record.cpu_quota)
 
 
@@ -307,7 +309,7 @@ class LocalRuntime:
         self.router_admin_url: str | None = None
         """The router's admin listener (live config, ``/metrics``); its token stays with this process."""
         self.triton_pid: int | None = None
-        self.model_specs: dict[str, TritonModelSpec] = {}
+        self.model_specs: dict[str, ServedSpec] = {}
         """The Triton models served, as started (the plan then changes their knobs)."""
         self.triton_metrics_url: str | None = None
         self.metrics: LocalMetricsSource | None = None
@@ -343,8 +345,8 @@ class LocalRuntime:
 
     def _start(self) -> None:
         pipeline, settings = self.pipeline, self.settings
-        catalog = ensure_trained()
         uses = pipeline_models(pipeline)
+        catalog = ensure_trained() if any(use.kind == "classifier" for use in uses) else None
         specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline), repository=settings.model_repository,
                             max_queue_delay_us=0)
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="paretoserve-up-work-"))
@@ -392,8 +394,10 @@ class LocalRuntime:
             raise RuntimeError("the first control-loop tick failed; see the message above")
         self._stack.enter_context(self.loop_runner)
         self._write_runtime()
-        self._log(f"ready: POST {settings.url}/v2/pipelines/{pipeline.metadata.name}/infer "
-                  f"(plans every {adaptation.interval_seconds:g}s, checks the load every "
+        name = pipeline.metadata.name
+        endpoint = (f'POST {settings.url}/v1/completions {{"model": "{name}", ...}}' if generation_stage(pipeline)
+                    else f"POST {settings.url}/v2/pipelines/{name}/infer")
+        self._log(f"ready: {endpoint} (plans every {adaptation.interval_seconds:g}s, checks the load every "
                   f"{check_interval(pipeline):g}s, state {self.state_dir})")
 
     def _cpu_group(self) -> CpuQuotaGroup | None:
@@ -427,7 +431,8 @@ class LocalRuntime:
                 "deadlineHeader": dynamic.header if dynamic is not None else None,  # sent only with a dynamic SLO
                 "routerPid": self.router_pid, "tritonPid": self.triton_pid, "startedAt": time.time(),
                 "routerAdminUrl": self.router_admin_url, "routerMetricsUrl": f"{self.router_admin_url}/metrics",
-                "tritonMetricsUrl": self.triton_metrics_url, "cpuQuotaPeriodMs": self.cpu_quota_period_ms}
+                "tritonMetricsUrl": self.triton_metrics_url, "cpuQuotaPeriodMs": self.cpu_quota_period_ms,
+                "generation": generation_slo(self.pipeline)}
         (self.state_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2))
 
     def _record_applied(self, record: AppliedRecord) -> None:

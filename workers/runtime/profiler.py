@@ -36,8 +36,9 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from paretoserve.planner.spec import RouterKind, ServingPipeline, parse_pipeline
+from paretoserve.planner.spec import RouterKind, ServingPipeline, SpecError, parse_pipeline
 from paretoserve.workers.models import ensure_trained, load_split
+from paretoserve.workers.runtime.served import ServedSpec
 from paretoserve.workers.runtime.serving import (
     GrpcModelControl,
     dedicated_cores,
@@ -265,18 +266,26 @@ def profile_pipeline(pipeline: ServingPipeline, grid: ProfileGrid, work_dir: Pat
                      progress: Callable[[str], None] = lambda _: None,
                      model_repository: Path | None = None) -> ProfileResult:
     """Start Triton with the pipeline's models (digits variants, or entries of ``model_repository``), measure
-    every grid point of each, stop it."""
+    every grid point of each, stop it. A stage that generates tokens is refused (`SpecError`): its profile is
+    ``profile.tokens``, prefill and decode-step fits that ``paretoserve bench llm`` measures."""
+    for i, stage in enumerate(pipeline.spec.stages):
+        if stage.generation is not None:
+            raise SpecError(f"spec.stages[{i}].generation", "profile measures fixed-cost models; a stage that "
+                                                            "generates tokens takes profile.tokens from "
+                                                            "`paretoserve bench llm`")
     catalog = ensure_trained()
     uses = pipeline_models(pipeline)
     split = load_split()
     images = np.ascontiguousarray(split.x_test, dtype=np.float32)
-    specs = model_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches), repository=model_repository)
+    served = model_specs(uses, catalog, max_batch=max_batch_size(pipeline, grid.batches), repository=model_repository)
+    specs = {name: spec for name, spec in served.items() if isinstance(spec, TritonModelSpec)}
     percentile = int(pipeline.spec.slo.percentile.value)
     measurements: dict[str, tuple[PointMeasurement, ...]] = {}
     rows: dict[str, tuple[dict[str, float], ...]] = {}
     load_average = os.getloadavg()
 
-    def load_plain(loader: GrpcModelControl, spec: TritonModelSpec) -> None:
+    def load_plain(loader: GrpcModelControl, spec: ServedSpec) -> None:
+        assert isinstance(spec, TritonModelSpec)  # only classifiers are profiled (checked above)
         loader.load_config(spec.name, profiling_config(spec))
 
     with contextlib.ExitStack() as stack:

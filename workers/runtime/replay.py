@@ -3,6 +3,9 @@
 `paretoserve load` (against a running `up`) and `paretoserve up --replay` (both in one process) do the
 same thing; this module is that thing, so the two commands cannot report differently. The applied plans
 come from a callable: `up` passes its live list, `load` reads what `up` recorded in its state directory.
+What is sent depends on the pipeline: held-out digits to ``/v2/pipelines/{p}/infer`` (`loadgen.DigitsRequests`),
+or, for a pipeline that generates tokens (`Target.generation`), streamed completions of held-out arithmetic
+prompts naming the pipeline (`completions.CompletionRequests`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from paretoserve.planner.bounds import REQUEST_INPUT
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import load_split
 from paretoserve.workers.plan_rendering import stage_models
-from paretoserve.workers.runtime.loadgen import LoadSettings, ProgressBar, run_replay
+from paretoserve.workers.runtime.completions import CompletionRequests, draw_problems, generation_stage
+from paretoserve.workers.runtime.loadgen import DigitsRequests, LoadSettings, ProgressBar, Requests, run_requests
 from paretoserve.workers.runtime.metrics import RouterSnapshot, parse_router_metrics
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep, format_summary, summarize, write_plots
+from paretoserve.workers.runtime.served import ServedSpec
 from paretoserve.workers.runtime.trace import Window, arrival_offsets, describe, parse_window, read_trace, scale_window
 from paretoserve.workers.triton.repository import TritonModelSpec
 
@@ -61,6 +66,8 @@ class Target:
     deadline_header: str | None = None
     metrics_url: str | None = None
     """The router's /metrics (on its admin listener); None: the summary omits the router's counters."""
+    generation: Mapping[str, Any] | None = None
+    """A token-generating pipeline's stage SLOs (`completions.generation_slo`): send completions, not digits."""
 
 
 def _router_snapshot(target: Target) -> RouterSnapshot | None:
@@ -97,17 +104,28 @@ REPLAY_INPUT_SHAPE = (8, 8)
 """What a replay sends: the held-out digits as they are (one ``LABEL`` checked per answer)."""
 
 
-def replayable(pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec]) -> str | None:
-    """Why a replay cannot check the answers of ``pipeline`` served by ``specs`` (None if it can): it sends the
-    held-out 8x8 digits as the request and checks one ``LABEL``, so every model of a stage that reads the
-    request alone must read 8x8 images, and every model of a stage no other reads (the answer) must answer one
-    task. Stages that read their parents' outputs (agent workflows) may read anything."""
+def replayable(pipeline: ServingPipeline, specs: Mapping[str, ServedSpec]) -> str | None:
+    """Why a replay cannot check the answers of ``pipeline`` served by ``specs`` (None if it can).
+
+    A pipeline that generates tokens gets completions of held-out arithmetic prompts, which the router routes
+    for a pipeline of one stage only. Otherwise a replay sends the held-out 8x8 digits as the request and checks
+    one ``LABEL``, so every model of a stage that reads the request alone must read 8x8 images, and every model
+    of a stage no other reads (the answer) must answer one task. Stages that read their parents' outputs (agent
+    workflows) may read anything."""
+    generating = generation_stage(pipeline)
+    if generating is not None:
+        if len(pipeline.spec.stages) != 1:
+            return (f"stage {generating.name!r} generates tokens in a pipeline of {len(pipeline.spec.stages)} "
+                    "stages; the router serves generation through a pipeline of one stage only")
+        return None
     read = {parent for stage in pipeline.spec.stages for parent in stage.depends_on}
     models = stage_models(pipeline.spec)
     for stage in pipeline.spec.stages:
         reads_request = list(stage.inputs) == [REQUEST_INPUT]
         for name in models[stage.name]:
             spec = specs[name]
+            if not isinstance(spec, TritonModelSpec):
+                return f"model {name!r} of stage {stage.name!r} is not a classifier a replay can check"
             if reads_request and spec.input_shape != REPLAY_INPUT_SHAPE:
                 return (f"model {name!r} of stage {stage.name!r} reads {list(spec.input_shape)}; a replay sends the "
                         f"{REPLAY_INPUT_SHAPE[0]}x{REPLAY_INPUT_SHAPE[1]} digits (serve it without --replay and "
@@ -118,25 +136,34 @@ def replayable(pipeline: ServingPipeline, specs: Mapping[str, TritonModelSpec]) 
     return None
 
 
+def requests_for(target: Target, count: int, *, seed: int) -> Requests:
+    """What a replay of ``count`` requests sends to ``target``: held-out arithmetic prompts (drawn with ``seed``)
+    for a token-generating pipeline, else the held-out digits."""
+    if target.generation is not None:
+        return CompletionRequests(target.pipeline, draw_problems(max(1, count), seed))
+    split = load_split()
+    return DigitsRequests(np.ascontiguousarray(split.x_test, dtype=np.float32), split.y_test, count)
+
+
 def run_and_report(target: Target, replay: ReplayPlan, *, events: Callable[[], Sequence[AppliedEvent]],
                    steps: Callable[[], Sequence[LoopStep]], out_dir: Path | None, progress: bool = True,
                    max_in_flight: int = 256, request_timeout_s: float | None = None) -> dict[str, Any]:
     """Replay, then summarise (and plot into ``out_dir`` with ``summary.json`` and ``requests.jsonl``)."""
-    split = load_split()
-    images = np.ascontiguousarray(split.x_test, dtype=np.float32)
     offsets = arrival_offsets(replay.per_second, seed=replay.seed)
     timeout = request_timeout_s or max(10.0, 20 * target.slo_ms / 1000.0)
     settings = LoadSettings(url=target.url, pipeline=target.pipeline, deadline_header=target.deadline_header,
                             deadline_ms=target.slo_ms, request_timeout_s=timeout, max_in_flight=max_in_flight)
+    requests = requests_for(target, min(len(offsets), settings.max_requests), seed=replay.seed)
     bar = ProgressBar(float(len(replay.per_second))) if progress else None
     before = _router_snapshot(target)
     start = time.time()
-    records = run_replay(settings, offsets, images, split.y_test, progress=bar)
+    records = run_requests(settings, offsets, requests, progress=bar)
     end = time.time()
     applied = list(events())
     loop_steps = list(steps())
     summary = summarize(records, applied, slo_ms=target.slo_ms, percentile=target.percentile,
-                        start=start, end=end, trace=replay.describe(), pipeline=target.pipeline, steps=loop_steps)
+                        start=start, end=end, trace=replay.describe(), pipeline=target.pipeline, steps=loop_steps,
+                        generation=target.generation)
     summary["router"] = router_delta(before, _router_snapshot(target))
     if out_dir is not None:
         paths = write_plots(out_dir, records, applied, loop_steps, start=start, end=end, slo_ms=target.slo_ms)

@@ -2,9 +2,12 @@
 
 A run is judged on the three axes ParetoServe trades off, from raw records rather than from the
 system's own gauges: latency and errors from the load generator's per-request records, accuracy from the
-held-out labels, cost as the integral of the applied plans' cores over the replay (core-seconds), and
-how often the loop changed what runs. `summarize` is pure; `write_plots` draws load, latency and the
-applied configuration (instances per model, cascade thresholds, planned cores) over time.
+held-out labels (for a token-generating pipeline: exact match of the answers served), cost as the integral of
+the applied plans' cores over the replay (core-seconds), and how often the loop changed what runs. A
+token-generating pipeline's summary adds the client's TTFT and inter-token gaps, SLO attainment against the
+end-to-end SLO and the stage's ``ttftMs`` / ``itlMs`` together (`generation_summary`), and the share each model
+served. `summarize` is pure; `write_plots` draws load, latency and the applied configuration (instances per
+model, cascade thresholds, planned cores) over time.
 """
 
 from __future__ import annotations
@@ -148,10 +151,57 @@ def node_timing(records: Sequence[RequestRecord]) -> dict[str, dict[str, float]]
     return out
 
 
+def _tpot(record: RequestRecord) -> float:
+    """A streamed answer's mean gap between its tokens (0 for a one-token answer): its time per output token."""
+    gaps = record.gaps_ms or ()
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def generation_summary(records: Sequence[RequestRecord], *, slo_ms: float, ttft_ms: float | None,
+                       itl_ms: float | None) -> dict[str, Any]:
+    """A token-generating pipeline's replay, from the client's records (pure).
+
+    A request meets the SLO when it was served within the end-to-end ``slo_ms``, its TTFT within ``ttft_ms``
+    and its mean inter-token gap (TPOT) within ``itl_ms`` (an unset one is not checked): the rule of the
+    simulator's token pools. Attainments are shares of every request sent (a failure misses). ``itlMs`` pools
+    every gap of every served answer; ``routed`` is per model that served answers (its share of them and their
+    exact match)."""
+    served = [r for r in records if r.error is None and r.latency_ms is not None]
+    gaps = [g for r in served for g in (r.gaps_ms or ())]
+    first = [r.ttft_ms is not None and (ttft_ms is None or r.ttft_ms <= ttft_ms) for r in served]
+    pace = [itl_ms is None or _tpot(r) <= itl_ms for r in served]
+    met = sum(1 for r, f, p in zip(served, first, pace, strict=True)
+              if f and p and r.latency_ms is not None and r.latency_ms <= slo_ms)
+    sent = len(records)
+    by_model: dict[str, list[RequestRecord]] = {}
+    for r in served:
+        by_model.setdefault(r.variant or "unknown", []).append(r)
+
+    def share(count: int, of: int) -> float | None:
+        return round(count / of, 4) if of else None
+
+    return {
+        "ttftMs": _percentiles([r.ttft_ms for r in served if r.ttft_ms is not None]),
+        "itlMs": _percentiles(gaps),
+        "tpotMs": _percentiles([_tpot(r) for r in served]),
+        "tokens": {"served": sum(len(r.gaps_ms or ()) + 1 for r in served if r.ttft_ms is not None),
+                   "meanPerAnswer": round(float(np.mean([len(r.gaps_ms or ()) + 1 for r in served])), 3)
+                   if served else None},
+        "slo": {"latencyMs": slo_ms, "ttftMs": ttft_ms, "itlMs": itl_ms,
+                "attainment": share(met, sent), "ttftAttainment": share(sum(first), sent),
+                "itlAttainment": share(sum(pace), sent)},
+        "routed": {model: {"requests": len(rs), "share": share(len(rs), len(served)),
+                           "exactMatch": share(sum(1 for r in rs if r.predicted == r.label), len(rs))}
+                   for model, rs in sorted(by_model.items())},
+    }
+
+
 def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], *, slo_ms: float,
               percentile: int, start: float, end: float, trace: Mapping[str, Any] | None = None,
-              pipeline: str = "", steps: Sequence[LoopStep] = ()) -> dict[str, Any]:
-    """The run summary as a JSON-able dict."""
+              pipeline: str = "", steps: Sequence[LoopStep] = (),
+              generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run summary as a JSON-able dict. ``generation`` (`completions.generation_slo`: the stage's ``ttftMs``
+    and ``itlMs``) adds `generation_summary` for a token-generating pipeline."""
     ok = [r for r in records if r.error is None and r.latency_ms is not None]
     latencies = [r.latency_ms for r in ok if r.latency_ms is not None]
     errors: dict[str, int] = {}
@@ -189,6 +239,8 @@ def summarize(records: Sequence[RequestRecord], events: Sequence[AppliedEvent], 
             "tritonReloads": sum(1 for e in during for c in e.triton_changes if c[1] == "reload"),
         },
         **({"nodes": nodes} if (nodes := node_timing(records)) else {}),
+        **({"generation": generation_summary(records, slo_ms=slo_ms, ttft_ms=generation.get("ttftMs"),
+                                             itl_ms=generation.get("itlMs"))} if generation is not None else {}),
     }
 
 
@@ -201,13 +253,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(req["errors"].items())) or "none"
     attainment = "n/a" if slo["attainment"] is None else f"{100 * slo['attainment']:.2f}%"
     accuracy = "n/a" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.2f}%"
+    generation = summary.get("generation")
     lines = [
         f"pipeline {summary['pipeline']}: {req['sent']} requests in {summary['durationSeconds']:.0f}s, "
         f"{req['ok']} ok, {req['failed']} failed ({errors})",
         f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
         f"SLO {slo['latencyMs']:g} ms at p{slo['percentile']}: attainment {attainment}, "
         f"p{slo['percentile']} met: {slo['percentileMet']}",
-        f"accuracy {accuracy}; cost {cost['coreSeconds']} core-seconds (mean {cost['meanCores']} cores"
+        *(_generation_lines(generation) if generation else []),
+        f"{'exact match' if generation else 'accuracy'} {accuracy}; cost {cost['coreSeconds']} core-seconds (mean "
+        f"{cost['meanCores']} cores"
         + ("; Triton held to them by a CPU quota)" if summary.get("coresEnforced") else ")"),
         f"reconfigurations: {rec['applied']} plans applied ({rec['tritonInstanceUpdates']} instance updates, "
         f"{rec['tritonReloads']} reloads), {rec['failed']} failed",
@@ -240,6 +295,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if "wallSeconds" in summary:
         lines.append(f"wall time {summary['wallSeconds']:.0f}s (startup {summary.get('startupSeconds', 0):.0f}s)")
     return "\n".join(lines)
+
+
+def _generation_lines(generation: Mapping[str, Any]) -> list[str]:
+    ttft, itl, slo = generation["ttftMs"], generation["itlMs"], generation["slo"]
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    checks = [f"{name} <= {slo[key]:g} ms" for name, key in (("TTFT", "ttftMs"), ("TPOT", "itlMs"))
+              if slo[key] is not None]
+    routed = ", ".join(f"{model} {pct(r['share'])} (exact match {pct(r['exactMatch'])})"
+                       for model, r in generation["routed"].items()) or "none"
+    return [
+        f"TTFT ms: p50 {ttft['p50']}  p99 {ttft['p99']}; inter-token ms: p50 {itl['p50']}  p99 {itl['p99']} "
+        f"(client side)",
+        f"SLO end to end {slo['latencyMs']:g} ms{''.join(' and ' + c for c in checks)}: attainment "
+        f"{pct(slo['attainment'])} (TTFT {pct(slo['ttftAttainment'])}, TPOT {pct(slo['itlAttainment'])})",
+        f"served by: {routed}",
+    ]
 
 
 def _per_second(records: Sequence[RequestRecord],

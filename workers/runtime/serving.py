@@ -1,10 +1,20 @@
 """Which Triton models a ServingPipeline needs, and one real Triton server serving them.
 
-The profiler and `paretoserve up` both start the real ``tritonserver`` with a pipeline's variants; they
-share this module so that they resolve a manifest the same way: every ``variant.tritonModel`` names a
-cached digits variant of the model catalog (``paretoserve.workers.models``), a stage whose cascade uses
-the ``discriminator`` router also needs the ``discriminator`` variant, and the Triton model name is the
-``tritonModel`` itself. A wrong name is a `SpecError` naming the field, as everywhere else.
+The profiler and `paretoserve up` both start the real ``tritonserver`` with a pipeline's models; they share this
+module so that they resolve a manifest the same way. `pipeline_models` says what each model is from where the
+manifest names it, and `model_specs` finds it (`served` says how each kind is written, loaded and changed):
+
+- a variant of a stage without ``generation``, or a cascade's ``discriminatorModel``: a fixed-cost classifier, a
+  cached digits variant of the model catalog (``paretoserve.workers.models``) or else an ONNX entry of
+  ``--model-repository``;
+- a variant of a stage with ``generation``: a token-generating model trained here
+  (``paretoserve.workers.llm.cache.ensure_llms``, trained and cached on first use), served by the decoupled
+  Python backend;
+- a cascade's ``scorerModel``: the prompt scorer fitted on the cascade's light model
+  (``paretoserve.workers.llm.cache.ensure_scorer``, fitted and cached on first use).
+
+The Triton model name is the ``tritonModel`` itself. A name that resolves to nothing is a `SpecError` naming the
+field, as everywhere else.
 
 Models are loaded through the load API's config override, never with ``--load-model``: a model first
 loaded from its ``config.pbtxt`` pays a full reload (8-14 s on 2 cores) on its first change, while a model
@@ -16,6 +26,7 @@ the whole load, and every inference request on a connection served by that threa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -24,21 +35,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from paretoserve.planner.spec import ServingPipeline, SpecError
-from paretoserve.workers.plan_rendering import discriminator_model
+from paretoserve.workers.llm.scorer import SCORER_MODEL, ScorerServingSpec
+from paretoserve.workers.llm.serving import spec_from_cached_llm
+from paretoserve.workers.plan_rendering import discriminator_model, scorer_model
+from paretoserve.workers.runtime.served import GenerationModel, ScorerModel, ServedSpec, served_config, write_served
 from paretoserve.workers.triton.cpu_quota import CpuQuotaGroup
-from paretoserve.workers.triton.repository import (
-    ONNX_FILE,
-    TritonModelSpec,
-    render_config,
-    spec_from_cached_variant,
-    write_repository,
-)
+from paretoserve.workers.triton.repository import ONNX_FILE, TritonModelSpec, spec_from_cached_variant
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
 if TYPE_CHECKING:  # torch and tritonclient load only where a model catalog or a server is used
+    from paretoserve.workers.llm.cache import CachedScorer, LLMCatalog
     from paretoserve.workers.models import ModelCatalog
 
 
@@ -46,26 +55,38 @@ DEFAULT_MAX_BATCH = 32
 """Triton's ``max_batch_size`` for every model; changing it is a full reload, so it is fixed per run."""
 
 
+ModelKind = Literal["classifier", "generation", "scorer"]
+"""What a model is (see the module notes): it decides where `model_specs` looks for it and how it is served."""
+
+
 @dataclass(frozen=True)
 class ModelUse:
-    """One Triton model of a pipeline: its name (= catalog variant) and where the manifest names it."""
+    """One Triton model of a pipeline: its name, what it is and where the manifest names it."""
 
     model: str
     path: str
     """The first field that names it, e.g. ``spec.stages[0].variants[1].tritonModel``."""
+    kind: ModelKind = "classifier"
+    light: str | None = None
+    """A scorer's: the Triton model of the cascade's light variant, whose failures it predicts."""
 
 
 def pipeline_models(pipeline: ServingPipeline) -> list[ModelUse]:
-    """The distinct Triton models the pipeline serves, in manifest order (discriminators last)."""
+    """The distinct Triton models the pipeline serves, in manifest order (discriminators and scorers last)."""
     uses: dict[str, ModelUse] = {}
     for i, stage in enumerate(pipeline.spec.stages):
+        kind: ModelKind = "generation" if stage.generation is not None else "classifier"
         for j, variant in enumerate(stage.variants):
             path = f"spec.stages[{i}].variants[{j}].tritonModel"
-            uses.setdefault(variant.triton_model, ModelUse(variant.triton_model, path))
+            uses.setdefault(variant.triton_model, ModelUse(variant.triton_model, path, kind))
     for i, stage in enumerate(pipeline.spec.stages):
         extra = discriminator_model(stage)
         if extra is not None:
             uses.setdefault(extra, ModelUse(extra, f"spec.stages[{i}].cascade.discriminatorModel"))
+        scorer = scorer_model(stage)
+        if scorer is not None and stage.cascade is not None:
+            light = {v.name: v.triton_model for v in stage.variants}[stage.cascade.light]
+            uses.setdefault(scorer, ModelUse(scorer, f"spec.stages[{i}].cascade.scorerModel", "scorer", light))
     return list(uses.values())
 
 
@@ -75,25 +96,68 @@ def max_batch_size(pipeline: ServingPipeline, extra: Sequence[int] = ()) -> int:
     return int(largest)
 
 
+def _ensure_llms() -> LLMCatalog:
+    from paretoserve.workers.llm.cache import ensure_llms  # torch: only where a generation model is served
+
+    return ensure_llms()
+
+
+def _ensure_scorer(light: str) -> CachedScorer:
+    from paretoserve.workers.llm.cache import ensure_scorer
+
+    return ensure_scorer(light=light)
+
+
 def model_specs(
-    uses: Sequence[ModelUse], catalog: ModelCatalog, *, max_batch: int, repository: Path | None = None,
+    uses: Sequence[ModelUse], catalog: ModelCatalog | None, *, max_batch: int, repository: Path | None = None,
+    llms: Callable[[], LLMCatalog] = _ensure_llms, scorer: Callable[[str], CachedScorer] = _ensure_scorer,
     **knobs: Any,
-) -> dict[str, TritonModelSpec]:
-    """A `TritonModelSpec` per model (one instance, one thread unless ``knobs`` say otherwise): a cached digits
-    variant of ``catalog``, else an entry of the model ``repository`` that ``paretoserve fuse`` (or ``models
-    export``) wrote. Raises `SpecError` at the first model that is neither."""
-    specs: dict[str, TritonModelSpec] = {}
+) -> dict[str, ServedSpec]:
+    """A spec per model, by its kind (`ModelUse.kind`; one instance, one thread unless ``knobs`` say otherwise):
+
+    - a classifier: a cached digits variant of ``catalog``, else an entry of the model ``repository`` that
+      ``paretoserve fuse`` (or ``models export``) wrote; ``knobs`` are its `TritonModelSpec` fields;
+    - a generation model: one of the token-generating models ``llms()`` returns (trained on first use);
+    - a scorer: ``arith-scorer``, the fit ``scorer(light)`` returns for the cascade's light model.
+
+    Raises `SpecError` naming the field at the first model that resolves to nothing."""
+    generation = functools.cache(llms)  # read (or trained) once, and only when a generation model is served
+    specs: dict[str, ServedSpec] = {}
     for use in uses:
-        if use.model in catalog.variants:
-            folder = catalog.variant_dir(use.model)
-        elif repository is not None and (repository / use.model / "1" / ONNX_FILE).is_file():
-            folder = repository / use.model / "1"
+        if use.kind == "generation":
+            specs[use.model] = _generation_model(use, generation())
+        elif use.kind == "scorer":
+            specs[use.model] = _scorer_model(use, scorer)
         else:
-            where = f" nor an entry of {repository}" if repository is not None else ""
-            raise SpecError(use.path, f"{use.model!r} is neither a cached digits variant "
-                                      f"(have: {', '.join(sorted(catalog.variants))}){where}")
-        specs[use.model] = spec_from_cached_variant(folder, name=use.model, max_batch_size=max_batch, **knobs)
+            specs[use.model] = _classifier(use, catalog, repository, max_batch=max_batch, **knobs)
     return specs
+
+
+def _generation_model(use: ModelUse, catalog: LLMCatalog) -> GenerationModel:
+    if use.model not in catalog.models:
+        raise SpecError(use.path, f"{use.model!r} is not a token-generating model trained here (have: "
+                                  f"{', '.join(sorted(catalog.models))})")
+    return GenerationModel(spec_from_cached_llm(catalog.model_dir(use.model), name=use.model))
+
+
+def _scorer_model(use: ModelUse, scorer: Callable[[str], CachedScorer]) -> ScorerModel:
+    if use.model != SCORER_MODEL:
+        raise SpecError(use.path, f"{use.model!r} is not a prompt scorer `paretoserve up` can serve (it serves "
+                                  f"{SCORER_MODEL!r}, fitted here on the light model's answers)")
+    return ScorerModel(ScorerServingSpec(name=use.model), scorer(use.light or "").weights_file)
+
+
+def _classifier(use: ModelUse, catalog: ModelCatalog | None, repository: Path | None, *, max_batch: int,
+                **knobs: Any) -> TritonModelSpec:
+    if catalog is not None and use.model in catalog.variants:
+        folder = catalog.variant_dir(use.model)
+    elif repository is not None and (repository / use.model / "1" / ONNX_FILE).is_file():
+        folder = repository / use.model / "1"
+    else:
+        have = f" (have: {', '.join(sorted(catalog.variants))})" if catalog is not None else ""
+        where = f" nor an entry of {repository}" if repository is not None else ""
+        raise SpecError(use.path, f"{use.model!r} is neither a cached digits variant{have}{where}")
+    return spec_from_cached_variant(folder, name=use.model, max_batch_size=max_batch, **knobs)
 
 
 def dedicated_cores() -> int:
@@ -117,9 +181,10 @@ class GrpcModelControl:
         """Load ``name`` with ``config`` replacing its config.pbtxt; blocks until Triton answers."""
         self._client.load_model(name, config=json.dumps(config), client_timeout=self._timeout_s)
 
-    def apply_spec(self, spec: TritonModelSpec) -> None:
-        """Load or change ``spec.name`` to match ``spec`` (an in-place update if only the count changed)."""
-        self.load_config(spec.name, render_config(spec))
+    def apply_spec(self, spec: ServedSpec) -> None:
+        """Load or change ``spec.name`` to match ``spec`` (an in-place update if only the count changed and the
+        kind allows it: `served.change_kind`)."""
+        self.load_config(spec.name, served_config(spec))
 
     def close(self) -> None:
         self._client.close()
@@ -134,10 +199,10 @@ class GrpcModelControl:
 
 @contextmanager
 def running_triton(
-    specs: Mapping[str, TritonModelSpec],
+    specs: Mapping[str, ServedSpec],
     work_dir: Path,
     *,
-    load: Callable[[GrpcModelControl, TritonModelSpec], None] | None = None,
+    load: Callable[[GrpcModelControl, ServedSpec], None] | None = None,
     progress: Callable[[str], None] | None = None,
     startup_timeout_s: float = 180.0,
     cpu_group: CpuQuotaGroup | None = None,
@@ -147,7 +212,7 @@ def running_triton(
     ``load`` replaces `GrpcModelControl.apply_spec` (the profiler loads a config without dynamic batching).
     The server stops when the block exits, whatever happens inside it.
     """
-    repository = write_repository(work_dir / "repository", list(specs.values()))
+    repository = write_served(work_dir / "repository", specs)
     config = TritonServerConfig(model_repository=repository, models=(), work_dir=work_dir,
                                 startup_timeout_s=startup_timeout_s, cpu_group=cpu_group)
     with TritonServer(config) as server, GrpcModelControl(server.grpc_url) as control:
