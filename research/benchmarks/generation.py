@@ -13,10 +13,11 @@ time, so a gap can be 0).
 2. ``router``: at each rate, one-second windows alternate between Triton's endpoint and the router's relay of the
    same model (the router's deadline header set, so its EDF path runs), so both see the same background load;
    ``added_*`` is router minus direct.
-3. ``served_cost``: per variant, the CPU seconds Triton's processes (server and Python-backend stubs) spent per
-   request at a moderate rate, against the engine's own time for the same prompts one at a time (prefill and
-   steps at batch 1, measured in this process on one BLAS thread): the difference is the ``requestOverheadMs`` a
-   manifest's ``profile.tokens`` declares (the front end, one response per token, the stub's IPC).
+3. ``served_cost``: per variant of both families (the multimodal ones with their ``IMAGE``), the CPU seconds
+   Triton's processes (server and Python-backend stubs) spent per request at a moderate rate, against the
+   engine's own time for the same requests one at a time (prefill and steps at batch 1, measured in this process
+   on one BLAS thread): the difference is the ``requestOverheadMs`` a manifest's ``profile.tokens`` declares
+   (the front end, one response per token, the stub's IPC).
 
 The client is httpx on asyncio: it costs both arms the same, and its own delays count in both.
 """
@@ -24,10 +25,11 @@ The client is httpx on asyncio: it costs both arms the same, and its own delays 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +50,14 @@ from paretoserve.research.benchmarks.router import (
 )
 from paretoserve.workers.llm import DEFAULT_TASK, encode_prompt, make_splits
 from paretoserve.workers.llm.cache import ensure_llms
+from paretoserve.workers.llm.multimodal import MAX_NEW_TOKENS, ensure_multimodal, make_multimodal_splits
 from paretoserve.workers.llm.serving import spec_from_cached_llm, write_llm_model
 from paretoserve.workers.router.generate import SSEParser, token_text
 from paretoserve.workers.solver_banner import silence_solver_banner
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
 MODELS = ("arith-small", "arith-large")
+MM_MODELS = ("mm-low", "mm-high")
 RATES = {"arith-small": (50.0, 100.0, 200.0, 400.0), "arith-large": (25.0, 50.0, 100.0, 200.0)}
 ROUTER_RATES = (20.0, 100.0)
 MAX_SEQUENCES = 8
@@ -169,29 +173,60 @@ def _group_cpu_s(pid: int) -> float:
     return total
 
 
-def _engine_ms(model: str, prompts: Sequence[str]) -> float:
-    """Mean wall milliseconds of the engine's own work for one request alone (prefill and steps, one thread)."""
+def _engine_ms(run_one: Callable[[int], object], count: int) -> float:
+    """Mean wall milliseconds of ``run_one(i)``, the engine's own work for request ``i`` alone, on one BLAS thread."""
     from threadpoolctl import threadpool_limits
 
+    with threadpool_limits(limits=1):
+        for i in range(min(20, count)):  # warm
+            run_one(i)
+        started = time.perf_counter()
+        for i in range(count):
+            run_one(i)
+        return 1000.0 * (time.perf_counter() - started) / count
+
+
+def _text_engine_ms(model: str, prompts: Sequence[str]) -> float:
     catalog = ensure_llms()
     engine = catalog.engine(model)
     max_new = int(catalog.metadata[model]["max_new_tokens"])
     encoded = [encode_prompt(p) for p in prompts]
-    with threadpool_limits(limits=1):
-        engine.generate(encoded[:20], max_new)  # warm
-        started = time.perf_counter()
-        for prompt in encoded:
-            engine.generate([prompt], max_new)
-        return 1000.0 * (time.perf_counter() - started) / len(encoded)
+    return _engine_ms(lambda i: engine.generate([encoded[i]], max_new), len(encoded))
 
 
-def _served_cost(triton_pid: int, url: str, model: str, bodies: Sequence[bytes], prompts: Sequence[str],
+def _mm_engine_ms(model: str, requests: MMRequests) -> float:
+    engine = ensure_multimodal().engine(model)
+    encoded = [encode_prompt(q) for q in requests.questions]
+    return _engine_ms(lambda i: engine.generate_multimodal([requests.images[i]], [encoded[i]], MAX_NEW_TOKENS),
+                      len(encoded))
+
+
+@dataclass(frozen=True)
+class MMRequests:
+    """Held-out multimodal requests: each image's 64 pixels and its question, and their generate bodies."""
+
+    images: list[list[float]]
+    questions: list[str]
+
+    @classmethod
+    def test_split(cls, count: int) -> MMRequests:
+        splits = make_multimodal_splits()
+        problems = list(splits.test[:count])
+        pixels = splits.pixels(problems).reshape(len(problems), -1)
+        return cls([[round(float(v), 4) for v in row] for row in pixels], [p.prompt for p in problems])
+
+    def bodies(self) -> list[bytes]:
+        return [orjson.dumps({"PROMPT": q, "IMAGE": image}) for image, q in zip(self.images, self.questions,
+                                                                               strict=True)]
+
+
+def _served_cost(triton_pid: int, url: str, bodies: Sequence[bytes], engine_ms: Callable[[], float],
                  seconds: float) -> dict[str, Any]:
     before = _group_cpu_s(triton_pid)
     arm = asyncio.run(_open_loop([url], SERVED_COST_RATE, seconds, bodies, seed=7))[0]
     cpu = _group_cpu_s(triton_pid) - before
     served = 1000.0 * cpu / max(1, arm.sent)
-    engine = _engine_ms(model, prompts[:200])
+    engine = engine_ms()
     return {"rate_rps": SERVED_COST_RATE, "requests": arm.sent, "errors": arm.errors,
             "triton_cpu_ms_per_request": round(served, 3), "engine_ms_per_request": round(engine, 3),
             "request_overhead_ms": round(max(0.0, served - engine), 3)}
@@ -224,8 +259,15 @@ def _run(report: dict[str, Any], direct: str, routed: str, triton_pid: int, rate
         d, r = _measure([url.format(direct, MODELS[0]), url.format(routed, MODELS[0])], rate, 2 * seconds, bodies,
                         seed=int(rate) + 1)
         report["router"][f"{rate:g}"] = {"model": MODELS[0], "direct": d, "router": r, **_added(d, r)}
-    report["served_cost"] = {model: _served_cost(triton_pid, url.format(direct, model), model, bodies, prompts,
-                                                 seconds) for model in MODELS}
+    report["served_cost"] = {
+        model: _served_cost(triton_pid, url.format(direct, model), bodies,
+                            functools.partial(_text_engine_ms, model, prompts[:200]), seconds)
+        for model in MODELS}
+    mm = MMRequests.test_split(200)
+    report["served_cost"].update({
+        model: _served_cost(triton_pid, url.format(direct, model), mm.bodies(),
+                            functools.partial(_mm_engine_ms, model, mm), seconds)
+        for model in MM_MODELS})
 
 
 def bench_generation(quick: bool = False) -> dict[str, Any]:
@@ -242,9 +284,12 @@ def bench_generation(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="paretoserve-bench-generation-") as tmp:
         work = Path(tmp)
         repository = work / "repository"
+        multimodal = ensure_multimodal()
         for model in MODELS:
             write_llm_model(repository, spec_from_cached_llm(catalog.model_dir(model), max_sequences=MAX_SEQUENCES))
-        config = TritonServerConfig(model_repository=repository, models=MODELS, work_dir=work / "triton",
+        for model in MM_MODELS:
+            write_llm_model(repository, spec_from_cached_llm(multimodal.model_dir(model), max_sequences=MAX_SEQUENCES))
+        config = TritonServerConfig(model_repository=repository, models=(*MODELS, *MM_MODELS), work_dir=work / "triton",
                                     backend_cache_dir=work / "backends")
         with TritonServer(config) as triton:
             direct = f"http://{triton.http_url}"

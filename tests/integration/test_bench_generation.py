@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from paretoserve.research.benchmarks.generation import MODELS, bench_generation
+from paretoserve.research.benchmarks.generation import MM_MODELS, MODELS, bench_generation
 
 
 def test_bench_generation_reports_latency_curves_router_overhead_and_served_cost() -> None:
@@ -21,6 +21,9 @@ def test_bench_generation_reports_latency_curves_router_overhead_and_served_cost
         cost = report["served_cost"][model]
         assert cost["errors"] == 0 and cost["triton_cpu_ms_per_request"] > 0 and cost["engine_ms_per_request"] > 0
         assert cost["request_overhead_ms"] >= 0
+    for model in MM_MODELS:  # the multimodal family's requests carry their IMAGE
+        cost = report["served_cost"][model]
+        assert cost["requests"] > 0 and cost["errors"] == 0 and cost["engine_ms_per_request"] > 0
     # the large model costs more to compute than the small one
     assert report["served_cost"]["arith-large"]["engine_ms_per_request"] > \
         report["served_cost"]["arith-small"]["engine_ms_per_request"]
