@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "hadis": "paretoserve.research.experiments.hadis",
     "agents": "paretoserve.research.experiments.agents",
     "llm": "paretoserve.research.experiments.llm",
+    "llm-mm": "paretoserve.research.experiments.llm_mm",
     "predictors": "paretoserve.research.experiments.predictors",
 }
 

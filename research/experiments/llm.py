@@ -17,12 +17,15 @@ the same control loop every interval (replicas and sequences per replica always 
 - ``static-threshold``: the manifest's middle row, kept fixed (DiffServe's rule, the program's choice at the
   mean load, is threshold 0 on these windows: all-large);
 - ``paretoserve``: the joint program (threshold, models, sequences per replica, replicas) every interval.
+
+`family_setup` runs the same comparison for any token-generating `Family`: E8 (`llm_mm.py`) is the multimodal one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +69,19 @@ class HeldOut:
                        {name: values[pick] for name, values in self.correct.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a token-generating experiment serves: its example manifest, trace scale and held-out requests."""
+
+    experiment: str
+    title: str
+    example: str
+    scale: int
+    heldout: Callable[[], HeldOut]
+    requests: str
+    """How a request is drawn, for the notes."""
+
+
 @functools.lru_cache(maxsize=1)
 def heldout(models: tuple[str, ...] = ("arith-small", "arith-large")) -> HeldOut:
     """Token counts, router scores and each model's exact match on the test split (trains and caches the models
@@ -85,22 +101,56 @@ def heldout(models: tuple[str, ...] = ("arith-small", "arith-large")) -> HeldOut
                    np.array([score(p.prompt) for p in test]), correct)
 
 
-def workload(segments: list[tuple[int, int]], prompts: HeldOut, seed: int, prelude_s: int = 600) -> Workload:
-    """Twitter-trace segments back to back, SCALE times their rate, each request a drawn held-out prompt."""
-    counts = np.concatenate([data.twitter_window(a, b) for a, b in segments]) * float(SCALE)
+@functools.lru_cache(maxsize=1)
+def heldout_multimodal(models: tuple[str, ...] = ("mm-low", "mm-high")) -> HeldOut:
+    """The multimodal test problems: text tokens (the variants' visual ones are in their profiles), answer tokens,
+    the served mm-scorer's score of image and question, and each model's exact match (numpy engines)."""
+    from paretoserve.workers.llm.cache import ensure_mm_scorer
+    from paretoserve.workers.llm.multimodal import engine_answers, ensure_multimodal, make_multimodal_splits
+    from paretoserve.workers.llm.tokenizer import encode_prompt
+
+    catalog = ensure_multimodal()
+    score = ensure_mm_scorer().score()
+    splits = make_multimodal_splits()
+    test = list(splits.test)
+    images = splits.pixels(test).reshape(len(test), -1)
+    correct = {m: np.array([a == p.answer for a, p in zip(engine_answers(catalog.engine(m), splits, test), test,
+                                                          strict=True)]) for m in models}
+    return HeldOut(np.array([len(encode_prompt(p.prompt)) for p in test], dtype=np.int64),
+                   np.array([len(p.answer) + 1 for p in test], dtype=np.int64),
+                   np.array([score(image, p.prompt) for image, p in zip(images, test, strict=True)]), correct)
+
+
+TEXT = Family("llm", "E7: token generation with a query-aware split (simulated, token level)", "arith-llm", SCALE,
+              heldout, "a held-out test prompt of the arithmetic task")
+MULTIMODAL = Family("llm-mm", "E8: multimodal generation with a split on text and image (simulated, token level)",
+                    "mm-llm", 12, heldout_multimodal, "a held-out test problem of the multimodal task (digit image + "
+                    "question)")
+
+
+def workload(segments: list[tuple[int, int]], prompts: HeldOut, seed: int, scale: int = SCALE,
+             prelude_s: int = 600) -> Workload:
+    """Twitter-trace segments back to back, ``scale`` times their rate, each request a drawn held-out one."""
+    counts = np.concatenate([data.twitter_window(a, b) for a, b in segments]) * float(scale)
     first = segments[0][0]
-    prelude = data.twitter_window(max(0, first - prelude_s), first) * float(SCALE) if first > 0 else None
+    prelude = data.twitter_window(max(0, first - prelude_s), first) * float(scale) if first > 0 else None
     base = workload_from_counts(counts, prelude=prelude, seed=seed)
     return dataclasses.replace(base, prompts=prompts.draw(base.requests, seed))
 
 
 def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
-    pipeline = data.example("arith-llm")
+    return family_setup(TEXT, quick, window)
+
+
+def family_setup(family: Family, quick: bool, window: tuple[int, int] | None) -> Setup:
+    pipeline = data.example(family.example)
     stage = pipeline.spec.stages[0]
     windows = {"window": [window]} if window else (QUICK if quick else WINDOWS)
-    prompts = heldout()
-    counts = {name: [data.twitter_window(a, b) * SCALE for a, b in segments] for name, segments in windows.items()}
-    scenarios = [Scenario(name, workload(windows[name], prompts, SEED + i)) for i, name in enumerate(windows)]
+    prompts = family.heldout()
+    counts = {name: [data.twitter_window(a, b) * family.scale for a, b in segments]
+              for name, segments in windows.items()}
+    scenarios = [Scenario(name, workload(windows[name], prompts, SEED + i, family.scale))
+                 for i, name in enumerate(windows)]
     peak = max(float(c.max()) for cs in counts.values() for c in cs)
     mean = sum(float(c.sum()) for cs in counts.values() for c in cs) / sum(len(c) for cs in counts.values() for c in cs)
     config = sim_config(pipeline.spec.slo.latency_ms)
@@ -132,8 +182,8 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
     generation = stage.generation
     assert generation is not None
     notes = [
-        f"Twitter trace x {SCALE} (arrivals spread uniformly within each second); every request a held-out test "
-        "prompt drawn with replacement (seeded).",
+        f"Twitter trace x {family.scale} (arrivals spread uniformly within each second); every request "
+        f"{family.requests}, drawn with replacement (seeded).",
         "Quality is the exact match of the answer each request got (the serving model's greedy answer, computed "
         "with the numpy engines); the planner sees each model's held-out exact match and the split's f(t) rows.",
         f"SLO: end-to-end {pipeline.spec.slo.latency_ms:g} ms, TTFT {generation.ttft_ms:g} ms, TPOT (mean "
@@ -142,10 +192,10 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
         "after another, then one decode step serves every running sequence; KV reserved for prompt + answer.",
     ]
     return Setup(
-        experiment="llm", title="E7: token generation with a query-aware split (simulated, token level)",
+        experiment=family.experiment, title=family.title,
         cost_unit="cores", scenarios=scenarios, systems=systems, notes=notes,
         accuracy_label="exact match", claims=claims,
-        config={"scale": SCALE, "windows": {k: [list(s) for s in v] for k, v in windows.items()},
+        config={"scale": family.scale, "windows": {k: [list(s) for s in v] for k, v in windows.items()},
                 "peak_rps": peak, "mean_rps": round(mean, 3), "static_threshold": threshold,
                 "threshold_at_mean_load": at_mean,
                 "slo_ms": pipeline.spec.slo.latency_ms, "ttft_ms": generation.ttft_ms, "itl_ms": generation.itl_ms},

@@ -36,6 +36,8 @@ HEADLINES = {
     "llm": "Token generation with a query-aware split (issue 15; DiffServe's threshold-in-the-program, the "
            "production LLM planners of anchors-2026.md): TTFT/ITL SLOs, quality and cost against all-small, "
            "all-large and a fixed threshold; target: within 1 point of all-large at well under half its cost.",
+    "llm-mm": "Query-aware serving of multimodal LLMs (the seed thesis's extension): the same comparison with a "
+              "split on text and image features; visual tokens in the prefill and the KV cache.",
     "predictors": "IPA trains its LSTM on 14 days of the Twitter trace and tests on the rest; no error figure in "
                   "the abstract.",
 }

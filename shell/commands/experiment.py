@@ -9,7 +9,7 @@ from typing import Any
 
 from paretoserve.shell.errors import CliError
 
-NAMES = ("ipa-video", "infadapter", "sponge", "diffserve", "hadis", "agents", "llm", "predictors")
+NAMES = ("ipa-video", "infadapter", "sponge", "diffserve", "hadis", "agents", "llm", "llm-mm", "predictors")
 """The experiments of `paretoserve.research.experiments.EXPERIMENTS` (a unit test keeps the two equal)."""
 
 
@@ -22,8 +22,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="a short window and fewer systems (< 60 s)")
     parser.add_argument("--trace-window", metavar="START:END", default=None,
                         help="seconds of the experiment's trace: absolute Twitter-trace seconds for ipa-video, "
-                             "infadapter, agents, llm and predictors (evaluation span); seconds from the start of the "
-                             "trace for sponge, diffserve and hadis")
+                             "infadapter, agents, llm, llm-mm and predictors (evaluation span); seconds from the "
+                             "start of the trace for sponge, diffserve and hadis")
     parser.add_argument("--windows", metavar="auto[:N]", default=None,
                         help="ipa-video and infadapter: N windows (default 6) of the Twitter trace after day 14 "
                              "chosen by a fixed rule (the steepest rises and a seeded sample of calm windows); "

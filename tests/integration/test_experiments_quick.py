@@ -109,3 +109,13 @@ def test_llm(tmp_path: Path) -> None:
     assert 0.0 < ours["heavy_share"] < 1.0  # all to arith-large before the rise, a split after it
     for m in s.values():
         assert m["ttft_p99_ms"] > 0 and m["tpot_p99_ms"] > 0 and 0.0 <= m["token_slo_attainment"] <= 1.0
+
+
+def test_llm_mm(tmp_path: Path) -> None:
+    """The multimodal family across the same rise: requests routed by their text-and-image score."""
+    s = check_schema(run("llm-mm", tmp_path, "--trace-window", "1301500:1301620"), tmp_path)
+    small, large, ours = s["all-small"], s["all-large"], s["paretoserve"]
+    assert small["accuracy"] < ours["accuracy"] < large["accuracy"]
+    assert 0.0 < ours["heavy_share"] < 1.0
+    for m in s.values():  # meeting the SLO needs the token SLOs and the end-to-end one
+        assert m["token_slo_attainment"] >= m["slo_attainment"] - 1e-9
