@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from paretoserve.workers.llm.config import CONFIG_KEY, ModelConfig
+from paretoserve.workers.llm.config import CONFIG_KEY, CachedModels, ModelConfig
 from paretoserve.workers.llm.engine import NumpyLM, measure_timings
 from paretoserve.workers.llm.mm_routing import SCORER_TRAIN_PROBLEMS, MultimodalDifficulty, fit_mm_scorer
 from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
@@ -64,30 +64,11 @@ SCORER_CODE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class LLMCatalog:
-    """The cached models of one fingerprint: where they are and what they measured."""
-
-    directory: Path
-    fingerprint: str
-    metadata: Mapping[str, Mapping[str, Any]]
-    trained: bool
-    """Whether this call trained them (False: read from the cache)."""
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(self.metadata)
-
-    def model_dir(self, model: str) -> Path:
-        if model not in self.metadata:
-            raise KeyError(f"model {model!r} not in {self.directory}; has {sorted(self.metadata)}")
-        return self.directory / model
+class LLMCatalog(CachedModels):
+    """The cached text models of one fingerprint."""
 
     def config(self, model: str) -> ModelConfig:
         return ModelConfig(**self.metadata[model]["config"])
-
-    def exact_match(self, model: str) -> float:
-        """Held-out (test split) exact match of the whole greedy answer."""
-        return float(self.metadata[model]["heldout_exact_match"])
 
     def engine(self, model: str) -> NumpyLM:
         """The torch-free engine of ``model``."""

@@ -8,7 +8,10 @@ and in ``metadata.json``, and it says what a cached token of the model costs in 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from paretoserve.workers.llm.tasks import MAX_ANSWER_CHARS, MAX_PROMPT_CHARS
 from paretoserve.workers.llm.tokenizer import VOCAB_SIZE
@@ -59,3 +62,28 @@ ARITH_SMALL = ModelConfig("arith-small", layers=2, d_model=64, heads=4)
 ARITH_LARGE = ModelConfig("arith-large", layers=3, d_model=96, heads=4)
 """Sized to train in minutes on one CPU thread (see :data:`~paretoserve.workers.llm.training.RECIPES`)."""
 CONFIGS: tuple[ModelConfig, ...] = (ARITH_SMALL, ARITH_LARGE)
+
+
+@dataclass(frozen=True)
+class CachedModels:
+    """The cached models of one family and fingerprint: where they are and what they measured (each family's
+    catalog adds how to load them)."""
+
+    directory: Path
+    fingerprint: str
+    metadata: Mapping[str, Mapping[str, Any]]
+    trained: bool
+    """Whether this call trained them (False: read from the cache)."""
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.metadata)
+
+    def model_dir(self, model: str) -> Path:
+        if model not in self.metadata:
+            raise KeyError(f"model {model!r} not in {self.directory}; has {sorted(self.metadata)}")
+        return self.directory / model
+
+    def exact_match(self, model: str) -> float:
+        """Held-out (test split) exact match of the whole greedy answer."""
+        return float(self.metadata[model]["heldout_exact_match"])

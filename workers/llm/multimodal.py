@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,11 +32,12 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from paretoserve.workers.llm.config import ModelConfig
+from paretoserve.workers.llm.config import CachedModels, ModelConfig
 from paretoserve.workers.llm.mm_engine import MultimodalConfig, MultimodalEngine
 from paretoserve.workers.llm.model import count_parameters
 from paretoserve.workers.llm.tasks import OPERATOR_NAMES
-from paretoserve.workers.llm.tokenizer import PAD, VOCAB, VOCAB_SIZE, decode, encode_example, encode_prompt
+from paretoserve.workers.llm.tokenizer import PAD, VOCAB, decode, encode_example, encode_prompt
+from paretoserve.workers.llm.training import IGNORE, train_loop
 from paretoserve.workers.llm.vision import (
     MultimodalLM,
     export_multimodal,
@@ -59,7 +59,6 @@ MAX_ANSWER_CHARS = 3
 MAX_NEW_TOKENS = MAX_ANSWER_CHARS + 1
 TEXT_SEQUENCE = 1 + MAX_QUESTION_CHARS + MAX_ANSWER_CHARS + 1
 """``BOS question answer EOS`` at its longest (9 tokens), after the visual tokens."""
-IGNORE = -100
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.npz"
 METADATA_FILE = "metadata.json"
@@ -247,41 +246,18 @@ def shift_images(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 
 def fit(model: MultimodalLM, splits: MultimodalSplits, recipe: MultimodalRecipe) -> float:
-    """Mini-batch AdamW, one-cycle schedule, seeded shuffling and shifts; the mean loss of the last epoch."""
+    """:func:`~.training.train_loop` over the training problems, each image shifted per batch when the recipe
+    says so; the loss is on the text positions after the visual tokens."""
     problems = splits.train
     pixels = torch.from_numpy(splits.pixels(problems))
     inputs, targets = teacher_forcing(problems)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay,
-                                  betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(problems) / recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate,
-                                                   total_steps=recipe.epochs * steps_per_epoch,
-                                                   pct_start=recipe.warmup_fraction)
-    generator = torch.Generator().manual_seed(recipe.seed)
     visual = recipe.config.visual_tokens
-    model.train()
-    epoch_loss = math.nan
-    for _ in range(recipe.epochs):
-        order = torch.randperm(len(problems), generator=generator)
-        total, batches = 0.0, 0
-        for start in range(0, len(problems), recipe.batch_size):
-            rows = order[start : start + recipe.batch_size]
-            batch_targets = targets[rows]
-            width = int((batch_targets != IGNORE).nonzero()[:, 1].max()) + 1
-            images = shift_images(pixels[rows], generator) if recipe.shift else pixels[rows]
-            logits = model.forward_multimodal(images, inputs[rows, :width])[:, visual:]
-            loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE),
-                                               batch_targets[:, :width].reshape(-1), ignore_index=IGNORE)
-            optimizer.zero_grad()
-            torch.autograd.backward(loss)
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach())
-            batches += 1
-        epoch_loss = total / batches
-    model.eval()
-    return epoch_loss
+
+    def forward(rows: torch.Tensor, width: int, generator: torch.Generator) -> torch.Tensor:
+        images = shift_images(pixels[rows], generator) if recipe.shift else pixels[rows]
+        return model.forward_multimodal(images, inputs[rows, :width])[:, visual:]
+
+    return train_loop(model, targets, recipe, forward)
 
 
 def answers(model: MultimodalLM, splits: MultimodalSplits, problems: Sequence[VisualProblem]) -> list[str]:
@@ -345,29 +321,11 @@ def train_multimodal(recipe: MultimodalRecipe, splits: MultimodalSplits) -> Trai
 
 
 @dataclass(frozen=True)
-class MultimodalCatalog:
+class MultimodalCatalog(CachedModels):
     """The cached multimodal models of one fingerprint."""
-
-    directory: Path
-    fingerprint: str
-    metadata: Mapping[str, Mapping[str, Any]]
-    trained: bool
-    """Whether this call trained them (False: read from the cache)."""
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(self.metadata)
-
-    def model_dir(self, model: str) -> Path:
-        if model not in self.metadata:
-            raise KeyError(f"model {model!r} not in {self.directory}; has {sorted(self.metadata)}")
-        return self.directory / model
 
     def config(self, model: str) -> MultimodalConfig:
         return MultimodalConfig.from_json(json.dumps(self.metadata[model]["config"]))
-
-    def exact_match(self, model: str) -> float:
-        return float(self.metadata[model]["heldout_exact_match"])
 
     def torch_model(self, model: str) -> MultimodalLM:
         return load_multimodal(self.model_dir(model) / WEIGHTS_FILE)

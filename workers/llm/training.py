@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,12 +100,35 @@ def teacher_forcing(problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(targets)
 
 
-def fit(model: ArithLM, problems: Sequence[Problem], recipe: LMRecipe) -> float:
-    """Mini-batch AdamW, one-cycle schedule, seeded shuffling; returns the mean loss of the last epoch."""
-    inputs, targets = teacher_forcing(problems)
+class Schedule(Protocol):
+    """What a training loop reads of a recipe (both families' recipes have it)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def warmup_fraction(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+
+
+Forward = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
+"""Logits ``[rows, width, V]`` of the training rows ``rows``, truncated at ``width`` steps (the generator draws any
+augmentation)."""
+
+
+def train_loop(model: nn.Module, targets: torch.Tensor, recipe: Schedule, forward: Forward) -> float:
+    """Mini-batch AdamW, one-cycle schedule, seeded shuffling over the rows of ``targets`` (teacher forcing,
+    :data:`IGNORE` where no loss applies); returns the mean loss of the last epoch. Both families train here."""
+    count = len(targets)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay,
                                   betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(problems) / recipe.batch_size)
+    steps_per_epoch = math.ceil(count / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.learning_rate,
                                                    total_steps=recipe.epochs * steps_per_epoch,
                                                    pct_start=recipe.warmup_fraction)
@@ -112,13 +136,13 @@ def fit(model: ArithLM, problems: Sequence[Problem], recipe: LMRecipe) -> float:
     model.train()
     epoch_loss = math.nan
     for _ in range(recipe.epochs):
-        order = torch.randperm(len(problems), generator=generator)
+        order = torch.randperm(count, generator=generator)
         total, batches = 0.0, 0
-        for start in range(0, len(problems), recipe.batch_size):
+        for start in range(0, count, recipe.batch_size):
             rows = order[start : start + recipe.batch_size]
             batch_targets = targets[rows]
             width = int((batch_targets != IGNORE).nonzero()[:, 1].max()) + 1  # no step past the last target
-            logits = model(inputs[rows, :width])
+            logits = forward(rows, width, generator)
             loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE),
                                                batch_targets[:, :width].reshape(-1), ignore_index=IGNORE)
             optimizer.zero_grad()
@@ -131,6 +155,12 @@ def fit(model: ArithLM, problems: Sequence[Problem], recipe: LMRecipe) -> float:
         epoch_loss = total / batches
     model.eval()
     return epoch_loss
+
+
+def fit(model: ArithLM, problems: Sequence[Problem], recipe: LMRecipe) -> float:
+    """:func:`train_loop` over the problems' teacher-forcing sequences."""
+    inputs, targets = teacher_forcing(problems)
+    return train_loop(model, targets, recipe, lambda rows, width, _: model(inputs[rows, :width]))
 
 
 def answers(model: ArithLM, problems: Sequence[Problem]) -> list[str]:
