@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from paretoserve.workers.llm.config import CONFIG_KEY, CachedModels, ModelConfig
+from paretoserve.workers.llm.config import CachedModels, ModelConfig
 from paretoserve.workers.llm.engine import NumpyLM, measure_timings
 from paretoserve.workers.llm.mm_routing import SCORER_TRAIN_PROBLEMS, MultimodalDifficulty, fit_mm_scorer
-from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz
+from paretoserve.workers.llm.model import ArithLM, count_parameters, export_npz, load_npz
 from paretoserve.workers.llm.multimodal import (
     DEFAULT_MM_TASK,
     MultimodalRecipe,
@@ -80,11 +80,7 @@ class LLMCatalog(CachedModels):
 
 def load_torch(weights: Path) -> ArithLM:
     """The torch model of an exported ``weights.npz``, in eval mode."""
-    with np.load(weights, allow_pickle=False) as archive:
-        model = ArithLM(ModelConfig.from_json(str(archive[CONFIG_KEY])))
-        state = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != CONFIG_KEY}
-    model.load_state_dict(state)
-    return model.eval()
+    return load_npz(ArithLM, weights)
 
 
 def fingerprint(recipes: Sequence[LMRecipe] = RECIPES, task: TaskSpec = DEFAULT_TASK) -> str:

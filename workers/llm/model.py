@@ -6,14 +6,20 @@ engine schedules separately, prefill (a prompt in one pass, keeping each layer's
 tests can check that cached decoding equals full recomputation, and :func:`export_npz` writes the weights the
 torch-free numpy engine (:mod:`paretoserve.workers.llm.engine`) serves. Pre-LN blocks, learned positions,
 GELU (tanh form, which numpy computes exactly), untied output head.
+
+The multimodal family's model (:class:`~paretoserve.workers.llm.vision.MultimodalLM`) is an :class:`ArithLM`
+with visual tokens ahead of the text, so the reference decoding by full recomputation (:func:`greedy_full`, given
+the family's forward pass) and the ``weights.npz`` round trip (:func:`export_npz`, :func:`load_npz`, the config
+entry named by the model class) are written once here for both families.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Self, TypeVar
 
 import numpy as np
 import torch
@@ -72,6 +78,9 @@ class Block(nn.Module):
 class ArithLM(nn.Module):
     """Token and learned position embeddings, ``layers`` pre-LN blocks, a final LayerNorm, the output head."""
 
+    config_key: ClassVar[str] = CONFIG_KEY
+    """The ``weights.npz`` entry holding :meth:`config_json` (:func:`export_npz`, :func:`load_npz`)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -89,6 +98,15 @@ class ArithLM(nn.Module):
             if isinstance(module, Block):  # residual projections scaled down with depth (GPT-2)
                 for projection in (module.proj, module.out):
                     nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
+
+    def config_json(self) -> str:
+        """The config that rebuilds this network (:meth:`from_config_json`), as ``weights.npz`` carries it."""
+        return self.config.to_json()
+
+    @classmethod
+    def from_config_json(cls, text: str) -> Self:
+        """A freshly initialised model of the config :meth:`config_json` wrote."""
+        return cls(ModelConfig.from_json(text))
 
     def _layers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -158,9 +176,16 @@ class ArithLM(nn.Module):
                                  max_new_tokens=max_new_tokens, max_len=self.config.max_len)
 
 
-def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+FullForward = Callable[[list[int], torch.Tensor], torch.Tensor]
+"""A full forward pass over one group of prompts: their indices and their ids so far ``[B, T]`` -> the logits
+``[B, prefix + T, V]`` (``prefix`` positions ahead of the text, such as visual tokens)."""
+
+
+def greedy_full(forward: FullForward, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, max_len: int,
+                prefix: int = 0) -> list[list[int]]:
     """Greedy decoding by full recomputation (no cache): prompts grouped by length, each group extended one token
-    at a time. The reference the cached paths must equal, and the fast way to score a whole split."""
+    at a time by ``forward`` within ``max_len`` positions, the first ``prefix`` of them ahead of the text. The
+    reference the cached paths must equal, and the fast way to score a whole split."""
     outputs: list[list[int]] = [[] for _ in prompts]
     groups: dict[int, list[int]] = {}
     for index, prompt in enumerate(prompts):
@@ -169,11 +194,11 @@ def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_toke
         for length, members in sorted(groups.items()):
             ids = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long)
             done = torch.zeros(len(members), dtype=torch.bool)
-            for _ in range(min(max_new_tokens, model.config.max_len - length + 1)):
-                chosen = model(ids)[:, -1].argmax(dim=-1)
+            for _ in range(min(max_new_tokens, max_len - prefix - length + 1)):
+                chosen = forward(members, ids)[:, -1].argmax(dim=-1)
                 done |= chosen == EOS
                 ids = torch.cat((ids, chosen[:, None]), dim=1)
-                if bool(done.all()) or ids.shape[1] > model.config.max_len:
+                if bool(done.all()) or prefix + ids.shape[1] > max_len:
                     break
             for row, index in enumerate(members):
                 for token in ids[row, length:].tolist():
@@ -183,16 +208,34 @@ def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_toke
     return outputs
 
 
+def generate_full(model: ArithLM, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    """:func:`greedy_full` of a text model: each group's ids through ``model`` itself."""
+    return greedy_full(lambda _, ids: model(ids), prompts, max_new_tokens, max_len=model.config.max_len)
+
+
 def export_npz(model: ArithLM, path: Path) -> Path:
-    """The weights as float32 arrays named as in ``state_dict()`` plus the config as JSON (:data:`CONFIG_KEY`),
-    written to a temporary name and renamed: what the numpy engine loads (no pickle)."""
+    """The weights as float32 arrays named as in ``state_dict()`` plus the config as JSON (under the model class's
+    :attr:`~ArithLM.config_key`: :data:`CONFIG_KEY` for a text model), written to a temporary name and renamed:
+    what the numpy engines load (no pickle)."""
     arrays = {name: tensor.detach().cpu().numpy().astype(np.float32) for name, tensor in model.state_dict().items()}
-    arrays[CONFIG_KEY] = np.array(model.config.to_json())
+    arrays[model.config_key] = np.array(model.config_json())
     partial = path.with_name(f".{path.name}.partial")
     with partial.open("wb") as handle:
         np.savez(handle, **arrays)
     partial.replace(path)
     return path
+
+
+LM = TypeVar("LM", bound=ArithLM)
+
+
+def load_npz(kind: type[LM], weights: Path) -> LM:
+    """The ``kind`` model of a ``weights.npz`` that :func:`export_npz` wrote, in eval mode."""
+    with np.load(weights, allow_pickle=False) as archive:
+        model = kind.from_config_json(str(archive[kind.config_key]))
+        state = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != kind.config_key}
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,12 +9,16 @@ runs the visual and text tokens in one pass, so each request's KV cache holds it
 decode steps are :meth:`ArithLM.decode_step` unchanged (positions are cache lengths, visual tokens included).
 :func:`export_multimodal` writes the weights that the torch-free engine
 (:class:`~paretoserve.workers.llm.mm_engine.MultimodalEngine`, which also holds :class:`MultimodalConfig`) serves.
+Full-recompute decoding and the ``weights.npz`` round trip are the text family's
+(:func:`~paretoserve.workers.llm.model.greedy_full`, :func:`~paretoserve.workers.llm.model.export_npz`,
+:func:`~paretoserve.workers.llm.model.load_npz`), given the visual prefix and :data:`MM_CONFIG_KEY`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -23,8 +27,7 @@ from torch import nn
 
 from paretoserve.workers.llm.decoding import greedy_decode
 from paretoserve.workers.llm.mm_engine import MM_CONFIG_KEY, MultimodalConfig
-from paretoserve.workers.llm.model import ArithLM, TorchKVCache
-from paretoserve.workers.llm.tokenizer import EOS
+from paretoserve.workers.llm.model import ArithLM, TorchKVCache, export_npz, greedy_full, load_npz
 
 __all__ = ["MM_CONFIG_KEY", "MultimodalConfig", "MultimodalLM", "VisionEncoder", "export_multimodal",
            "generate_full_multimodal", "load_multimodal"]
@@ -56,6 +59,8 @@ class VisionEncoder(nn.Module):
 class MultimodalLM(ArithLM):
     """:class:`ArithLM` whose sequences start with the :class:`VisionEncoder`'s visual tokens."""
 
+    config_key: ClassVar[str] = MM_CONFIG_KEY
+
     def __init__(self, config: MultimodalConfig) -> None:
         if config.decoder.max_len < config.visual_tokens + 1:
             raise ValueError(f"max_len {config.decoder.max_len} leaves no room after {config.visual_tokens} "
@@ -66,6 +71,13 @@ class MultimodalLM(ArithLM):
         for linear in (self.vision.embed, self.vision.mix):
             nn.init.normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
+
+    def config_json(self) -> str:
+        return self.mm_config.to_json()
+
+    @classmethod
+    def from_config_json(cls, text: str) -> Self:
+        return cls(MultimodalConfig.from_json(text))
 
     def _embed(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         x: torch.Tensor = torch.cat((self.vision(images), self.tok(ids)), dim=1)
@@ -113,48 +125,23 @@ class MultimodalLM(ArithLM):
 
 def generate_full_multimodal(model: MultimodalLM, images: npt.NDArray[np.float32], prompts: Sequence[Sequence[int]],
                              max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding by full recomputation (no cache), requests grouped by prompt length: the reference the
-    cached path must equal, and the fast way to score a split. ``images`` ``[N, S, S]``."""
-    outputs: list[list[int]] = [[] for _ in prompts]
-    groups: dict[int, list[int]] = {}
-    for index, prompt in enumerate(prompts):
-        groups.setdefault(len(prompt), []).append(index)
-    visual = model.mm_config.visual_tokens
-    with torch.inference_mode():
-        for length, members in sorted(groups.items()):
-            pixels = torch.from_numpy(np.asarray(images[members], dtype=np.float32))
-            ids = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long)
-            done = torch.zeros(len(members), dtype=torch.bool)
-            for _ in range(min(max_new_tokens, model.config.max_len - visual - length + 1)):
-                chosen = model.forward_multimodal(pixels, ids)[:, -1].argmax(dim=-1)
-                done |= chosen == EOS
-                ids = torch.cat((ids, chosen[:, None]), dim=1)
-                if bool(done.all()) or visual + ids.shape[1] > model.config.max_len:
-                    break
-            for row, index in enumerate(members):
-                for token in ids[row, length:].tolist():
-                    if token == EOS or len(outputs[index]) >= max_new_tokens:
-                        break
-                    outputs[index].append(token)
-    return outputs
+    """Greedy decoding by full recomputation (:func:`~paretoserve.workers.llm.model.greedy_full`, the visual
+    tokens ahead of each group's text): the reference the cached path must equal, and the fast way to score a
+    split. ``images`` ``[N, S, S]``."""
+
+    def forward(members: list[int], ids: torch.Tensor) -> torch.Tensor:
+        return model.forward_multimodal(torch.from_numpy(np.asarray(images[members], dtype=np.float32)), ids)
+
+    return greedy_full(forward, prompts, max_new_tokens, max_len=model.config.max_len,
+                       prefix=model.mm_config.visual_tokens)
 
 
 def export_multimodal(model: MultimodalLM, path: Path) -> Path:
-    """The weights as float32 arrays named as in ``state_dict()`` plus the config as JSON, written to a temporary
-    name and renamed (no pickle)."""
-    arrays = {name: tensor.detach().cpu().numpy().astype(np.float32) for name, tensor in model.state_dict().items()}
-    arrays[MM_CONFIG_KEY] = np.array(model.mm_config.to_json())
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as handle:
-        np.savez(handle, **arrays)
-    partial.replace(path)
-    return path
+    """:func:`~paretoserve.workers.llm.model.export_npz`: the weights and the :class:`MultimodalConfig` (under
+    :data:`MM_CONFIG_KEY`)."""
+    return export_npz(model, path)
 
 
 def load_multimodal(weights: Path) -> MultimodalLM:
     """The torch model of an exported ``weights.npz``, in eval mode."""
-    with np.load(weights, allow_pickle=False) as archive:
-        model = MultimodalLM(MultimodalConfig.from_json(str(archive[MM_CONFIG_KEY])))
-        state = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != MM_CONFIG_KEY}
-    model.load_state_dict(state)
-    return model.eval()
+    return load_npz(MultimodalLM, weights)
