@@ -172,7 +172,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             target = Target(runtime.url, pipeline.metadata.name, spec.slo.latency_ms, int(spec.slo.percentile.value),
                             spec.slo.dynamic.header if spec.slo.dynamic else None,
                             f"{runtime.router_admin_url}/metrics" if runtime.router_admin_url else None,
-                            generation_slo(pipeline))
+                            generation_slo(pipeline, runtime.model_specs))
             summary = run_and_report(target, replay, events=lambda: runtime.events, steps=lambda: runtime.steps,
                                      out_dir=Path(args.out) if args.out else None, progress=not args.no_progress)
     except KeyboardInterrupt:

@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from paretoserve.planner.compile import Observation, compile_problem
-from paretoserve.planner.control import Observed
+from paretoserve.planner.control import Observed, StepResult
+from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.solve import solve
 from paretoserve.planner.spec import ServingPipeline, parse_pipeline
 from paretoserve.workers.llm.cache import CachedScorer, LLMCatalog
@@ -59,8 +60,9 @@ POOL = 400
 """Held-out prompts whose offline answers are computed up front; the split's prompts are chosen among them."""
 
 
-def local_pipeline() -> ServingPipeline:
-    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+def local_pipeline(example: Path = EXAMPLE) -> ServingPipeline:
+    """``example`` on this machine's 2 cores, planning only when the test ticks the loop."""
+    doc: dict[str, Any] = yaml.safe_load(example.read_text())
     doc["spec"]["budget"]["cpu"] = 2
     doc["spec"]["adaptation"] = {"intervalSeconds": 3600, "checkSeconds": 3600, "scaleDownStabilization": 0,
                                  "predictor": {"kind": "movingMax", "windowSeconds": 5, "headroom": 0.0}}
@@ -90,6 +92,21 @@ def prompt_threshold(pipeline: ServingPipeline, threshold: float) -> float:
     row = min(cascade.rows, key=lambda r: abs(r.threshold - threshold))
     assert row.prompt_threshold is not None
     return row.prompt_threshold
+
+
+def split_by_the_loop(runtime: LocalRuntime, pipeline: ServingPipeline, load: float,
+                      logs: list[str]) -> tuple[StepResult[PolicyState], float, float]:
+    """Make the loop see ``load`` (a steady rate at which the program splits the stage) and tick it once: the plan
+    it applies, its threshold (strictly between 0 and 1) and the score the router compares with."""
+    metrics = runtime.metrics
+    assert metrics is not None and runtime.loop_runner is not None
+    metrics.observe = lambda now: Observed(load_history=(load,) * 10)  # type: ignore[method-assign]
+    result = runtime.loop_runner.tick()
+    assert result is not None and result.decision.apply, (result, logs)
+    applied = runtime.events[-1]
+    threshold = applied.thresholds.get("answer")
+    assert applied.error is None and threshold is not None and 0.0 < threshold < 1.0, (applied, logs)
+    return result, threshold, prompt_threshold(pipeline, threshold)
 
 
 def free_port() -> int:
@@ -152,15 +169,8 @@ def test_up_serves_the_generation_pipeline_and_a_plan_change_moves_the_answers(
         wait_until(lambda: metrics.router.pipeline_requests >= 2 * PER_SIDE, 30,
                    "the loop's metrics to count the pipeline's requests")
 
-        # the load the loop sees: a steady rate at which the program splits the stage
-        metrics.observe = lambda now: Observed(load_history=(load,) * 10)  # type: ignore[method-assign]
-        assert runtime.loop_runner is not None
-        result = runtime.loop_runner.tick()
-        assert result is not None and result.decision.apply, (result, logs)
+        result, threshold, cut = split_by_the_loop(runtime, pipeline, load, logs)
         applied = runtime.events[-1]
-        threshold = applied.thresholds.get("answer")
-        assert applied.error is None and threshold is not None and 0.0 < threshold < 1.0, (applied, logs)
-        cut = prompt_threshold(pipeline, threshold)
         plan = result.decision.plan
         assert plan is not None and runtime.actuator is not None
         running = runtime.actuator.running_specs()
@@ -181,7 +191,8 @@ def test_up_serves_the_generation_pipeline_and_a_plan_change_moves_the_answers(
 
         trace = write_trace(tmp_path / "trace.tbz2", [4, 4, 4])
         target = Target(runtime.url, PIPELINE, pipeline.spec.slo.latency_ms, 99,
-                        metrics_url=f"{runtime.router_admin_url}/metrics", generation=generation_slo(pipeline))
+                        metrics_url=f"{runtime.router_admin_url}/metrics",
+                        generation=generation_slo(pipeline, runtime.model_specs))
         summary = run_and_report(target, prepare_replay(trace, "0:3", 1.0), events=lambda: runtime.events,
                                  steps=lambda: runtime.steps, out_dir=tmp_path / "out", progress=False,
                                  request_timeout_s=60.0)

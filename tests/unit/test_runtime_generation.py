@@ -8,24 +8,31 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
 from paretoserve.planner.model import Allocation, Plan, SolveStatus, StagePlan
 from paretoserve.planner.spec import ServingPipeline, SpecError, parse_pipeline
-from paretoserve.workers.llm.scorer import SCORER_MODEL, ScorerServingSpec
+from paretoserve.workers.llm.mm_routing import FEATURES as MM_FEATURES
+from paretoserve.workers.llm.mm_routing import MultimodalDifficulty
+from paretoserve.workers.llm.multimodal import VisualProblem
+from paretoserve.workers.llm.routing import FEATURES, DifficultyScore
+from paretoserve.workers.llm.scorer import MM_SCORER_MODEL, SCORER_MODEL, ScorerServingSpec
 from paretoserve.workers.llm.serving import LLMServingSpec
 from paretoserve.workers.llm.tasks import make_splits
 from paretoserve.workers.runtime.actuator import AppliedRecord, LocalLimits, model_settings
 from paretoserve.workers.runtime.completions import (
     CompletionRequests,
+    GenerateRequests,
     chunk_text,
     draw_problems,
+    generate_event,
     generation_slo,
 )
 from paretoserve.workers.runtime.loadgen import LoadSettings, RequestRecord, replay_requests
@@ -44,6 +51,7 @@ from paretoserve.workers.runtime.served import (
 from paretoserve.workers.runtime.serving import ModelUse, model_specs, pipeline_models
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "arith-llm.yaml"
+MM_EXAMPLE = EXAMPLE.with_name("mm-llm.yaml")
 LIGHT, HEAVY = "arith-small", "arith-large"
 
 
@@ -68,45 +76,67 @@ def test_a_generation_stage_serves_its_variants_as_generation_models_and_its_sco
 
 @dataclass
 class FakeLLMs:
-    """What `model_specs` reads of an `LLMCatalog`."""
+    """What `model_specs` reads of a family's catalog (`CachedModels`)."""
 
     root: Path
     models: tuple[str, ...] = (LIGHT, HEAVY)
+    image_size: int | None = None
+    """Set: a multimodal family (its models read an ``IMAGE`` of ``image_size``² values)."""
 
     def model_dir(self, model: str) -> Path:
         folder = self.root / model
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "metadata.json").write_text(json.dumps({"model": model, "max_new_tokens": 5}))
+        metadata: dict[str, Any] = {"model": model, "max_new_tokens": 5}
+        if self.image_size is not None:
+            metadata |= {"family": "multimodal", "config": {"image_size": self.image_size}}
+        (folder / "metadata.json").write_text(json.dumps(metadata))
         return folder
 
 
 @dataclass
 class FakeScorer:
     weights_file: Path
-    asked: list[str] = field(default_factory=list)
 
 
 def test_model_specs_resolve_each_kind_and_name_the_field_of_what_resolves_to_nothing(tmp_path: Path) -> None:
-    llms = FakeLLMs(tmp_path)
-    scorer = FakeScorer(tmp_path / "scorer.json")
+    text, images = FakeLLMs(tmp_path), FakeLLMs(tmp_path, ("mm-low", "mm-high"), image_size=8)
+    (tmp_path / "text.json").write_text(json.dumps(DifficultyScore((0.0,) * len(FEATURES)).to_json()))
+    (tmp_path / "mm.json").write_text(json.dumps(
+        MultimodalDifficulty((0.0,) * len(MM_FEATURES)).to_json()))
+    asked: list[tuple[str, str]] = []
 
-    def fitted(light: str) -> Any:
-        scorer.asked.append(light)
-        return scorer
+    def family(model: str) -> Any:
+        for catalog in (text, images):
+            if model in catalog.models:
+                return catalog
+        raise LookupError("arith-large, arith-small, mm-high, mm-low")
+
+    def fitted(model: str, light: str) -> Any:
+        asked.append((model, light))
+        if model not in (SCORER_MODEL, MM_SCORER_MODEL):
+            raise LookupError(model)
+        return FakeScorer(tmp_path / ("text.json" if model == SCORER_MODEL else "mm.json"))
 
     uses = pipeline_models(example())
-    specs = model_specs(uses, None, max_batch=32, llms=lambda: llms, scorer=fitted)  # type: ignore[arg-type,return-value]
+    specs = model_specs(uses, None, max_batch=32, llms=family, scorer=fitted)
     assert specs[HEAVY] == GenerationModel(LLMServingSpec(HEAVY, HEAVY, str((tmp_path / HEAVY / "weights.npz")
                                                                             .resolve()), max_new_tokens=5))
-    assert specs[SCORER_MODEL] == ScorerModel(ScorerServingSpec(SCORER_MODEL), scorer.weights_file)
-    assert scorer.asked == [LIGHT]  # the scorer fitted on the cascade's light model
+    assert specs[SCORER_MODEL] == ScorerModel(ScorerServingSpec(SCORER_MODEL), tmp_path / "text.json")
+    assert asked == [(SCORER_MODEL, LIGHT)]  # the scorer fitted on the cascade's light model
+    # the multimodal family: its models take their IMAGE, its scorer reads the image too
+    mm = pipeline_models(parse_pipeline(yaml.safe_load(MM_EXAMPLE.read_text())))
+    specs = model_specs(mm, None, max_batch=32, llms=family, scorer=fitted)
+    assert isinstance(high := specs["mm-high"], GenerationModel) and high.spec.image_values == 64
+    assert specs[MM_SCORER_MODEL] == ScorerModel(ScorerServingSpec(MM_SCORER_MODEL, image_values=64),
+                                                 tmp_path / "mm.json")
+    assert asked[-1] == (MM_SCORER_MODEL, "mm-low")
     unknown = [ModelUse("arith-huge", "spec.stages[0].variants[1].tritonModel", "generation")]
     with pytest.raises(SpecError, match=r"variants\[1\]\.tritonModel: 'arith-huge' is not a token-generating model "
-                                        r"trained here \(have: arith-large, arith-small\)"):
-        model_specs(unknown, None, max_batch=32, llms=lambda: llms)  # type: ignore[arg-type,return-value]
+                                        r"trained here \(have: arith-large, arith-small, mm-high, mm-low\)"):
+        model_specs(unknown, None, max_batch=32, llms=family)
     foreign = [ModelUse("my-scorer", "spec.stages[0].cascade.scorerModel", "scorer", LIGHT)]
     with pytest.raises(SpecError, match=r"cascade\.scorerModel: 'my-scorer' is not a prompt scorer"):
-        model_specs(foreign, None, max_batch=32, scorer=fitted)  # type: ignore[arg-type]
+        model_specs(foreign, None, max_batch=32, scorer=fitted)
     with pytest.raises(SpecError, match=r"'tiny_linear' is neither a cached digits variant"):
         model_specs([ModelUse("tiny_linear", "spec.stages[0].variants[0].tritonModel")], None, max_batch=32)
 
@@ -240,6 +270,72 @@ def test_a_timeout_mid_stream_is_a_timeout() -> None:
     assert records[0].error == "timeout"
 
 
+def gen_sse(*tokens: str, last: bool = True, error: bool = False, as_list: bool = False) -> bytes:
+    """A router's ``generate_stream`` answer: one event per token (``TOKEN``), then the model's last event."""
+    events = [{"model_name": HIGH_MM, "TOKEN": [t] if as_list else t, "BATCH": 1} for t in tokens]
+    if error:
+        events.append({"error": "the model failed", "status": 502, "model": HIGH_MM})
+    if last:
+        events.append({"model_name": HIGH_MM, "GENERATED": len(tokens) + 1, "TTFT_US": 900})
+    return b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events)
+
+
+HIGH_MM = "mm-high"
+VISUAL = [VisualProblem("test", i, label=i % 10, operator="+", operand=10 + i) for i in range(3)]
+PIXELS = np.arange(3 * 64, dtype=np.float32).reshape(3, 8, 8) / 256
+
+
+def run_mm(handler: Callable[[httpx.Request], httpx.Response], count: int = 3) -> tuple[list[RequestRecord],
+                                                                                      list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append({"path": request.url.path, "body": json.loads(request.content)})
+        return handler(request)
+
+    settings = LoadSettings(url="http://router/", pipeline="mm-llm")
+    records = asyncio.run(replay_requests(settings, [0.01 * i for i in range(count)],
+                                          GenerateRequests("mm-llm", VISUAL[:count], PIXELS[:count]),
+                                          transport=httpx.MockTransport(recording)))
+    return records, seen
+
+
+def test_a_generate_event_is_a_token_the_last_event_an_error_or_unreadable() -> None:
+    assert generate_event('{"TOKEN": "7", "BATCH": 2}') == ("7", None, False)
+    assert generate_event('{"TOKEN": ["7"]}') == ("7", None, False)
+    assert generate_event('{"GENERATED": 3, "TTFT_US": 10}') == (None, None, True)
+    assert generate_event('{"error": "boom", "status": 502}') == (None, "stream_error", False)
+    for bad in ("not json", "[1]", '{"TOKEN": 3}', '{"TOKEN": ["1", "2"]}'):
+        assert generate_event(bad) == (None, "bad_chunk", False)
+
+
+def test_multimodal_requests_carry_the_image_to_the_pipelines_generate_stream() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        answer = next(p.answer for p in VISUAL if p.prompt == body["PROMPT"])
+        return httpx.Response(200, headers={"x-paretoserve-variant": HIGH_MM},
+                              content=gen_sse(*answer, as_list=body["PROMPT"] == VISUAL[1].prompt))
+
+    records, seen = run_mm(handler)
+    assert [s["path"] for s in seen] == ["/v2/models/mm-llm/generate_stream"] * 3
+    assert [s["body"]["PROMPT"] for s in seen] == [p.prompt for p in VISUAL]
+    assert [s["body"]["IMAGE"] for s in seen] == [[float(v) for v in image.ravel()] for image in PIXELS]
+    assert [r.error for r in records] == [None] * 3 and all(r.predicted == r.label for r in records)
+    assert all(r.variant == HIGH_MM and r.gaps_ms is not None and len(r.gaps_ms) == len(r.label) - 1 for r in records)
+    with pytest.raises(ValueError, match="images"):
+        GenerateRequests("mm-llm", VISUAL, PIXELS[:2])
+
+
+@pytest.mark.parametrize(("content", "kind"), [
+    (gen_sse("4", "2", error=True, last=False), "stream_error"),
+    (gen_sse("4", "2", last=False), "truncated"),  # no last event: the answer may be cut
+    (b"data: {oops}\n\n", "bad_chunk"),
+])
+def test_a_multimodal_stream_that_does_not_complete_is_never_served(content: bytes, kind: str) -> None:
+    records, _ = run_mm(lambda request: httpx.Response(200, content=content), count=1)
+    assert records[0].error == kind and records[0].predicted is None
+
+
 # --- the summary ------------------------------------------------------------------------------------------------
 
 
@@ -282,8 +378,8 @@ def test_generation_summary_arithmetic() -> None:
 def test_a_generation_pipeline_is_replayed_with_completions() -> None:
     pipeline = example()
     assert replayable(pipeline, {}) is None
-    slo = generation_slo(pipeline)
-    assert slo is not None and slo["stage"] == "answer" and slo["ttftMs"] is not None
+    slo = generation_slo(pipeline, {LIGHT: llm(LIGHT), HEAVY: llm(HEAVY)})
+    assert slo is not None and slo["stage"] == "answer" and slo["ttftMs"] is not None and slo["imageValues"] == 0
     target = Target("http://router", "arith-llm", 50.0, 99, generation=slo)
     requests = requests_for(target, 3, seed=1)
     assert isinstance(requests, CompletionRequests)

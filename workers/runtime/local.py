@@ -50,7 +50,7 @@ from paretoserve.workers.models import ensure_trained
 from paretoserve.workers.observe.prometheus import PrometheusSource
 from paretoserve.workers.plan_rendering import router_config, stage_models
 from paretoserve.workers.runtime.actuator import AppliedRecord, LocalActuator, LocalLimits, RouterAdmin
-from paretoserve.workers.runtime.completions import generation_slo, generation_stage
+from paretoserve.workers.runtime.completions import generation_slo
 from paretoserve.workers.runtime.metrics import LocalMetricsSource, PrometheusWarmup
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep
 from paretoserve.workers.runtime.served import ServedSpec
@@ -395,8 +395,10 @@ class LocalRuntime:
         self._stack.enter_context(self.loop_runner)
         self._write_runtime()
         name = pipeline.metadata.name
-        endpoint = (f'POST {settings.url}/v1/completions {{"model": "{name}", ...}}' if generation_stage(pipeline)
-                    else f"POST {settings.url}/v2/pipelines/{name}/infer")
+        generating = generation_slo(pipeline, self.model_specs)
+        endpoint = (f"POST {settings.url}/v2/pipelines/{name}/infer" if generating is None
+                    else f'POST {settings.url}/v2/models/{name}/generate_stream {{"PROMPT": ..., "IMAGE": [...]}}'
+                    if generating["imageValues"] else f'POST {settings.url}/v1/completions {{"model": "{name}", ...}}')
         self._log(f"ready: {endpoint} (plans every {adaptation.interval_seconds:g}s, checks the load every "
                   f"{check_interval(pipeline):g}s, state {self.state_dir})")
 
@@ -432,7 +434,7 @@ class LocalRuntime:
                 "routerPid": self.router_pid, "tritonPid": self.triton_pid, "startedAt": time.time(),
                 "routerAdminUrl": self.router_admin_url, "routerMetricsUrl": f"{self.router_admin_url}/metrics",
                 "tritonMetricsUrl": self.triton_metrics_url, "cpuQuotaPeriodMs": self.cpu_quota_period_ms,
-                "generation": generation_slo(self.pipeline)}
+                "generation": generation_slo(self.pipeline, self.model_specs)}
         (self.state_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=2))
 
     def _record_applied(self, record: AppliedRecord) -> None:

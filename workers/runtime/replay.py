@@ -4,8 +4,9 @@
 same thing; this module is that thing, so the two commands cannot report differently. The applied plans
 come from a callable: `up` passes its live list, `load` reads what `up` recorded in its state directory.
 What is sent depends on the pipeline: held-out digits to ``/v2/pipelines/{p}/infer`` (`loadgen.DigitsRequests`),
-or, for a pipeline that generates tokens (`Target.generation`), streamed completions of held-out arithmetic
-prompts naming the pipeline (`completions.CompletionRequests`).
+or, for a pipeline that generates tokens (`Target.generation`), streamed requests naming the pipeline: completions
+of held-out arithmetic prompts (`completions.CompletionRequests`), or held-out questions about digits images to the
+generate endpoint for a multimodal one (`completions.GenerateRequests`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from paretoserve.planner.bounds import REQUEST_INPUT
 from paretoserve.planner.spec import ServingPipeline
 from paretoserve.workers.models import load_split
 from paretoserve.workers.plan_rendering import stage_models
-from paretoserve.workers.runtime.completions import CompletionRequests, draw_problems, generation_stage
+from paretoserve.workers.runtime.completions import (
+    CompletionRequests,
+    draw_problems,
+    generation_stage,
+    multimodal_requests,
+)
 from paretoserve.workers.runtime.loadgen import DigitsRequests, LoadSettings, ProgressBar, Requests, run_requests
 from paretoserve.workers.runtime.metrics import RouterSnapshot, parse_router_metrics
 from paretoserve.workers.runtime.report import AppliedEvent, LoopStep, format_summary, summarize, write_plots
@@ -107,8 +113,8 @@ REPLAY_INPUT_SHAPE = (8, 8)
 def replayable(pipeline: ServingPipeline, specs: Mapping[str, ServedSpec]) -> str | None:
     """Why a replay cannot check the answers of ``pipeline`` served by ``specs`` (None if it can).
 
-    A pipeline that generates tokens gets completions of held-out arithmetic prompts, which the router routes
-    for a pipeline of one stage only. Otherwise a replay sends the held-out 8x8 digits as the request and checks
+    A pipeline that generates tokens gets streamed requests of held-out problems, which the router routes for a
+    pipeline of one stage only. Otherwise a replay sends the held-out 8x8 digits as the request and checks
     one ``LABEL``, so every model of a stage that reads the request alone must read 8x8 images, and every model
     of a stage no other reads (the answer) must answer one task. Stages that read their parents' outputs (agent
     workflows) may read anything."""
@@ -137,9 +143,12 @@ def replayable(pipeline: ServingPipeline, specs: Mapping[str, ServedSpec]) -> st
 
 
 def requests_for(target: Target, count: int, *, seed: int) -> Requests:
-    """What a replay of ``count`` requests sends to ``target``: held-out arithmetic prompts (drawn with ``seed``)
-    for a token-generating pipeline, else the held-out digits."""
+    """What a replay of ``count`` requests sends to ``target``: for a token-generating pipeline held-out problems
+    (drawn with ``seed``), questions about digits images if its models read one, else arithmetic prompts; for any
+    other the held-out digits."""
     if target.generation is not None:
+        if target.generation.get("imageValues"):
+            return multimodal_requests(target.pipeline, max(1, count), seed)
         return CompletionRequests(target.pipeline, draw_problems(max(1, count), seed))
     split = load_split()
     return DigitsRequests(np.ascontiguousarray(split.x_test, dtype=np.float32), split.y_test, count)

@@ -7,11 +7,13 @@ manifest names it, and `model_specs` finds it (`served` says how each kind is wr
 - a variant of a stage without ``generation``, or a cascade's ``discriminatorModel``: a fixed-cost classifier, a
   cached digits variant of the model catalog (``paretoserve.workers.models``) or else an ONNX entry of
   ``--model-repository``;
-- a variant of a stage with ``generation``: a token-generating model trained here
-  (``paretoserve.workers.llm.cache.ensure_llms``, trained and cached on first use), served by the decoupled
-  Python backend;
-- a cascade's ``scorerModel``: the prompt scorer fitted on the cascade's light model
-  (``paretoserve.workers.llm.cache.ensure_scorer``, fitted and cached on first use).
+- a variant of a stage with ``generation``: a token-generating model trained here, of the text family
+  (``paretoserve.workers.llm.cache.ensure_llms``) or the multimodal one
+  (``paretoserve.workers.llm.multimodal.ensure_multimodal``), each trained and cached on first use, served by
+  the decoupled Python backend (a multimodal model with its ``IMAGE`` input);
+- a cascade's ``scorerModel``: the prompt scorer of its family (``arith-scorer`` or ``mm-scorer``) fitted on the
+  cascade's light model (``paretoserve.workers.llm.cache.ensure_scorer`` / ``ensure_mm_scorer``, fitted and cached
+  on first use).
 
 The Triton model name is the ``tritonModel`` itself. A name that resolves to nothing is a `SpecError` naming the
 field, as everywhere else.
@@ -38,7 +40,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from paretoserve.planner.spec import ServingPipeline, SpecError
-from paretoserve.workers.llm.scorer import SCORER_MODEL, ScorerServingSpec
+from paretoserve.workers.llm.scorer import MM_SCORER_MODEL, SCORER_MODEL, scorer_spec
 from paretoserve.workers.llm.serving import spec_from_cached_llm
 from paretoserve.workers.plan_rendering import discriminator_model, scorer_model
 from paretoserve.workers.runtime.served import GenerationModel, ScorerModel, ServedSpec, served_config, write_served
@@ -47,7 +49,8 @@ from paretoserve.workers.triton.repository import ONNX_FILE, TritonModelSpec, sp
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
 if TYPE_CHECKING:  # torch and tritonclient load only where a model catalog or a server is used
-    from paretoserve.workers.llm.cache import CachedScorer, LLMCatalog
+    from paretoserve.workers.llm.cache import CachedFit
+    from paretoserve.workers.llm.config import CachedModels
     from paretoserve.workers.models import ModelCatalog
 
 
@@ -96,36 +99,54 @@ def max_batch_size(pipeline: ServingPipeline, extra: Sequence[int] = ()) -> int:
     return int(largest)
 
 
-def _ensure_llms() -> LLMCatalog:
+def _generation_catalog(model: str) -> CachedModels:
+    """The cached family holding ``model`` (trained on first use): the multimodal one for its models' names, the
+    text one for the text models'. Raises `LookupError` with the names of both families for any other name
+    (without training either)."""
     from paretoserve.workers.llm.cache import ensure_llms  # torch: only where a generation model is served
+    from paretoserve.workers.llm.multimodal import RECIPES as MM_RECIPES
+    from paretoserve.workers.llm.multimodal import ensure_multimodal
+    from paretoserve.workers.llm.training import RECIPES
 
-    return ensure_llms()
+    if model in {recipe.name for recipe in MM_RECIPES}:
+        return ensure_multimodal()
+    if model in {recipe.name for recipe in RECIPES}:
+        return ensure_llms()
+    raise LookupError(", ".join(sorted([recipe.name for recipe in RECIPES] + [recipe.name for recipe in MM_RECIPES])))
 
 
-def _ensure_scorer(light: str) -> CachedScorer:
-    from paretoserve.workers.llm.cache import ensure_scorer
+def _fitted_scorer(model: str, light: str) -> CachedFit:
+    """The fit behind the scorer ``model`` (``arith-scorer`` or ``mm-scorer``) for the cascade's ``light`` model;
+    `LookupError` for another name."""
+    from paretoserve.workers.llm.cache import ensure_mm_scorer, ensure_scorer
 
-    return ensure_scorer(light=light)
+    if model == SCORER_MODEL:
+        return ensure_scorer(light=light)
+    if model == MM_SCORER_MODEL:
+        return ensure_mm_scorer(light=light)
+    raise LookupError(model)
 
 
 def model_specs(
     uses: Sequence[ModelUse], catalog: ModelCatalog | None, *, max_batch: int, repository: Path | None = None,
-    llms: Callable[[], LLMCatalog] = _ensure_llms, scorer: Callable[[str], CachedScorer] = _ensure_scorer,
+    llms: Callable[[str], CachedModels] = _generation_catalog,
+    scorer: Callable[[str, str], CachedFit] = _fitted_scorer,
     **knobs: Any,
 ) -> dict[str, ServedSpec]:
     """A spec per model, by its kind (`ModelUse.kind`; one instance, one thread unless ``knobs`` say otherwise):
 
     - a classifier: a cached digits variant of ``catalog``, else an entry of the model ``repository`` that
       ``paretoserve fuse`` (or ``models export``) wrote; ``knobs`` are its `TritonModelSpec` fields;
-    - a generation model: one of the token-generating models ``llms()`` returns (trained on first use);
-    - a scorer: ``arith-scorer``, the fit ``scorer(light)`` returns for the cascade's light model.
+    - a generation model: the token-generating model of the family ``llms(model)`` returns (trained on first use);
+    - a scorer: ``arith-scorer`` or ``mm-scorer``, the fit ``scorer(model, light)`` returns for the cascade's light
+      model.
 
     Raises `SpecError` naming the field at the first model that resolves to nothing."""
-    generation = functools.cache(llms)  # read (or trained) once, and only when a generation model is served
+    families = functools.cache(llms)  # each family read (or trained) once, and only when one of its models is served
     specs: dict[str, ServedSpec] = {}
     for use in uses:
         if use.kind == "generation":
-            specs[use.model] = _generation_model(use, generation())
+            specs[use.model] = _generation_model(use, families)
         elif use.kind == "scorer":
             specs[use.model] = _scorer_model(use, scorer)
         else:
@@ -133,18 +154,23 @@ def model_specs(
     return specs
 
 
-def _generation_model(use: ModelUse, catalog: LLMCatalog) -> GenerationModel:
-    if use.model not in catalog.models:
+def _generation_model(use: ModelUse, llms: Callable[[str], CachedModels]) -> GenerationModel:
+    try:
+        family = llms(use.model)
+    except LookupError as known:
         raise SpecError(use.path, f"{use.model!r} is not a token-generating model trained here (have: "
-                                  f"{', '.join(sorted(catalog.models))})")
-    return GenerationModel(spec_from_cached_llm(catalog.model_dir(use.model), name=use.model))
+                                  f"{known.args[0]})") from None
+    return GenerationModel(spec_from_cached_llm(family.model_dir(use.model), name=use.model))
 
 
-def _scorer_model(use: ModelUse, scorer: Callable[[str], CachedScorer]) -> ScorerModel:
-    if use.model != SCORER_MODEL:
+def _scorer_model(use: ModelUse, scorer: Callable[[str, str], CachedFit]) -> ScorerModel:
+    try:
+        fitted = scorer(use.model, use.light or "")
+    except LookupError:
         raise SpecError(use.path, f"{use.model!r} is not a prompt scorer `paretoserve up` can serve (it serves "
-                                  f"{SCORER_MODEL!r}, fitted here on the light model's answers)")
-    return ScorerModel(ScorerServingSpec(name=use.model), scorer(use.light or "").weights_file)
+                                  f"{SCORER_MODEL!r} and {MM_SCORER_MODEL!r}, fitted here on the light model's "
+                                  "answers)") from None
+    return ScorerModel(scorer_spec(fitted.weights_file, name=use.model), fitted.weights_file)
 
 
 def _classifier(use: ModelUse, catalog: ModelCatalog | None, repository: Path | None, *, max_batch: int,
