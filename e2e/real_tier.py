@@ -26,11 +26,13 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from e2e_kube import Cluster
 from operator_harness import free_port, helm
@@ -75,6 +77,79 @@ def find_real_node(cluster: Cluster) -> RealNode | None:
         if ready and address:
             return RealNode(node["metadata"]["name"], address)
     return None
+
+
+def real_node_or_skip(cluster: Cluster) -> RealNode:
+    """The real node (a module's ``node`` fixture): skipped without one, failed when the run asked for it
+    (``PARETOSERVE_REAL_NODE=1``)."""
+    found = find_real_node(cluster)
+    if found is None:
+        message = ("no Ready node labelled paretoserve.io/node=real: start the local one with "
+                   "PARETOSERVE_REAL_NODE=1 (e2e/cluster/up.sh) and load the images (images/build.sh), or label "
+                   "a kind worker and `kind load docker-image` the images")
+        if os.environ.get("PARETOSERVE_REAL_NODE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def restricted_namespace(cluster: Cluster, prefix: str) -> str:
+    """A new namespace that enforces PodSecurity ``restricted``, once its default ServiceAccount exists."""
+    namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.wait_for(lambda: cluster.kubectl("-n", namespace, "get", "serviceaccount", "default",
+                                             check=False).returncode == 0, "default ServiceAccount")
+    return namespace
+
+
+def operator_logs(cluster: Cluster, release_namespace: str, lines: int) -> str:
+    """The operator's last ``lines`` log lines (its decisions, retries and errors)."""
+    logs = cluster.kubectl("-n", release_namespace, "logs", "-l", "app.kubernetes.io/name=paretoserve",
+                           f"--tail={lines}", check=False)
+    return f"the operator's last {lines} log lines:\n{logs.stdout}{logs.stderr}"
+
+
+def status_plan(cluster: Cluster, namespace: str, pipeline: str) -> dict[str, Any] | None:
+    """The pipeline's applied plan from its status (None before the first one)."""
+    plan = cluster.get_json("-n", namespace, "servingpipeline", pipeline).get("status", {}).get("plan")
+    return plan if plan and plan.get("stages") else None
+
+
+def allocations(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {a["variant"]: a for stage in plan["stages"] for a in stage["allocations"]}
+
+
+def worker_pods(cluster: Cluster, namespace: str, pipeline: str, variant: str) -> list[dict[str, Any]]:
+    """A variant's worker pods that are not being deleted."""
+    pods: list[dict[str, Any]] = cluster.get_json(
+        "-n", namespace, "pods", "-l", f"paretoserve.io/pipeline={pipeline},paretoserve.io/variant={variant}",
+    )["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def wait_planned_pods_ready(cluster: Cluster, namespace: str, pipeline: str, *,
+                            variants: set[str] | None = None) -> dict[str, Any]:
+    """The plan, once every planned replica is a Ready pod (real readiness probes) and, with ``variants``, once
+    exactly those variants have replicas."""
+    def check() -> dict[str, Any] | None:
+        plan = status_plan(cluster, namespace, pipeline)
+        if plan is None:
+            return None
+        planned = {v: a for v, a in allocations(plan).items() if a["replicas"] > 0}
+        if variants is not None and set(planned) != variants:
+            return None
+        for variant, alloc in planned.items():
+            if sum(pod_ready(p) for p in worker_pods(cluster, namespace, pipeline, variant)) < alloc["replicas"]:
+                return None
+        return plan
+
+    what = f"{sorted(variants)} planned and " if variants else ""
+    return cluster.wait_for(check, f"{what}every planned worker pod Ready", timeout=300)
 
 
 def prometheus_binary() -> str:

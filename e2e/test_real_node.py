@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import real_tier
 import yaml
 from e2e_kube import Cluster
 from real_tier import (
@@ -42,14 +43,19 @@ from real_tier import (
     WORKER_IMAGE,
     PrometheusWithDiscovery,
     RealNode,
+    allocations,
     cgroup_cpu_quota,
-    find_real_node,
     helm_install,
     helm_uninstall,
     loadgen_pod,
+    operator_logs,
+    pod_ready,
     pod_report,
+    real_node_or_skip,
+    restricted_namespace,
     router_admin_config,
     script_pod,
+    wait_planned_pods_ready,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,15 +69,7 @@ ROUTER_RESOURCES = {"cpu": "100m", "memory": "192Mi"}
 
 @pytest.fixture(scope="module")
 def node(cluster: Cluster) -> RealNode:
-    found = find_real_node(cluster)
-    if found is None:
-        message = ("no Ready node labelled paretoserve.io/node=real: start the local one with "
-                   "PARETOSERVE_REAL_NODE=1 (e2e/cluster/up.sh) and load the images (images/build.sh), or label "
-                   "a kind worker and `kind load docker-image` the images")
-        if os.environ.get("PARETOSERVE_REAL_NODE") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return real_node_or_skip(cluster)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +88,7 @@ _RUNNING: dict[str, Cluster] = {}
 def failure_context(lines: int = 80) -> str:
     """The operator's last log lines (its decisions, retries and errors): added to a failed test's report."""
     cluster = _RUNNING.get("cluster")
-    if cluster is None:
-        return "(the operator was not installed)"
-    logs = cluster.kubectl("-n", RELEASE_NS, "logs", "-l", "app.kubernetes.io/name=paretoserve", f"--tail={lines}",
-                           check=False)
-    return f"the operator's last {lines} log lines:\n{logs.stdout}{logs.stderr}"
+    return "(the operator was not installed)" if cluster is None else operator_logs(cluster, RELEASE_NS, lines)
 
 
 @pytest.fixture(scope="module")
@@ -115,49 +109,23 @@ def release(cluster: Cluster, node: RealNode, prometheus: PrometheusWithDiscover
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, release: str) -> Iterator[str]:
     """The digits cascade applied in a PodSecurity-restricted namespace; yields the namespace."""
-    namespace = f"e2e-real-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    cluster.wait_for(lambda: cluster.kubectl("-n", namespace, "get", "serviceaccount", "default",
-                                             check=False).returncode == 0, "default ServiceAccount")
+    namespace = restricted_namespace(cluster, "e2e-real")
     cluster.kubectl("-n", namespace, "apply", "-f", str(MANIFEST))
     yield namespace
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
 
 
 def status_plan(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
-    status = cluster.get_json("-n", namespace, "servingpipeline", PIPELINE).get("status", {})
-    plan = status.get("plan")
-    return plan if plan and plan.get("stages") else None
-
-
-def allocations(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {a["variant"]: a for stage in plan["stages"] for a in stage["allocations"]}
+    return real_tier.status_plan(cluster, namespace, PIPELINE)
 
 
 def worker_pods(cluster: Cluster, namespace: str, variant: str) -> list[dict[str, Any]]:
-    pods: list[dict[str, Any]] = cluster.get_json(
-        "-n", namespace, "pods", "-l", f"paretoserve.io/pipeline={PIPELINE},paretoserve.io/variant={variant}",
-    )["items"]
-    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+    return real_tier.worker_pods(cluster, namespace, PIPELINE, variant)
 
 
 def wait_serving(cluster: Cluster, namespace: str) -> dict[str, Any]:
     """The plan, once every planned replica is a Ready pod (real readiness probes)."""
-    def check() -> dict[str, Any] | None:
-        plan = status_plan(cluster, namespace)
-        if plan is None:
-            return None
-        for variant, alloc in allocations(plan).items():
-            if sum(ready(p) for p in worker_pods(cluster, namespace, variant)) < alloc["replicas"]:
-                return None
-        return plan
-
-    return cluster.wait_for(check, "every planned worker pod Ready", timeout=300)
+    return wait_planned_pods_ready(cluster, namespace, PIPELINE)
 
 
 def held_out_digits() -> dict[str, Any]:
@@ -228,7 +196,7 @@ def test_the_planned_cpu_is_the_triton_containers_cfs_quota(cluster: Cluster, se
         deployment = cluster.get_json("-n", served, "deployment", f"{PIPELINE}-classify-{variant}")
         template_cpu = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
         for pod in worker_pods(cluster, served, variant):
-            if not ready(pod):
+            if not pod_ready(pod):
                 continue
             quota = cluster.wait_for(
                 lambda p=pod["metadata"]["name"], want=alloc["cpu"]: (
@@ -261,7 +229,7 @@ def test_a_pod_of_another_tenant_cannot_control_the_data_plane(cluster: Cluster,
     admin and metrics ports to this pod: this cluster's bridge CNI does not enforce NetworkPolicies, so what
     is shown here is what holds without them.)"""
     plan = wait_serving(cluster, served)
-    target = next(p for v in allocations(plan) for p in worker_pods(cluster, served, v) if ready(p))
+    target = next(p for v in allocations(plan) for p in worker_pods(cluster, served, v) if pod_ready(p))
     ip = target["status"]["podIP"]
     tiny = "tiny_linear"
     checks = [
@@ -345,7 +313,7 @@ def test_the_running_triton_gets_the_planned_instance_count(cluster: Cluster, se
     for variant, alloc in allocations(plan).items():
         for pod in worker_pods(cluster, served, variant):
             name = pod["metadata"]["name"]
-            if name not in before or not ready(pod):
+            if name not in before or not pod_ready(pod):
                 continue  # a pod the new plan added starts with the knobs in its ConfigMap
             count = cluster.wait_for(lambda n=name, m=models[variant], want=alloc["instances"]: (c := int(
                 cluster.kubectl("-n", served, "exec", n, "-c", "triton", "--", "python3", "-c", script, m).stdout))
@@ -372,11 +340,11 @@ def test_a_load_step_scales_out_and_no_request_is_lost(cluster: Cluster, node: R
     original = {p["metadata"]["name"] for p in worker_pods(cluster, served, "tiny-linear")}
 
     def light_ready() -> int:
-        return sum(ready(p) for p in worker_pods(cluster, served, "tiny-linear"))
+        return sum(pod_ready(p) for p in worker_pods(cluster, served, "tiny-linear"))
 
     scaled = cluster.wait_for(lambda: (n := light_ready()) > 1 and n, "a second Ready light replica", timeout=120)
     added = [p["metadata"]["name"] for p in worker_pods(cluster, served, "tiny-linear")
-             if p["metadata"]["name"] not in original and ready(p)]
+             if p["metadata"]["name"] not in original and pod_ready(p)]
     # the new pod takes traffic: its router answers requests that enter through the Service (the routers
     # recycle keep-alive connections, so even the one long-lived client reaches it)
     cluster.wait_for(lambda: any(prometheus.value(

@@ -2,7 +2,10 @@
 
 Per (stage, variant) the operator keeps one Deployment of Triton worker pods with the router sidecar,
 one Service, one ConfigMap with the worker's Triton knobs (batch size, dynamic batching, instances,
-threads) and, when it runs more than one replica, a PodDisruptionBudget. Variants the plan does not use
+threads; for a token-generating model its instances and most sequences at once) and, when it runs more
+than one replica, a PodDisruptionBudget. Which models a pod's Triton loads and which knobs it gets are
+`workers/plan_rendering.py`'s rules, shared with `paretoserve up` (a prompt cascade's scorer in every
+variant's pods). Variants the plan does not use
 keep their Deployment at zero replicas, so switching variants is a scale, not a create. Per pipeline it
 keeps the front-door Service, the Secret holding the routers' admin token and the NetworkPolicies
 (`network_policies.py`). Every object carries an ownerReference to the pipeline, so deleting the pipeline

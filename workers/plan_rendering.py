@@ -4,7 +4,9 @@
   the plan's allocation asks for. The operator writes them into each worker pod's ConfigMap and pushes them
   to its sidecar (`worker_body`, the `POST /admin/worker` body); the one-machine runtime reloads its Triton
   models with them. Batching is on only where the planner charged for it (batch > 1): at batch 1 Triton
-  must not hold requests back waiting for a batch.
+  must not hold requests back waiting for a batch. A token-generating model batches sequences itself: its
+  pods get the plan's batch as ``maxSequences`` (the most sequences one instance runs at once) and no
+  dynamic batching; its replicas are pods, as every variant's are.
 - Router settings (`router_config`, `router_update`): traffic splits from planned load shares, cascade
   thresholds from the chosen row, the discriminator or prompt-scorer model the spec names. The operator writes the whole
   config into the ConfigMap and pushes the live part; the local runtime starts its router with it.
@@ -47,10 +49,20 @@ def scorer_model(stage: Stage) -> str | None:
 
 
 def served_models(stage: Stage, variant: Variant) -> tuple[str, ...]:
-    """Triton models a variant's workers load: its own, plus the cascade router's model (discriminator or prompt
-    scorer) next to a cascade's light model."""
-    extra = discriminator_model(stage) or scorer_model(stage)
-    if extra and stage.cascade is not None and stage.cascade.light == variant.name:
+    """Triton models a variant's workers load: its own, plus the cascade router's model.
+
+    A discriminator sits next to the cascade's light model (every row visits the light model first). A prompt
+    scorer is loaded by every variant of its stage: each router asks it before choosing a model, so it answers
+    from the pod's own Triton (no hop to another pod on every request), and a plan that keeps no light replica
+    (threshold 0 with ``minReplicas: 0``) still leaves the scorer where the routers are. It costs a few KiB."""
+    cascade = stage.cascade
+    if cascade is None or variant.name not in (cascade.light, cascade.heavy):
+        return (variant.triton_model,)
+    scorer = scorer_model(stage)
+    if scorer is not None:
+        return (variant.triton_model, scorer)
+    extra = discriminator_model(stage)
+    if extra and cascade.light == variant.name:
         return (variant.triton_model, extra)
     return (variant.triton_model,)
 
@@ -88,11 +100,22 @@ def worker_body(stage: Stage, variant: Variant, alloc: Allocation | None) -> dic
     which the sidecar renders as "no preferred size".
     """
     knobs = triton_knobs(stage, variant, alloc)
+    if stage.generation is not None:
+        return {"models": {variant.triton_model: generation_knobs(variant, alloc)}}
     return {"models": {variant.triton_model: {
         "instanceCount": knobs.instances,
         "preferredBatchSize": knobs.preferred_batch or 1,
         "maxQueueDelayMicroseconds": knobs.max_queue_delay_us,
     }}}
+
+
+def generation_knobs(variant: Variant, alloc: Allocation | None) -> dict[str, int]:
+    """A token-generating model's knobs for one pod: its instances (schedulers) and the plan's batch as
+    ``maxSequences``; no dynamic batching (its scheduler batches sequences between decode steps) and no threads
+    (it runs on one BLAS thread). Without an allocation, one instance and the served ``max_sequences`` kept."""
+    if alloc is None:
+        return {"instanceCount": 1}
+    return {"instanceCount": alloc.instances, "maxSequences": alloc.batch}
 
 
 def cascade_entry(stage: Stage, threshold: float | None) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 Covers: the JSON summary names every exported model with its held-out accuracy and the entry's files; an
 unknown variant, a non-empty --out without --force and an invalid --max-batch-size each exit 2 with one
-line naming the flag, writing nothing.
+line naming the flag, writing nothing; the token-generating models and their prompt scorer (``--family llm``,
+exported by default too) are self-contained entries whose weights answer like the cached models.
 """
 
 from __future__ import annotations
@@ -47,3 +48,43 @@ def test_non_empty_out_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--out:" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "mine"
     assert main(["models", "export", "--out", str(tmp_path), "--variant", "tiny_linear", "--force"]) == 0
     assert not (tmp_path / "keep.txt").exists()
+
+
+def test_the_token_generating_models_and_their_scorer_are_self_contained_entries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--family llm`: arith-small and arith-large as decoupled Python-backend entries with their weights (the
+    numpy engine the worker image serves answers like the cached model) and arith-scorer with its fit, each
+    needing no path outside its entry."""
+    from paretoserve.workers.llm.cache import ensure_llms, ensure_scorer
+    from paretoserve.workers.llm.mm_engine import load_engine
+    from paretoserve.workers.llm.scorer import load_scorer
+    from paretoserve.workers.llm.tokenizer import encode_prompt
+
+    out = tmp_path / "repo"
+    assert main(["models", "export", "--out", str(out), "--family", "llm"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(summary["models"]) == ["arith-large", "arith-scorer", "arith-small"]
+    assert sorted(p.name for p in out.iterdir()) == ["arith-large", "arith-scorer", "arith-small"]
+    catalog = ensure_llms()
+    for model in ("arith-small", "arith-large"):
+        config = (out / model / "config.pbtxt").read_text()
+        assert "decoupled: true" in config and 'string_value: "weights.npz"' in config  # relative: self-contained
+        assert sorted(p.name for p in (out / model / "1").iterdir()) == ["metadata.json", "model.py", "weights.npz"]
+        assert summary["models"][model]["heldoutExactMatch"] == catalog.exact_match(model)
+        prompt = [encode_prompt("483+219=")]
+        assert load_engine(out / model / "1" / "weights.npz").generate(prompt, 5) == catalog.engine(model).generate(
+            prompt, 5)
+    assert sorted(p.name for p in (out / "arith-scorer" / "1").iterdir()) == ["model.py", "scorer.json"]
+    assert load_scorer(out / "arith-scorer" / "1" / "scorer.json") == ensure_scorer().score()
+    total = sum(m["bytes"] for m in summary["models"].values())
+    assert total < 4_000_000, total  # what the worker image pays for them (~1.8 MB)
+
+
+def test_variant_names_either_family_and_an_unknown_name_lists_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "export", "--out", str(tmp_path / "a"), "--variant", "arith-scorer",
+                 "--variant", "tiny_linear"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["models"]) == ["arith-scorer", "tiny_linear"]
+    assert main(["models", "export", "--out", str(tmp_path / "b"), "--variant", "gpt"]) == 2
+    err = capsys.readouterr().err
+    assert "--variant: unknown ['gpt']" in err and "arith-large" in err and "cnn_large" in err

@@ -73,16 +73,17 @@ def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, insta
     ("arith-llm.yaml", "arith-small", "arith-large", "arith-scorer"),
     ("mm-llm.yaml", "mm-low", "mm-high", "mm-scorer"),
 ])
-def test_a_generation_prompt_cascade_renders_its_scorer_next_to_the_light_model(
+def test_a_generation_prompt_cascade_renders_its_scorer_in_every_variants_pods(
         example: str, light_name: str, heavy_name: str, scorer: str) -> None:
-    """arith-llm and mm-llm alike: the light pods load the scorer beside the light model, and every router's config
-    names it as the cascade's scorer with the chosen row's prompt threshold (what the router applies per request);
+    """arith-llm and mm-llm alike: the pods of both models load the scorer beside their model (each router scores
+    from its own Triton, and a plan without light replicas keeps it), and every router's config names it as the
+    cascade's scorer, on localhost, with the chosen row's prompt threshold (what the router applies per request);
     the multimodal scorer's extra IMAGE input changes nothing here (the router reads it from the scorer's config)."""
     pipeline = load_pipeline_text((EXAMPLES / example).read_text())
     stage = pipeline.spec.stages[0]
     light, heavy = (next(v for v in stage.variants if v.name == name) for name in (light_name, heavy_name))
     assert served_models(stage, light) == (light_name, scorer)
-    assert served_models(stage, heavy) == (heavy_name,)
+    assert served_models(stage, heavy) == (heavy_name, scorer)
     row = stage.cascade.rows[3] if stage.cascade is not None else None
     assert row is not None
     plan = Plan(SolveStatus.OPTIMAL, (StagePlan("answer", (), 0.0, 1.0, row.quality or 0.0, threshold=row.threshold),))
@@ -90,15 +91,43 @@ def test_a_generation_prompt_cascade_renders_its_scorer_next_to_the_light_model(
     loads = {tuple(a for a in c["args"] if a.startswith("--load-model="))
              for o in children if o["kind"] == "Deployment"
              for c in o["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"}
-    assert loads == {(f"--load-model={light_name}", f"--load-model={scorer}"), (f"--load-model={heavy_name}",)}
+    assert loads == {(f"--load-model={light_name}", f"--load-model={scorer}"),
+                     (f"--load-model={heavy_name}", f"--load-model={scorer}")}
     for config_map in (o for o in children if o["kind"] == "ConfigMap" and "router.json" in o.get("data", {})):
         config = parse_config(json.loads(config_map["data"]["router.json"]))
         cascade = config.stages[0].cascade
         assert cascade is not None and cascade.scorer == scorer
-        assert cascade.pre_route_threshold == row.prompt_threshold and scorer in config.upstreams
+        assert cascade.pre_route_threshold == row.prompt_threshold
+        assert [u.startswith("http://127.0.0.1:") for u in config.upstreams[scorer]] == [True]
     update = router_update(pipeline.spec, plan)["stages"][0]["cascade"]
     assert update == {"threshold": row.threshold, "preRouteThreshold": row.prompt_threshold}
     provisional = router_config(pipeline.metadata.name, pipeline.spec, {light_name: ["http://l"], heavy_name: [
         "http://h"], scorer: ["http://s"]}, None)["stages"][0]["cascade"]  # before a plan: the best row, threshold 0
     assert (provisional["scorer"], provisional["preRouteThreshold"], provisional["light"], provisional["heavy"]) == (
         scorer, 0.0, light_name, heavy_name)
+
+
+def test_a_discriminator_stays_next_to_the_light_model_only() -> None:
+    pipeline = load_pipeline_text((EXAMPLES / "diffserve-cascade.yaml").read_text())
+    stage = pipeline.spec.stages[0]
+    assert stage.cascade is not None and stage.cascade.discriminator_model
+    by_name = {v.name: v for v in stage.variants}
+    assert served_models(stage, by_name[stage.cascade.light]) == (
+        by_name[stage.cascade.light].triton_model, stage.cascade.discriminator_model)
+    assert served_models(stage, by_name[stage.cascade.heavy]) == (by_name[stage.cascade.heavy].triton_model,)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 8])
+def test_a_generation_pod_gets_the_plans_batch_as_max_sequences_and_no_batching(batch: int) -> None:
+    """The plan's batch of a token-generating variant is its scheduler's most sequences at once, on a pod as in
+    `paretoserve up` (one replica: one instance); no dynamic batching knob reaches a decoupled model."""
+    pipeline = load_pipeline_text((EXAMPLES / "arith-llm.yaml").read_text())
+    allocation = Allocation("arith-large", batch, 1.0, 1, 1, 10.0, 2.0, 0.0, "main")
+    plan = Plan(SolveStatus.OPTIMAL, (StagePlan("answer", (allocation,), 0.0, 2.0, 0.7865, threshold=0.0),))
+    children = render_children(Owner("arith-llm", "ns", "uid"), pipeline.spec, plan, WorkerSettings(), admin_key=KEY)
+    bodies = {o["metadata"]["name"]: json.loads(o["data"]["worker.json"]) for o in children if o["kind"] == "ConfigMap"}
+    assert bodies["arith-llm-answer-arith-large"] == {"models": {"arith-large": {"instanceCount": 1,
+                                                                                 "maxSequences": batch}}}
+    assert bodies["arith-llm-answer-arith-small"] == {"models": {"arith-small": {"instanceCount": 1}}}  # not planned
+    local = model_settings(pipeline, plan, LocalLimits(cores=64, max_instances_per_model=64))["arith-large"]
+    assert (local.instances, local.max_sequences) == (1, batch)

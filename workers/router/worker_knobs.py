@@ -8,6 +8,14 @@ An instance-count-only change is an in-place update in Triton (no
 reload); a batching change is a reload that keeps the old model serving until the new one is ready.
 `override_config` is pure; `apply_knobs` does the two HTTP calls.
 
+A token-generating model (decoupled, ``workers/llm/serving.py``) has one more knob, ``maxSequences``: the most
+sequences one instance's scheduler runs at once (the plan's batch), its config parameter ``max_sequences``; it
+has no dynamic batching. Every change of such a model is a full reload, never Triton's in-place instance update
+(measured with Triton 2.51: removing an instance in place under running streams stalled a stream and every
+later load; ``workers/runtime/served.py``). So the override also writes the instance count into the model's
+parameters (``instances``, read by nobody), as `paretoserve up` does: Triton then sees more than an
+``instance_group`` change and reloads, the old instances finishing their streams beside the new ones.
+
 A config override loads whatever it says into Triton, so the body is held to exactly the knobs: only
 `models`, only names matching the spec's `TRITON_MODEL_NAME` that this router serves from its own Triton
 (`KnobsApplier`'s `served`), each knob within bounds (`KNOB_BOUNDS`: at most 64 instances, as the CRD).
@@ -43,8 +51,15 @@ KNOB_BOUNDS: Mapping[str, tuple[int, int]] = {
     "instanceCount": (1, 64),
     "preferredBatchSize": (1, 4096),
     "maxQueueDelayMicroseconds": (0, 60_000_000),
+    "maxSequences": (1, 4096),
 }
-"""Inclusive bounds of each knob (instances as the CRD's ``instances``; a queue delay of at most 60 s)."""
+"""Inclusive bounds of each knob (instances as the CRD's ``instances``; a queue delay of at most 60 s; sequences
+as batch sizes)."""
+PARAM_MAX_SEQUENCES = "max_sequences"
+"""A generation model's parameter for ``maxSequences`` (``workers/llm/serving.py``'s ``PARAM_MAX_SEQUENCES``)."""
+PARAM_INSTANCES = "instances"
+"""A generation model's instance count repeated in its parameters, so that a change of it is a reload
+(``workers/runtime/served.py``'s ``PARAM_INSTANCES``)."""
 LoadProtocol = Literal["grpc", "http"]
 
 
@@ -62,6 +77,8 @@ class Knobs:
     instance_count: int
     preferred_batch_size: int | None = None
     max_queue_delay_us: int | None = None
+    max_sequences: int | None = None
+    """A token-generating model's most sequences at once per instance; None keeps the served value."""
 
 
 def _int(raw: Mapping[str, Any], key: str, path: str) -> int | None:
@@ -85,7 +102,8 @@ def _model(name: object, served: Collection[str] | None) -> str:
 
 
 def parse_knobs(raw: object, served: Collection[str] | None = None) -> dict[str, Knobs]:
-    """`{"models": {name: {"instanceCount", "preferredBatchSize"?, "maxQueueDelayMicroseconds"?}}}`.
+    """`{"models": {name: {"instanceCount", "preferredBatchSize"?, "maxQueueDelayMicroseconds"?,
+    "maxSequences"?}}}`.
 
     Nothing else is accepted (a `tritonUrl` is an unknown field); with ``served``, only those models.
     """
@@ -108,17 +126,42 @@ def parse_knobs(raw: object, served: Collection[str] | None = None) -> dict[str,
         count = _int(knobs, "instanceCount", path)
         if count is None:
             raise ConfigError(f"{path}.instanceCount", "is required")
-        out[model] = Knobs(count, _int(knobs, "preferredBatchSize", path),
-                           _int(knobs, "maxQueueDelayMicroseconds", path))
+        sequences = _int(knobs, "maxSequences", path)
+        batching = _int(knobs, "preferredBatchSize", path), _int(knobs, "maxQueueDelayMicroseconds", path)
+        if sequences is not None and batching != (None, None):
+            raise ConfigError(f"{path}.maxSequences", "a token-generating model has no dynamic batching: send it "
+                                                      "without preferredBatchSize and maxQueueDelayMicroseconds")
+        out[model] = Knobs(count, *batching, max_sequences=sequences)
     return out
 
 
+def is_generation(config: Mapping[str, Any]) -> bool:
+    """A decoupled model with a ``max_sequences`` parameter: a token-generating model of
+    ``workers/llm/serving.py``."""
+    decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled"))
+    return decoupled and PARAM_MAX_SEQUENCES in (config.get("parameters") or {})
+
+
 def override_config(current: Mapping[str, Any], knobs: Knobs) -> dict[str, Any]:
-    """Triton's model config with the knobs applied (the load API's override body)."""
+    """Triton's model config with the knobs applied (the load API's override body).
+
+    ``maxSequences`` for a model that is not a token-generating one (`is_generation`) is a `ConfigError`: Triton
+    would load the parameter and nothing would read it."""
     config = copy.deepcopy(dict(current))
     groups = config.get("instance_group") or [{"kind": "KIND_CPU"}]
+    running = groups[0].get("count")
     groups[0] = {**groups[0], "count": knobs.instance_count}
     config["instance_group"] = groups
+    if is_generation(config):
+        parameters = dict(config.get("parameters") or {})
+        if PARAM_INSTANCES in parameters or running != knobs.instance_count:  # unchanged: no reload
+            parameters[PARAM_INSTANCES] = {"string_value": str(knobs.instance_count)}
+        if knobs.max_sequences is not None:
+            parameters[PARAM_MAX_SEQUENCES] = {"string_value": str(knobs.max_sequences)}
+        config["parameters"] = parameters
+    elif knobs.max_sequences is not None:
+        raise ConfigError(f"models.{config.get('name', '?')}.maxSequences",
+                          "only a token-generating (decoupled) model has maxSequences")
     if knobs.preferred_batch_size is not None or knobs.max_queue_delay_us is not None:
         batching = dict(config.get("dynamic_batching") or {})
         if knobs.preferred_batch_size is not None:
@@ -180,6 +223,8 @@ async def apply_knobs(client: httpx.AsyncClient, triton_url: str, model: str, kn
         if wanted == current:
             return False
         await loader(model, json.dumps(wanted))
+    except ConfigError:  # the body asks for a knob this model does not have: the caller's error
+        raise
     except (httpx.HTTPError, ValueError) as exc:  # ValueError: an answer that is not JSON
         raise UpstreamUnavailable(f"applying knobs to {model!r}: {type(exc).__name__}", model=model,
                                   url=triton_url, detail=str(exc)) from exc
