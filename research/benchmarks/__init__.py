@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, str] = {
     "operator": "paretoserve.research.benchmarks:bench_operator",
     "real-node": "paretoserve.research.benchmarks:bench_real_node",
     "router": "paretoserve.research.benchmarks.router:bench_router",
+    "knobs": "paretoserve.research.benchmarks.knobs:bench_knobs",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
     "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
     "agents": "paretoserve.research.benchmarks.agents:bench_agents",

@@ -121,13 +121,15 @@ def _summary(latencies: Sequence[float], errors: int, seconds: float) -> dict[st
 
 
 async def open_loop(
-    clients: Sequence[Client], rate: float, duration: float, window: float = 1.0
+    clients: Sequence[Client], rate: float, duration: float, window: float = 1.0, started: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[list[tuple[int, float]]]]:
     """Send ``rate * duration`` requests on schedule, to ``clients[k]`` during the k-th window (cyclic).
 
     Alternating short windows between targets (e.g. Triton directly, then the router) exposes
     both to the same background noise of a shared machine. Returns one summary per client and,
-    per client, ``(window index, latency in seconds)`` of every successful request.
+    per client, ``(window index, latency in seconds)`` of every successful request. ``started``: a file that gets
+    the wall-clock time (``time.time()``) of window 0's start, so that another process can place its own events
+    in the windows.
     """
     for client in clients:
         await client.warm(32)
@@ -135,6 +137,7 @@ async def open_loop(
     latencies: list[list[tuple[int, float]]] = [[] for _ in clients]
     lags: list[list[float]] = [[] for _ in clients]
     errors = [0] * len(clients)
+    failed: list[list[tuple[int, int]]] = [[] for _ in clients]
     pending: set[asyncio.Task[None]] = set()
 
     async def one(target: int, window_index: int, index: int, intended: float) -> None:
@@ -144,9 +147,12 @@ async def open_loop(
             latencies[target].append((window_index, latency))
         else:
             errors[target] += 1
+            failed[target].append((window_index, status))
 
     loop = asyncio.get_running_loop()
     start = time.perf_counter() + 0.01
+    if started is not None:
+        started.write_text(repr(time.time() + (start - time.perf_counter())))
     sent = 0
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
@@ -166,6 +172,7 @@ async def open_loop(
         summary = _summary([latency for _, latency in latencies[k]], errors[k], elapsed / len(clients))
         ordered = sorted(lags[k])
         summary["offered_rps"] = rate
+        summary["failed"] = [[window, status] for window, status in sorted(failed[k])[:100]]
         summary["send_lag_p99_ms"] = round(ordered[int(0.99 * (len(ordered) - 1))] * 1e3, 3) if ordered else 0.0
         summaries.append(summary)
     unfinished = len(pending)
@@ -360,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--window", type=float, default=1.0, help="seconds per target when alternating")
             p.add_argument("--out", type=Path, action="append",
                            help="per --url: float64 pairs (window index, latency in seconds)")
+            p.add_argument("--started", type=Path, help="write the wall-clock time of window 0's start here")
         else:
             p.add_argument("--concurrency", type=int, default=32)
     s = sub.add_parser("stub")
@@ -377,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "closed":
         print(json.dumps(_run(closed_loop(clients[0], args.concurrency, args.duration))), flush=True)
         return 0
-    summaries, latencies = _run(open_loop(clients, args.rate, args.duration, args.window))
+    summaries, latencies = _run(open_loop(clients, args.rate, args.duration, args.window, args.started))
     for path, samples in zip(args.out or (), latencies, strict=False):
         with path.open("wb") as out:
             array("d", [value for pair in samples for value in pair]).tofile(out)

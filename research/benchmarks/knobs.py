@@ -1,0 +1,163 @@
+"""`paretoserve bench knobs`: what a client sees while the plan changes a running Triton's knobs under load.
+
+On a pod the operator changes Triton through the router sidecar (``POST /admin/worker``, :mod:`~paretoserve.
+workers.router.worker_knobs`): the sidecar reads the model's config from Triton and loads it back with the new
+``instance_group`` count and dynamic batching through the repository API's config override. The benchmark sets
+that up as on a pod -- one real Triton started with ``--load-model`` (the model's own ``config.pbtxt``, as the
+worker image's repository has it), the router as its own process with its admin API on and ``--triton-url`` /
+``--triton-grpc-url`` pointing at that Triton -- sends an open-loop load of single-image requests through the
+router's pipeline endpoint, and while it runs applies, one after the other, the changes a plan makes:
+
+1. instances 1 -> 2 (the first change of a model Triton loaded from its ``config.pbtxt``),
+2. instances 2 -> 1,
+3. instances 1 -> 2 again (now a model loaded by override),
+4. a batching change (preferred batch 4, queue delay 200 µs), which Triton applies by loading a new copy of the
+   model beside the serving one.
+
+Per change it reports how long the admin call took (the sidecar returns when Triton has the new config) and the
+latency of the requests scheduled while it ran and in the second after (p50 / p99 / max), against the requests of
+the quiet seconds before the first change (and, as a check on the machine's noise, after the last one).
+``invisible`` is True when no request of a change's window failed and every change window's p99 is within
+``VISIBLE_P99_MS`` of the quiet p99. Failed requests are listed with their time (``load.failed``: window index,
+status; 0 = the connection failed): the router closes a kept-alive connection after ``--max-requests-per-connection``
+requests, which the load generator, unlike an HTTP client library, does not retry.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from paretoserve.research.benchmarks.router import (
+    LIGHT_MODEL,
+    free_port,
+    router_command,
+    run_process,
+    wait_ready,
+)
+from paretoserve.workers.models import ensure_trained, load_split
+from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
+from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
+
+RATE_RPS = 500.0
+QUIET_S = 4.0
+"""Seconds of load before the first change: the reference latency."""
+SETTLE_S = 3.0
+"""Seconds between the end of one change and the start of the next."""
+AFTER_S = 1.0
+"""A change's window: from its admin call to this long after the call returned."""
+VISIBLE_P99_MS = 5.0
+CHANGES: tuple[tuple[str, dict[str, int]], ...] = (
+    ("instances 1->2 (first change: model loaded from its config.pbtxt)", {"instanceCount": 2}),
+    ("instances 2->1", {"instanceCount": 1}),
+    ("instances 1->2 (model loaded by override)", {"instanceCount": 2}),
+    ("batching: preferred batch 4, queue delay 200 us", {"instanceCount": 2, "preferredBatchSize": 4,
+                                                         "maxQueueDelayMicroseconds": 200}),
+)
+
+
+WINDOW_S = 0.25
+"""The load generator's window: request latencies are placed in time to this resolution."""
+
+
+def _loadgen(url: str, bodies: Path, rate: float, duration: float, work: Path) -> subprocess.Popen[str]:
+    """The project's open-loop generator (:mod:`.router_loadgen`) in its own process, as `bench router` runs it."""
+    command = [sys.executable, "-I", "-m", "paretoserve.research.benchmarks.router_loadgen", "open", "--url", url,
+               "--bodies", str(bodies), "--rate", str(rate), "--duration", str(duration), "--window", str(WINDOW_S),
+               "--out", str(work / "latencies.bin"), "--started", str(work / "started")]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _window(samples: npt.NDArray[np.float64], start: float, end: float) -> dict[str, Any]:
+    """Latencies (ms) of the requests scheduled in [start, end), seconds from the load's start."""
+    inside = samples[(samples[:, 0] * WINDOW_S >= start - WINDOW_S) & (samples[:, 0] * WINDOW_S < end), 1] * 1e3
+    return {"requests_ok": len(inside),
+            "p50_ms": round(float(np.percentile(inside, 50)), 3) if len(inside) else None,
+            "p99_ms": round(float(np.percentile(inside, 99)), 3) if len(inside) else None,
+            "max_ms": round(float(inside.max()), 3) if len(inside) else None}
+
+
+def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: float, work: Path) -> dict[str, Any]:
+    duration = QUIET_S + len(CHANGES) * (SETTLE_S + 3.0) + 2.0
+    generator = _loadgen(router_url, bodies, rate, duration, work)
+    started = work / "started"
+    deadline = time.monotonic() + 60
+    while not started.exists() or not started.read_text():
+        if generator.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"load generator did not start: {generator.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    begin = float(started.read_text())
+    time.sleep(max(0.0, begin + QUIET_S - time.time()))
+    changes = []
+    with httpx.Client(timeout=120.0, headers={"authorization": f"Bearer {token}"}) as admin:
+        for name, knobs in CHANGES:
+            at = time.time() - begin
+            answer = admin.post(f"{admin_url}/admin/worker", json={"models": {LIGHT_MODEL: knobs}})
+            changes.append((name, knobs, answer.status_code, answer.text[:300], at, time.time() - begin))
+            time.sleep(SETTLE_S)
+    out, err = generator.communicate(timeout=duration + 120)
+    if generator.returncode != 0:
+        raise RuntimeError(f"load generator failed ({generator.returncode}): {err[-2000:]}")
+    summary = json.loads(out.strip().splitlines()[-1])
+    raw = array("d")
+    raw.frombytes((work / "latencies.bin").read_bytes())
+    samples = np.asarray(raw).reshape(-1, 2)
+    failed = [window * WINDOW_S for window, _ in summary["failed"]]
+    reference = _window(samples, 1.0, QUIET_S)  # the first second warms connections and Triton
+    last = changes[-1][5] + AFTER_S
+    report = []
+    for name, knobs, status, text, at, returned in changes:
+        window = _window(samples, at, returned + AFTER_S)
+        window["failed"] = sum(1 for t in failed if at - WINDOW_S <= t < returned + AFTER_S)
+        visible = (status != 200 or window["p99_ms"] is None or reference["p99_ms"] is None
+                   or window["p99_ms"] > reference["p99_ms"] + VISIBLE_P99_MS)
+        report.append({"change": name, "knobs": knobs, "at_s": round(at, 2), "admin_status": status,
+                       **({"admin_answer": text} if status != 200 else {}),
+                       "admin_call_s": round(returned - at, 3), "window": window, "p99_within_margin": not visible})
+    return {"quiet": reference, "quiet_after": _window(samples, last, duration), "changes": report, "load": summary}
+
+
+def bench_knobs(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark (``quick``: a lower rate) and return the JSON report."""
+    rate = 200.0 if quick else RATE_RPS
+    catalog = ensure_trained()
+    split = load_split()
+    with tempfile.TemporaryDirectory(prefix="paretoserve-bench-knobs-") as tmp:
+        work = Path(tmp)
+        bodies = work / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 8, 8], "datatype": "FP32",
+                                                          "data": [round(float(v), 4) for v in image.ravel()]}]})
+                                  + "\n" for image in split.x_test[:256]))
+        spec = spec_from_cached_variant(catalog.variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
+        repository = write_repository(work / "repository", [spec])
+        triton_config = TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
+        with TritonServer(triton_config) as triton:
+            port, admin_port = free_port(), free_port()
+            token = secrets.token_urlsafe(16)
+            (work / "token").write_text(token)
+            config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
+                      "upstreams": {LIGHT_MODEL: [f"http://{triton.http_url}"]}}
+            command = [*router_command(config, work, port)[:-2], "--admin-port", str(admin_port),
+                       "--admin-token-file", str(work / "token"), "--triton-url", f"http://{triton.http_url}",
+                       "--triton-grpc-url", triton.grpc_url]
+            log = work / "router.log"
+            with run_process(command, None, None, log) as router_pid:
+                wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
+                result = _measure(f"http://127.0.0.1:{port}/v2/pipelines/bench/infer",
+                                  f"http://127.0.0.1:{admin_port}", token, bodies, rate, work)
+    return {"rate_rps": rate, "model": LIGHT_MODEL, "p99_margin_ms": VISIBLE_P99_MS, "window_s": WINDOW_S,
+            "load_generator": "the project's own (router_loadgen, open loop, JSON bodies), its own process",
+            **result, "errors": int(result["load"]["errors"]),
+            "invisible": all(change["p99_within_margin"] and change["window"]["failed"] == 0
+                             for change in result["changes"])}
