@@ -53,6 +53,7 @@ BENCHMARKS: dict[str, str] = {
     "real-node": "paretoserve.research.benchmarks:bench_real_node",
     "router": "paretoserve.research.benchmarks.router:bench_router",
     "knobs": "paretoserve.research.benchmarks.knobs:bench_knobs",
+    "grpc-front": "paretoserve.research.benchmarks.grpc_front:bench_grpc_front",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",
     "fusion": "paretoserve.research.benchmarks.fusion:bench_fusion",
     "agents": "paretoserve.research.benchmarks.agents:bench_agents",
