@@ -163,17 +163,24 @@ class ArithLM(nn.Module):
         """Greedy decoding with the KV cache: each prompt prefilled, then decode steps batched over the sequences
         still running. At most ``max_new_tokens`` tokens per sequence, ``EOS`` included; returned without it."""
         with torch.inference_mode():
-            prefilled = [self.prefill(prompt) for prompt in prompts]
-            caches = [cache for _, cache in prefilled]
+            return self.decode_prefilled([self.prefill(prompt) for prompt in prompts], max_new_tokens)[0]
 
-            def step(running: list[int], last: list[int]) -> list[int]:
-                logits, stepped = self.decode_step(last, [caches[i] for i in running])
-                for index, cache in zip(running, stepped, strict=True):
-                    caches[index] = cache
-                return [int(token) for token in logits.argmax(dim=-1).tolist()]
+    def decode_prefilled(self, prefilled: Sequence[tuple[torch.Tensor, TorchKVCache]],
+                         max_new_tokens: int) -> tuple[list[list[int]], list[TorchKVCache]]:
+        """Greedy decoding from prefilled sequences (each its last logits and KV cache), decode steps batched over
+        the sequences still running: the tokens (without ``EOS``) and each sequence's final cache. Call it under
+        ``torch.inference_mode()``."""
+        caches = [cache for _, cache in prefilled]
 
-            return greedy_decode([int(logits.argmax()) for logits, _ in prefilled], step, lambda i: caches[i].length,
-                                 max_new_tokens=max_new_tokens, max_len=self.config.max_len)
+        def step(running: list[int], last: list[int]) -> list[int]:
+            logits, stepped = self.decode_step(last, [caches[i] for i in running])
+            for index, cache in zip(running, stepped, strict=True):
+                caches[index] = cache
+            return [int(token) for token in logits.argmax(dim=-1).tolist()]
+
+        outputs = greedy_decode([int(logits.argmax()) for logits, _ in prefilled], step, lambda i: caches[i].length,
+                                max_new_tokens=max_new_tokens, max_len=self.config.max_len)
+        return outputs, caches
 
 
 FullForward = Callable[[list[int], torch.Tensor], torch.Tensor]

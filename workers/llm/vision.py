@@ -25,7 +25,6 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from paretoserve.workers.llm.decoding import greedy_decode
 from paretoserve.workers.llm.mm_engine import MM_CONFIG_KEY, MultimodalConfig
 from paretoserve.workers.llm.model import ArithLM, TorchKVCache, export_npz, greedy_full, load_npz
 
@@ -108,18 +107,9 @@ class MultimodalLM(ArithLM):
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         with torch.inference_mode():
-            prefilled = [self.prefill_image(image, prompt) for image, prompt in zip(images, prompts, strict=True)]
-            caches = [cache for _, cache in prefilled]
-
-            def step(running: list[int], last: list[int]) -> list[int]:
-                logits, stepped = self.decode_step(last, [caches[i] for i in running])
-                for index, cache in zip(running, stepped, strict=True):
-                    caches[index] = cache
-                return [int(token) for token in logits.argmax(dim=-1).tolist()]
-
-            outputs = greedy_decode([int(logits.argmax()) for logits, _ in prefilled], step,
-                                    lambda i: caches[i].length, max_new_tokens=max_new_tokens,
-                                    max_len=self.config.max_len)
+            outputs, caches = self.decode_prefilled(
+                [self.prefill_image(image, prompt) for image, prompt in zip(images, prompts, strict=True)],
+                max_new_tokens)
         return outputs, [cache.length for cache in caches]
 
 
