@@ -10,7 +10,8 @@ What happens between observing and actuating is a `Policy`, pure given its input
   between two such decisions (`adaptation.intervalSeconds`) the loop runs every `adaptation.checkSeconds`
   and `check_load` only asks whether the running plan still carries the newest load: if it does nothing
   happens, if it does not the full decision runs at once instead of at the next interval (a burst is
-  met within seconds, not within an interval);
+  met within seconds, not within an interval), planned for the load the burst is heading for by the time
+  new capacity is ready (`predict.surge_load`);
 - `paretoserve.planner.selection.SelectingPolicy`: HADIS, the best of several manifests (model pairs);
 - `paretoserve.planner.autoscalers.AutoscalerPolicy`: the HPA/VPA rules the papers compare against.
 
@@ -25,11 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
-from paretoserve.planner.compile import Observation, compile_problem
+from paretoserve.planner.compile import MAX_LOAD_RPS, Observation, compile_problem
 from paretoserve.planner.evaluate import covers_load
 from paretoserve.planner.model import Baseline, CurrentAllocation, Plan, Problem, SolveLimits
-from paretoserve.planner.policy import Decision, PolicyContext, PolicyState, decide
-from paretoserve.planner.predict import Forecaster, moving_max, predict
+from paretoserve.planner.policy import (
+    Decision,
+    PolicyContext,
+    PolicyState,
+    decide,
+    release_gain,
+    switch_cost,
+)
+from paretoserve.planner.predict import Forecaster, moving_max, predict, surge_load
 from paretoserve.planner.scaling import SOLVER as SCALE_OUT
 from paretoserve.planner.scaling import scale_out
 from paretoserve.planner.solve import solve
@@ -172,6 +180,58 @@ def still_starting(problem: Problem, applied: Plan, state: PolicyState, *, now: 
     return now - state.last_change_at < slowest
 
 
+def starting_plan_suffices(pipeline: ServingPipeline, check: LoadCheck, *,
+                            baseline: Baseline = Baseline.NONE) -> bool:
+    """Whether the running plan carries the checked load with its pools at full utilisation rather than at
+    `targetUtilization`. Replacing a change that is still starting delays every new pool by a whole load
+    time again, so that is worth it only when even the starting pools, once ready, will fall short."""
+    utilization = pipeline.spec.adaptation.target_utilization
+    problem = compile_problem(pipeline, Observation(
+        load_rps=check.load_rps * utilization, queue_delay_ms=check.observed.queue_delay_ms,
+        min_remaining_budget_ms=check.observed.min_remaining_budget_ms,
+        current=current_allocations(check.applied)), baseline=baseline)
+    return covers_load(problem, check.applied)
+
+
+def lead_seconds(pipeline: ServingPipeline) -> float:
+    """How long new capacity may take to be ready: the longest model load time of any variant (a new plan may
+    start any of them), plus the load-check period in which a burst goes unseen."""
+    spec = pipeline.spec
+    slowest = max((v.load_time_seconds for s in spec.stages for v in s.variants), default=0.0)
+    return slowest + min(spec.adaptation.check_seconds, spec.adaptation.interval_seconds)
+
+
+def switch_terms(pipeline: ServingPipeline, problem: Problem, applied: Plan | None, candidate: Plan, *,
+                 in_place: bool = False) -> tuple[float, float]:
+    """(`policy.switch_cost`, `policy.release_gain`) of moving from `applied` to `candidate`: the new pools'
+    resource-seconds while their models load, and what the candidate saves over the stabilisation horizon
+    (`scaleDownStabilization` intervals, the least time a plan runs before the next release). `in_place`: the
+    actuator resizes a running pool's cores in place."""
+    if applied is None or not candidate.status.has_plan:
+        return 0.0, math.inf
+    load_time = {(st.name, o.variant): o.load_time_s for st in problem.stages for o in st.options}
+    adaptation = pipeline.spec.adaptation
+    horizon = adaptation.interval_seconds * max(1, adaptation.scale_down_stabilization)
+    return (switch_cost(applied, candidate, load_time, in_place=in_place),
+            release_gain(applied, candidate, horizon))
+
+
+def fast_path(pipeline: ServingPipeline) -> bool:
+    """Whether the loop checks the load between rounds (`checkSeconds` below `intervalSeconds`)."""
+    adaptation = pipeline.spec.adaptation
+    return adaptation.check_seconds < adaptation.interval_seconds
+
+
+SURGE_BISECTIONS = 3
+"""Solves spent finding the highest load with a plan when the surge load has none (1/8 of the gap)."""
+
+
+def problem_observation(observed: Observed, applied: Plan | None, load_rps: float = 0.0) -> Observation:
+    return Observation(load_rps=load_rps, queue_delay_ms=observed.queue_delay_ms,
+                       min_remaining_budget_ms=observed.min_remaining_budget_ms,
+                       current=current_allocations(applied))
+
+
 def decision_floor_seconds(pipeline: ServingPipeline) -> int:
     """A decision never plans below the load seen since the previous one (`predict.predict`)."""
     return math.ceil(pipeline.spec.adaptation.interval_seconds)
@@ -187,6 +247,9 @@ class ParetoPolicy:
     baseline: Baseline = Baseline.NONE
     clock: Callable[[], float] | None = None
     """Times the solve (the planner reads no clock itself); None leaves `Plan.solve_ms` unset."""
+    resize_in_place: bool = False
+    """The actuator changes a running pool's cores in place (no model load), so a release that only resizes
+    pays no switch (`switch_terms`); False: a change of cores starts a new pool, as a Deployment's does."""
 
     def propose(self, observed: Observed, applied: Plan | None, state: PolicyState, *, now: float,
                 replan: bool = False) -> StepResult[PolicyState]:
@@ -194,40 +257,45 @@ class ParetoPolicy:
             between = self.between_decisions(observed, applied, state, now=now)
             if between is not None:
                 return between
-        return self.decide_now(observed, applied, state, now=now, replan=replan)
+            return self.decide_now(observed, applied, state, now=now, surge=True)
+        surge = applied is not None and not replan and fast_path(self.pipeline) \
+            and not check_load(self.pipeline, observed, applied, state, baseline=self.baseline).covered
+        return self.decide_now(observed, applied, state, now=now, replan=replan, surge=surge)
 
     def between_decisions(self, observed: Observed, applied: Plan, state: PolicyState, *,
                           now: float) -> StepResult[PolicyState] | None:
-        """The fast path: hold while the running plan covers the load; once it does not, grow its pools
-        (`scale_now`), or hold while its last change is still starting; None: run the full decision."""
+        """The fast path: hold while the running plan covers the load; once it does not, grow its pools for
+        the surge (`scale_now`), or hold while its last change is still starting and will carry the load once
+        ready (`starting_plan_suffices`); None: run the full decision at the surge load."""
         check = check_load(self.pipeline, observed, applied, state, baseline=self.baseline)
         if check.covered:
             return check.hold("load check: the running plan covers the load")
         grown = self.scale_now(observed, applied, state, now=now)
         if grown is not None:
             return grown
-        if still_starting(check.problem, applied, state, now=now):
-            return check.hold("load check: the load outgrew the running plan, whose last change is still "
-                              "starting; no other change before it is ready")
+        if still_starting(check.problem, applied, state, now=now) \
+                and starting_plan_suffices(self.pipeline, check, baseline=self.baseline):
+            return check.hold("load check: the load outgrew the running plan's target utilisation, but its last "
+                              "change, still starting, carries it at full utilisation; no other change before "
+                              "it is ready")
         return None
 
-    def _problem(self, observed: Observed, applied: Plan | None) -> tuple[float, Problem]:
+    def _problem(self, observed: Observed, applied: Plan | None, *, surge: bool = False) -> tuple[float, Problem]:
         spec = self.pipeline.spec
-        predicted = predict(observed.load_history, spec.adaptation.predictor, lstm=self.lstm,
-                            floor_seconds=decision_floor_seconds(self.pipeline))
-        observation = Observation(
-            load_rps=predicted,
-            queue_delay_ms=observed.queue_delay_ms,
-            min_remaining_budget_ms=observed.min_remaining_budget_ms,
-            current=current_allocations(applied),
-        )
+        floor = decision_floor_seconds(self.pipeline)
+        predicted = predict(observed.load_history, spec.adaptation.predictor, lstm=self.lstm, floor_seconds=floor)
+        if surge:  # the extension never takes a load the program accepts out of its range
+            predicted = min(max(predicted, MAX_LOAD_RPS), surge_load(
+                observed.load_history, spec.adaptation.predictor, lstm=self.lstm, floor_seconds=floor,
+                lead_seconds=lead_seconds(self.pipeline), peak_seconds=math.ceil(spec.adaptation.check_seconds)))
+        observation = problem_observation(observed, applied, predicted)
         return predicted, compile_problem(self.pipeline, observation, baseline=self.baseline)
 
     def scale_now(self, observed: Observed, applied: Plan, state: PolicyState, *,
                   now: float) -> StepResult[PolicyState] | None:
         """The fast path once the load outgrew the running plan: its pools grown for the predicted load
         (`scaling.scale_out`); None when that breaks a constraint (the full decision runs instead)."""
-        predicted, problem = self._problem(observed, applied)
+        predicted, problem = self._problem(observed, applied, surge=True)
         grown = scale_out(problem, applied)
         if grown is None:
             return None
@@ -240,18 +308,44 @@ class ParetoPolicy:
         return StepResult(decision, new_state, grown, predicted, problem, observed)
 
     def decide_now(self, observed: Observed, applied: Plan | None, state: PolicyState, *, now: float,
-                   replan: bool = False) -> StepResult[PolicyState]:
-        """The full decision (predict, solve, decide), whether or not it is due."""
+                   replan: bool = False, surge: bool = False) -> StepResult[PolicyState]:
+        """The full decision (predict, solve, decide), whether or not it is due. `surge`: the load outgrew the
+        running plan, so plan for `predict.surge_load` (the load when new capacity can be ready); where nothing
+        carries that, for the most that can be carried (`_most_feasible`)."""
         spec = self.pipeline.spec
-        predicted, problem = self._problem(observed, applied)
         limits = self.limits or SolveLimits(time_limit_s=spec.adaptation.solver_time_limit_seconds)
+        predicted, problem = self._problem(observed, applied, surge=surge)
         candidate = solve(problem, limits=limits, clock=self.clock)
+        if surge and not candidate.status.has_plan:  # nothing carries the surge: the most that can be carried
+            predicted, problem, candidate = self._most_feasible(observed, applied, predicted, limits)
         still_valid = applied is None or (not replan and covers_load(problem, applied))
+        cost, gain = switch_terms(self.pipeline, problem, applied, candidate, in_place=self.resize_in_place)
         decision, new_state = decide(PolicyContext(
             now=now, candidate=candidate, applied=applied, state=state,
             scale_down_stabilization=spec.adaptation.scale_down_stabilization, applied_still_valid=still_valid,
+            switch_cost=cost, release_gain=gain,
         ))
         return StepResult(decision, new_state, candidate, predicted, problem, observed)
+
+    def _most_feasible(self, observed: Observed, applied: Plan | None, surge: float,
+                       limits: SolveLimits) -> tuple[float, Problem, Plan]:
+        """Bisect between the forecast and an infeasible surge load (`SURGE_BISECTIONS` solves) for the highest
+        load with a plan; the forecast's own solve when even that has none."""
+        low_load, low_problem = self._problem(observed, applied)
+        best = (low_load, low_problem, solve(low_problem, limits=limits, clock=self.clock))
+        if not best[2].status.has_plan:
+            return best
+        high = surge
+        for _ in range(SURGE_BISECTIONS):
+            mid = 0.5 * (best[0] + high)
+            problem = compile_problem(self.pipeline, problem_observation(observed, applied, mid),
+                                      baseline=self.baseline)
+            plan = solve(problem, limits=limits, clock=self.clock)
+            if plan.status.has_plan:
+                best = (mid, problem, plan)
+            else:
+                high = mid
+        return best
 
 
 @dataclass
@@ -277,6 +371,7 @@ class ControlLoop(Generic[S]):
 def pareto_loop(pipeline: ServingPipeline, source: MetricsSource, actuator: Actuator, *,
                 limits: SolveLimits | None = None, lstm: Forecaster | None = None,
                 baseline: Baseline = Baseline.NONE,
-                clock: Callable[[], float] | None = None) -> ControlLoop[PolicyState]:
+                clock: Callable[[], float] | None = None, resize_in_place: bool = False) -> ControlLoop[PolicyState]:
     """The control loop of ParetoServe's policy, from a fresh policy state."""
-    return ControlLoop(ParetoPolicy(pipeline, limits, lstm, baseline, clock), source, actuator, PolicyState())
+    return ControlLoop(ParetoPolicy(pipeline, limits, lstm, baseline, clock, resize_in_place), source, actuator,
+                       PolicyState())

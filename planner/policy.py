@@ -2,13 +2,19 @@
 
 The MILP answers "what is best at the predicted load"; this policy answers "should we change what runs".
 Adding resources happens at once; releasing them waits for `scaleDownStabilization` consecutive cheaper
-plans (InfAdapter waits for 4), so a dip in load does not churn pods. A planner failure keeps the last plan.
+plans (InfAdapter waits for 4), so a dip in load does not churn pods, and happens only when it pays for
+itself: a cheaper plan that starts new pools (other variants or cores per replica) runs them beside the old
+ones while their models load, so it is applied only if the resources it saves over the stabilisation
+horizon exceed those it spends during the switch (`switch_cost`, `release_gain`; a change of cores is no
+new pool where the actuator resizes in place). A planner failure keeps the last plan.
 The state is plain data, persisted in the CR status (`to_dict`/`from_dict`), so an operator restart carries
 on where it stopped; the clock comes in through `ctx.now`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,6 +68,10 @@ class PolicyContext:
     scale_down_stabilization: int
     applied_still_valid: bool = True
     """False when the running plan no longer meets the constraints at the new load."""
+    switch_cost: float = 0.0
+    """Resource-seconds the candidate spends on new pools while their models load (`switch_cost`)."""
+    release_gain: float = math.inf
+    """Resource-seconds a cheaper candidate saves over the stabilisation horizon (`release_gain`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,32 @@ def signature(plan: Plan) -> tuple[Any, ...]:
     )
 
 
+def resources(plan: Plan) -> float:
+    """Cores plus GPUs the plan allocates."""
+    return sum((a.cpu + sum(g for _, g in a.gpus)) * a.replicas for sp in plan.stages for a in sp.allocations)
+
+
+def switch_cost(applied: Plan, candidate: Plan, load_time_s: Mapping[tuple[str, str], float], *,
+                in_place: bool = False) -> float:
+    """Resource-seconds spent on the candidate's new pools (a pool the applied plan does not run) while their
+    models load (`load_time_s` by (stage, variant)); the old pools serve meanwhile, so this is paid twice.
+    A pool is a variant in a role with its cores and instances per replica (a new batch size reconfigures
+    the running model); `in_place`: the actuator changes a running pool's cores in place, so only other
+    variants, roles or instance counts are new pools."""
+    def key(stage: str, a: Any) -> tuple[Any, ...]:
+        return (stage, a.variant, a.role, a.instances) + (() if in_place else (a.cpu,))
+
+    running = {key(sp.stage, a) for sp in applied.stages for a in sp.allocations if a.replicas > 0}
+    return sum((a.cpu + sum(g for _, g in a.gpus)) * a.replicas * load_time_s.get((sp.stage, a.variant), 0.0)
+               for sp in candidate.stages for a in sp.allocations
+               if a.replicas > 0 and key(sp.stage, a) not in running)
+
+
+def release_gain(applied: Plan, candidate: Plan, horizon_s: float) -> float:
+    """Resource-seconds the candidate saves over `horizon_s`."""
+    return (resources(applied) - resources(candidate)) * horizon_s
+
+
 def decide(ctx: PolicyContext) -> tuple[Decision, PolicyState]:
     state = replace(ctx.state, decisions=ctx.state.decisions + 1, last_planned_at=ctx.now)
     candidate, applied = ctx.candidate, ctx.applied
@@ -98,6 +134,10 @@ def decide(ctx: PolicyContext) -> tuple[Decision, PolicyState]:
         return Decision(True, candidate, "scale up or reconfigure"), replace(
             state, lower_streak=0, last_change_at=ctx.now)
     streak = state.lower_streak + 1
+    if streak >= max(1, ctx.scale_down_stabilization) and ctx.release_gain < ctx.switch_cost:
+        return (Decision(False, applied, f"scale down not worth its switch: saves {ctx.release_gain:.0f}, new pools "
+                                         f"cost {ctx.switch_cost:.0f} resource-seconds while loading"),
+                replace(state, lower_streak=streak))
     if streak >= max(1, ctx.scale_down_stabilization):
         return Decision(True, candidate, f"scale down after {streak} cheaper plans"), replace(
             state, lower_streak=0, last_change_at=ctx.now)

@@ -9,6 +9,11 @@ A forecast is never lower than the load observed over the last adaptation interv
 model trained on calm days tends to predict a fall right after a step up, and a plan below what is
 already arriving overloads the pipeline until the next decision. Releasing capacity waits for the load
 itself to fall (and for `scaleDownStabilization`).
+
+Once the load has outgrown the running plan (a burst), the loop plans for `surge_load` instead: capacity
+ordered now is ready only after a model loads (6-9 s for InfAdapter's ResNets), so a plan for the load of
+this second is already too small when it arrives if the load is still rising. `surge_load` extends the
+newest peak by the current upward trend over that lead time.
 """
 
 from __future__ import annotations
@@ -65,3 +70,31 @@ def predict(history: Sequence[float], predictor: Predictor, *, lstm: Forecaster 
         base = moving_max(history, window)
     floor = moving_max(history, floor_seconds) if floor_seconds > 0 else 0.0
     return max(base, floor) * (1.0 + predictor.headroom)
+
+
+TREND_SECONDS = 6
+"""Samples behind the trend `surge_load` extends: three load checks at the default two seconds."""
+
+
+def trend(history: Sequence[float], window: int = TREND_SECONDS) -> float:
+    """Least-squares slope (load per second) of the newest `window` samples; 0 with fewer than two."""
+    tail = [float(x) for x in history[-window:]]
+    n = len(tail)
+    if n < 2:
+        return 0.0
+    mean_t = (n - 1) / 2.0
+    mean_y = sum(tail) / n
+    var = sum((t - mean_t) ** 2 for t in range(n))
+    return sum((t - mean_t) * (y - mean_y) for t, y in enumerate(tail)) / var
+
+
+def surge_load(history: Sequence[float], predictor: Predictor, *, lead_seconds: float, peak_seconds: int,
+               lstm: Forecaster | None = None, floor_seconds: int = 0) -> float:
+    """What to plan for when the load outgrew the running plan: the forecast (`predict`) or, when higher, the
+    peak of the newest `peak_seconds` plus the rising trend (`trend`, never negative) over `lead_seconds`
+    (how long new capacity takes to be ready), with the predictor's headroom."""
+    forecast = predict(history, predictor, lstm=lstm, floor_seconds=floor_seconds)
+    if not history:
+        return forecast
+    ahead = moving_max(history, max(1, peak_seconds)) + max(0.0, trend(history)) * max(0.0, lead_seconds)
+    return max(forecast, ahead * (1.0 + predictor.headroom))

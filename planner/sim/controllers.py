@@ -119,7 +119,8 @@ def loop(name: str, pipeline: ServingPipeline, *, baseline: Baseline = Baseline.
 
     def make(sim: Simulator) -> Controller:
         source = _source(sim, pipeline, cap_rps)
-        ticker = pareto_loop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits)
+        ticker = pareto_loop(pipeline, source, sim, baseline=baseline, lstm=lstm, limits=limits,
+                             resize_in_place=sim.config.resize == "in-place")
         return Controller(name, ticker, check_interval(pipeline))
 
     return make

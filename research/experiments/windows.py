@@ -12,6 +12,7 @@ windows come from the rest, so they test whether the decisions generalise. The r
   steepest rise is below 1.2 (no rise of more than 20 %).
 
 The rule reads the raw trace only, never a simulation, so it cannot pick windows that suit ParetoServe.
+`design_windows` applies the same rule to days 0-14, for the windows design decisions are made on.
 """
 
 from __future__ import annotations
@@ -71,36 +72,46 @@ def rises(counts: FloatArray) -> FloatArray:
     return out
 
 
-def _clear(counts: FloatArray, start: int, end: int) -> bool:
-    return start >= EVALUATION_START_S and end <= len(counts) and bool(np.all(counts[start:end] > 0))
+def _clear(counts: FloatArray, start: int, end: int, first: int = EVALUATION_START_S) -> bool:
+    return start >= first and end <= len(counts) and bool(np.all(counts[start:end] > 0))
 
 
 def _overlaps(start: int, end: int, taken: list[Window]) -> bool:
     return any(start < w.end and w.start < end for w in taken)
 
 
-def auto_windows(counts: FloatArray, length: int, count: int, *, seed: int = SEED) -> list[Window]:
-    """`count` windows of `length` seconds from the evaluation split, by the module's rule."""
+def auto_windows(counts: FloatArray, length: int, count: int, *, seed: int = SEED,
+                 first: int = EVALUATION_START_S) -> list[Window]:
+    """`count` windows of `length` seconds starting at or after `first` (default: the evaluation split), by
+    the module's rule."""
     rise = rises(counts)
-    rise[:EVALUATION_START_S] = 0.0
+    rise[:first] = 0.0
     chosen: list[Window] = []
     for t in np.argsort(-rise, kind="stable"):
         if len(chosen) >= math.ceil(count / 2) or rise[t] <= CALM_RISE:
             break
         start = int(t) - length // 3
         end = start + length
-        if _clear(counts, start, end) and not _overlaps(start, end, chosen):
+        if _clear(counts, start, end, first) and not _overlaps(start, end, chosen):
             chosen.append(Window("bursty", start, end, float(rise[t])))
     calm: list[Window] = []
-    for start in range(EVALUATION_START_S, len(counts) - length + 1, length):
+    for start in range(first, len(counts) - length + 1, length):
         steepest = float(rise[start:start + length].max())
-        if steepest < CALM_RISE and _clear(counts, start, start + length) \
+        if steepest < CALM_RISE and _clear(counts, start, start + length, first) \
                 and not _overlaps(start, start + length, chosen):
             calm.append(Window("calm", start, start + length, steepest))
     rng = np.random.default_rng(seed)
     wanted = min(count - len(chosen), len(calm))
     picks = sorted(rng.choice(len(calm), size=wanted, replace=False).tolist()) if wanted > 0 else []
     return chosen + [calm[i] for i in picks]
+
+
+def design_windows(counts: FloatArray, length: int, count: int, *, history_s: int = 900,
+                   seed: int = SEED) -> list[Window]:
+    """The same rule on the training split (days 0-14) only, each window with `history_s` of trace before it:
+    the windows to make design decisions on. The trace after day 14 is cut off first, so no rise or window
+    reads the evaluation split."""
+    return auto_windows(counts[:EVALUATION_START_S], length, count, seed=seed, first=history_s)
 
 
 TWITTER_EXPERIMENTS = {"ipa-video": 1200, "infadapter": 1260}
