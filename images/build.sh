@@ -10,7 +10,7 @@
 #   2. without --base and without a reachable registry, the base image is made with mmdebstrap from the
 #      host's Debian mirror (cached; keyed by suite, packages and mirror);
 #   3. `paretoserve models export` writes the model repository baked into the worker image (digits variants,
-#      token-generating models and their prompt scorer; trained on first use, then cached);
+#      token-generating and multimodal models and their prompt scorers; trained on first use, then cached);
 #   4. both images are built from contexts assembled under build/images/ (no network inside the build);
 #   5. they are imported into the node's containerd (`ctr -n k8s.io images import`) when it runs;
 #   6. one JSON line reports image names, sizes and build seconds.

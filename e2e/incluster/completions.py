@@ -1,10 +1,13 @@
 """Streamed completions from a pod in the cluster (the e2e real-node tier's generation client runs this).
 
-Sends each prompt of a JSON list to a pipeline's Service as a client would: ``POST /v1/completions`` with
+Sends each request of a JSON list to a pipeline's Service as a client would: ``POST /v1/completions`` with
 ``stream: true`` (OpenAI chunks, then ``[DONE]``) or ``POST /v2/models/{pipeline}/generate_stream`` (Triton's
-generate extension), alternately, a few at a time; with ``--seconds``, round the list again until that long has
-passed (a steady stream of requests while something else happens). Reads every Server-Sent Event as it arrives
-and prints one JSON object: per request the endpoint, the HTTP status, the model that answered (the router's
+generate extension), in turn over ``--endpoints``, a few at a time; with ``--seconds``, round the list again until
+that long has passed (a steady stream of requests while something else happens). A request is a prompt (text) or
+``{"prompt": ..., "image": [64 floats]}``, a multimodal pipeline's question about an image: its generate body
+carries the ``IMAGE`` beside the ``PROMPT`` (a completion is text only, so such a pipeline is sent
+``--endpoints generate_stream``). Reads every Server-Sent Event as it arrives and prints one JSON object: per
+request its index in the list, the endpoint, the HTTP status, the model that answered (the router's
 ``x-paretoserve-variant`` header), the route (``x-paretoserve-route``), the text streamed, whether the stream
 ended properly (``[DONE]``; a generate stream: closed with no error event) and any error event; plus the epoch
 times the first request started and the last one ended. Standard library only: the test reads exactly what a
@@ -33,13 +36,18 @@ def _events(answer: http.client.HTTPResponse) -> list[str]:
     return events
 
 
-def complete(url: str, pipeline: str, prompt: str, endpoint: str, timeout_s: float) -> dict[str, Any]:
+def complete(url: str, pipeline: str, request: str | dict[str, Any], endpoint: str, timeout_s: float,
+             index: int = 0) -> dict[str, Any]:
     parts = urllib.parse.urlsplit(url)
+    prompt = request if isinstance(request, str) else str(request["prompt"])
+    image = None if isinstance(request, str) else request.get("image")
     if endpoint == "completions":
         path, body = "/v1/completions", {"model": pipeline, "prompt": prompt, "stream": True}
     else:
         path, body = f"/v2/models/{pipeline}/generate_stream", {"PROMPT": prompt}
-    result: dict[str, Any] = {"prompt": prompt, "endpoint": endpoint}
+        if image is not None:
+            body["IMAGE"] = image
+    result: dict[str, Any] = {"index": index, "prompt": prompt, "endpoint": endpoint}
     started = time.monotonic()
     connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout_s)
     try:
@@ -78,22 +86,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="the pipeline's Service, e.g. http://p.ns.svc.cluster.local:8080")
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--prompts", required=True, help="JSON file: a list of prompts")
+    parser.add_argument("--prompts", required=True,
+                        help='JSON file: a list of prompts, or of {"prompt": ..., "image": [floats]}')
+    parser.add_argument("--endpoints", default="completions,generate_stream",
+                        help="comma-separated, used in turn (default: completions,generate_stream)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="keep sending (the list over again) until this many seconds passed; 0: the list once")
     args = parser.parse_args()
     with open(args.prompts) as file:
-        prompts: list[str] = json.load(file)
+        prompts: list[str | dict[str, Any]] = json.load(file)
+    endpoints = args.endpoints.split(",")
     started, clock = time.time(), time.monotonic()
 
     def worker(first: int) -> list[dict[str, Any]]:
         done = []
         i = first
         while (i < len(prompts)) if args.seconds <= 0 else (time.monotonic() - clock < args.seconds):
-            endpoint = "completions" if i % 2 == 0 else "generate_stream"
-            done.append(complete(args.url, args.pipeline, prompts[i % len(prompts)], endpoint, args.timeout))
+            done.append(complete(args.url, args.pipeline, prompts[i % len(prompts)], endpoints[i % len(endpoints)],
+                                 args.timeout, index=i % len(prompts)))
             i += args.concurrency
         return done
 

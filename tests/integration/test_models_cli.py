@@ -2,8 +2,9 @@
 
 Covers: the JSON summary names every exported model with its held-out accuracy and the entry's files; an
 unknown variant, a non-empty --out without --force and an invalid --max-batch-size each exit 2 with one
-line naming the flag, writing nothing; the token-generating models and their prompt scorer (``--family llm``,
-exported by default too) are self-contained entries whose weights answer like the cached models.
+line naming the flag, writing nothing; the token-generating models and their prompt scorer (``--family llm``)
+and the multimodal models and their scorer (``--family mm``: IMAGE and PROMPT in) are self-contained entries
+whose weights answer like the cached models; with no ``--family`` every family is exported.
 """
 
 from __future__ import annotations
@@ -88,3 +89,56 @@ def test_variant_names_either_family_and_an_unknown_name_lists_both(
     assert main(["models", "export", "--out", str(tmp_path / "b"), "--variant", "gpt"]) == 2
     err = capsys.readouterr().err
     assert "--variant: unknown ['gpt']" in err and "arith-large" in err and "cnn_large" in err
+
+
+def test_the_multimodal_models_and_their_scorer_are_self_contained_entries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--family mm`: mm-low and mm-high as decoupled Python-backend entries taking an ``IMAGE`` FP32 [64] beside
+    the ``PROMPT`` (their exported weights answer a question about an image like the cached models) and mm-scorer,
+    the score of the question and the image, each needing no path outside its entry."""
+    import numpy as np
+
+    from paretoserve.workers.llm.cache import ensure_mm_scorer
+    from paretoserve.workers.llm.mm_engine import MultimodalEngine, load_engine
+    from paretoserve.workers.llm.multimodal import ensure_multimodal, make_multimodal_splits
+    from paretoserve.workers.llm.scorer import load_mm_scorer
+    from paretoserve.workers.llm.tokenizer import encode_prompt
+
+    out = tmp_path / "repo"
+    assert main(["models", "export", "--out", str(out), "--family", "mm"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(summary["models"]) == ["mm-high", "mm-low", "mm-scorer"]
+    assert sorted(p.name for p in out.iterdir()) == ["mm-high", "mm-low", "mm-scorer"]
+    assert {m["family"] for m in summary["models"].values()} == {"mm"}
+    catalog = ensure_multimodal()
+    splits = make_multimodal_splits()
+    problems = splits.test[:8]
+    images = [np.asarray(p, dtype=np.float32) for p in splits.pixels(problems)]
+    prompts = [encode_prompt(p.prompt) for p in problems]
+    for model in ("mm-low", "mm-high"):
+        config = (out / model / "config.pbtxt").read_text()
+        assert "decoupled: true" in config and 'string_value: "weights.npz"' in config
+        assert 'name: "IMAGE"' in config and "dims: [ 64 ]" in config
+        assert sorted(p.name for p in (out / model / "1").iterdir()) == ["metadata.json", "model.py", "weights.npz"]
+        assert summary["models"][model]["heldoutExactMatch"] == catalog.exact_match(model)
+        exported = load_engine(out / model / "1" / "weights.npz")
+        assert isinstance(exported, MultimodalEngine)
+        assert exported.generate_multimodal(images, prompts, 4) == catalog.engine(model).generate_multimodal(
+            images, prompts, 4)
+    scorer_config = (out / "mm-scorer" / "config.pbtxt").read_text()
+    assert 'name: "IMAGE"' in scorer_config and 'name: "PROMPT"' in scorer_config
+    assert summary["models"]["mm-scorer"]["scorerOf"] == "mm-low"
+    assert load_mm_scorer(out / "mm-scorer" / "1" / "scorer.json") == ensure_mm_scorer().score()
+    total = sum(m["bytes"] for m in summary["models"].values())
+    assert total < 1_000_000, total  # what the worker image pays for them (~0.6 MB)
+
+
+def test_every_family_is_exported_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No --family: the digits variants, the text family and the multimodal family (what the worker image bakes)."""
+    out = tmp_path / "repo"
+    assert main(["models", "export", "--out", str(out)]) == 0
+    families = {name: m["family"] for name, m in json.loads(capsys.readouterr().out)["models"].items()}
+    assert {n for n, f in families.items() if f == "mm"} == {"mm-low", "mm-high", "mm-scorer"}
+    assert {n for n, f in families.items() if f == "llm"} == {"arith-small", "arith-large", "arith-scorer"}
+    assert set(ensure_trained().variants) <= {n for n, f in families.items() if f == "digits"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(families)
