@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from paretoserve.research.benchmarks.router import LIGHT_MODEL, _cpu_seconds, free_port, run_process
+from paretoserve.research.benchmarks.router_loadgen import on_schedule
 from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
@@ -85,9 +86,6 @@ async def _open_loop(targets: Sequence[str], requests: Sequence[Any], rate: floa
     errors = [0] * len(targets)
     for stub in stubs:  # warm each path
         await asyncio.gather(*(stub.ModelInfer(requests[i]) for i in range(32)))
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[None]] = set()
-
     async def one(window: int, index: int) -> None:
         target = window % len(targets)
         sent = time.perf_counter()
@@ -98,18 +96,8 @@ async def _open_loop(targets: Sequence[str], requests: Sequence[Any], rate: floa
             return
         samples[target].append((window, time.perf_counter() - sent))
 
-    start, sent = time.perf_counter() + 0.01, 0
-    total = int(rate * duration)
-    while sent < total:
-        due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        while sent < due:
-            task = loop.create_task(one(int(sent / rate), sent))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            sent += 1
-        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-    if pending:
-        await asyncio.wait(pending, timeout=30)
+    await on_schedule(lambda index: one(int(index / rate), index), rate, int(rate * duration),
+                      time.perf_counter() + 0.01)
     for channel in channels:
         await channel.close()
     if any(errors):

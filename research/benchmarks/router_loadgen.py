@@ -41,7 +41,7 @@ import signal
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -120,6 +120,27 @@ def _summary(latencies: Sequence[float], errors: int, seconds: float) -> dict[st
             "max_ms": pct(1.0)}
 
 
+async def on_schedule(launch: Callable[[int], Coroutine[Any, Any, None]], rate: float, total: int,
+                      start: float) -> int:
+    """Start ``launch(i)`` for i = 0 .. total-1 at ``start + i / rate`` (``time.perf_counter()`` seconds), each as its
+    own task whatever the others' latency (open loop), then wait up to 30 s for the last ones; returns how many were
+    still unfinished."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            task = loop.create_task(launch(sent))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += 1
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    return len(pending)
+
+
 async def open_loop(
     clients: Sequence[Client], rate: float, duration: float, window: float = 1.0, started: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[list[tuple[int, float]]]]:
@@ -138,7 +159,6 @@ async def open_loop(
     lags: list[list[float]] = [[] for _ in clients]
     errors = [0] * len(clients)
     failed: list[list[tuple[int, int]]] = [[] for _ in clients]
-    pending: set[asyncio.Task[None]] = set()
 
     async def one(target: int, window_index: int, index: int, intended: float) -> None:
         status, sent_at, latency = await clients[target].send(index)
@@ -149,23 +169,16 @@ async def open_loop(
             errors[target] += 1
             failed[target].append((window_index, status))
 
-    loop = asyncio.get_running_loop()
     start = time.perf_counter() + 0.01
     if started is not None:
         started.write_text(repr(time.time() + (start - time.perf_counter())))
-    sent = 0
-    while sent < total:
-        due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        while sent < due:
-            intended = start + sent / rate
-            window_index = int((intended - start) / window)
-            task = loop.create_task(one(window_index % len(clients), window_index, sent, intended))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            sent += 1
-        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-    if pending:
-        await asyncio.wait(pending, timeout=30)
+
+    def launch(index: int) -> Coroutine[Any, Any, None]:
+        intended = start + index / rate
+        window_index = int((intended - start) / window)
+        return one(window_index % len(clients), window_index, index, intended)
+
+    unfinished = await on_schedule(launch, rate, total, start)
     elapsed = time.perf_counter() - start
     summaries = []
     for k in range(len(clients)):
@@ -175,7 +188,6 @@ async def open_loop(
         summary["failed"] = [[window, status] for window, status in sorted(failed[k])[:100]]
         summary["send_lag_p99_ms"] = round(ordered[int(0.99 * (len(ordered) - 1))] * 1e3, 3) if ordered else 0.0
         summaries.append(summary)
-    unfinished = len(pending)
     if unfinished:
         summaries[0]["unfinished"] = unfinished
     return summaries, latencies
