@@ -286,7 +286,12 @@ def test_load_step_moves_replicas_cpu_and_threshold(cluster: Cluster, namespace:
     status = cluster.wait_for(lambda: (s := pipeline_status(cluster, namespace, "adaptive"))
                               and "plan" in s and planned_replicas(s).get("detector-det") == 2 and s,
                               "status reports the 60 rps plan")
-    assert status["observedLoadRps"] == pytest.approx(60.0, rel=0.3)  # a 4 s rate() over 1 s scrapes jitters
+    # The plan may come while Prometheus's 4 s rate() is still rising towards 60: once the load outgrew the running
+    # plan the loop plans for where it is going (`predict.surge_load`), never below what it saw.
+    assert 10.0 < status["observedLoadRps"] <= status["predictedLoadRps"] + 1e-6, status
+    status = cluster.wait_for(lambda: (s := pipeline_status(cluster, namespace, "adaptive"))
+                              and s.get("observedLoadRps", 0.0) == pytest.approx(60.0, rel=0.3) and s,
+                              "status reports the observed 60 rps")  # a 4 s rate() over 1 s scrapes jitters
     assert condition(status, "MetricsUnavailable")["status"] == "False"
 
 
