@@ -98,7 +98,7 @@ def _run_step(gateway: Gateway, config: OperatorConfig, body: Mapping[str, Any],
               replan: bool, from_metrics: bool = False) -> StatusUpdate:
     owner = owner_of(body)
     actuator = _actuator(gateway, config, owner, status, pipeline, pusher)
-    policy = ParetoPolicy(pipeline, clock=time.perf_counter)
+    policy = ParetoPolicy(pipeline, clock=time.perf_counter, resize_in_place=True)  # pods/resize: no new pod
     result = step(policy, source, actuator, status.policy_state, now=now, replan=replan)
     if not result.planned:
         return StatusUpdate({}, checked_only=True)

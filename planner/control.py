@@ -249,7 +249,8 @@ class ParetoPolicy:
     """Times the solve (the planner reads no clock itself); None leaves `Plan.solve_ms` unset."""
     resize_in_place: bool = False
     """The actuator changes a running pool's cores in place (no model load), so a release that only resizes
-    pays no switch (`switch_terms`); False: a change of cores starts a new pool, as a Deployment's does."""
+    pays no switch (`switch_terms`): the operator (`pods/resize`) and `paretoserve up` (a CPU quota) do; False: a
+    change of cores starts a new pool, as a Deployment rollout does (the simulator's default `surge` mode)."""
 
     def propose(self, observed: Observed, applied: Plan | None, state: PolicyState, *, now: float,
                 replan: bool = False) -> StepResult[PolicyState]:

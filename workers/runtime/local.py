@@ -387,7 +387,7 @@ class LocalRuntime:
                 pipeline.metadata.name, f"{router.admin_url}/metrics", server.metrics_url, models_of_stage,
                 window_s=window, batching_delay_ms=self.actuator.batching_delay_ms))
             source = self.metrics
-        loop = pareto_loop(pipeline, source, self.actuator)
+        loop = pareto_loop(pipeline, source, self.actuator, resize_in_place=True)  # cores: Triton's CPU quota
         self.loop_runner = LoopRunner(loop, check_interval(pipeline), self._log, self._record_step,
                                       observed_rate=self._last_rate)
         if self.loop_runner.tick() is None:  # the first plan is in force before any traffic
