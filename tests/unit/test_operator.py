@@ -440,3 +440,35 @@ def test_a_load_check_that_holds_the_plan_touches_nothing() -> None:
     assert gw.actions == [] and gw.statuses[("ns1", "tiny")] == written
     assert loop.tick() == 0  # 23 s: the check at 22.5 s counts, though nothing was written
     assert loop.tick() == 1 and loop.wait_idle()
+
+
+RESIZABLE = {
+    "apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "metadata": {"name": "tiny"},
+    "spec": {
+        "slo": {"latencyMs": 400}, "objective": {"accuracy": 1.0, "cost": 0.01}, "budget": {"cpu": 8},
+        "adaptation": {"intervalSeconds": 10, "scaleDownStabilization": 1,
+                       "predictor": {"kind": "lastValue", "headroom": 0}},
+        "stages": [{"name": "detector", "bounds": {"maxReplicas": 2}, "variants": [
+            {"name": "det", "tritonModel": "det", "accuracy": 0.8, "resources": {"cpu": 1}, "loadTimeSeconds": 60,
+             "profile": {"points": [{"batch": 1, "cpu": 1, "latencyMs": 50},
+                                    {"batch": 1, "cpu": 2, "latencyMs": 30}]}}]}],
+    },
+}
+
+
+def test_the_operator_releases_cores_in_place_without_charging_a_model_load() -> None:
+    """The operator resizes running pods (`pods/resize`), so a release that only lowers cores per pod starts no
+    new pool: it goes through after scaleDownStabilization rounds although the variant takes 60 s to load (counted
+    as a new pool, its 60 core-seconds would outweigh the 30 it saves over one round and block it)."""
+    gw, pipeline = FakeGateway(), parse_pipeline(RESIZABLE)
+    doc = {**json.loads(json.dumps(RESIZABLE)), "metadata": {"name": "tiny", "namespace": "ns1", "uid": "uid-1",
+                                                             "generation": 1}}
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), {**doc, "status": {}}, pipeline, now=0.0).status
+    busy = pipeline_steps.adapt(gw, FakeSource(60.0), OperatorConfig(), {**doc, "status": first}, pipeline,
+                                now=20.0).status
+    (high,) = busy["plan"]["stages"][0]["allocations"]
+    assert (high["cpu"], high["replicas"]) == (2.0, 2), high
+    calm = pipeline_steps.adapt(gw, FakeSource(5.0), OperatorConfig(), {**doc, "status": busy}, pipeline,
+                                now=40.0).status
+    (low,) = calm["plan"]["stages"][0]["allocations"]
+    assert (low["variant"], low["cpu"], low["replicas"]) == ("det", 1.0, 1), calm["plan"]
