@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from paretoserve.research.benchmarks.router import LIGHT_MODEL, _cpu_seconds, free_port, run_process
+from paretoserve.research.benchmarks.router import LIGHT_MODEL, cpu_seconds, free_port, run_process
 from paretoserve.research.benchmarks.router_loadgen import on_schedule
 from paretoserve.workers.models import ensure_trained, load_split
 from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
@@ -131,9 +131,9 @@ def bench_grpc_front(quick: bool = False) -> dict[str, Any]:
             with run_process(command, None, None, work / "front.log") as front_pid:
                 front = f"127.0.0.1:{port}"
                 asyncio.run(_wait_ready(front))
-                cpu_before = _cpu_seconds(front_pid)
+                cpu_before = cpu_seconds(front_pid)
                 direct, proxied = asyncio.run(_open_loop([triton.grpc_url, front], requests, RATE_RPS, duration))
-                front_cpu_s = _cpu_seconds(front_pid) - cpu_before
+                front_cpu_s = cpu_seconds(front_pid) - cpu_before
 
     def pct(samples: list[tuple[int, float]], q: float) -> float:
         return round(float(np.percentile([s[1] for s in samples], q)) * 1e3, 3)

@@ -153,7 +153,8 @@ def wait_ready(url: str, pid: int, log: Path, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not become ready; log: {log}\n{log.read_text(errors='replace')[-2000:]}")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -245,13 +246,13 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                 common = ["--bodies", str(bodies), "--rate", str(RATE_RPS), "--header", f"{DEADLINE_HEADER}:1000"]
                 _loadgen(["open", "--url", direct_url, "--url", router_url, "--duration", "4", *common],
                          other_cpus, nice)  # warm-up: connections, caches, Triton's batcher
-                cpu_before = _cpu_seconds(router_pid)
+                cpu_before = cpu_seconds(router_pid)
                 summaries = _loadgen(
                     ["open", "--url", direct_url, "--url", router_url, "--duration", str(duration),
                      "--out", str(work / "direct.bin"), "--out", str(work / "router.bin"), *common],
                     other_cpus, nice,
                 )
-                router_cpu_s = _cpu_seconds(router_pid) - cpu_before
+                router_cpu_s = cpu_seconds(router_pid) - cpu_before
                 native = _perf_analyzer_runs(triton.http_url, f"127.0.0.1:{port}", other_cpus, quick)
             direct = _percentiles(work / "direct.bin")
             routed = _percentiles(work / "router.bin")
@@ -337,9 +338,9 @@ def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus:
         url = f"http://127.0.0.1:{port}/v2/pipelines/bench/infer"
         args = ["closed", "--url", url, "--bodies", str(bodies), "--concurrency", "16"]
         _loadgen([*args, "--duration", "2"], other_cpus, nice)
-        cpu_before, started = _cpu_seconds(router_pid), time.monotonic()
+        cpu_before, started = cpu_seconds(router_pid), time.monotonic()
         summary = _loadgen([*args, "--duration", "4" if quick else "8"], other_cpus, nice)
-        cpu_s, wall_s = _cpu_seconds(router_pid) - cpu_before, time.monotonic() - started
+        cpu_s, wall_s = cpu_seconds(router_pid) - cpu_before, time.monotonic() - started
     if not isinstance(summary, dict):
         raise RuntimeError(f"unexpected load generator output: {summary!r}")
     summary["router_cpu_s"] = round(cpu_s, 3)
