@@ -267,7 +267,17 @@ if want worker; then
   find "$CONTEXTS/worker/models" -name __pycache__ -prune -exec rm -rf {} +
   export_s="$(since "$t0")"
 fi
-want operator && assemble operator Dockerfile
+if want operator; then
+  assemble operator Dockerfile
+  # The router's compiled fast path (native/fastpath): built on the host like the wheels (the base is Debian
+  # bookworm too, so the host's glibc build runs there), copied to /usr/local/bin in the image.
+  cargo="${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}"
+  [ -x "$cargo" ] || die "cargo not found (install Rust with rustup), needed for the router's fast path"
+  log "fast path: cargo build --release (native/fastpath)"
+  "$cargo" build --quiet --release --locked --manifest-path "$ROOT/native/fastpath/Cargo.toml" >&2 \
+    || die "cargo build of native/fastpath failed"
+  cp "$ROOT/native/fastpath/target/release/paretoserve-fastpath" "$CONTEXTS/operator/"
+fi
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. Build.

@@ -88,6 +88,8 @@ class WorkerSettings:
     connection closed after its answer, while the endpoint removal reaches every node's proxy; its Triton's
     preStop sleeps longer, so it serves the router's last requests."""
     router_max_body_bytes: int = 4 * 1024 * 1024
+    router_fastpath: bool = True
+    """Serve the router's data port through the compiled fast path in the router image (``--fastpath=auto``)."""
     network_policies: bool = True
     """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
     client_peers: tuple[dict[str, Any], ...] = ()
@@ -186,7 +188,8 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
                  # JSON decoding takes several times a body's size: 4 MiB fits the sidecar's memory limit
                  f"--max-body-bytes={settings.router_max_body_bytes}",
                  f"--drain-seconds={settings.drain_seconds}",
-                 "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json"],
+                 "--config=/etc/paretoserve/router.json", "--worker-knobs=/etc/paretoserve/worker.json",
+                 *(["--fastpath=auto"] if settings.router_fastpath else [])],
         "ports": [{"name": "router", "containerPort": ROUTER_PORT},
                   {"name": "router-admin", "containerPort": ROUTER_ADMIN_PORT}],
         "resources": {"requests": {"cpu": settings.router_cpu, "memory": settings.router_memory},

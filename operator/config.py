@@ -72,6 +72,7 @@ class OperatorConfig:
             router_cpu=read.quantity("PARETOSERVE_ROUTER_CPU", defaults.router_cpu),
             router_memory=read.quantity("PARETOSERVE_ROUTER_MEMORY", defaults.router_memory),
             drain_seconds=read.number("PARETOSERVE_DRAIN_SECONDS", defaults.drain_seconds, int, 0, 600),
+            router_fastpath=read.flag("PARETOSERVE_ROUTER_FASTPATH", defaults.router_fastpath),
             model_repository=env.get("PARETOSERVE_MODEL_REPOSITORY") or defaults.model_repository,
             model_repository_claim=env.get("PARETOSERVE_MODEL_REPOSITORY_CLAIM") or None,
             model_repository_secret=env.get("PARETOSERVE_MODEL_REPOSITORY_SECRET") or None,

@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, str] = {
     "operator": "paretoserve.research.benchmarks:bench_operator",
     "real-node": "paretoserve.research.benchmarks:bench_real_node",
     "router": "paretoserve.research.benchmarks.router:bench_router",
+    "fastpath": "paretoserve.research.benchmarks.fastpath:bench_fastpath",
     "knobs": "paretoserve.research.benchmarks.knobs:bench_knobs",
     "grpc-front": "paretoserve.research.benchmarks.grpc_front:bench_grpc_front",
     "cascade": "paretoserve.research.benchmarks.cascade:bench_cascade",

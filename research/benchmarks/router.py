@@ -29,6 +29,14 @@ Latency is taken from the moment a request is written to its complete response;
    the router's proxy and the pipeline addressed as a model, open loop at 200/500/1,000 requests/s and
    closed loop at 1/4/16 requests in flight; where it cannot run, the report says why.
 
+4. **The plain model proxy through each front** (``model_proxy``): the router's data port served by Python alone
+   and by the compiled fast path (``native/fastpath``, ``paretoserve router --fastpath``) in front of it; for
+   each, ``/v2/models/{light}/infer`` at 200/500/1,000 requests/s against Triton in alternating windows (added
+   p50/p99, CPU per request of the process serving the port) and its closed-loop ceiling on one core against
+   the stub (requests per CPU-second of that process); for the fast path also perf_analyzer through it, on
+   the model (served there) and on the pipeline addressed as a model (passed behind it to Python). ``bench
+   fastpath`` repeats this measurement five times for its stability.
+
 Where the router's time goes (py-spy on the pinned router at 1,000 requests/s, ~0.35 ms of CPU
 per request): about 40% in uvloop's own loop (epoll, reads), about 15% in the two socket writes
 (to Triton, to the client), the rest in Python (uvicorn's protocol, Starlette, the pipeline, httpx
@@ -57,10 +65,15 @@ import numpy.typing as npt
 
 from paretoserve.research.benchmarks import perf_analyzer
 from paretoserve.workers.models import ensure_trained, load_split
+from paretoserve.workers.router.fastpath import BINARY_NAME as FASTPATH_BINARY
 from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
 RATE_RPS = 1000.0
+PROXY_RATES = (200.0, 500.0, 1000.0)
+FRONTS = ("python", "fastpath")
+"""The data port served by the Python router alone, or by the compiled fast path in front of it."""
+TARGET_RPS_PER_CORE = 10_000
 NICE = -10
 TARGET_ADDED_P99_MS = 1.0
 LIGHT_MODEL = "tiny_linear"
@@ -204,13 +217,48 @@ def _percentiles(path: Path) -> tuple[float, float, int]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99)), len(values)
 
 
-def router_command(config: dict[str, Any], directory: Path, port: int) -> list[str]:
+def router_command(config: dict[str, Any], directory: Path, port: int, *, fastpath: bool = False) -> list[str]:
     """The sidecar's command line as on a pod: the data listener on ``port``, the admin one on a free port
-    (its API stays off: no token file; nothing here needs it)."""
+    (its API stays off: no token file; nothing here needs it); ``fastpath``: the compiled front on ``port``."""
     path = directory / f"router-{port}.json"
     path.write_text(json.dumps(config))
     return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port),
-            "--admin-port", str(free_port())]
+            "--admin-port", str(free_port()), *(("--fastpath", "auto") if fastpath else ())]
+
+
+def serving_pid(router_pid: int, fastpath: bool) -> int:
+    """The process that serves the data port: the router itself, or its fast-path child."""
+    if not fastpath:
+        return router_pid
+    seen = []
+    for entry in group_members(router_pid):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        seen.append(f"{entry.name} {name} ppid {fields[1]}")
+        if int(fields[1]) == router_pid and FASTPATH_BINARY.startswith(name):
+            return int(entry.name)
+    raise RuntimeError(f"router {router_pid} has no {FASTPATH_BINARY} child (its process group: {seen})")
+
+
+
+def write_bodies(path: Path) -> Path:
+    """256 single-image KServe v2 JSON bodies (held-out digits), one per line, for the load generator."""
+    with path.open("w") as out:
+        for image in load_split().x_test[:256]:
+            tensor = {"name": "IMAGE", "shape": [1, 8, 8], "datatype": "FP32",
+                      "data": [round(float(v), 4) for v in image.ravel()]}
+            out.write(json.dumps({"inputs": [tensor]}) + "\n")
+    return path
+
+
+def light_triton(work: Path) -> TritonServerConfig:
+    """A Triton serving the light model alone (batching up to 32, no queue delay), from the cached catalog."""
+    spec = spec_from_cached_variant(ensure_trained().variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
+    repository = write_repository(work / "repository", [spec])
+    return TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
 
 
 def bench_router(quick: bool = False) -> dict[str, Any]:
@@ -218,20 +266,10 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
     duration = 10.0 if quick else 30.0
     router_cpus, other_cpus = _placement()
     nice = NICE if _can_raise_priority() else None
-    catalog = ensure_trained()
-    split = load_split()
     with tempfile.TemporaryDirectory(prefix="paretoserve-bench-router-") as tmp:
         work = Path(tmp)
-        bodies = work / "bodies.jsonl"
-        with bodies.open("w") as out:
-            for image in split.x_test[:256]:
-                tensor = {"name": "IMAGE", "shape": [1, 8, 8], "datatype": "FP32",
-                          "data": [round(float(v), 4) for v in image.ravel()]}
-                out.write(json.dumps({"inputs": [tensor]}) + "\n")
-        spec = spec_from_cached_variant(catalog.variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
-        repository = write_repository(work / "repository", [spec])
-        triton_config = TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
-        with TritonServer(triton_config) as triton:
+        bodies = write_bodies(work / "bodies.jsonl")
+        with TritonServer(light_triton(work)) as triton:
             # Triton is neither pinned nor reniced: it needs more than what the load generator leaves on
             # one core, and at the router's priority its threads would delay the router's wake-ups.
             direct_url = f"http://{triton.http_url}/v2/models/{LIGHT_MODEL}/infer"
@@ -254,6 +292,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                 )
                 router_cpu_s = cpu_seconds(router_pid) - cpu_before
                 native = _perf_analyzer_runs(triton.http_url, f"127.0.0.1:{port}", other_cpus, quick)
+            proxied = model_proxy(triton.http_url, work, bodies, router_cpus, other_cpus, nice, quick)
             direct = _percentiles(work / "direct.bin")
             routed = _percentiles(work / "router.bin")
             paired_p99 = _window_pairs_p99(work / "direct.bin", work / "router.bin")
@@ -290,6 +329,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                            + ("NVIDIA's, in its native Triton mode over HTTP" if "error" not in native
                               else "not available here (see its error)"),
         "perf_analyzer": native,
+        "model_proxy": proxied,
     }
 
 
@@ -317,9 +357,29 @@ def _perf_analyzer_runs(direct: str, routed: str, cpus: set[int] | None, quick: 
             "bodies": "perf_analyzer's own (random FP32 IMAGE [1, 8, 8], binary tensor data)"}
 
 
+def _perf_analyzer_front(url: str, cpus: set[int] | None, quick: bool) -> dict[str, Any]:
+    """perf_analyzer through the fast path at ``url``: the light model (served there) and the pipeline addressed
+    as a model (passed to the Python router behind it), open loop at 200/500/1,000 requests/s, closed at 1/4/16."""
+    try:
+        pa = perf_analyzer.prepare()
+    except perf_analyzer.Unavailable as exc:
+        return {"error": str(exc)}
+    interval = 1000 if quick else 2000
+
+    def runs(model: str) -> dict[str, Any]:
+        return {"open_loop": {f"{rate:g}": perf_analyzer.measure(pa, url, model, interval_ms=interval, cpus=cpus,
+                                                                   rate=rate) for rate in PROXY_RATES},
+                "closed_loop": {str(c): perf_analyzer.measure(pa, url, model, interval_ms=interval, cpus=cpus,
+                                                              concurrency=c) for c in (1, 4, 16)}}
+
+    return {"router_model": runs(LIGHT_MODEL), "router_pipeline": runs("bench")}
+
+
 def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus: set[int] | None,
-             nice: int | None, quick: bool) -> dict[str, Any]:
-    """Closed-loop throughput of the router against an instant stub upstream."""
+             nice: int | None, quick: bool, *, fastpath: bool = False, model_proxy: bool = False) -> dict[str, Any]:
+    """Closed-loop throughput of the router against an instant stub upstream: its pipeline endpoint, or
+    (``model_proxy``) the plain proxy of the light model, served by Python or (``fastpath``) the fast path;
+    the CPU is the serving process's."""
     response = {"id": "", "model_name": LIGHT_MODEL, "model_version": "1", "outputs": [
         {"name": "PROBS", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10},
         {"name": "CONFIDENCE", "datatype": "FP32", "shape": [1, 1], "data": [0.1]},
@@ -331,18 +391,79 @@ def _ceiling(work: Path, bodies: Path, router_cpus: set[int] | None, other_cpus:
             "--port", str(stub_port), "--response", str(canned)]
     config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
               "upstreams": {LIGHT_MODEL: [f"http://127.0.0.1:{stub_port}"]}}
-    log = work / "router-ceiling.log"
-    with run_process(stub, other_cpus, nice, work / "stub.log"), \
-            run_process(router_command(config, work, port), router_cpus, nice, log) as router_pid:
+    log = work / f"router-ceiling-{port}.log"
+    with run_process(stub, other_cpus, nice, work / f"stub-{stub_port}.log"), \
+            run_process(router_command(config, work, port, fastpath=fastpath), router_cpus, nice, log) as router_pid:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
-        url = f"http://127.0.0.1:{port}/v2/pipelines/bench/infer"
-        args = ["closed", "--url", url, "--bodies", str(bodies), "--concurrency", "16"]
+        _tune(router_pid, router_cpus, nice)  # again: the fast path starts after the router
+        serving = serving_pid(router_pid, fastpath)
+        path = f"/v2/models/{LIGHT_MODEL}/infer" if model_proxy else "/v2/pipelines/bench/infer"
+        args = ["closed", "--url", f"http://127.0.0.1:{port}{path}", "--bodies", str(bodies), "--concurrency", "16"]
         _loadgen([*args, "--duration", "2"], other_cpus, nice)
-        cpu_before, started = cpu_seconds(router_pid), time.monotonic()
+        cpu_before, started = cpu_seconds(serving), time.monotonic()
         summary = _loadgen([*args, "--duration", "4" if quick else "8"], other_cpus, nice)
-        cpu_s, wall_s = cpu_seconds(router_pid) - cpu_before, time.monotonic() - started
+        cpu_s, wall_s = cpu_seconds(serving) - cpu_before, time.monotonic() - started
     if not isinstance(summary, dict):
         raise RuntimeError(f"unexpected load generator output: {summary!r}")
     summary["router_cpu_s"] = round(cpu_s, 3)
     summary["router_cpu_utilisation"] = round(cpu_s / wall_s, 3) if wall_s else 0.0
+    summary["rps_one_core"] = round(summary["completed"] / cpu_s) if cpu_s else None
+    summary["cpu_us_per_request"] = round(cpu_s * 1e6 / summary["completed"], 1) if summary["completed"] else None
     return summary
+
+
+def _added(direct: Path, routed: Path, summaries: Sequence[dict[str, Any]], cpu_s: float) -> dict[str, Any]:
+    """Direct and routed latency of one alternating open-loop run, what the router added, and its CPU."""
+    direct_p50, direct_p99, direct_n = _percentiles(direct)
+    router_p50, router_p99, router_n = _percentiles(routed)
+    return {"direct_p50_ms": round(direct_p50, 3), "direct_p99_ms": round(direct_p99, 3),
+            "router_p50_ms": round(router_p50, 3), "router_p99_ms": round(router_p99, 3),
+            "added_p50_ms": round(router_p50 - direct_p50, 3), "added_p99_ms": round(router_p99 - direct_p99, 3),
+            "added_p99_ms_paired_windows": round(_window_pairs_p99(direct, routed), 3),
+            "samples": {"direct": direct_n, "router": router_n},
+            "errors": {"direct": summaries[0]["errors"], "router": summaries[1]["errors"]},
+            "cpu_us_per_request": round(cpu_s * 1e6 / router_n, 1) if router_n else None}
+
+
+def model_proxy(triton_http_url: str, work: Path, bodies: Path, router_cpus: set[int] | None,
+                other_cpus: set[int] | None, nice: int | None, quick: bool, *, duration: float | None = None,
+                with_perf_analyzer: bool = True) -> dict[str, Any]:
+    """The plain proxy of the light model (``/v2/models/{m}/infer``) through each front (:data:`FRONTS`):
+    latency added over Triton at 200/500/1,000 requests/s (the project's generator, alternating one-second
+    windows direct/router, the deadline header set so the EDF admission runs), CPU per request, the closed-loop
+    ceiling on one core against an instant stub and, for the fast path, perf_analyzer's figures."""
+    duration = duration or (6.0 if quick else 20.0)
+    config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
+              "upstreams": {LIGHT_MODEL: [f"http://{triton_http_url}"]}}
+    direct_url = f"http://{triton_http_url}/v2/models/{LIGHT_MODEL}/infer"
+    report: dict[str, Any] = {}
+    for front in FRONTS:
+        port, log = free_port(), work / f"router-{front}.log"
+        fastpath = front == "fastpath"
+        with run_process(router_command(config, work, port, fastpath=fastpath), router_cpus, nice, log) as pid:
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", pid, log)
+            _tune(pid, router_cpus, nice)
+            serving = serving_pid(pid, fastpath)
+            url = f"http://127.0.0.1:{port}/v2/models/{LIGHT_MODEL}/infer"
+            common = ["--url", direct_url, "--url", url, "--bodies", str(bodies), "--header", f"{DEADLINE_HEADER}:1000"]
+            _loadgen(["open", *common, "--rate", str(RATE_RPS), "--duration", "3"], other_cpus, nice)  # warm-up
+            rates: dict[str, Any] = {}
+            for rate in PROXY_RATES:
+                outs = [work / f"{front}-{rate:g}-direct.bin", work / f"{front}-{rate:g}-router.bin"]
+                cpu_before = cpu_seconds(serving)
+                summaries = _loadgen(["open", *common, "--rate", str(rate), "--duration", str(duration),
+                                      "--out", str(outs[0]), "--out", str(outs[1])], other_cpus, nice)
+                rates[f"{rate:g}"] = _added(outs[0], outs[1], summaries, cpu_seconds(serving) - cpu_before)
+            report[front] = {"open_loop": rates}
+            if fastpath and with_perf_analyzer:  # the Python front's: the report's "perf_analyzer.router_model"
+                report[front]["perf_analyzer"] = _perf_analyzer_front(f"127.0.0.1:{port}", other_cpus, quick)
+        report[front]["ceiling_one_core"] = _ceiling(work, bodies, router_cpus, other_cpus, nice, quick,
+                                                     fastpath=fastpath, model_proxy=True)
+    fast = report["fastpath"]
+    at_rate = fast["open_loop"][f"{RATE_RPS:g}"]
+    report["targets"] = {
+        "added_p99_ms_at_1000": TARGET_ADDED_P99_MS, "rps_per_core": TARGET_RPS_PER_CORE,
+        "fastpath_meets_added_p99": at_rate["added_p99_ms"] <= TARGET_ADDED_P99_MS,
+        "fastpath_meets_rps_per_core": (fast["ceiling_one_core"]["rps_one_core"] or 0) >= TARGET_RPS_PER_CORE}
+    report["windows"] = f"1 s windows alternating direct/router, {duration:g} s per rate"
+    return report

@@ -11,8 +11,8 @@ from typing import Any
 from paretoserve.shell.errors import CliError
 from paretoserve.workers.solver_banner import silence_solver_banner
 
-NAMES = ("agents", "cascade", "fusion", "generation", "grpc-front", "knobs", "llm", "mm", "operator", "planner",
-         "real-node", "router", "simulator")
+NAMES = ("agents", "cascade", "fastpath", "fusion", "generation", "grpc-front", "knobs", "llm", "mm", "operator",
+         "planner", "real-node", "router", "simulator")
 """The benchmarks of `paretoserve.research.benchmarks.BENCHMARKS` (a unit test keeps the two equal); named
 here so that building the parser does not need the research package, which the sidecar image leaves out."""
 

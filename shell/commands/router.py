@@ -83,8 +83,15 @@ def cmd_router(args: argparse.Namespace) -> int:
     apps = build_router(config, knobs_file=Path(args.worker_knobs) if args.worker_knobs else None,
                         admin_token=token, limits=limits,
                         triton=TritonTarget(triton_url, args.triton_grpc_url, args.triton_load_protocol))
+    fastpath = None
+    if args.fastpath:
+        from paretoserve.workers.router.fastpath import FastPathError, find_binary
+        try:
+            fastpath = find_binary(None if args.fastpath == "auto" else args.fastpath)
+        except FastPathError as exc:
+            raise CliError(f"--fastpath: {exc}") from None
     serve(apps, Listeners(args.host, args.port, args.admin_host, args.admin_port), log_level=args.log_level,
-          drain_s=args.drain_seconds)
+          drain_s=args.drain_seconds, fastpath=fastpath)
     return 0
 
 
@@ -135,5 +142,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--drain-seconds", type=float, default=0.0,
                         help="on SIGTERM, keep serving this long with readiness 503 and every connection closed "
                              "after its answer, then stop (a second SIGTERM stops at once; default 0)")
+    parser.add_argument("--fastpath", metavar="BIN|auto",
+                        help="serve the data port through the compiled fast path (native/fastpath): the binary, or "
+                             "auto (paretoserve-fastpath on PATH, else the repository's release build); the plain "
+                             "model proxy runs there, everything else passes to this process behind it")
     parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     parser.set_defaults(func=cmd_router)

@@ -15,6 +15,7 @@ catalog (``llm_catalog``) and the cached scorer fit (``llm_scorer``). The multim
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ from paretoserve.workers.llm.multimodal import MultimodalCatalog, ensure_multimo
 from paretoserve.workers.llm.scorer import MM_SCORER_MODEL, SCORER_MODEL, scorer_spec, write_scorer_model
 from paretoserve.workers.llm.serving import spec_from_cached_llm, write_llm_model
 from paretoserve.workers.models import ModelCatalog, ensure_trained
+from paretoserve.workers.router.fastpath import FastPathError, find_binary
 from paretoserve.workers.triton.control import TritonControl
 from paretoserve.workers.triton.repository import TritonModelSpec, spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import (
@@ -47,6 +49,15 @@ LLM_MODELS = ("arith-small", "arith-large")
 """The token-generating models ``llm_triton_url`` serves (with the prompt scorer)."""
 MM_MODELS = ("mm-low", "mm-high")
 """The multimodal models ``mm_triton_url`` serves (with their scorer)."""
+
+
+@pytest.fixture(scope="session")
+def fastpath_binary() -> Path:
+    """The router's compiled fast path (``native/fastpath``; ``.ci/run`` builds it); missing is a failure."""
+    try:
+        return find_binary()
+    except FastPathError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,10 @@ kept-alive connections to the pod. The router therefore answers SIGTERM by drain
 ``--drain-seconds`` (``paretoserve.workers.router.serve``): readiness 503, and every request -- already in
 flight, on a connection kept alive from before, or on a new connection -- answered normally with
 ``Connection: close`` and its connection closed after it, so clients reconnect through their Service
-instead of meeting a close under a request they just sent. The drain here is long (the test ends it with
-a second SIGTERM), so nothing depends on how fast this machine is; a short drain must end by itself.
+instead of meeting a close under a request they just sent. Each test runs with the compiled fast path in
+front (``--fastpath``) too: its own answers (the plain model proxy) close their connections as well. The
+drain here is long (the test ends it with a second SIGTERM), so nothing depends on how fast this machine
+is; a short drain must end by itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 from tests.integration.test_router_hostile import GOOD, INFER, _free_port, _stop, _wait, exchange, post, request
 
 PIPELINE = "p"
+MODEL_INFER = "/v2/models/light/infer"
 STOP_TIMEOUT_S = 30.0
 
 
@@ -38,7 +41,7 @@ class Running:
     log: Path
 
 
-def _start_router(work: Path, stub_url: str, drain_s: float) -> Running:
+def _start_router(work: Path, stub_url: str, drain_s: float, fastpath: Path | None = None) -> Running:
     port, admin_port = _free_port(), _free_port()
     (work / "router.json").write_text(json.dumps({
         "pipeline": PIPELINE,
@@ -52,6 +55,7 @@ def _start_router(work: Path, stub_url: str, drain_s: float) -> Running:
             "--port", str(port), "--admin-port", str(admin_port),
             # no Triton of its own: readiness depends only on the router (and its drain)
             "--triton-url", "http://127.0.0.1:9", "--drain-seconds", f"{drain_s:g}",
+            *(("--fastpath", str(fastpath)) if fastpath else ()),
         ], stdout=out, stderr=subprocess.STDOUT)
     _wait(port, "/v2/health/live", process, log)
     return Running(process, port, int(stub_url.rsplit(":", 1)[1]), log)
@@ -72,8 +76,8 @@ def stub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _stop(stub)
 
 
-def _infer(connection: http.client.HTTPConnection) -> tuple[int, str, dict[str, object]]:
-    connection.request("POST", INFER, body=GOOD, headers={"Content-Type": "application/json"})
+def _infer(connection: http.client.HTTPConnection, path: str = INFER) -> tuple[int, str, dict[str, object]]:
+    connection.request("POST", path, body=GOOD, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     body = json.loads(response.read())
     return response.status, (response.getheader("connection") or "").lower(), body
@@ -89,12 +93,20 @@ def _ready(port: int) -> tuple[int | None, bytes]:
     return reply.status, reply.body
 
 
-def test_sigterm_drains_then_a_second_sigterm_stops(tmp_path: Path, stub_url: str) -> None:
-    router = _start_router(tmp_path, stub_url, drain_s=600)
+@pytest.fixture(params=["python", "fastpath"])
+def front(request: pytest.FixtureRequest) -> Path | None:
+    """The data port served by Python alone, or by the compiled fast path (``--fastpath``) in front of it."""
+    return request.getfixturevalue("fastpath_binary") if request.param == "fastpath" else None
+
+
+def test_sigterm_drains_then_a_second_sigterm_stops(tmp_path: Path, stub_url: str, front: Path | None) -> None:
+    router = _start_router(tmp_path, stub_url, drain_s=600, fastpath=front)
     try:
         assert _ready(router.port)[0] == 200
         kept = http.client.HTTPConnection("127.0.0.1", router.port, timeout=15)  # kept alive across the SIGTERM
         assert _infer(kept)[:2] == (200, "")
+        kept_proxy = http.client.HTTPConnection("127.0.0.1", router.port, timeout=15)  # the plain model proxy
+        assert _infer(kept_proxy, MODEL_INFER)[:2] == (200, "")
         _behave(router.stub_port, {"kind": "echo", "delayS": 1.5})
         in_flight: list[tuple[int, str, dict[str, object]]] = []
         slow = threading.Thread(target=lambda: in_flight.append(
@@ -114,6 +126,8 @@ def test_sigterm_drains_then_a_second_sigterm_stops(tmp_path: Path, stub_url: st
         assert [(status, header) for status, header, _ in in_flight] == [(200, "close")]
         status, header, body = _infer(kept)  # the connection kept alive from before the signal
         assert (status, header) == (200, "close") and body["outputs"]
+        status, header, body = _infer(kept_proxy, MODEL_INFER)  # served by the fast path where there is one
+        assert (status, header) == (200, "close") and body["outputs"]
         fresh = http.client.HTTPConnection("127.0.0.1", router.port, timeout=15)
         assert _infer(fresh)[:2] == (200, "close")
         live = exchange(router.port, [(request("GET", "/v2/health/live"), 0.0)])
@@ -129,9 +143,9 @@ def test_sigterm_drains_then_a_second_sigterm_stops(tmp_path: Path, stub_url: st
 
 @pytest.mark.parametrize(("drain_s", "logged"), [(0.5, "draining for 0.5s"), (0.0, None)])
 def test_a_drain_ends_by_itself_and_without_one_sigterm_stops_at_once(
-    tmp_path: Path, stub_url: str, drain_s: float, logged: str | None,
+    tmp_path: Path, stub_url: str, drain_s: float, logged: str | None, front: Path | None,
 ) -> None:
-    router = _start_router(tmp_path, stub_url, drain_s=drain_s)
+    router = _start_router(tmp_path, stub_url, drain_s=drain_s, fastpath=front)
     try:
         router.process.send_signal(signal.SIGTERM)
         assert router.process.wait(timeout=STOP_TIMEOUT_S) == 0

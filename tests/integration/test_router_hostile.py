@@ -8,10 +8,15 @@ an upstream, and after every case ``GET /v2/health/live`` must still answer 200.
 ``router_loadgen stub --control`` (a fake Triton whose answers are bent on demand: short rows, bad
 shapes, wrong datatypes, oversized or non-JSON answers, dropped connections, slowness).
 
+Every test runs against two fronts (the ``router`` fixture's params): the Python router alone, and the
+router with its compiled fast path on the data port (``--fastpath``, ``native/fastpath``), which must refuse
+malformed or oversized HTTP itself, exactly as the Python guard does, for the requests it serves and for
+those it passes behind alike, so the expectations are the same for both.
+
 The router runs with small limits so the suite stays fast: 64 KiB bodies, 256 KiB upstream answers,
 8 KiB heads, a 1 s read timeout, 2 s idle connections and 64 concurrent connections. Counts by
-outcome are printed at the end (``-s``) and written to ``hostile-outcomes.json`` in the module's
-temporary directory.
+outcome, per front, are printed at the end (``-s``) and written to ``hostile-outcomes.json`` in the
+front's temporary directory.
 """
 
 from __future__ import annotations
@@ -409,7 +414,9 @@ def cases() -> list[Case]:
 
 
 CASES = cases()
-OUTCOMES: Counter[str] = Counter()
+FRONTS = ("python", "fastpath")
+OUTCOMES: dict[str, Counter[str]] = {front: Counter() for front in FRONTS}
+"""Counts by outcome, per front."""
 
 
 @dataclass
@@ -418,6 +425,11 @@ class Router:
     admin_port: int
     stub_port: int
     log: Path
+    front: str = "python"
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        return OUTCOMES[self.front]
 
     def hosts(self) -> list[str]:
         """Internal addresses no client-facing answer may name."""
@@ -448,9 +460,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
-    work = tmp_path_factory.mktemp("hostile")
+@pytest.fixture(scope="module", params=FRONTS)
+def router(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    """The router with the Python data listener alone, or with the compiled fast path in front of it."""
+    front: str = request.param
+    fastpath: list[str] = []
+    if front == "fastpath":
+        fastpath = ["--fastpath", str(request.getfixturevalue("fastpath_binary"))]
+    work = tmp_path_factory.mktemp(f"hostile-{front}")
     stub_port, port, admin_port = _free_port(), _free_port(), _free_port()
     stub_url = f"http://127.0.0.1:{stub_port}"
     (work / "router.json").write_text(json.dumps({
@@ -474,17 +491,17 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
             "--max-body-bytes", str(MAX_BODY), "--max-upstream-bytes", str(MAX_UPSTREAM),
             "--max-header-bytes", str(MAX_HEAD), "--read-timeout-s", str(READ_TIMEOUT_S),
             "--keep-alive-s", str(KEEP_ALIVE_S), "--limit-concurrency", "64", "--max-deadline-ms", "60000",
-            "--max-requests-per-connection", str(RECYCLE_AFTER), "--log-level", "warning",
+            "--max-requests-per-connection", str(RECYCLE_AFTER), "--log-level", "warning", *fastpath,
         ], stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait(stub_port, "/stub/log", stub, stub_log)
         _wait(port, "/v2/health/live", process, router_log)
-        yield Router(port, admin_port, stub_port, router_log)
+        yield Router(port, admin_port, stub_port, router_log, front)
         assert process.poll() is None, router_log.read_text()[-3000:]
     finally:
         _stop(process)
         _stop(stub)
-        (work / "hostile-outcomes.json").write_text(json.dumps(dict(OUTCOMES), indent=2, sort_keys=True))
+        (work / "hostile-outcomes.json").write_text(json.dumps(dict(OUTCOMES[front]), indent=2, sort_keys=True))
 
 
 def _behave(router: Router, model: str, behaviour: dict[str, Any]) -> None:
@@ -512,7 +529,7 @@ def test_hostile_request(router: Router, case: Case) -> None:
     finally:
         for model in case.behaviours:
             _behave(router, model, {"kind": "echo"})
-    OUTCOMES[_outcome(reply.status)] += 1
+    router.outcomes[_outcome(reply.status)] += 1
     assert reply.status == case.status, (reply.status, reply.body[:300])
     if reply.status is not None and case.json_body:
         assert reply.headers.get("content-type") == "application/json", reply.headers
@@ -584,7 +601,7 @@ def test_a_flood_gets_answers_or_explicit_refusals(router: Router) -> None:
         _behave(router, "light", {"kind": "echo"})
     statuses = Counter(reply.status for reply in replies)
     for status, count in statuses.items():
-        OUTCOMES[f"flood: {_outcome(status)}"] += count
+        router.outcomes[f"flood: {_outcome(status)}"] += count
     assert len(replies) == 150 and set(statuses) <= {200, 503}, statuses
     assert statuses[503] > 0 and statuses[200] >= 32, statuses
     refusals = [json.loads(r.body) for r in replies if r.status == 503]
@@ -608,7 +625,7 @@ def test_slowloris_clients_do_not_move_the_deadline_gauge(router: Router) -> Non
         for sock in socks:
             sock.settimeout(READ_TIMEOUT_S * 4)
             answers.append(sock.recv(4096).split(b"\r\n", 1)[0])
-        OUTCOMES["slowloris: 4xx (408)"] += answers.count(b"HTTP/1.1 408 Request Timeout")
+        router.outcomes["slowloris: 4xx (408)"] += answers.count(b"HTTP/1.1 408 Request Timeout")
         assert set(answers) == {b"HTTP/1.1 408 Request Timeout"}
     finally:
         for sock in socks:
@@ -616,8 +633,10 @@ def test_slowloris_clients_do_not_move_the_deadline_gauge(router: Router) -> Non
 
 
 def test_zz_counts_by_outcome(router: Router, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs last for each front (the module's tests are grouped by the ``router`` param): its own totals."""
+    outcomes = router.outcomes
     with capsys.disabled():
-        print("\nhostile router suite, counts by outcome:")
-        for outcome, count in sorted(OUTCOMES.items()):
+        print(f"\nhostile router suite ({router.front} front), counts by outcome:")
+        for outcome, count in sorted(outcomes.items()):
             print(f"  {outcome:40s} {count}")
-    assert sum(count for outcome, count in OUTCOMES.items() if ":" not in outcome) >= 100
+    assert sum(count for outcome, count in outcomes.items() if ":" not in outcome) >= 100

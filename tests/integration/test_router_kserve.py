@@ -39,8 +39,11 @@ def images() -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(load_split().x_test[:40], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def router_url(triton_server: TritonServer) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["python", "fastpath"])
+def router_url(request: pytest.FixtureRequest, triton_server: TritonServer) -> Iterator[str]:
+    """The router's data port, served by Python alone or through the compiled fast path in front of it (every
+    test of this module runs against both)."""
+    fastpath = request.getfixturevalue("fastpath_binary") if request.param == "fastpath" else None
     url = f"http://{triton_server.http_url}"
     config = parse_config({
         "pipeline": PIPELINE,
@@ -48,7 +51,7 @@ def router_url(triton_server: TritonServer) -> Iterator[str]:
         "upstreams": {m: [url] for m in ("tiny_linear", "cnn_large")},
     })
     apps = build_router(config, registry=CollectorRegistry(), admin_token="kserve-token")
-    with ServerThread(apps) as server:
+    with ServerThread(apps, fastpath=fastpath) as server:
         yield server.url
 
 

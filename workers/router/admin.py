@@ -87,7 +87,7 @@ class AdminApi:
 
     async def post_config(self, request: Request) -> Response:
         patch = await self._body(request, "the config update")
-        updated = self._service.update_config(patch)
+        updated = await self._service.update_config(patch)
         logger.info("router config updated: %s", sorted(patch))
         return json_response(config_to_json(updated))
 
@@ -96,6 +96,7 @@ class AdminApi:
         return json_response(await self._service.knobs.apply(await self._body(request, "the worker update")))
 
     async def metrics(self, _: Request) -> Response:
+        await self._service.refresh_fastpath_figures()
         return Response(generate_latest(self._service.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -64,6 +64,7 @@ from paretoserve.workers.router.errors import (
     RouterError,
     UpstreamError,
 )
+from paretoserve.workers.router.fastpath import FastPathError, FastPathFront, min_remaining
 from paretoserve.workers.router.kserve import KServeEndpoints
 from paretoserve.workers.router.limits import RequestLimits, parse_deadline_ms, read_body
 from paretoserve.workers.router.metrics import PROXY_STAGE, RouterMetrics
@@ -154,6 +155,9 @@ class RouterService:
         """Metadata, config, readiness and statistics (:mod:`.kserve`), and the pipeline's figures."""
         self.generation = GenerationEndpoints(self)
         """Token generation: KServe generate[_stream] and OpenAI completions (:mod:`.streaming`)."""
+        self.fastpath: FastPathFront | None = None
+        """The compiled front on the data port, when the router runs with one (:mod:`.fastpath`); set before
+        the data app's lifespan starts, which starts and stops it."""
 
     @property
     def config(self) -> RouterConfig:
@@ -164,7 +168,28 @@ class RouterService:
         return self._clock
 
     def _queue_probe(self) -> tuple[int, float | None]:
-        return self.admission.queue_length, self.active.min_remaining_ms()
+        if self.fastpath is None:
+            return self.admission.queue_length, self.active.min_remaining_ms()
+        front = self.fastpath.latest
+        return (self.admission.queue_length + front.queue_length,
+                min_remaining(self.active.min_remaining_ms(), front.min_deadline_remaining_ms))
+
+    async def refresh_fastpath_figures(self) -> None:
+        """Fold what the fast path served since the last scrape into the router's metrics (:mod:`.fastpath`)."""
+        if self.fastpath is None or self._pool is None:
+            return
+        try:
+            delta = await self.fastpath.pull()
+        except FastPathError as exc:
+            logger.error("fast path figures unavailable: %s", exc)
+            return
+        for model, figures in delta.proxied.items():
+            self.metrics.rows(PROXY_STAGE, model, RowRoute.DIRECT, figures.rows)
+            self.metrics.add_observations(PROXY_STAGE, model, figures.buckets, figures.seconds)
+        for reason, count in delta.errors.items():
+            self.metrics.error(PROXY_STAGE, reason, count)
+        for (model, reason), count in delta.upstream_failures.items():
+            self.metrics.upstream_failure(model, reason, count)
 
     def _initialise_series(self, config: RouterConfig) -> None:
         for stage in config.stages:
@@ -190,15 +215,21 @@ class RouterService:
             self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock,
                                           on_call=self.kserve.stats.call)
             watch = None
-            if self._knobs_file is not None:
-                watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.knobs.apply, self._knobs_poll_s))
             try:
+                if self.fastpath is not None:
+                    await self.fastpath.start()
+                    await self.fastpath.publish(config, self.limits)
+                if self._knobs_file is not None:
+                    watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.knobs.apply,
+                                                                 self._knobs_poll_s))
                 yield
             finally:
                 if watch is not None:
                     watch.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await watch
+                if self.fastpath is not None:
+                    await self.fastpath.stop()
                 self._pool = self._runner = None
 
     def _budget_ms(self, request: Request, config: RouterConfig) -> float | None:
@@ -221,10 +252,16 @@ class RouterService:
             raise RouterError("the router is not started", status=503)
         return self._pool, self._runner
 
-    def update_config(self, patch: object) -> RouterConfig:
-        """Apply a live update (validated as a whole, upstreams only to known origins) and swap it in."""
+    async def update_config(self, patch: object) -> RouterConfig:
+        """Apply a live update (validated as a whole, upstreams only to known origins) and swap it in; with a
+        fast path in front, it gets the new table first (a refusal changes nothing on either side)."""
         pool, _ = self.require_running()
         updated = apply_update(self._config, patch, allowed_origins=self.allowed_origins)
+        if self.fastpath is not None:
+            try:
+                await self.fastpath.publish(updated, self.limits)
+            except FastPathError as exc:
+                raise RouterError(f"the fast path did not take the update: {exc}", status=503) from exc
         pool.update(updated.upstreams)
         self._config = updated  # one assignment, no await since validation: requests see old or new
         self._initialise_series(updated)

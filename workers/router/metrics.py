@@ -145,6 +145,21 @@ class RouterMetrics:
             child = self._calls[key] = self.call_duration.labels(self.pipeline, stage, model)
         child.observe(seconds)
 
+    def add_observations(self, stage: str, model: str, buckets: tuple[int, ...], seconds: float) -> None:
+        """Calls timed elsewhere (the compiled fast path, :mod:`.fastpath`): ``buckets`` counts per bucket of
+        :data:`LATENCY_BUCKETS` (not cumulative), ``seconds`` their sum. prometheus_client has no public way to
+        add a histogram's counts in bulk; its children keep one non-cumulative value per bucket and a sum."""
+        if len(buckets) != len(LATENCY_BUCKETS):
+            raise ValueError(f"{len(buckets)} bucket counts for {len(LATENCY_BUCKETS)} buckets")
+        key = (stage, model)
+        child = self._calls.get(key)
+        if child is None:
+            child = self._calls[key] = self.call_duration.labels(self.pipeline, stage, model)
+        for value, count in zip(child._buckets, buckets, strict=True):
+            if count:
+                value.inc(count)
+        child._sum.inc(seconds)
+
     def token_histograms(self, model: str) -> tuple[Histogram, Histogram]:
         """The (TTFT, inter-token) histogram children of ``model``."""
         return self.ttft.labels(self.pipeline, model), self.inter_token.labels(self.pipeline, model)
@@ -155,8 +170,8 @@ class RouterMetrics:
     def fell_back(self, stage: str, count: int) -> None:
         self.fallbacks.labels(self.pipeline, stage).inc(count)
 
-    def error(self, stage: str | None, reason: str) -> None:
-        self.errors.labels(self.pipeline, stage or NO_STAGE, reason).inc()
+    def error(self, stage: str | None, reason: str, count: int = 1) -> None:
+        self.errors.labels(self.pipeline, stage or NO_STAGE, reason).inc(count)
 
-    def upstream_failure(self, model: str, reason: str) -> None:
-        self.upstream_failures.labels(self.pipeline, model, reason).inc()
+    def upstream_failure(self, model: str, reason: str, count: int = 1) -> None:
+        self.upstream_failures.labels(self.pipeline, model, reason).inc(count)

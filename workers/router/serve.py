@@ -22,6 +22,8 @@ costs more than the routing itself), no proxy-header rewriting and no ``server``
 and keep-alive long enough for clients that reuse connections (``keep_alive_s``, 75 s by default). The data listener has
 ``limit_concurrency`` (connections plus requests in progress; more are answered 503 at once), the admin
 listener a small one of its own.
+With ``fastpath`` (``--fastpath``) the compiled front of :mod:`.fastpath` takes the data address and the data
+listener moves to a free loopback port behind it; the data app's lifespan starts and stops the front.
 :class:`ServerThread` runs both listeners in a background thread of the current process -- the
 integration smoke test and in-process tools use it -- and always stops them on leaving its block.
 """
@@ -36,7 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,10 +49,13 @@ from starlette.applications import Starlette
 from paretoserve.workers.router.app import RouterApps
 from paretoserve.workers.router.config import RouterConfig, load_config_text
 from paretoserve.workers.router.errors import ConfigError
+from paretoserve.workers.router.fastpath import FastPathError, FastPathFront
 from paretoserve.workers.router.http_guard import GuardedHttpToolsProtocol, drain_connections, guarded_protocol
 from paretoserve.workers.router.limits import RequestLimits
 
 DEFAULT_HOST = "127.0.0.1"
+INTERNAL_HOST = "127.0.0.1"
+"""Where the data app listens behind a fast path."""
 DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 8081
 ADMIN_CONCURRENCY = 64
@@ -130,6 +135,7 @@ class _Shutdown:
         self._apps = apps
         self._drain_s = drain_s
         self._draining = False
+        self._front_drain: asyncio.Task[None] | None = None
 
     def stop(self, *, force: bool = False) -> None:
         for server in self._servers:
@@ -153,7 +159,17 @@ class _Shutdown:
             protocol = server.config.http_protocol_class
             if isinstance(protocol, type) and issubclass(protocol, GuardedHttpToolsProtocol):
                 drain_connections(protocol, server.server_state.connections)
-        asyncio.get_running_loop().call_later(self._drain_s, self.stop)
+        loop = asyncio.get_running_loop()
+        if self._apps.service.fastpath is not None:
+            self._front_drain = loop.create_task(self._drain_front(self._apps.service.fastpath))
+        loop.call_later(self._drain_s, self.stop)
+
+    @staticmethod
+    async def _drain_front(front: FastPathFront) -> None:
+        try:
+            await front.drain()
+        except FastPathError as exc:
+            logging.getLogger(__name__).error("the fast path did not start draining: %s", exc)
 
 
 async def _serve_all(servers: Sequence[_Listener], sockets: Sequence[socket.socket], *,
@@ -183,11 +199,25 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def serve(apps: RouterApps, listeners: Listeners, *, log_level: str = "warning", drain_s: float = 0.0) -> None:
-    """Serve ``apps`` on ``listeners`` until SIGINT, or SIGTERM and ``drain_s`` seconds of drain (blocks)."""
+def _front(apps: RouterApps, binary: Path | None, host: str, port: int, data_socket: socket.socket) -> None:
+    """With ``binary``, put the compiled fast path on ``host:port`` in front of the bound data socket
+    (:mod:`.fastpath`); the data app's lifespan starts and stops it."""
+    if binary is not None:
+        behind = data_socket.getsockname()[1]
+        apps.service.fastpath = FastPathFront(binary, host=host, port=port, fallback_url=f"http://{INTERNAL_HOST}:{behind}")
+
+
+def serve(apps: RouterApps, listeners: Listeners, *, log_level: str = "warning", drain_s: float = 0.0,
+          fastpath: Path | None = None) -> None:
+    """Serve ``apps`` on ``listeners`` until SIGINT, or SIGTERM and ``drain_s`` seconds of drain (blocks).
+
+    With ``fastpath`` (the ``paretoserve-fastpath`` binary) that binary serves ``listeners.host:port`` and the
+    data app listens on a free loopback port behind it."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    servers = _servers(apps, listeners, apps.service.limits, log_level)
+    data = listeners if fastpath is None else replace(listeners, host=INTERNAL_HOST, port=0)
+    servers = _servers(apps, data, apps.service.limits, log_level)
     sockets = _bind(servers)
+    _front(apps, fastpath, listeners.host, listeners.port, sockets[0])
     try:
         _run(_serve_all(servers, sockets, shutdown=_Shutdown(servers, apps, drain_s)))
     finally:
@@ -202,14 +232,18 @@ class ServerThread:
     URLs once started.
     """
 
-    def __init__(self, apps: RouterApps, *, host: str = DEFAULT_HOST, startup_timeout_s: float = 30.0) -> None:
+    def __init__(self, apps: RouterApps, *, host: str = DEFAULT_HOST, startup_timeout_s: float = 30.0,
+                 fastpath: Path | None = None) -> None:
         self._servers = _servers(apps, Listeners(host, 0, host, 0), apps.service.limits, "warning")
         self._thread = threading.Thread(target=self._main, name="paretoserve-router", daemon=True)
         self._host = host
         self._startup_timeout_s = startup_timeout_s
+        self._apps = apps
+        self._fastpath = fastpath
 
     def _main(self) -> None:
         sockets = _bind(self._servers)
+        _front(self._apps, self._fastpath, self._host, 0, sockets[0])
         try:
             asyncio.run(_serve_all(self._servers, sockets, shutdown=None))
         finally:
@@ -224,7 +258,13 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        """The data listener."""
+        """The data port (the fast path's, when there is one)."""
+        front = self._apps.service.fastpath
+        return front.url if front is not None else self._url(self._servers[0])
+
+    @property
+    def python_url(self) -> str:
+        """The Python data listener (behind the fast path, when there is one)."""
         return self._url(self._servers[0])
 
     @property
