@@ -17,6 +17,8 @@ Covers, in the order a user meets them:
   template asks for less: the operator's in-place resize reached the kernel;
 - the planned threshold is in every router's live config (pushed to their pod IPs, read back through the
   admin API with the pod's own token);
+- every router's data port is the compiled fast path (``native/fastpath``, in the router image): it runs in the
+  router container, answers a plain model request, and its counts are in the router's ``/metrics``;
 - a plan with two Triton instances per pod reaches the running servers (no restart, no new pod);
 - a pod of another namespace gets 401 from the routers' admin API and finds no Triton HTTP/gRPC endpoint
   at a worker pod's IP (only its metrics);
@@ -219,6 +221,50 @@ def test_the_planned_threshold_reached_every_router(cluster: Cluster, served: st
                     == threshold else None),
                 f"threshold {threshold} in {pod['metadata']['name']}'s router", timeout=60)
             assert config["stages"][0]["cascade"]["threshold"] == threshold
+
+
+FASTPATH_PROBE = """\
+import json, os, sys, urllib.request as u
+comms = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        comms.append(open(f'/proc/{pid}/comm').read().strip())
+    except OSError:
+        pass
+model, image = sys.argv[1], json.loads(sys.argv[2])
+body = json.dumps({'inputs': [{'name': 'IMAGE', 'shape': [1, 8, 8], 'datatype': 'FP32', 'data': image}]}).encode()
+request = u.Request(f'http://127.0.0.1:8080/v2/models/{model}/infer', data=body,
+                    headers={'content-type': 'application/json'})
+with u.urlopen(request, timeout=10) as answer:
+    status, outputs = answer.status, {o['name']: o['data'] for o in json.loads(answer.read())['outputs']}
+metrics = u.urlopen('http://127.0.0.1:8081/metrics', timeout=10).read().decode()
+rows = [float(line.rsplit(' ', 1)[1]) for line in metrics.splitlines()
+        if line.startswith('paretoserve_router_requests_total{') and 'stage="proxy"' in line
+        and f'model="{model}"' in line]
+print(json.dumps({'comms': comms, 'status': status, 'label': outputs['LABEL'], 'rows': rows}))
+"""
+
+
+def test_every_routers_data_port_is_the_compiled_fast_path(cluster: Cluster, served: str) -> None:
+    """The router image's fast path (native/fastpath) serves each worker pod's data port: it runs in the router
+    container, answers a plain model request there, and its counts reach the router's /metrics."""
+    plan = wait_serving(cluster, served)
+    variants = yaml.safe_load(MANIFEST.read_text())["spec"]["stages"][0]["variants"]
+    models = {v["name"]: v["tritonModel"] for v in variants}
+    image = held_out_digits()["images"][0]
+    checked = 0
+    for variant in allocations(plan):
+        for pod in worker_pods(cluster, served, variant):
+            router = next(c for c in pod["spec"]["containers"] if c["name"] == "router")
+            assert "--fastpath=auto" in router["args"], router["args"]
+            out = cluster.kubectl("-n", served, "exec", pod["metadata"]["name"], "-c", "router", "--", "python", "-c",
+                                  FASTPATH_PROBE, models[variant], json.dumps(image)).stdout
+            probe = json.loads(out)
+            assert "paretoserve-fas" in probe["comms"], probe["comms"]  # the kernel's 15-character comm
+            assert probe["status"] == 200 and len(probe["label"]) == 1 and 0 <= probe["label"][0] <= 9, probe
+            assert probe["rows"] and probe["rows"][0] >= 1, probe  # folded into the router's own series
+            checked += 1
+    assert checked >= 2
 
 
 def test_a_pod_of_another_tenant_cannot_control_the_data_plane(cluster: Cluster, node: RealNode,
