@@ -100,7 +100,9 @@ def release(cluster: Cluster, node: RealNode, prometheus: PrometheusWithDiscover
     values = {
         "operator": {"tickSeconds": 2, **scheduling},
         "prometheus": {"url": prometheus.url},
-        "workers": {**scheduling, "routerResources": ROUTER_RESOURCES},
+        # the routers' data ports through the compiled fast path (off by default): every test below then serves
+        # through it; the LLM module keeps the default, so both ways run on real pods
+        "workers": {**scheduling, "routerResources": ROUTER_RESOURCES, "routerFastPath": True},
     }
     helm_install(cluster, RELEASE, RELEASE_NS, values)
     yield RELEASE_NS

@@ -88,8 +88,10 @@ class WorkerSettings:
     connection closed after its answer, while the endpoint removal reaches every node's proxy; its Triton's
     preStop sleeps longer, so it serves the router's last requests."""
     router_max_body_bytes: int = 4 * 1024 * 1024
-    router_fastpath: bool = True
-    """Serve the router's data port through the compiled fast path in the router image (``--fastpath=auto``)."""
+    router_fastpath: bool = False
+    """Serve the router's data port through the compiled fast path in the router image (``--fastpath=auto``):
+    model requests at proxy speed, but pipeline requests take one more hop (docs/data-plane.md), so it is off
+    unless clients call models directly (tritonclient, perf_analyzer)."""
     network_policies: bool = True
     """Render the pipeline's NetworkPolicies (`network_policies.py`)."""
     client_peers: tuple[dict[str, Any], ...] = ()

@@ -472,3 +472,14 @@ def test_the_operator_releases_cores_in_place_without_charging_a_model_load() ->
                                 now=40.0).status
     (low,) = calm["plan"]["stages"][0]["allocations"]
     assert (low["variant"], low["cpu"], low["replicas"]) == ("det", 1.0, 1), calm["plan"]
+
+
+@pytest.mark.parametrize(("env", "expected"), [({}, False), ({"PARETOSERVE_ROUTER_FASTPATH": "true"}, True),
+                                               ({"PARETOSERVE_ROUTER_FASTPATH": "false"}, False)])
+def test_the_routers_fast_path_is_rendered_only_when_asked_for(env: dict[str, str], expected: bool) -> None:
+    settings = OperatorConfig.from_env(env).workers
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings, admin_key=KEY)
+    router = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    assert ("--fastpath=auto" in router["args"]) is expected
+    with pytest.raises(ConfigError, match="PARETOSERVE_ROUTER_FASTPATH"):
+        OperatorConfig.from_env({"PARETOSERVE_ROUTER_FASTPATH": "sometimes"})
