@@ -36,6 +36,9 @@ Latency is taken from the moment a request is written to its complete response;
    the stub (requests per CPU-second of that process); for the fast path also perf_analyzer through it, on
    the model (served there) and on the pipeline addressed as a model (passed behind it to Python). ``bench
    fastpath`` repeats this measurement five times for its stability.
+5. **The cascade path** (``cascade_pipeline``): a confidence cascade (the light model, then ``cnn_small`` for
+   rows under the threshold) on the Python router's pipeline endpoint at 200/500/1,000 requests/s against the
+   light model direct, with the share of rows deferred to the heavy model.
 
 Where the router's time goes (py-spy on the pinned router at 1,000 requests/s, ~0.35 ms of CPU
 per request): about 40% in uvloop's own loop (epoll, reads), about 15% in the two socket writes
@@ -77,6 +80,9 @@ TARGET_RPS_PER_CORE = 10_000
 NICE = -10
 TARGET_ADDED_P99_MS = 1.0
 LIGHT_MODEL = "tiny_linear"
+HEAVY_MODEL = "cnn_small"
+"""The cascade path's heavy model (``cascade_pipeline``): rows the light model is not confident about go there."""
+CASCADE_THRESHOLD = 0.9
 DEADLINE_HEADER = "x-paretoserve-deadline-ms"
 
 
@@ -217,13 +223,15 @@ def _percentiles(path: Path) -> tuple[float, float, int]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99)), len(values)
 
 
-def router_command(config: dict[str, Any], directory: Path, port: int, *, fastpath: bool = False) -> list[str]:
-    """The sidecar's command line as on a pod: the data listener on ``port``, the admin one on a free port
-    (its API stays off: no token file; nothing here needs it); ``fastpath``: the compiled front on ``port``."""
+def router_command(config: dict[str, Any], directory: Path, port: int, *, fastpath: bool = False,
+                   admin_port: int | None = None) -> list[str]:
+    """The sidecar's command line as on a pod: the data listener on ``port``, the admin one on ``admin_port``
+    or a free port (its API stays off: no token file; only its open ``/metrics`` is read here); ``fastpath``:
+    the compiled front on ``port``."""
     path = directory / f"router-{port}.json"
     path.write_text(json.dumps(config))
     return [sys.executable, "-I", "-m", "paretoserve", "router", "--config", str(path), "--port", str(port),
-            "--admin-port", str(free_port()), *(("--fastpath", "auto") if fastpath else ())]
+            "--admin-port", str(admin_port or free_port()), *(("--fastpath", "auto") if fastpath else ())]
 
 
 def serving_pid(router_pid: int, fastpath: bool) -> int:
@@ -254,11 +262,14 @@ def write_bodies(path: Path) -> Path:
     return path
 
 
-def light_triton(work: Path) -> TritonServerConfig:
-    """A Triton serving the light model alone (batching up to 32, no queue delay), from the cached catalog."""
-    spec = spec_from_cached_variant(ensure_trained().variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
-    repository = write_repository(work / "repository", [spec])
-    return TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
+def light_triton(work: Path, models: tuple[str, ...] = (LIGHT_MODEL,)) -> TritonServerConfig:
+    """A Triton serving ``models`` (the light one alone by default; batching up to 32, no queue delay), from
+    the cached catalog."""
+    catalog = ensure_trained()
+    specs = [spec_from_cached_variant(catalog.variant_dir(model), max_batch_size=32, max_queue_delay_us=0)
+             for model in models]
+    repository = write_repository(work / "repository", specs)
+    return TritonServerConfig(model_repository=repository, models=models, work_dir=work / "triton")
 
 
 def bench_router(quick: bool = False) -> dict[str, Any]:
@@ -269,7 +280,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="paretoserve-bench-router-") as tmp:
         work = Path(tmp)
         bodies = write_bodies(work / "bodies.jsonl")
-        with TritonServer(light_triton(work)) as triton:
+        with TritonServer(light_triton(work, (LIGHT_MODEL, HEAVY_MODEL))) as triton:
             # Triton is neither pinned nor reniced: it needs more than what the load generator leaves on
             # one core, and at the router's priority its threads would delay the router's wake-ups.
             direct_url = f"http://{triton.http_url}/v2/models/{LIGHT_MODEL}/infer"
@@ -293,6 +304,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                 router_cpu_s = cpu_seconds(router_pid) - cpu_before
                 native = _perf_analyzer_runs(triton.http_url, f"127.0.0.1:{port}", other_cpus, quick)
             proxied = model_proxy(triton.http_url, work, bodies, router_cpus, other_cpus, nice, quick)
+            cascade = _cascade_pipeline(triton.http_url, work, bodies, router_cpus, other_cpus, nice, quick)
             direct = _percentiles(work / "direct.bin")
             routed = _percentiles(work / "router.bin")
             paired_p99 = _window_pairs_p99(work / "direct.bin", work / "router.bin")
@@ -330,6 +342,7 @@ def bench_router(quick: bool = False) -> dict[str, Any]:
                               else "not available here (see its error)"),
         "perf_analyzer": native,
         "model_proxy": proxied,
+        "cascade_pipeline": cascade,
     }
 
 
@@ -355,6 +368,41 @@ def _perf_analyzer_runs(direct: str, routed: str, cpus: set[int] | None, quick: 
             "open_loop": {str(rate): three(rate=float(rate)) for rate in (200, 500, 1000)},
             "closed_loop": {str(c): three(concurrency=c) for c in (1, 4, 16)},
             "bodies": "perf_analyzer's own (random FP32 IMAGE [1, 8, 8], binary tensor data)"}
+
+
+def _cascade_pipeline(triton_http_url: str, work: Path, bodies: Path, router_cpus: set[int] | None,
+                      other_cpus: set[int] | None, nice: int | None, quick: bool) -> dict[str, Any]:
+    """The cascade path on its own: a confidence cascade (light -> heavy at :data:`CASCADE_THRESHOLD`) on the
+    pipeline endpoint of the Python router, at 200/500/1,000 requests/s against the light model direct in
+    alternating windows. What it adds over one light-model call includes the heavy call of deferred rows, so
+    the deferred share (from the router's own metrics) is reported beside it."""
+    duration = 6.0 if quick else 20.0
+    triton = f"http://{triton_http_url}"
+    config = {"pipeline": "bench", "stages": [{"name": "classify", "cascade": {
+        "light": LIGHT_MODEL, "heavy": HEAVY_MODEL, "threshold": CASCADE_THRESHOLD}}],
+        "upstreams": {LIGHT_MODEL: [triton], HEAVY_MODEL: [triton]}}
+    port, admin_port, log = free_port(), free_port(), work / "router-cascade.log"
+    command = router_command(config, work, port, admin_port=admin_port)
+    report: dict[str, Any] = {"threshold": CASCADE_THRESHOLD, "light": LIGHT_MODEL, "heavy": HEAVY_MODEL}
+    with run_process(command, router_cpus, nice, log) as pid:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", pid, log)
+        common = ["--url", f"{triton}/v2/models/{LIGHT_MODEL}/infer", "--url",
+                  f"http://127.0.0.1:{port}/v2/pipelines/bench/infer", "--bodies", str(bodies),
+                  "--header", f"{DEADLINE_HEADER}:1000"]
+        _loadgen(["open", *common, "--rate", str(RATE_RPS), "--duration", "3"], other_cpus, nice)  # warm-up
+        for rate in PROXY_RATES:
+            outs = [work / f"cascade-{rate:g}-direct.bin", work / f"cascade-{rate:g}-router.bin"]
+            cpu_before = cpu_seconds(pid)
+            summaries = _loadgen(["open", *common, "--rate", str(rate), "--duration", str(duration),
+                                  "--out", str(outs[0]), "--out", str(outs[1])], other_cpus, nice)
+            report[f"{rate:g}"] = _added(outs[0], outs[1], summaries, cpu_seconds(pid) - cpu_before)
+        metrics = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
+    rows = {route: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("paretoserve_router_requests_total{") and f'route="{route}"' in line)
+            for route in ("light", "heavy")}
+    answered = rows["light"] + rows["heavy"]  # rows the light model kept, rows deferred to the heavy one
+    report["deferred_share"] = round(rows["heavy"] / answered, 4) if answered else None
+    return report
 
 
 def _perf_analyzer_front(url: str, cpus: set[int] | None, quick: bool) -> dict[str, Any]:
