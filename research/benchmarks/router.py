@@ -370,6 +370,21 @@ def _perf_analyzer_runs(direct: str, routed: str, cpus: set[int] | None, quick: 
             "bodies": "perf_analyzer's own (random FP32 IMAGE [1, 8, 8], binary tensor data)"}
 
 
+def _rate_sweep(common: Sequence[str], serving: int, prefix: Path, duration: float, cpus: set[int] | None,
+                nice: int | None) -> dict[str, Any]:
+    """Open-loop runs at each of :data:`PROXY_RATES` alternating the two ``--url``s of ``common`` (direct, then
+    routed), after a 3-s warm-up: :func:`_added` per rate, the CPU being process ``serving``'s."""
+    _loadgen(["open", *common, "--rate", str(RATE_RPS), "--duration", "3"], cpus, nice)
+    rates: dict[str, Any] = {}
+    for rate in PROXY_RATES:
+        outs = [prefix.with_name(f"{prefix.name}-{rate:g}-{side}.bin") for side in ("direct", "router")]
+        cpu_before = cpu_seconds(serving)
+        summaries = _loadgen(["open", *common, "--rate", str(rate), "--duration", str(duration),
+                              "--out", str(outs[0]), "--out", str(outs[1])], cpus, nice)
+        rates[f"{rate:g}"] = _added(outs[0], outs[1], summaries, cpu_seconds(serving) - cpu_before)
+    return rates
+
+
 def _cascade_pipeline(triton_http_url: str, work: Path, bodies: Path, router_cpus: set[int] | None,
                       other_cpus: set[int] | None, nice: int | None, quick: bool) -> dict[str, Any]:
     """The cascade path on its own: a confidence cascade (light -> heavy at :data:`CASCADE_THRESHOLD`) on the
@@ -389,13 +404,7 @@ def _cascade_pipeline(triton_http_url: str, work: Path, bodies: Path, router_cpu
         common = ["--url", f"{triton}/v2/models/{LIGHT_MODEL}/infer", "--url",
                   f"http://127.0.0.1:{port}/v2/pipelines/bench/infer", "--bodies", str(bodies),
                   "--header", f"{DEADLINE_HEADER}:1000"]
-        _loadgen(["open", *common, "--rate", str(RATE_RPS), "--duration", "3"], other_cpus, nice)  # warm-up
-        for rate in PROXY_RATES:
-            outs = [work / f"cascade-{rate:g}-direct.bin", work / f"cascade-{rate:g}-router.bin"]
-            cpu_before = cpu_seconds(pid)
-            summaries = _loadgen(["open", *common, "--rate", str(rate), "--duration", str(duration),
-                                  "--out", str(outs[0]), "--out", str(outs[1])], other_cpus, nice)
-            report[f"{rate:g}"] = _added(outs[0], outs[1], summaries, cpu_seconds(pid) - cpu_before)
+        report.update(_rate_sweep(common, pid, work / "cascade", duration, other_cpus, nice))
         metrics = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
     rows = {route: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                        if line.startswith("paretoserve_router_requests_total{") and f'route="{route}"' in line)
@@ -494,15 +503,7 @@ def model_proxy(triton_http_url: str, work: Path, bodies: Path, router_cpus: set
             serving = serving_pid(pid, fastpath)
             url = f"http://127.0.0.1:{port}/v2/models/{LIGHT_MODEL}/infer"
             common = ["--url", direct_url, "--url", url, "--bodies", str(bodies), "--header", f"{DEADLINE_HEADER}:1000"]
-            _loadgen(["open", *common, "--rate", str(RATE_RPS), "--duration", "3"], other_cpus, nice)  # warm-up
-            rates: dict[str, Any] = {}
-            for rate in PROXY_RATES:
-                outs = [work / f"{front}-{rate:g}-direct.bin", work / f"{front}-{rate:g}-router.bin"]
-                cpu_before = cpu_seconds(serving)
-                summaries = _loadgen(["open", *common, "--rate", str(rate), "--duration", str(duration),
-                                      "--out", str(outs[0]), "--out", str(outs[1])], other_cpus, nice)
-                rates[f"{rate:g}"] = _added(outs[0], outs[1], summaries, cpu_seconds(serving) - cpu_before)
-            report[front] = {"open_loop": rates}
+            report[front] = {"open_loop": _rate_sweep(common, serving, work / front, duration, other_cpus, nice)}
             if fastpath and with_perf_analyzer:  # the Python front's: the report's "perf_analyzer.router_model"
                 report[front]["perf_analyzer"] = _perf_analyzer_front(f"127.0.0.1:{port}", other_cpus, quick)
         report[front]["ceiling_one_core"] = _ceiling(work, bodies, router_cpus, other_cpus, nice, quick,
