@@ -7,10 +7,19 @@ applied. `actuate` applies the rendered children, deletes children no longer ren
 from the spec), resizes running pods whose CPU differs from the plan (which is how replacement pods get the
 planned CPU) and pushes live settings to the router sidecars. Everything else here is pure: what to delete,
 what to resize, where to push.
+
+Make before break: while capacity the plan counts on is still starting (`still_starting`: pods not created
+yet, or placed but not Ready while they load their models), no pod's CPU is lowered and no Deployment loses
+replicas; a later round's convergence (`hold`) finishes the release once the new pods serve. Lowered at
+once, a plan that moves InfAdapter's traffic from a 19-core ResNet-18 pool to ResNet-18 on 4 cores plus a new
+ResNet-34 pool left neither carrying the load for the 7 s ResNet-34 loads (simulated in-place actuation of the
+bursty training windows: 95.6-98.4 % SLO attainment, 98.7-99.7 % with this rule). A pod no node took does
+not hold anything back: lowering the others' CPU may be what lets it in.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,13 +70,36 @@ def _cores(quantity: str | None) -> float | None:
     return float(text[:-1]) / 1000.0 if text.endswith("m") else float(text)
 
 
-def resizes(pods: Sequence[dict[str, Any]], plan: Plan) -> list[tuple[str, str]]:
-    """(pod, cpu quantity) for every running Triton container whose CPU differs from the plan."""
+def _live(pod: dict[str, Any]) -> bool:
+    return not pod.get("metadata", {}).get("deletionTimestamp") \
+        and pod.get("status", {}).get("phase") in ("Running", "Pending")
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
+def still_starting(pods: Sequence[dict[str, Any]], plan: Plan | None) -> bool:
+    """Whether capacity `plan` counts on is not serving yet: a variant with fewer live pods than its planned
+    replicas (not created yet), or a pod placed on a node but not Ready (starting, loading its models)."""
+    if plan is None or not plan.status.has_plan:
+        return False
+    live: Counter[tuple[str, str]] = Counter()
+    for pod in filter(_live, pods):
+        labels = pod.get("metadata", {}).get("labels", {})
+        live[(labels.get(LABEL_STAGE, ""), labels.get(LABEL_VARIANT, ""))] += 1
+        if pod.get("spec", {}).get("nodeName") and not _ready(pod):
+            return True
+    return any(live[(sp.stage, a.variant)] < a.replicas for sp in plan.stages for a in sp.allocations)
+
+
+def resizes(pods: Sequence[dict[str, Any]], plan: Plan, *, lower: bool = True) -> list[tuple[str, str]]:
+    """(pod, cpu quantity) for every running Triton container whose CPU differs from the plan; without
+    `lower`, only those the plan raises (make before break, see the module notes)."""
     out: list[tuple[str, str]] = []
-    for pod in pods:
+    for pod in filter(_live, pods):
         meta = pod.get("metadata", {})
-        if meta.get("deletionTimestamp") or pod.get("status", {}).get("phase") not in ("Running", "Pending"):
-            continue
         labels = meta.get("labels", {})
         alloc = allocation_for(plan, labels.get(LABEL_STAGE, ""), labels.get(LABEL_VARIANT, ""))
         if alloc is None:
@@ -76,8 +108,23 @@ def resizes(pods: Sequence[dict[str, Any]], plan: Plan) -> list[tuple[str, str]]
             if container.get("name") != "triton":
                 continue
             current = _cores(container.get("resources", {}).get("requests", {}).get("cpu"))
-            if current is None or abs(current - alloc.cpu) > 1e-6:
+            if current is None or (abs(current - alloc.cpu) > 1e-6 and (lower or alloc.cpu > current)):
                 out.append((meta["name"], f"{round(alloc.cpu * 1000)}m"))
+    return out
+
+
+def keep_replicas(desired: Sequence[dict[str, Any]], existing: Sequence[dict[str, Any]],
+                  owner_uid: str) -> list[dict[str, Any]]:
+    """`desired` with no Deployment of this pipeline scaled below its current replicas (make before break)."""
+    current = {o["metadata"]["name"]: int(o.get("spec", {}).get("replicas") or 0) for o in existing
+               if o.get("kind") == "Deployment" and owned_by(o, owner_uid)}
+    out = []
+    for obj in desired:
+        replicas = obj.get("spec", {}).get("replicas")
+        now = current.get(obj["metadata"]["name"])
+        if obj["kind"] == "Deployment" and replicas is not None and now is not None and now > replicas:
+            obj = {**obj, "spec": {**obj["spec"], "replicas": now}}
+        out.append(obj)
     return out
 
 
@@ -151,6 +198,11 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
     progress = _Progress()
     listed = {kind: progress.listed(gateway, kind, owner) for kind in CHILD_KINDS}
     existing = [{**o, "kind": kind} for kind, items in listed.items() for o in items]
+    pods = own_pods(listed["Deployment"], progress.listed(gateway, "ReplicaSet", owner),
+                    progress.listed(gateway, "Pod", owner), owner.uid)
+    starting = still_starting(pods, plan)
+    if starting:
+        desired = keep_replicas(desired, existing, owner.uid)
     _apply_owned(gateway, owner, desired, existing, progress)
     deleted = [f"{kind}/{name}" for kind, name in orphans(existing, desired, owner.uid)
                if progress.attempt(partial(gateway.delete, kind, owner.namespace, name))]
@@ -159,9 +211,7 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
     push_failures: tuple[str, ...] = ()
     push_pending: tuple[str, ...] = ()
     if plan is not None and plan.status.has_plan:
-        pods = own_pods(listed["Deployment"], progress.listed(gateway, "ReplicaSet", owner),
-                        progress.listed(gateway, "Pod", owner), owner.uid)
-        resized = [f"{pod}={cpu}" for pod, cpu in resizes(pods, plan)
+        resized = [f"{pod}={cpu}" for pod, cpu in resizes(pods, plan, lower=not starting)
                    if progress.attempt(partial(gateway.resize_cpu, owner.namespace, pod, "triton", cpu))]
         if pusher is not None:
             push = pusher.push(push_targets(pods, pipeline, plan), router_update(pipeline.spec, plan),

@@ -8,10 +8,14 @@ pool runs its batch loop (`pools.py`) once per epoch, and results flow downstrea
 
 At a tick, `observe(now)` reports what a real metrics pipeline would (per-second load, queueing delay by
 Little's law, the tightest per-request deadline) and `apply(plan, now)` changes the pools the way a
-cluster would: added replicas start after the variant's load time (cold start), removed ones stop at
-once, a variant switch routes traffic to the new pool only when it is ready (the old one drains), and a
-change of cores is either a new pool (surge), an in-place resize after a delay (Sponge), or a restart
-(a recreate-style VPA). Nothing here re-implements planning: the plan comes from whatever drives it.
+cluster would: added replicas start after the variant's load time (cold start), a variant switch routes
+traffic to the new pool only when it is ready (the old one drains, and removed replicas serve the old split
+until then), and a change of cores is either a new pool (surge), an in-place resize after a delay (Sponge),
+or a restart (a recreate-style VPA). An in-place resize that lowers a pool's cores waits, like a removal,
+until the new pools and replicas of the same plan are ready (make before break, as the operator resizes):
+lowered at once, ResNet-18 went from 19 to 4 cores while the ResNet-34 pool meant to carry the rest was still
+loading, and InfAdapter's bursty training windows fell to 95.6-98.4 %. Nothing here re-implements planning:
+the plan comes from whatever drives it.
 """
 
 from __future__ import annotations
@@ -226,6 +230,7 @@ class Simulator:
             if a.replicas > 0:
                 desired[self._key(a)] = a
         shrink: dict[PoolKey, int] = {}
+        lowered: list[tuple[AnyPool, PoolConfig | TokenConfig, PoolConfig | TokenConfig]] = []
         for key, a in desired.items():
             accuracy = self._accuracy[(st.stage.name, a.variant)]
             new_cfg = self._pool_config(st, a, accuracy)
@@ -241,7 +246,9 @@ class Simulator:
             st.retiring.discard(key)
             old = pool.pending_config[1] if pool.pending_config else pool.config
             if new_cfg.cpu != old.cpu:
-                if cfg.resize == "in-place":
+                if cfg.resize == "in-place" and new_cfg.cpu < old.cpu:
+                    lowered.append((pool, new_cfg, old))  # make before break: once the new capacity is ready
+                elif cfg.resize == "in-place":
                     at = now + cfg.resize_delay_s
                     _reconfigure(pool, new_cfg, at, pending=True)
                     self._resources(at, st, pool, 0, new_cfg, old)
@@ -261,6 +268,10 @@ class Simulator:
                 self._resources(now, st, pool, diff, new_cfg)
             elif diff < 0:
                 shrink[key] = -diff
+        for pool, new_cfg, old in lowered:
+            at = max(now + cfg.resize_delay_s, ready)
+            _reconfigure(pool, new_cfg, at, pending=True)
+            self._resources(at, st, pool, 0, new_cfg, old)
         for key in st.pools:
             if key not in desired:
                 st.retiring.add(key)

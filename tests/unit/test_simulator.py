@@ -273,6 +273,35 @@ def test_resizing_cores_in_place_or_by_restarting(mode: str, expected: dict[floa
     assert result.latency_ms == pytest.approx([expected[a] for a in arrivals])
 
 
+def resizable_pair() -> ServingPipeline:
+    sponge = {"gamma": 0.0, "delta": 0.0, "epsilon": 100.0, "eta": 0.0, "cpus": [1.0, 2.0]}
+    return pipeline([{"name": "s", "batchSizes": [1], "variants": [
+        {"name": name, "tritonModel": name, "accuracy": accuracy, "loadTimeSeconds": 6.0, "profile": {"sponge": sponge}}
+        for name, accuracy in (("old", 0.5), ("new", 0.9))]}])
+
+
+@pytest.mark.parametrize(("starts_new", "lowered_at"), [(True, 16.0), (False, 11.0)])
+def test_an_in_place_resize_down_waits_for_the_new_pools_of_its_plan(starts_new: bool, lowered_at: float) -> None:
+    """Make before break: lowering a running pool's cores while the plan's new pool still loads (6 s) would
+    leave neither carrying the load; a plain release lands after the resize delay (1 s)."""
+    p = resizable_pair()
+    sim = Simulator(p, Workload(np.array([1.0]), 30.0), SimConfig(resize="in-place", resize_delay_s=1.0))
+    from paretoserve.planner.solve import solve
+
+    before = solve(compile_problem(baselines.pin_cpu(baselines.pin_variants(p, {"s": ["old"]}), {"s": 2.0}),
+                                   Observation(load_rps=1.0)))
+    (kept,) = before.stages[0].allocations
+    assert kept.cpu == 2.0
+    allocations = (replace(kept, cpu=1.0),) + ((replace(kept, variant="new"),) if starts_new else ())
+    after = replace(before, stages=(replace(before.stages[0], allocations=allocations),))
+    sim.apply(before, now=0.0)
+    sim.advance_to(10.0)
+    sim.apply(after, now=10.0)
+    events = sim.finish().resource_events
+    lowered = events[(events[:, 2] == 0) & (events[:, 3] < 0)]
+    assert lowered[:, 0].tolist() == [lowered_at] and lowered[:, 3].tolist() == [-1.0]
+
+
 # -- dynamic SLOs and EDF -----------------------------------------------------------------------------
 
 
