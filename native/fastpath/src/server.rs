@@ -325,7 +325,7 @@ impl Conn {
         if decoder.is_done() {
             return Next::KeepAlive;
         }
-        match self.discard(decoder, max_body, deadline).await {
+        match self.consume(decoder, max_body, deadline, false).await {
             Ok(()) => Next::KeepAlive,
             Err(BodyFault::Timeout) => {
                 self.timed_out().await; // as `http_guard`: the read timer fires after the answer too
@@ -407,8 +407,15 @@ impl Conn {
         }
     }
 
-    /// Read what is left of a request body and drop it (at most `limit` bytes).
-    async fn discard(&mut self, decoder: &mut BodyDecoder, limit: u64, deadline: Instant) -> Result<(), BodyFault> {
+    /// Read what is left of a request body, at most `limit` bytes: fed to the router behind as it arrives
+    /// (`forward`), or dropped.
+    async fn consume(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        limit: u64,
+        deadline: Instant,
+        forward: bool,
+    ) -> Result<(), BodyFault> {
         let mut size: u64 = 0;
         loop {
             match decoder.next(&mut self.buf).map_err(BodyFault::Refused)? {
@@ -417,25 +424,10 @@ impl Conn {
                     if size > limit {
                         return Err(BodyFault::OverLimit);
                     }
-                }
-                Piece::More => self.read_until(deadline).await?,
-                Piece::End => return Ok(()),
-            }
-        }
-    }
-
-    /// Feed the request body to the router behind as it arrives, at most `limit` bytes.
-    async fn pump(&mut self, decoder: &mut BodyDecoder, limit: u64, deadline: Instant) -> Result<(), BodyFault> {
-        let mut size: u64 = 0;
-        loop {
-            match decoder.next(&mut self.buf).map_err(BodyFault::Refused)? {
-                Piece::Data(chunk) => {
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(BodyFault::OverLimit);
+                    if forward {
+                        let Some(feed) = &self.feed else { return Err(BodyFault::Behind) };
+                        feed.sender.send(chunk).await.map_err(|_| BodyFault::Behind)?;
                     }
-                    let Some(feed) = &self.feed else { return Err(BodyFault::Behind) };
-                    feed.sender.send(chunk).await.map_err(|_| BodyFault::Behind)?;
                 }
                 Piece::More => self.read_until(deadline).await?,
                 Piece::End => {
@@ -486,7 +478,7 @@ impl Conn {
         if self.feed.is_some() {
             let pumped = tokio::select! {
                 response = &mut relay => return Some(response), // answered early: `finish` drops the rest
-                pumped = self.pump(decoder, max_body, deadline) => pumped,
+                pumped = self.consume(decoder, max_body, deadline, true) => pumped,
             };
             match pumped {
                 Ok(()) | Err(BodyFault::Behind) => {}
