@@ -230,7 +230,7 @@ class Simulator:
             if a.replicas > 0:
                 desired[self._key(a)] = a
         shrink: dict[PoolKey, int] = {}
-        lowered: list[tuple[AnyPool, PoolConfig | TokenConfig, PoolConfig | TokenConfig]] = []
+        resized: list[tuple[AnyPool, PoolConfig | TokenConfig, PoolConfig | TokenConfig]] = []
         for key, a in desired.items():
             accuracy = self._accuracy[(st.stage.name, a.variant)]
             new_cfg = self._pool_config(st, a, accuracy)
@@ -246,12 +246,8 @@ class Simulator:
             st.retiring.discard(key)
             old = pool.pending_config[1] if pool.pending_config else pool.config
             if new_cfg.cpu != old.cpu:
-                if cfg.resize == "in-place" and new_cfg.cpu < old.cpu:
-                    lowered.append((pool, new_cfg, old))  # make before break: once the new capacity is ready
-                elif cfg.resize == "in-place":
-                    at = now + cfg.resize_delay_s
-                    _reconfigure(pool, new_cfg, at, pending=True)
-                    self._resources(at, st, pool, 0, new_cfg, old)
+                if cfg.resize == "in-place":  # timed below, once the plan's new capacity is known
+                    resized.append((pool, new_cfg, old))
                 else:  # recreate: the pods restart with the new size and load the model again
                     pool.pending_config = None
                     _reconfigure(pool, new_cfg, now + startup, pending=False)
@@ -268,8 +264,8 @@ class Simulator:
                 self._resources(now, st, pool, diff, new_cfg)
             elif diff < 0:
                 shrink[key] = -diff
-        for pool, new_cfg, old in lowered:
-            at = max(now + cfg.resize_delay_s, ready)
+        for pool, new_cfg, old in resized:  # raised after the delay; lowered once the new capacity is ready
+            at = now + cfg.resize_delay_s if new_cfg.cpu > old.cpu else max(now + cfg.resize_delay_s, ready)
             _reconfigure(pool, new_cfg, at, pending=True)
             self._resources(at, st, pool, 0, new_cfg, old)
         for key in st.pools:

@@ -117,9 +117,10 @@ WHERE_WE_DO_WORSE = """## Where we do worse, and the trade-off made
   late (FIFO, abandoned after two SLOs), so a policy that reacts to the load loses about every request of the
   7.4 s after the onset (one 2-s load check on average plus ResNet-18's 6.44 s load): by the trace alone
   0.75-1.23 % of these windows' requests, so 1349716 (1.23 %) can hardly reach 99 % without capacity held
-  before the burst or a data plane that refuses the requests it can no longer serve in time. Measured in the
-  simulator, not built: pools that refuse a request once it has waited longer than the SLO minus their
-  latency (what Triton's queue policy `REJECT` does with that timeout) keep the short pool's capacity serving
+  before the burst or a data plane that refuses the requests it can no longer serve in time. Measured with a
+  throwaway change to the simulator (not in the repository), not built: pools that refuse a request once it
+  has waited longer than the SLO minus their latency (what Triton's queue policy `REJECT` does with that
+  timeout) keep the short pool's capacity serving
   on time instead of serving everyone late, and take these four windows to 99.50/99.13/99.56/99.64 % (the
   training windows to 99.59/99.61/99.58/99.69 %) at the same cost; the data plane does not set that timeout
   yet. The timeout has to follow each pool's own latency: one per variant (the SLO minus its fastest size's
