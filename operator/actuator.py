@@ -142,7 +142,7 @@ def push_targets(pods: Sequence[dict[str, Any]], pipeline: ServingPipeline,
         variant = next((v for v in stage.variants if v.name == labels.get(LABEL_VARIANT)), None) if stage else None
         knobs: dict[str, Any] = {}
         if stage is not None and variant is not None:
-            knobs = worker_body(stage, variant, allocation_for(plan, stage.name, variant.name))
+            knobs = worker_body(pipeline.spec.slo, stage, variant, allocation_for(plan, stage.name, variant.name))
         targets.append((status["podIP"], knobs))
     return targets
 

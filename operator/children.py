@@ -262,7 +262,8 @@ def render_children(owner: Owner, spec: ServingPipelineSpec, plan: Plan | None,
             objects.append({
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": metadata(owner, name, stage.name, variant.name),
-                "data": {"worker.json": json.dumps(plan_rendering.worker_body(stage, variant, alloc), sort_keys=True),
+                "data": {"worker.json": json.dumps(plan_rendering.worker_body(spec.slo, stage, variant, alloc),
+                                                   sort_keys=True),
                          "router.json": router_cfg},
             })
             objects.append(render_deployment(owner, stage, variant, alloc, settings))

@@ -138,9 +138,17 @@ def single_variant(pipeline: ServingPipeline) -> ServingPipeline:
 
 def with_adaptation(pipeline: ServingPipeline, **fields: Any) -> ServingPipeline:
     """Override `spec.adaptation` fields (camelCase), e.g. intervalSeconds=30, predictor={...}."""
+    return _with_section(pipeline, "adaptation", fields)
 
+
+def with_slo(pipeline: ServingPipeline, **fields: Any) -> ServingPipeline:
+    """Override `spec.slo` fields (camelCase), e.g. lateRequests="refuse"."""
+    return _with_section(pipeline, "slo", fields)
+
+
+def _with_section(pipeline: ServingPipeline, section: str, fields: dict[str, Any]) -> ServingPipeline:
     def edit(spec: dict[str, Any]) -> None:
-        spec["adaptation"] = {**spec.get("adaptation", {}), **fields}
+        spec[section] = {**spec.get(section, {}), **fields}
 
     return derive(pipeline, edit)
 

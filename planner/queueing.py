@@ -14,11 +14,19 @@ profile's throughput says a replica overlaps more batches; the simulator uses th
 overstates the wait of deterministic service (about twice, for M/D/c), so the bound is conservative. One
 replica is assumed: pooled replicas wait less, so the bound holds for any count. The compiled option's
 capacity becomes throughput × min(κ, this utilisation), a constant per option, so the programs stay linear.
+
+`late_request_timeout_us` is the other side of the same budget: with ``slo.lateRequests: refuse`` a pool refuses
+a request that has waited longer than the SLO minus its own batch latency (it could no longer be on time, even
+with no other stage in its way), Triton's queue policy ``REJECT`` with that timeout. Under a burst that
+capacity lags, the pool then serves the requests that can still make the SLO instead of serving every one late.
+The simulator, `paretoserve up` and the operator's pods take the timeout from here.
 """
 
 from __future__ import annotations
 
 import math
+
+from paretoserve.planner.spec import SLO, LateRequests
 
 TAIL_ITERATIONS = 40
 
@@ -70,3 +78,11 @@ def queueing_utilization(c: int, service_s: float, slack_s: float, quantile: flo
         else:
             hi = mid
     return lo
+
+
+def late_request_timeout_us(slo: SLO, latency_ms: float) -> int:
+    """Triton's queue timeout (µs) for a pool of batch latency `latency_ms`: 0 (none) unless the SLO refuses late
+    requests, and 0 too when the batch alone takes the whole SLO (refusing would then refuse every request)."""
+    if slo.late_requests is not LateRequests.REFUSE:
+        return 0
+    return max(0, int(math.floor((slo.latency_ms - latency_ms) * 1000.0)))

@@ -105,10 +105,21 @@ class DynamicSLO(StrictModel):
     """Share of the base SLO kept free when draining the queue in EDF order (Sponge uses 0.1)."""
 
 
+class LateRequests(StrEnum):
+    """What a pool does with a request that has waited so long that its own batch would end past the SLO."""
+
+    SERVE = "serve"
+    """Serve it late (Triton's default: no queue timeout)."""
+    REFUSE = "refuse"
+    """Refuse it at once (Triton's queue policy ``REJECT`` with that wait as its timeout), so that the capacity it
+    would have taken serves requests that can still be on time."""
+
+
 class SLO(StrictModel):
     latency_ms: Latency
     percentile: Annotated[Percentile, Field(strict=False)] = Percentile.P99
     dynamic: DynamicSLO | None = None
+    late_requests: Annotated[LateRequests, Field(strict=False)] = LateRequests.SERVE
 
 
 class AccuracyAggregation(StrEnum):

@@ -6,7 +6,11 @@
   models with them. Batching is on only where the planner charged for it (batch > 1): at batch 1 Triton
   must not hold requests back waiting for a batch. A token-generating model batches sequences itself: its
   pods get the plan's batch as ``maxSequences`` (the most sequences one instance runs at once) and no
-  dynamic batching; its replicas are pods, as every variant's are.
+  dynamic batching; its replicas are pods, as every variant's are. With ``slo.lateRequests: refuse`` every
+  classifier pod's Triton also gets a queue timeout (policy ``REJECT``) of the SLO minus the pool's planned
+  batch latency (`queueing.late_request_timeout_us`, the rule the simulator applies), so a request that can
+  no longer be on time is refused instead of taking capacity from those that can. Changing it reloads the
+  model (Triton updates only an instance count in place), so it is rendered from the plan, not from load.
 - Router settings (`router_config`, `router_update`): traffic splits from planned load shares, cascade
   thresholds from the chosen row, the discriminator or prompt-scorer model the spec names. The operator writes the whole
   config into the ConfigMap and pushes the live part; the local runtime starts its router with it.
@@ -21,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from paretoserve.planner.model import Allocation, Plan
-from paretoserve.planner.spec import RouterKind, ServingPipelineSpec, Stage, Variant
+from paretoserve.planner.queueing import late_request_timeout_us
+from paretoserve.planner.spec import SLO, LateRequests, RouterKind, ServingPipelineSpec, Stage, Variant
 
 DEFAULT_DEADLINE_HEADER = "x-paretoserve-deadline-ms"
 
@@ -78,9 +83,11 @@ class TritonKnobs:
     """Dynamic batching's preferred size; None when the plan runs batch 1 (no batching wait)."""
     max_queue_delay_us: int
     """How long Triton may hold a request to form a batch; 0 when the plan runs batch 1."""
+    queue_timeout_us: int = 0
+    """After how long waiting Triton refuses a request (``slo.lateRequests: refuse``; 0: never)."""
 
 
-def triton_knobs(stage: Stage, variant: Variant, alloc: Allocation | None) -> TritonKnobs:
+def triton_knobs(slo: SLO, stage: Stage, variant: Variant, alloc: Allocation | None) -> TritonKnobs:
     """The knobs for one pod of `variant` under `alloc` (None: not in the plan -> the variant's base size)."""
     if alloc is None:
         return TritonKnobs(1, max(1, round(variant.resources.cpu)), None, 0)
@@ -90,23 +97,28 @@ def triton_knobs(stage: Stage, variant: Variant, alloc: Allocation | None) -> Tr
         threads=max(1, round(alloc.cpu / max(1, alloc.instances))),
         preferred_batch=alloc.batch if batched else None,
         max_queue_delay_us=int(round(stage.max_queue_delay_ms * 1000)) if batched else 0,
+        queue_timeout_us=late_request_timeout_us(slo, alloc.latency_ms) if stage.generation is None else 0,
     )
 
 
-def worker_body(stage: Stage, variant: Variant, alloc: Allocation | None) -> dict[str, Any]:
+def worker_body(slo: SLO, stage: Stage, variant: Variant, alloc: Allocation | None) -> dict[str, Any]:
     """The sidecar's `POST /admin/worker` body (and the ConfigMap's worker.json) for a variant's pods.
 
     The pod's CPU comes from the resize subresource, not from here; batch 1 is sent as preferred size 1,
-    which the sidecar renders as "no preferred size".
+    which the sidecar renders as "no preferred size". ``queueTimeoutMicroseconds`` is sent only when the SLO
+    refuses late requests, so a pipeline that serves them keeps whatever queue policy its models were exported with.
     """
-    knobs = triton_knobs(stage, variant, alloc)
+    knobs = triton_knobs(slo, stage, variant, alloc)
     if stage.generation is not None:
         return {"models": {variant.triton_model: generation_knobs(variant, alloc)}}
-    return {"models": {variant.triton_model: {
+    body: dict[str, Any] = {
         "instanceCount": knobs.instances,
         "preferredBatchSize": knobs.preferred_batch or 1,
         "maxQueueDelayMicroseconds": knobs.max_queue_delay_us,
-    }}}
+    }
+    if slo.late_requests is LateRequests.REFUSE:
+        body["queueTimeoutMicroseconds"] = knobs.queue_timeout_us
+    return {"models": {variant.triton_model: body}}
 
 
 def generation_knobs(variant: Variant, alloc: Allocation | None) -> dict[str, int]:

@@ -14,8 +14,10 @@ until then), and a change of cores is either a new pool (surge), an in-place res
 or a restart (a recreate-style VPA). An in-place resize that lowers a pool's cores waits, like a removal,
 until the new pools and replicas of the same plan are ready (make before break, as the operator resizes):
 lowered at once, ResNet-18 went from 19 to 4 cores while the ResNet-34 pool meant to carry the rest was still
-loading, and InfAdapter's bursty training windows fell to 95.6-98.4 %. Nothing here re-implements planning:
-the plan comes from whatever drives it.
+loading, and InfAdapter's bursty training windows fell to 95.6-98.4 %. With ``slo.lateRequests: refuse`` a
+pool refuses a request that has waited longer than the SLO minus the pool's planned batch latency
+(`queueing.late_request_timeout_us`, the queue timeout the served Triton gets). Nothing here re-implements
+planning: the plan comes from whatever drives it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import Observed
 from paretoserve.planner.evaluate import topological_order
 from paretoserve.planner.model import Allocation, Plan, Problem, Stage, StagePlan
+from paretoserve.planner.queueing import late_request_timeout_us
 from paretoserve.planner.sim.pools import Dispatched, Pool, PoolConfig, concurrency, service_table
 from paretoserve.planner.sim.records import (
     COMPLETED,
@@ -49,7 +52,7 @@ from paretoserve.planner.sim.workload import (
     counts_per_second,
     take_before,
 )
-from paretoserve.planner.spec import Generation, ServingPipeline, TokenProfile
+from paretoserve.planner.spec import SLO, Generation, ServingPipeline, TokenProfile
 
 INF = math.inf
 RESIZE_MODES = ("surge", "in-place", "recreate")
@@ -126,6 +129,7 @@ class Simulator:
         self.rng = np.random.default_rng(self.config.seed)
         self.problem: Problem = compile_problem(pipeline, Observation(load_rps=0.0))
         self.slo_ms = pipeline.spec.slo.latency_ms
+        self.slo: SLO = pipeline.spec.slo
         self._latency: dict[tuple[str, str, float, int], dict[int, tuple[float, float]]] = {}
         self._load_time: dict[tuple[str, str], float] = {}
         self._accuracy: dict[tuple[str, str], float] = {}
@@ -201,8 +205,10 @@ class Simulator:
         latency_ms, throughput = table.get(a.batch, table[min(table, key=lambda b: abs(b - a.batch))])
         servers, scale = concurrency(a.batch, latency_ms, throughput, a.instances)
         svc = [s * scale for s in service_table({b: lat for b, (lat, _) in table.items()}, a.batch)]
+        refuse_after_us = late_request_timeout_us(self.slo, a.latency_ms)
         return PoolConfig(batch=a.batch, delay_s=st.stage.max_queue_delay_ms / 1000.0, svc=svc, cpu=a.cpu,
-                          gpus=gpus, accuracy=accuracy, servers_per_replica=servers)
+                          gpus=gpus, accuracy=accuracy, servers_per_replica=servers,
+                          queue_timeout_s=refuse_after_us / 1e6 if refuse_after_us else INF)
 
     # -- Actuator -------------------------------------------------------------------------------------
     def applied(self) -> Plan | None:

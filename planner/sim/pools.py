@@ -7,7 +7,8 @@ per request; the per-request results (start, finish, timed out) are expanded aft
 
 Batching rule (Triton's dynamic batcher): when a server is free and requests wait, it dispatches as soon
 as `batch` requests are queued, or when the oldest has waited `max_queue_delay`, whichever comes first,
-taking at most `batch` requests. A request that has waited longer than the timeout is abandoned. With
+taking at most `batch` requests. A request that has waited longer than the timeout (the engine's, or the
+pool's own when the SLO refuses late requests) is abandoned. With
 EDF ordering (Sponge) the queue is a deadline heap instead, which costs one heap operation per request.
 """
 
@@ -65,6 +66,9 @@ class PoolConfig:
     """Per-request accuracy contribution of this pool (already normalised for the pipeline's aggregation)."""
     servers_per_replica: int = 1
     """Concurrent batches one replica serves: Triton instances, or more when the profile's throughput says so."""
+    queue_timeout_s: float = INF
+    """A request that has waited longer is refused (``slo.lateRequests: refuse``; the engine's own timeout, if
+    shorter, still applies)."""
 
 
 def concurrency(batch: int, latency_ms: float, throughput_rps: float, instances: int) -> tuple[int, float]:
@@ -195,7 +199,7 @@ class Pool:
         else:
             times = self.q_t.tolist()
             self.head = fifo_dispatch(times, self.head, self.servers, t_end, cfg.batch, cfg.delay_s, cfg.svc,
-                                      self.timeout_s, noise, sizes, starts, dones)
+                                      min(self.timeout_s, cfg.queue_timeout_s), noise, sizes, starts, dones)
             ids = self.q_id[first:self.head]
         sz = np.asarray(sizes, dtype=np.int64)
         counts = np.abs(sz)
@@ -206,6 +210,7 @@ class Pool:
                   starts: list[float], dones: list[float], ids_out: list[int]) -> None:
         """Earliest-deadline-first: like `fifo_dispatch`, but the batch takes the tightest deadlines."""
         heap = self._edf_heap
+        timeout = min(self.timeout_s, cfg.queue_timeout_s)
         times = self.q_t.tolist()
         deadlines = self.q_deadline.tolist()
         ids = self.q_id.tolist()
@@ -230,9 +235,9 @@ class Pool:
                         nxt += 1
             if t >= t_end:
                 break
-            expired = [e for e in heap if t - e[1] > self.timeout_s]
+            expired = [e for e in heap if t - e[1] > timeout]
             if expired:
-                heap[:] = [e for e in heap if t - e[1] <= self.timeout_s]
+                heap[:] = [e for e in heap if t - e[1] <= timeout]
                 heapq.heapify(heap)
                 sizes.append(-len(expired))
                 starts.append(t)
@@ -269,8 +274,9 @@ def fifo_dispatch(times: list[float], head: int, servers: list[float], t_end: fl
         t = free if free > a0 else a0
         if t >= t_end:
             break
-        if t - a0 > timeout:
-            cut = bisect_left(times, t - timeout, head, n)
+        limit = t - timeout  # requests that arrived before it have waited too long; one expression for both
+        if a0 < limit:       # the test and the cut, so that rounding cannot leave the head where it is
+            cut = bisect_left(times, limit, head, n)
             sizes.append(head - cut)
             starts.append(t)
             dones.append(t)

@@ -211,6 +211,7 @@ INVALID_PIPELINES: list[InvalidPipeline] = [
     InvalidPipeline("negative-latency", set_("spec.slo.latencyMs", -5), "spec.slo.latencyMs"),
     InvalidPipeline("zero-latency", set_("spec.slo.latencyMs", 0), "spec.slo.latencyMs"),
     InvalidPipeline("bad-percentile", set_("spec.slo.percentile", 97), "spec.slo.percentile"),
+    InvalidPipeline("late-requests-drop", set_("spec.slo.lateRequests", "drop"), "spec.slo.lateRequests"),
     InvalidPipeline("safety-fraction-one", set_("spec.slo.dynamic", {"safetyFraction": 1.0}),
                     "spec.slo.dynamic.safetyFraction"),
     InvalidPipeline("bad-aggregation-enum", set_("spec.objective.accuracyAggregation", "mean"),

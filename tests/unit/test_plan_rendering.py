@@ -26,12 +26,12 @@ KEY = b"test-key"
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 
 
-def _pipeline() -> ServingPipeline:
+def _pipeline(late_requests: str = "serve") -> ServingPipeline:
     variant = {"name": "large", "tritonModel": "cnn_large", "accuracy": 0.99,
                "profile": {"points": [{"batch": 1, "latencyMs": 2.0}, {"batch": 8, "latencyMs": 6.0}]}}
     return parse_pipeline({"apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline",
                            "metadata": {"name": "digits"},
-                           "spec": {"slo": {"latencyMs": 50}, "stages": [
+                           "spec": {"slo": {"latencyMs": 50, "lateRequests": late_requests}, "stages": [
                                {"name": "classify", "batchSizes": [1, 2, 4, 8], "maxQueueDelayMs": 5,
                                 "variants": [variant]}]}})
 
@@ -49,7 +49,8 @@ def _kubernetes(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, 
     knobs: dict[str, Any] = json.loads(config_map["data"]["worker.json"])["models"]["cnn_large"]
     return {"instances": knobs["instanceCount"],
             "preferred_batch": knobs.get("preferredBatchSize") if (knobs.get("preferredBatchSize") or 1) > 1 else None,
-            "max_queue_delay_us": knobs.get("maxQueueDelayMicroseconds", 0)}
+            "max_queue_delay_us": knobs.get("maxQueueDelayMicroseconds", 0),
+            "queue_timeout_us": knobs.get("queueTimeoutMicroseconds")}
 
 
 def _local(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, Any]:
@@ -58,15 +59,30 @@ def _local(pipeline: ServingPipeline, allocation: Allocation) -> dict[str, Any]:
     settings = model_settings(pipeline, _plan(allocation), limits)["cnn_large"]
     return {"instances": settings.instances,
             "preferred_batch": settings.preferred_batch[0] if settings.preferred_batch else None,
-            "max_queue_delay_us": settings.max_queue_delay_us or 0}
+            "max_queue_delay_us": settings.max_queue_delay_us or 0,
+            "queue_timeout_us": settings.queue_timeout_us}
 
 
 @pytest.mark.parametrize("batch", [1, 2, 8])
 @pytest.mark.parametrize("instances", [1, 3])
-def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, instances: int) -> None:
-    pipeline = _pipeline()
-    allocation = Allocation("large", batch, float(instances), instances, 1, 10.0, 2.0, 0.0, "main")
+@pytest.mark.parametrize("late_requests", ["serve", "refuse"])
+def test_both_actuators_give_triton_the_same_knobs_for_one_pod(batch: int, instances: int, late_requests: str) -> None:
+    pipeline = _pipeline(late_requests)
+    allocation = Allocation("large", batch, float(instances), instances, 1, 10.0, 2.0 * batch, 0.0, "main")
     assert _kubernetes(pipeline, allocation) == _local(pipeline, allocation)
+
+
+def test_refusing_late_requests_gives_each_pod_the_slo_minus_its_batch_latency_as_queue_timeout() -> None:
+    """50 ms SLO, the plan's batch of 8 takes 6.25 ms: Triton refuses a request once it has waited 43.75 ms (it
+    could not be on time even with nothing after it); a pipeline that serves late requests sends no timeout, so
+    its models keep the queue policy they were exported with."""
+    allocation = Allocation("large", 8, 2.0, 1, 3, 100.0, 6.25, 0.0, "main")
+    assert _kubernetes(_pipeline("refuse"), allocation)["queue_timeout_us"] == 43_750
+    assert _local(_pipeline("refuse"), allocation)["queue_timeout_us"] == 43_750
+    assert _kubernetes(_pipeline("serve"), allocation)["queue_timeout_us"] is None
+    assert _local(_pipeline("serve"), allocation)["queue_timeout_us"] is None
+    too_slow = Allocation("large", 8, 2.0, 1, 3, 100.0, 50.0, 0.0, "main")  # the batch alone takes the SLO
+    assert _kubernetes(_pipeline("refuse"), too_slow)["queue_timeout_us"] == 0  # never refuse everything
 
 
 @pytest.mark.parametrize(("example", "light_name", "heavy_name", "scorer"), [

@@ -31,7 +31,8 @@ TOKEN = "s3cret-token"
 
 
 class FakeTriton:
-    """Mock upstreams; ``modes[host]`` is ok | refuse | timeout | 500 | 404 | 400 | gate, or a malformed answer:
+    """Mock upstreams; ``modes[host]`` is ok | refuse | timeout | 500 | 404 | 400 | late (Triton's queue timeout:
+    503 "Request timeout expired") | gate, or a malformed answer:
     short (a row fewer) | badshape (declared columns do not match the data) | strings | notjson | nooutputs |
     huge (a 2 MiB padding field) | params (the answer's own ``parameters``) | leaky500 (a 500 naming a URL)."""
 
@@ -59,6 +60,8 @@ class FakeTriton:
             raise httpx.ReadTimeout("timed out", request=request)
         if mode in ("500", "404", "400"):
             return httpx.Response(int(mode), json={"error": f"{model} says {mode}"})
+        if mode == "late":
+            return httpx.Response(503, json={"error": "Request timeout expired"})
         if mode == "leaky500":
             return httpx.Response(500, json={"error": f"backend http://{host}/internal crashed"})
         if mode == "notjson":
@@ -346,6 +349,27 @@ async def test_an_input_the_model_rejects_is_not_retried_or_fallen_back() -> Non
 
     assert (answer.status_code, answer.json()["reason"]) == (400, "upstream_rejected")
     assert len(fake.calls) == 1
+
+
+async def test_a_late_refusal_is_answered_at_once_never_retried_or_fallen_back() -> None:
+    """A replica's Triton refused the request after its queue timeout (``slo.lateRequests: refuse``): it waited too
+    long to be on time anywhere, so neither the other replica nor the other variant is tried; the client gets a
+    503 that says so, in a pipeline and on the proxy path alike (where the last replica's answer passes as is)."""
+    fake = FakeTriton()
+    fake.modes["10.0.0.1:8000"] = "late"
+    raw = direct_config({"light": 1, "alt": 1}) | {"upstreams": {"light": [A, B], "alt": [A, B]}}
+    async with serving(raw, fake) as (client, registry):
+        pipeline = await client.post("/v2/pipelines/digits/infer", json=infer_body(image(0.5, 1, 1)))
+        calls = len(fake.calls)
+        proxied = [await client.post("/v2/models/light/infer", json=infer_body(image(0.5, 1, 1))) for _ in range(2)]
+
+    assert (pipeline.status_code, pipeline.json()["reason"]) == (503, "late_refused")
+    assert pipeline.json()["error"] == "a replica of model 'light' answered 503: Request timeout expired"
+    assert calls == 1 and len(fake.calls) == 3  # one attempt per request
+    assert sorted(a.status_code for a in proxied) == [200, 503]  # the round robin reached the late replica once
+    late = next(a for a in proxied if a.status_code == 503)
+    assert late.json()["error"].endswith("Request timeout expired")
+    assert sample(registry, "paretoserve_router_upstream_failures_total", model="light", reason="late_refused") >= 1
 
 
 @pytest.mark.parametrize(

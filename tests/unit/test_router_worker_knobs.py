@@ -36,6 +36,26 @@ def test_override_sets_instances_and_batching_and_leaves_the_rest() -> None:
     assert "preferred_batch_size" not in override_config(out, Knobs(3, 1, None))["dynamic_batching"]
 
 
+def test_a_queue_timeout_becomes_the_default_queue_policy_and_keeps_its_other_fields() -> None:
+    served = {**CONFIG, "dynamic_batching": {**CONFIG["dynamic_batching"], "default_queue_policy": {
+        "timeout_action": "DELAY", "default_timeout_microseconds": 0, "allow_timeout_override": False,
+        "max_queue_size": 7}}}
+    out = override_config(served, Knobs(1, queue_timeout_us=43_750))
+    assert out["dynamic_batching"] == {"max_queue_delay_microseconds": 100, "default_queue_policy": {
+        "timeout_action": "REJECT", "default_timeout_microseconds": 43_750, "allow_timeout_override": False,
+        "max_queue_size": 7}}
+    assert override_config(out, Knobs(1, queue_timeout_us=43_750)) == out  # unchanged: no reload
+    assert override_config(out, Knobs(1))["dynamic_batching"] == out["dynamic_batching"]  # not sent: kept
+    with pytest.raises(ConfigError) as info:  # Triton's default scheduler has no queue policy
+        override_config({"name": "plain", "instance_group": [{"count": 1}]}, Knobs(1, queue_timeout_us=1))
+    assert info.value.field == "models.plain.queueTimeoutMicroseconds"
+    generation = {"name": "g", "instance_group": [{"count": 1}], "model_transaction_policy": {"decoupled": True},
+                  "parameters": {"max_sequences": {"string_value": "4"}}}
+    with pytest.raises(ConfigError) as info:
+        override_config(generation, Knobs(1, queue_timeout_us=1))
+    assert info.value.field == "models.g.queueTimeoutMicroseconds"
+
+
 @pytest.mark.parametrize(("raw", "field"), [
     ({}, "models"),
     ([], "models"),
@@ -51,6 +71,12 @@ def test_override_sets_instances_and_batching_and_leaves_the_rest() -> None:
     ({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": -1}}}, "models.m.maxQueueDelayMicroseconds"),
     ({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": 60_000_001}}},
      "models.m.maxQueueDelayMicroseconds"),
+    ({"models": {"m": {"instanceCount": 1, "queueTimeoutMicroseconds": -1}}}, "models.m.queueTimeoutMicroseconds"),
+    ({"models": {"m": {"instanceCount": 1, "queueTimeoutMicroseconds": 3_600_000_001}}},
+     "models.m.queueTimeoutMicroseconds"),
+    ({"models": {"m": {"instanceCount": 1, "queueTimeoutMicroseconds": 1.5}}}, "models.m.queueTimeoutMicroseconds"),
+    ({"models": {"m": {"instanceCount": 1, "maxSequences": 4, "queueTimeoutMicroseconds": 10}}},
+     "models.m.maxSequences"),
     ({"models": {}, "tritonUrl": "http://127.0.0.1:18011"}, "tritonUrl"),
     ({"models": {}, "tritonGrpcUrl": "127.0.0.1:1"}, "tritonGrpcUrl"),
     ({"models": {}, "loadProtocol": "http"}, "loadProtocol"),
@@ -69,6 +95,8 @@ def test_knobs_at_their_bounds_are_accepted() -> None:
     knobs = parse_knobs({"models": {"m": {"instanceCount": 64, "preferredBatchSize": 4096,
                                           "maxQueueDelayMicroseconds": 60_000_000}}}, served={"m"})
     assert knobs == {"m": Knobs(64, 4096, 60_000_000)}
+    assert parse_knobs({"models": {"m": {"instanceCount": 1, "queueTimeoutMicroseconds": 3_600_000_000}}})["m"] == \
+        Knobs(1, queue_timeout_us=3_600_000_000)
     assert parse_knobs({"models": {"m": {"instanceCount": 1, "maxQueueDelayMicroseconds": 0}}})["m"].instance_count == 1
 
 

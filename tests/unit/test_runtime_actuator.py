@@ -112,6 +112,18 @@ def test_change_kind_tells_in_place_updates_from_reloads() -> None:
     assert change_kind(spec, replace(spec, preferred_batch_sizes=(4,))) == "reload"
 
 
+def test_a_queue_timeout_from_the_plan_is_the_models_reject_policy_and_a_reload() -> None:
+    """``slo.lateRequests: refuse`` on one machine: Triton's model gets the timeout as its default queue policy
+    (action REJECT, the rest of the policy kept); a change of it is a reload, not an in-place instance change;
+    without a timeout in the settings the running policy stays."""
+    spec = TritonModelSpec("m", "tiny_linear", "/w")
+    refusing = desired_spec(spec, ModelSettings("m", instances=1, queue_timeout_us=43_750))
+    assert isinstance(refusing, TritonModelSpec)
+    assert (refusing.queue_policy.timeout_us, refusing.queue_policy.timeout_action) == (43_750, "REJECT")
+    assert change_kind(spec, refusing) == "reload"
+    assert desired_spec(refusing, ModelSettings("m", instances=2)) == replace(refusing, instance_count=2)
+
+
 def test_router_config_is_accepted_by_the_router() -> None:
     upstreams = {m: ["http://127.0.0.1:8000"] for m in ("tiny_linear", "cnn_large", "mlp_small")}
     for pipe in (pipeline(), pipeline(cascade=False)):

@@ -302,6 +302,34 @@ def test_an_in_place_resize_down_waits_for_the_new_pools_of_its_plan(starts_new:
     assert lowered[:, 0].tolist() == [lowered_at] and lowered[:, 3].tolist() == [-1.0]
 
 
+# -- late requests -----------------------------------------------------------------------------------
+
+
+def test_a_pool_that_refuses_late_requests_serves_the_rest_of_an_overload_on_time() -> None:
+    """100 ms per request, 250 ms SLO: with ``lateRequests: refuse`` the pool refuses a request once it has
+    waited 150 ms. Two seconds at twice its capacity, then a calm stretch: serving everyone, request i of the
+    overload ends at 0.1·(i + 1) s, 0.1 + 0.05·i s after it came (on time for i <= 3), and the backlog, gone only
+    at 4 s, makes 14 of the 20 calm requests late too; refusing, every request it serves is on time, the calm
+    stretch entirely."""
+    overload = np.arange(0.0, 2.0, 0.05)
+    calm = np.arange(2.5, 6.5, 0.2)
+    workload = Workload(np.concatenate([overload, calm]), 8.0)
+    results = {}
+    for late in ("serve", "refuse"):
+        p = pipeline([stage("s", [variant("v", 0.5, {1: 100.0})], bounds={"minReplicas": 1, "maxReplicas": 1})],
+                     slo_ms=250.0)
+        p = baselines.with_slo(p, lateRequests=late)
+        results[late] = ctl.run(p, workload, ctl.static("s", p, 10.0))
+    serve, refuse = results["serve"], results["refuse"]
+    assert (serve.status == COMPLETED).all()
+    assert serve.met_slo()[:len(overload)].sum() == 4 and serve.met_slo()[len(overload):].sum() == 6
+    refused = refuse.status == TIMED_OUT
+    assert 0 < refused.sum() < len(overload)
+    assert refuse.met_slo()[~refused].all()  # served ones are on time
+    assert refuse.met_slo()[len(overload):].all()
+    assert refuse.met_slo().sum() > len(overload) > serve.met_slo().sum()
+
+
 # -- dynamic SLOs and EDF -----------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ this tree where they occur, chained with ``raise ... from exc`` (the httpx/kopf 
     └── UpstreamError            502 upstream_error
         ├── UpstreamTimeout      504 upstream_timeout     every replica timed out
         ├── UpstreamUnavailable  503 upstream_unavailable connection refused/reset, 5xx, model missing
+        ├── LateRefused          503 late_refused   the model server's queue timeout refused the request
         └── UpstreamRejected     4xx upstream_rejected    the model server refused the input itself
 
 Error bodies follow the KServe v2 shape ``{"error": message}`` with ``reason`` and ``status`` added,
@@ -200,6 +201,14 @@ class UpstreamUnavailable(UpstreamError):
 
     default_status = 503
     reason = "upstream_unavailable"
+
+
+class LateRefused(UpstreamError):
+    """A replica's Triton refused the request because it waited longer than its queue timeout (the pipeline's
+    ``slo.lateRequests: refuse``): it can no longer be on time, so it is not retried on another replica or model."""
+
+    default_status = 503
+    reason = "late_refused"
 
 
 class UpstreamRejected(UpstreamError):

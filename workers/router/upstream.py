@@ -5,9 +5,10 @@ the replica, with explicit ``httpx.Timeout``/``httpx.Limits`` and keep-alive con
 across requests; none is ever created per request. A call to a model tries its replicas in
 round-robin order and moves on to the next replica on a backend failure (connection refused or
 reset, timeout, 5xx, or 404/429 -- the model is missing or overloaded there). A 4xx about the input
-itself is not retried. httpx's exceptions are mapped into the router's tree in one place,
-:func:`map_transport_errors`. Replicas removed by a live update are closed after a grace period
-(their in-flight calls finish first); :meth:`UpstreamPool.aclose` closes everything.
+itself is not retried, nor is Triton's 503 for a request its queue timeout refused (``slo.lateRequests:
+refuse``, :class:`~.errors.LateRefused`): it waited too long to be on time anywhere. httpx's exceptions are
+mapped into the router's tree in one place, :func:`map_transport_errors`. Replicas removed by a live update are
+closed after a grace period (their in-flight calls finish first); :meth:`UpstreamPool.aclose` closes everything.
 
 An answer is read up to ``max_response_bytes`` (a larger one is a 502 ``upstream_error``), and the
 errors a client sees name the model, never a replica's address: the URL and the transport's own
@@ -28,6 +29,7 @@ import orjson
 
 from paretoserve.workers.router.config import LimitsConfig, TimeoutConfig
 from paretoserve.workers.router.errors import (
+    LateRefused,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -47,6 +49,9 @@ T = TypeVar("T")
 """Called with ``(model, base_url, error)`` for every failed attempt, retried or not."""
 
 _RETRYABLE_STATUS = frozenset({404, 408, 429})
+TRITON_QUEUE_TIMEOUT = "Request timeout expired"
+"""Triton's error (with a 503) for a request its queue policy refused after the queue timeout: a
+:class:`LateRefused`, not retried."""
 _JSON = {"content-type": "application/json"}
 PROXY_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding", "accept-encoding")
 
@@ -90,6 +95,8 @@ def status_error(model: str, url: str, status: int, content: bytes) -> UpstreamE
         detail = content[:200].decode(errors="replace")
     detail = detail[:300]
     message = f"a replica of model {model!r} answered {status}: {scrub(detail)}"
+    if status == 503 and detail == TRITON_QUEUE_TIMEOUT:
+        return LateRefused(message, model=model, url=url, detail=detail)
     if status == 504:
         return UpstreamTimeout(message, model=model, url=url, detail=detail)
     if status >= 500 or status in _RETRYABLE_STATUS:
@@ -286,7 +293,7 @@ class UpstreamPool:
                 return content
             error = status_error(model, base, status, content)
             self._failed(model, base, error)
-            if isinstance(error, UpstreamRejected):
+            if not is_backend_failure(error):  # the input refused, or a late request: no other replica helps
                 raise error
             errors.append(error)
         raise self._exhausted(model, errors)
@@ -296,7 +303,8 @@ class UpstreamPool:
         """The answer of ``model``'s replicas a transparent call passes on: replicas are tried in turn while
         they fail before answering or answer a retryable status (5xx, 404, 408, 429; ``discard`` closes such
         an answer and gives its body for the error); the last replica's answer is returned whatever its
-        status. ``send(base)`` gives (status, answer)."""
+        status. A replica's late refusal (:class:`LateRefused`) before the last is raised, not retried.
+        ``send(base)`` gives (status, answer)."""
         errors: list[UpstreamError] = []
         rotation = self._rotation(model)
         for attempt, base in enumerate(rotation):
@@ -313,6 +321,8 @@ class UpstreamPool:
                 return answer
             error = status_error(model, base, status, await discard(answer))
             self._failed(model, base, error)
+            if not is_backend_failure(error):  # a late request refused: another replica cannot make it on time
+                raise error
             errors.append(error)
         raise self._exhausted(model, errors)
 

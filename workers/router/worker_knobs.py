@@ -5,7 +5,9 @@ posts the plan's knobs for the pod's models to `POST /admin/worker`; the sidecar
 config from Triton, changes `instance_group[].count` and `dynamic_batching` and loads it back through the
 repository API with a config override (over gRPC by default: an HTTP load stalls inference on Triton 2.51).
 An instance-count-only change is an in-place update in Triton (no
-reload); a batching change is a reload that keeps the old model serving until the new one is ready.
+reload); a batching change is a reload that keeps the old model serving until the new one is ready, and so is
+a change of ``queueTimeoutMicroseconds`` (the queue policy's timeout with action ``REJECT``: a request that has
+waited that long is refused with a 503, sent when the pipeline's SLO refuses late requests).
 `override_config` is pure; `apply_knobs` does the two HTTP calls.
 
 A token-generating model (decoupled, ``workers/llm/serving.py``) has one more knob, ``maxSequences``: the most
@@ -52,9 +54,10 @@ KNOB_BOUNDS: Mapping[str, tuple[int, int]] = {
     "preferredBatchSize": (1, 4096),
     "maxQueueDelayMicroseconds": (0, 60_000_000),
     "maxSequences": (1, 4096),
+    "queueTimeoutMicroseconds": (0, 3_600_000_000),
 }
 """Inclusive bounds of each knob (instances as the CRD's ``instances``; a queue delay of at most 60 s; sequences
-as batch sizes)."""
+as batch sizes; a queue timeout within the CRD's longest SLO, an hour)."""
 PARAM_MAX_SEQUENCES = "max_sequences"
 """A generation model's parameter for ``maxSequences`` (``workers/llm/serving.py``'s ``PARAM_MAX_SEQUENCES``)."""
 PARAM_INSTANCES = "instances"
@@ -79,6 +82,9 @@ class Knobs:
     max_queue_delay_us: int | None = None
     max_sequences: int | None = None
     """A token-generating model's most sequences at once per instance; None keeps the served value."""
+    queue_timeout_us: int | None = None
+    """Refuse a request that has waited this long (the queue policy's timeout, action ``REJECT``; 0: never); None
+    keeps the served policy."""
 
 
 def _int(raw: Mapping[str, Any], key: str, path: str) -> int | None:
@@ -103,7 +109,7 @@ def _model(name: object, served: Collection[str] | None) -> str:
 
 def parse_knobs(raw: object, served: Collection[str] | None = None) -> dict[str, Knobs]:
     """`{"models": {name: {"instanceCount", "preferredBatchSize"?, "maxQueueDelayMicroseconds"?,
-    "maxSequences"?}}}`.
+    "queueTimeoutMicroseconds"?, "maxSequences"?}}}`.
 
     Nothing else is accepted (a `tritonUrl` is an unknown field); with ``served``, only those models.
     """
@@ -127,11 +133,13 @@ def parse_knobs(raw: object, served: Collection[str] | None = None) -> dict[str,
         if count is None:
             raise ConfigError(f"{path}.instanceCount", "is required")
         sequences = _int(knobs, "maxSequences", path)
-        batching = _int(knobs, "preferredBatchSize", path), _int(knobs, "maxQueueDelayMicroseconds", path)
-        if sequences is not None and batching != (None, None):
+        batching = (_int(knobs, "preferredBatchSize", path), _int(knobs, "maxQueueDelayMicroseconds", path),
+                    _int(knobs, "queueTimeoutMicroseconds", path))
+        if sequences is not None and batching != (None, None, None):
             raise ConfigError(f"{path}.maxSequences", "a token-generating model has no dynamic batching: send it "
-                                                      "without preferredBatchSize and maxQueueDelayMicroseconds")
-        out[model] = Knobs(count, *batching, max_sequences=sequences)
+                                                      "without preferredBatchSize, maxQueueDelayMicroseconds and "
+                                                      "queueTimeoutMicroseconds")
+        out[model] = Knobs(count, *batching[:2], max_sequences=sequences, queue_timeout_us=batching[2])
     return out
 
 
@@ -159,11 +167,22 @@ def override_config(current: Mapping[str, Any], knobs: Knobs) -> dict[str, Any]:
         if knobs.max_sequences is not None:
             parameters[PARAM_MAX_SEQUENCES] = {"string_value": str(knobs.max_sequences)}
         config["parameters"] = parameters
+        if knobs.queue_timeout_us is not None:
+            raise ConfigError(f"models.{config.get('name', '?')}.queueTimeoutMicroseconds",
+                              "a token-generating model has no dynamic batching, so no queue policy")
     elif knobs.max_sequences is not None:
         raise ConfigError(f"models.{config.get('name', '?')}.maxSequences",
                           "only a token-generating (decoupled) model has maxSequences")
-    if knobs.preferred_batch_size is not None or knobs.max_queue_delay_us is not None:
+    if knobs.queue_timeout_us is not None and "dynamic_batching" not in config:
+        raise ConfigError(f"models.{config.get('name', '?')}.queueTimeoutMicroseconds",
+                          "the model has no dynamic batching, so no queue policy")
+    if (knobs.preferred_batch_size is not None or knobs.max_queue_delay_us is not None
+            or knobs.queue_timeout_us is not None):
         batching = dict(config.get("dynamic_batching") or {})
+        if knobs.queue_timeout_us is not None:
+            batching["default_queue_policy"] = {**(batching.get("default_queue_policy") or {}),
+                                                "timeout_action": "REJECT",
+                                                "default_timeout_microseconds": knobs.queue_timeout_us}
         if knobs.preferred_batch_size is not None:
             if knobs.preferred_batch_size > 1:
                 batching["preferred_batch_size"] = [knobs.preferred_batch_size]

@@ -24,7 +24,7 @@ serving until the new instances are ready.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import httpx
 
 from paretoserve.planner.model import Plan
-from paretoserve.planner.spec import ServingPipeline
+from paretoserve.planner.spec import LateRequests, ServingPipeline
 from paretoserve.workers.plan_rendering import (
     discriminator_model,
     router_config,
@@ -62,7 +62,8 @@ class LocalLimits:
 
 def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -> dict[str, ModelSettings]:
     """Per Triton model, the plan's per-pod knobs (`plan_rendering.triton_knobs`, the same rule a Kubernetes
-    pod gets) on one machine: one Triton serves every replica, so instances = Σ replicas × instances.
+    pod gets) on one machine: one Triton serves every replica, so instances = Σ replicas × instances, and a
+    queue timeout (``slo.lateRequests: refuse``) is the loosest of its allocations'.
 
     A generation stage's model batches sequences itself: its replicas become instances (one scheduler each) and
     the batch of its allocations that run replicas becomes its ``max_sequences`` (kept while it runs none); it has
@@ -74,10 +75,10 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
         variants = {v.name: v for v in stage.variants}
         for a in sp.allocations:
             variant = variants[a.variant]
-            knobs = triton_knobs(stage, variant, a)
+            knobs = triton_knobs(pipeline.spec.slo, stage, variant, a)
             entry = wanted.setdefault(variant.triton_model, {"instances": 0, "threads": 1, "batch": None, "delay": 0,
                                                              "generation": stage.generation is not None,
-                                                             "sequences": None})
+                                                             "sequences": None, "timeouts": []})
             entry["instances"] += a.replicas * knobs.instances
             entry["threads"] = max(entry["threads"], knobs.threads)
             if knobs.preferred_batch is not None:
@@ -85,6 +86,8 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
             entry["delay"] = max(entry["delay"], knobs.max_queue_delay_us)
             if a.replicas > 0:
                 entry["sequences"] = max(entry["sequences"] or 1, a.batch)
+                entry["timeouts"].append(knobs.queue_timeout_us)
+    refuse = pipeline.spec.slo.late_requests is LateRequests.REFUSE
     out: dict[str, ModelSettings] = {}
     for stage in pipeline.spec.stages:
         for model in variant_models(stage).values():
@@ -104,8 +107,17 @@ def model_settings(pipeline: ServingPipeline, plan: Plan, limits: LocalLimits) -
             preferred_batch=(entry["batch"],) if entry["batch"] is not None else (),
             max_queue_delay_us=int(entry["delay"]),
             capped=instances < entry["instances"] or threads < entry["threads"],
+            queue_timeout_us=_loosest(entry["timeouts"]) if refuse else None,
         )
     return out
+
+
+def _loosest(timeouts: Sequence[int]) -> int | None:
+    """One Triton model serving several allocations waits as long as the most patient of them (0: never refuses);
+    None (keep the running value) when none runs replicas."""
+    if not timeouts:
+        return None
+    return 0 if 0 in timeouts else max(timeouts)
 
 
 def desired_spec(spec: ServedSpec, settings: ModelSettings) -> ServedSpec:

@@ -98,6 +98,8 @@ class ModelSettings:
     """True when the plan asked for more instances or threads than the machine allows."""
     max_sequences: int | None = None
     """A generation model's most sequences at once per instance (the plan's batch)."""
+    queue_timeout_us: int | None = None
+    """Refuse a request after waiting this long (Triton's queue policy ``REJECT``; 0: never)."""
 
     @property
     def batch(self) -> int | None:
@@ -153,6 +155,8 @@ def with_settings(spec: ServedSpec, settings: ModelSettings) -> ServedSpec:
         preferred_batch_sizes=tuple(b for b in preferred if b <= spec.max_batch_size),
         max_queue_delay_us=spec.max_queue_delay_us if settings.max_queue_delay_us is None
         else settings.max_queue_delay_us,
+        queue_policy=spec.queue_policy if settings.queue_timeout_us is None
+        else replace(spec.queue_policy, timeout_us=settings.queue_timeout_us, timeout_action="REJECT"),
     )
 
 

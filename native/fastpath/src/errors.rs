@@ -29,10 +29,11 @@ pub enum Reason {
     Internal,
     NotFound,
     MethodNotAllowed,
+    LateRefused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BadRequest,
         Reason::PayloadTooLarge,
         Reason::HeadersTooLarge,
@@ -46,6 +47,7 @@ impl Reason {
         Reason::Internal,
         Reason::NotFound,
         Reason::MethodNotAllowed,
+        Reason::LateRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::Internal => "internal",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::LateRefused => "late_refused",
         }
     }
 
@@ -86,6 +89,7 @@ impl Reason {
             Reason::Internal => 500,
             Reason::NotFound => 404,
             Reason::MethodNotAllowed => 405,
+            Reason::LateRefused => 503,
         }
     }
 

@@ -5,7 +5,8 @@
 //! loop, `server.rs` --, deadline registration, EDF admission), the same replica rotation and retries (`_transparent`), the same answer passed on and the
 //! same errors (`errors.rs`). What the Python router counts for such a request is counted here for it to
 //! pull: one duration observation per request that got past admission, one row per answer passed on,
-//! one failure per failed attempt.
+//! one failure per failed attempt. A replica's late refusal (Triton's queue timeout, `LateRefused`) is not
+//! retried: before the last replica it is answered as the router's `late_refused` error.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -23,6 +24,9 @@ use crate::pyfmt::{prefix_chars, py_repr, py_value, scrub};
 use crate::state::{App, Route, Table};
 use crate::stats::{FailureReason, ModelStats};
 use crate::upstream::{Answer, Failure};
+
+/// Triton's error, with a 503, for a request its queue timeout refused (`upstream.TRITON_QUEUE_TIMEOUT`).
+const TRITON_QUEUE_TIMEOUT: &str = "Request timeout expired";
 
 /// The client headers a proxied request keeps (`upstream.PROXY_REQUEST_HEADERS`).
 const PASSED_REQUEST_HEADERS: [&str; 4] =
@@ -270,6 +274,10 @@ async fn forward(
                 let (message, reason) = status_error(model, status, &answer.body);
                 route.stats.failure(reason);
                 log::warn(format_args!("model {model}: {}: answered {status}", replica.base.text));
+                if reason == FailureReason::LateRefused {
+                    // it waited too long to be on time on any replica: not retried
+                    return Err(ErrorAnswer::new(reason.reason(), message).for_model(model));
+                }
                 errors.push(ErrorAnswer::new(reason.reason(), message).for_model(model));
             }
         }
@@ -289,7 +297,13 @@ fn status_error(model: &str, status: u16, content: &[u8]) -> (String, FailureRea
     };
     let detail = prefix_chars(&detail, 300);
     let message = format!("a replica of model {} answered {status}: {}", py_repr(model), scrub(detail));
-    let reason = if status == 504 { FailureReason::Timeout } else { FailureReason::Unavailable };
+    let reason = if status == 503 && detail == TRITON_QUEUE_TIMEOUT {
+        FailureReason::LateRefused
+    } else if status == 504 {
+        FailureReason::Timeout
+    } else {
+        FailureReason::Unavailable
+    };
     (message, reason)
 }
 
@@ -369,6 +383,10 @@ mod tests {
         let (message, reason) = status_error("m", 504, b"gateway 10.0.0.1:80 slow");
         assert_eq!(message, "a replica of model 'm' answered 504: gateway <address> slow");
         assert_eq!(reason, FailureReason::Timeout);
+        let (message, reason) = status_error("m", 503, br#"{"error":"Request timeout expired"}"#);
+        assert_eq!(message, "a replica of model 'm' answered 503: Request timeout expired");
+        assert_eq!((reason, reason.reason().status()), (FailureReason::LateRefused, 503));
+        assert_eq!(status_error("m", 500, br#"{"error":"Request timeout expired"}"#).1, FailureReason::Unavailable);
         let (message, _) = status_error("m", 500, br#"{"code": 1}"#);
         assert_eq!(message, "a replica of model 'm' answered 500: {'code': 1}");
         let one = exhausted("m", vec![ErrorAnswer::new(Reason::UpstreamTimeout, "x").for_model("m")]);

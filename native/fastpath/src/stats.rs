@@ -29,16 +29,20 @@ pub enum FailureReason {
     Timeout,
     Unavailable,
     Error,
+    /// Triton's queue timeout refused a late request (`upstream.LateRefused`): never retried.
+    LateRefused,
 }
 
 impl FailureReason {
-    const ALL: [FailureReason; 3] = [FailureReason::Timeout, FailureReason::Unavailable, FailureReason::Error];
+    const ALL: [FailureReason; 4] =
+        [FailureReason::Timeout, FailureReason::Unavailable, FailureReason::Error, FailureReason::LateRefused];
 
     pub fn reason(self) -> Reason {
         match self {
             FailureReason::Timeout => Reason::UpstreamTimeout,
             FailureReason::Unavailable => Reason::UpstreamUnavailable,
             FailureReason::Error => Reason::UpstreamError,
+            FailureReason::LateRefused => Reason::LateRefused,
         }
     }
 }
@@ -50,7 +54,7 @@ pub struct ModelStats {
     buckets: [AtomicU64; BUCKETS],
     sum_ns: AtomicU64,
     count: AtomicU64,
-    failures: [AtomicU64; 3],
+    failures: [AtomicU64; FailureReason::ALL.len()],
 }
 
 impl ModelStats {
