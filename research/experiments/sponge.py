@@ -2,12 +2,19 @@
 
 Requests come from a mobile client over the 4G/LTE link of Sponge's bus log: each one loses
 200 KB / bandwidth of its 1000 ms budget in transit (Sponge's loader and figures use 200 KB images), so
-its server-side SLO varies second by second. `paretoserve` runs Sponge's dynainf program: every second,
-the fewest cores c ∈ {0.5, 1, 1.5, 2} and then the smallest batch such that one second of arrivals drains
-in EDF order within the tightest remaining budget minus 10 % of the SLO (the planner's drain bound), with
-cores resized in place. `fa2` scales 1-core replicas horizontally (each new replica cold-starts) against
-the static 1000 ms SLO with FIFO queues; `static-2-cores` is one FIFO replica with 2 cores, never changed.
-The l(b, c) = γ·b/c + δ·b + ε/c + η coefficients are SYNTHETIC (IPA-style YOLOv5s numbers, see notes).
+its server-side SLO varies second by second. `sponge` runs Sponge's dynainf program through the planner:
+every second, the fewest cores c ∈ {0.5, 1, 1.5, 2} and then the smallest batch such that one second of
+arrivals drains in EDF order within the tightest remaining budget minus 10 % of the SLO (the planner's drain
+bound), with cores resized in place. `paretoserve` is ParetoServe's own loop on the same problem (1 s rounds,
+EDF, cores in place, the same cost-first objective) planning for the last second's load plus 5 % headroom
+(`lastValue`) instead of the drain bound, which asks a whole second of arrivals to be served within the
+tightest budget as if they had all arrived at once: on four bursty training windows of days 0-14 (shape only,
+rescaled to 10-20 RPS) Sponge's program took 1.16-1.17 cores and FA2's one 1-core replica 1.00 at the same
+100 % (99.91 % on one), so FA2 dominated it; the loop took 1.001-1.007 cores at 99.97-100 % (10 % headroom:
+1.007-1.058; none: 0.92-0.95 cores at 98.1-98.5 %). `fa2` scales 1-core replicas horizontally (each new
+replica cold-starts) against the static 1000 ms SLO with FIFO queues; `static-2-cores` is one FIFO replica
+with 2 cores, never changed. The l(b, c) = γ·b/c + δ·b + ε/c + η coefficients are SYNTHETIC (IPA-style YOLOv5s
+numbers, see notes).
 """
 
 from __future__ import annotations
@@ -80,9 +87,13 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
     fa2 = pipeline(dynamic=False, cpus=[1.0], max_replicas=2)
     fixed = baselines.pin_cpu(pipeline(dynamic=False, cpus=CPUS, max_replicas=1), {"detector": 2.0})
     peak = max(float(np.bincount(np.floor(sc.workload.arrivals_s).astype(int)).max()) for sc in scenarios)
+    ours = baselines.with_adaptation(pipeline(dynamic=False, cpus=CPUS, max_replicas=1),
+                                     predictor={"kind": "lastValue", "windowSeconds": 1, "headroom": 0.05})
+    in_place = sim_config(BASE_SLO_MS, edf=True, resize="in-place", resize_delay_s=RESIZE_DELAY_S)
     systems = [
-        System("paretoserve", dyn, ctl.loop("paretoserve", dyn),
-               sim_config(BASE_SLO_MS, edf=True, resize="in-place", resize_delay_s=RESIZE_DELAY_S),
+        System("paretoserve", dyn, ctl.loop("paretoserve", ours), in_place,
+               note="ParetoServe's loop: last second's load + 5 %, EDF, in-place cores every 1 s (no drain bound)"),
+        System("sponge", dyn, ctl.loop("sponge", dyn), in_place,
                note="Sponge's dynainf: dynamic SLO drain bound, EDF, in-place cores every 1 s"),
         System("fa2", dyn, ctl.loop("fa2", fa2), sim_config(BASE_SLO_MS),
                note=f"FA2: 1-core replicas (<= 2), static SLO, FIFO, {LOAD_TIME_S:g} s cold start per new replica"),
@@ -109,14 +120,19 @@ def setup(quick: bool, window: tuple[int, int] | None) -> Setup:
 
 
 def claims(systems: dict[str, Metrics]) -> list[Claim]:
-    ours, fa2, fixed = systems["paretoserve"], systems["fa2"], systems["static-2-cores"]
-    return [
-        Claim("fewer SLO violations than horizontal autoscaling (FA2)", "no number (3p: > 15×, unverified)",
-              f"{ours['slo_violations']:.2%} vs {fa2['slo_violations']:.2%} "
-              f"({times_fewer(ours['slo_violations'], fa2['slo_violations'])})",
-              ours["slo_violations"] < fa2["slo_violations"]),
-        Claim("fewer cores than a static 2-core allocation at comparable violations", "trend only",
-              f"{ours['cost']:.2f} vs {fixed['cost']:.2f} cores; violations {ours['slo_violations']:.2%} vs "
-              f"{fixed['slo_violations']:.2%}",
-              ours["cost"] < fixed["cost"] and ours["slo_violations"] <= fixed["slo_violations"] + 0.01),
+    sponge, fa2, fixed = systems["sponge"], systems["fa2"], systems["static-2-cores"]
+    out = [
+        Claim("Sponge's program: fewer SLO violations than horizontal autoscaling (FA2)",
+              "no number (3p: > 15×, unverified)",
+              f"{sponge['slo_violations']:.2%} vs {fa2['slo_violations']:.2%} "
+              f"({times_fewer(sponge['slo_violations'], fa2['slo_violations'])})",
+              sponge["slo_violations"] < fa2["slo_violations"]),
     ]
+    for name, label in (("sponge", "Sponge's program"), ("paretoserve", "ParetoServe")):
+        row = systems[name]
+        out.append(Claim(f"{label}: fewer cores than a static 2-core allocation at comparable violations",
+                         "trend only",
+                         f"{row['cost']:.2f} vs {fixed['cost']:.2f} cores; violations {row['slo_violations']:.2%} vs "
+                         f"{fixed['slo_violations']:.2%}",
+                         row["cost"] < fixed["cost"] and row["slo_violations"] <= fixed["slo_violations"] + 0.01))
+    return out
