@@ -16,15 +16,16 @@ until the new pools and replicas of the same plan are ready (make before break, 
 lowered at once, ResNet-18 went from 19 to 4 cores while the ResNet-34 pool meant to carry the rest was still
 loading, and InfAdapter's bursty training windows fell to 95.6-98.4 %. With ``slo.lateRequests: refuse`` a
 pool refuses a request that has waited longer than the SLO minus the pool's planned batch latency
-(`queueing.late_request_timeout_us`, the queue timeout the served Triton gets). Nothing here re-implements
-planning: the plan comes from whatever drives it.
+(`queueing.late_request_timeout_us`, the queue timeout the served Triton gets), kept through a resize while within
+the tolerance of `queueing.timeout_to_load`, as the sidecar keeps it. Nothing here re-implements planning: the
+plan comes from whatever drives it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import Observed
 from paretoserve.planner.evaluate import topological_order
 from paretoserve.planner.model import Allocation, Plan, Problem, Stage, StagePlan
-from paretoserve.planner.queueing import late_request_timeout_us
+from paretoserve.planner.queueing import late_request_timeout_us, timeout_to_load
 from paretoserve.planner.sim.pools import Dispatched, Pool, PoolConfig, concurrency, service_table
 from paretoserve.planner.sim.records import (
     COMPLETED,
@@ -205,10 +206,9 @@ class Simulator:
         latency_ms, throughput = table.get(a.batch, table[min(table, key=lambda b: abs(b - a.batch))])
         servers, scale = concurrency(a.batch, latency_ms, throughput, a.instances)
         svc = [s * scale for s in service_table({b: lat for b, (lat, _) in table.items()}, a.batch)]
-        refuse_after_us = late_request_timeout_us(self.slo, a.latency_ms)
         return PoolConfig(batch=a.batch, delay_s=st.stage.max_queue_delay_ms / 1000.0, svc=svc, cpu=a.cpu,
                           gpus=gpus, accuracy=accuracy, servers_per_replica=servers,
-                          queue_timeout_s=refuse_after_us / 1e6 if refuse_after_us else INF)
+                          queue_timeout_us=late_request_timeout_us(self.slo, a.latency_ms))
 
     # -- Actuator -------------------------------------------------------------------------------------
     def applied(self) -> Plan | None:
@@ -251,6 +251,7 @@ class Simulator:
                 continue
             st.retiring.discard(key)
             old = pool.pending_config[1] if pool.pending_config else pool.config
+            new_cfg = _served_timeout(new_cfg, old, restarts=cfg.resize == "recreate" and new_cfg.cpu != old.cpu)
             if new_cfg.cpu != old.cpu:
                 if cfg.resize == "in-place":  # timed below, once the plan's new capacity is known
                     resized.append((pool, new_cfg, old))
@@ -526,6 +527,16 @@ class Simulator:
                                     -pool.replicas * pool.config.gpus))
                 del st.pools[key]
                 st.retiring.discard(key)
+
+
+def _served_timeout(new: PoolConfig | TokenConfig, old: PoolConfig | TokenConfig, *,
+                    restarts: bool) -> PoolConfig | TokenConfig:
+    """`new` with the queue timeout its pool's Triton would run (`queueing.timeout_to_load`): the loaded one while
+    within the tolerance, unless the model reloads anyway (another batch size, or pods restarted to resize)."""
+    if not (isinstance(new, PoolConfig) and isinstance(old, PoolConfig)):
+        return new
+    reloads = restarts or new.batch != old.batch
+    return replace(new, queue_timeout_us=timeout_to_load(old.queue_timeout_us, new.queue_timeout_us, reloads=reloads))
 
 
 def _reconfigure(pool: AnyPool, new: PoolConfig | TokenConfig, at: float, *, pending: bool) -> None:

@@ -66,9 +66,13 @@ class PoolConfig:
     """Per-request accuracy contribution of this pool (already normalised for the pipeline's aggregation)."""
     servers_per_replica: int = 1
     """Concurrent batches one replica serves: Triton instances, or more when the profile's throughput says so."""
-    queue_timeout_s: float = INF
-    """A request that has waited longer is refused (``slo.lateRequests: refuse``; the engine's own timeout, if
-    shorter, still applies)."""
+    queue_timeout_us: int = 0
+    """A request that has waited longer is refused (``slo.lateRequests: refuse``; 0: never; the engine's own
+    timeout, if shorter, still applies)."""
+
+    @property
+    def queue_timeout_s(self) -> float:
+        return self.queue_timeout_us / 1e6 if self.queue_timeout_us > 0 else INF
 
 
 def concurrency(batch: int, latency_ms: float, throughput_rps: float, instances: int) -> tuple[int, float]:

@@ -11,10 +11,17 @@ from paretoserve.planner.compile import Observation, compile_problem
 from paretoserve.planner.control import pareto_loop
 from paretoserve.planner.policy import PolicyState
 from paretoserve.planner.predict import predict
-from paretoserve.planner.queueing import erlang_c, queueing_utilization, servers, wait_quantile_s
+from paretoserve.planner.queueing import (
+    erlang_c,
+    late_request_timeout_us,
+    queueing_utilization,
+    servers,
+    timeout_to_load,
+    wait_quantile_s,
+)
 from paretoserve.planner.scaling import scale_out
 from paretoserve.planner.solve import solve
-from paretoserve.planner.spec import Predictor, PredictorKind, ServingPipeline, parse_pipeline
+from paretoserve.planner.spec import SLO, Predictor, PredictorKind, ServingPipeline, parse_pipeline
 
 from .loop_fakes import FakeActuator, FakeSource
 from .test_cli import PIPELINE
@@ -71,6 +78,17 @@ def test_erlang_c_capacity_cuts_tight_options_and_drops_late_ones() -> None:
     assert 0 < tight[0] < roomy[0] <= 10.0
     assert capacity(750.0, "erlangC") == []  # no time left to wait: the option is late with any queue
     assert capacity(750.0, "none") == [10.0]
+
+
+def test_a_late_request_timeout_is_what_the_slo_leaves_and_a_small_move_of_it_is_not_worth_a_reload() -> None:
+    refuse = SLO.model_validate({"latencyMs": 750, "lateRequests": "refuse"})
+    assert late_request_timeout_us(refuse, 657.0) == 93_000  # ResNet-50's p99 under InfAdapter's SLO
+    assert late_request_timeout_us(refuse, 750.0) == 0 and late_request_timeout_us(refuse, 800.0) == 0
+    assert late_request_timeout_us(SLO.model_validate({"latencyMs": 750}), 100.0) == 0  # serve: no timeout
+    assert timeout_to_load(93_000, 100_000) == 93_000  # within 10 %: the loaded one stays, no reload
+    assert timeout_to_load(93_000, 100_000, reloads=True) == 100_000  # the model reloads anyway
+    assert timeout_to_load(93_000, 350_000) == 350_000  # a resize that frees a quarter of a second
+    assert timeout_to_load(0, 93_000) == 93_000 and timeout_to_load(93_000, 0) == 0  # refusing on / off
 
 
 def test_scale_out_grows_the_running_pools_at_the_same_split() -> None:

@@ -45,6 +45,12 @@ def test_a_queue_timeout_becomes_the_default_queue_policy_and_keeps_its_other_fi
         "timeout_action": "REJECT", "default_timeout_microseconds": 43_750, "allow_timeout_override": False,
         "max_queue_size": 7}}
     assert override_config(out, Knobs(1, queue_timeout_us=43_750)) == out  # unchanged: no reload
+    assert override_config(out, Knobs(2, queue_timeout_us=40_000)) == {**out, "instance_group": [
+        {"count": 2, "kind": "KIND_CPU"}]}  # within 10 %: kept, so an instance change stays in place
+    assert override_config(out, Knobs(1, queue_timeout_us=30_000))["dynamic_batching"]["default_queue_policy"][
+        "default_timeout_microseconds"] == 30_000  # further: loaded (a reload)
+    batch = override_config(out, Knobs(1, preferred_batch_size=4, queue_timeout_us=40_000))["dynamic_batching"]
+    assert batch["default_queue_policy"]["default_timeout_microseconds"] == 40_000  # it reloads anyway: exact
     assert override_config(out, Knobs(1))["dynamic_batching"] == out["dynamic_batching"]  # not sent: kept
     with pytest.raises(ConfigError) as info:  # Triton's default scheduler has no queue policy
         override_config({"name": "plain", "instance_group": [{"count": 1}]}, Knobs(1, queue_timeout_us=1))

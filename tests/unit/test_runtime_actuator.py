@@ -122,6 +122,10 @@ def test_a_queue_timeout_from_the_plan_is_the_models_reject_policy_and_a_reload(
     assert (refusing.queue_policy.timeout_us, refusing.queue_policy.timeout_action) == (43_750, "REJECT")
     assert change_kind(spec, refusing) == "reload"
     assert desired_spec(refusing, ModelSettings("m", instances=2)) == replace(refusing, instance_count=2)
+    near = desired_spec(refusing, ModelSettings("m", instances=2, queue_timeout_us=41_000))  # within 10 %
+    assert near == replace(refusing, instance_count=2) and change_kind(refusing, near) == "instances"
+    threads = desired_spec(refusing, ModelSettings("m", instances=1, threads=2, queue_timeout_us=41_000))
+    assert isinstance(threads, TritonModelSpec) and threads.queue_policy.timeout_us == 41_000  # reloads anyway
 
 
 def test_router_config_is_accepted_by_the_router() -> None:

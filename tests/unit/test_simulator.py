@@ -330,6 +330,24 @@ def test_a_pool_that_refuses_late_requests_serves_the_rest_of_an_overload_on_tim
     assert refuse.met_slo().sum() > len(overload) > serve.met_slo().sum()
 
 
+@pytest.mark.parametrize(("slo_ms", "second_waits_ms"), [
+    (1000.0, 900.0),  # 100 ms -> 50 ms per request: 900 -> 950 ms of waiting is within 10 %, the loaded 900 stays
+    (200.0, 150.0),  # 100 -> 150 ms of waiting is not: the pool's Triton reloads with the new timeout
+])
+def test_a_resize_in_place_keeps_a_queue_timeout_within_the_tolerance(slo_ms: float, second_waits_ms: float) -> None:
+    """A resize in place moves the pool's latency and so its timeout; the sidecar keeps the loaded timeout (a
+    change reloads the model) while within 10 % of the new one, and the simulator does the same."""
+    p = baselines.with_slo(resizable(), latencyMs=slo_ms, lateRequests="refuse")
+    sim = Simulator(p, Workload(np.array([1.0]), 30.0), SimConfig(resize="in-place", resize_delay_s=1.0))
+    sim.apply(sized(p, 1.0), now=0.0)
+    sim.advance_to(5.0)
+    (pool,) = sim.states[0].pools.values()
+    assert pool.config.queue_timeout_s == pytest.approx((slo_ms - 100.0) / 1000.0)
+    sim.apply(sized(p, 2.0), now=5.0)
+    sim.advance_to(10.0)
+    assert pool.config.queue_timeout_s == pytest.approx(second_waits_ms / 1000.0)
+
+
 # -- dynamic SLOs and EDF -----------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ repository API with a config override (over gRPC by default: an HTTP load stalls
 An instance-count-only change is an in-place update in Triton (no
 reload); a batching change is a reload that keeps the old model serving until the new one is ready, and so is
 a change of ``queueTimeoutMicroseconds`` (the queue policy's timeout with action ``REJECT``: a request that has
-waited that long is refused with a 503, sent when the pipeline's SLO refuses late requests).
+waited that long is refused with a 503, sent when the pipeline's SLO refuses late requests). The timeout follows
+the pool's planned latency, which moves with every resize, so a loaded timeout within 10 % of the new one is kept
+unless the model reloads anyway (`planner.queueing.timeout_to_load`, the rule the simulator applies).
 `override_config` is pure; `apply_knobs` does the two HTTP calls.
 
 A token-generating model (decoupled, ``workers/llm/serving.py``) has one more knob, ``maxSequences``: the most
@@ -42,6 +44,7 @@ from typing import Any, Literal
 
 import httpx
 
+from paretoserve.planner.queueing import timeout_to_load
 from paretoserve.planner.spec import TRITON_MODEL_NAME
 from paretoserve.workers.router.errors import ConfigError, RouterError, UpstreamUnavailable
 
@@ -178,11 +181,8 @@ def override_config(current: Mapping[str, Any], knobs: Knobs) -> dict[str, Any]:
                           "the model has no dynamic batching, so no queue policy")
     if (knobs.preferred_batch_size is not None or knobs.max_queue_delay_us is not None
             or knobs.queue_timeout_us is not None):
-        batching = dict(config.get("dynamic_batching") or {})
-        if knobs.queue_timeout_us is not None:
-            batching["default_queue_policy"] = {**(batching.get("default_queue_policy") or {}),
-                                                "timeout_action": "REJECT",
-                                                "default_timeout_microseconds": knobs.queue_timeout_us}
+        served = dict(config.get("dynamic_batching") or {})
+        batching = dict(served)
         if knobs.preferred_batch_size is not None:
             if knobs.preferred_batch_size > 1:
                 batching["preferred_batch_size"] = [knobs.preferred_batch_size]
@@ -190,6 +190,14 @@ def override_config(current: Mapping[str, Any], knobs: Knobs) -> dict[str, Any]:
                 batching.pop("preferred_batch_size", None)
         if knobs.max_queue_delay_us is not None:
             batching["max_queue_delay_microseconds"] = knobs.max_queue_delay_us
+        if knobs.queue_timeout_us is not None:
+            policy = dict(batching.get("default_queue_policy") or {})
+            refusing = policy.get("timeout_action", "REJECT") == "REJECT"
+            loaded = int(policy.get("default_timeout_microseconds", 0)) if refusing else 0
+            timeout = timeout_to_load(loaded, knobs.queue_timeout_us, reloads=batching != served)
+            if timeout != loaded or not refusing:
+                batching["default_queue_policy"] = {**policy, "timeout_action": "REJECT",
+                                                    "default_timeout_microseconds": timeout}
         config["dynamic_batching"] = batching
     return config
 

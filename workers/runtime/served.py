@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from paretoserve.planner.queueing import timeout_to_load
 from paretoserve.workers.llm.scorer import ScorerServingSpec, render_scorer_config, write_scorer_model
 from paretoserve.workers.llm.serving import LLMServingSpec, render_llm_config, write_llm_model
 from paretoserve.workers.triton.repository import (
@@ -148,16 +149,20 @@ def with_settings(spec: ServedSpec, settings: ModelSettings) -> ServedSpec:
     if isinstance(spec, ScorerModel):
         return ScorerModel(replace(spec.spec, instances=settings.instances), spec.weights_file)
     preferred = spec.preferred_batch_sizes if settings.preferred_batch is None else settings.preferred_batch
-    return replace(
+    desired = replace(
         spec,
         instance_count=settings.instances,
         cpu_threads_per_instance=spec.cpu_threads_per_instance if settings.threads is None else settings.threads,
         preferred_batch_sizes=tuple(b for b in preferred if b <= spec.max_batch_size),
         max_queue_delay_us=spec.max_queue_delay_us if settings.max_queue_delay_us is None
         else settings.max_queue_delay_us,
-        queue_policy=spec.queue_policy if settings.queue_timeout_us is None
-        else replace(spec.queue_policy, timeout_us=settings.queue_timeout_us, timeout_action="REJECT"),
     )
+    if settings.queue_timeout_us is None:
+        return desired
+    policy = spec.queue_policy
+    loaded = policy.timeout_us if policy.timeout_action == "REJECT" else 0
+    timeout = timeout_to_load(loaded, settings.queue_timeout_us, reloads=change_kind(spec, desired) == "reload")
+    return replace(desired, queue_policy=replace(policy, timeout_us=timeout, timeout_action="REJECT"))
 
 
 def change_kind(current: ServedSpec, desired: ServedSpec) -> str:
