@@ -10,8 +10,8 @@
   classifier pod's Triton also gets a queue timeout (policy ``REJECT``) of the SLO minus the pool's planned
   batch latency (`queueing.late_request_timeout_us`, the rule the simulator applies), so a request that can
   no longer be on time is refused instead of taking capacity from those that can. Changing it reloads the
-  model (Triton updates only an instance count in place), and it changes with the pool's planned latency, so a
-  plan that resizes a pool's cores in place also reloads its model when late requests are refused.
+  model (Triton updates only an instance count in place), and it changes with the pool's planned latency, so the
+  sidecar keeps a loaded timeout within 10 % of the rendered one (`queueing.timeout_to_load`).
 - Router settings (`router_config`, `router_update`): traffic splits from planned load shares, cascade
   thresholds from the chosen row, the discriminator or prompt-scorer model the spec names. The operator writes the whole
   config into the ConfigMap and pushes the live part; the local runtime starts its router with it.
