@@ -129,7 +129,6 @@ class Simulator:
         self.workload = workload
         self.rng = np.random.default_rng(self.config.seed)
         self.problem: Problem = compile_problem(pipeline, Observation(load_rps=0.0))
-        self.slo_ms = pipeline.spec.slo.latency_ms
         self.slo: SLO = pipeline.spec.slo
         self._latency: dict[tuple[str, str, float, int], dict[int, tuple[float, float]]] = {}
         self._load_time: dict[tuple[str, str], float] = {}
@@ -150,7 +149,7 @@ class Simulator:
         self.sinks = [st.index for st in self.states if not st.children]
         n = workload.requests
         self.arrival = workload.arrivals_s
-        slo = workload.slo_ms if workload.slo_ms is not None else np.full(n, self.slo_ms)
+        slo = workload.slo_ms if workload.slo_ms is not None else np.full(n, self.slo.latency_ms)
         self.request_slo_ms = np.asarray(slo, dtype=np.float64)
         self.deadline = self.arrival + self.request_slo_ms / 1000.0
         self.status = np.zeros(n, dtype=np.int8)

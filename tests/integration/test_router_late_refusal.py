@@ -74,31 +74,30 @@ def test_a_request_past_its_queue_timeout_is_a_503_tried_once_on_both_paths(
         router: tuple[str, str], triton_server: TritonServer, control: TritonControl) -> None:
     data_url, admin_url = router
     body = _body()
-    if True:
-        try:
-            _knobs(admin_url, 1)
-            policy = httpx.get(f"http://{triton_server.http_url}/v2/models/{MODEL}/config").json()[
-                "dynamic_batching"]["default_queue_policy"]
-            assert (policy["timeout_action"], int(policy["default_timeout_microseconds"])) == ("REJECT", 1)
-            before = control.metrics()
-            with httpx.Client(base_url=data_url, timeout=60.0) as client:
-                proxied = [client.post(f"/v2/models/{MODEL}/infer", json=body) for _ in range(REQUESTS)]
-                pipelined = [client.post("/v2/pipelines/digits/infer", json=body) for _ in range(REQUESTS)]
-            for answer in proxied + pipelined:
-                assert answer.status_code == 503, answer.text
-                assert answer.json()["error"] == f"a replica of model '{MODEL}' answered 503: Request timeout expired"
-                assert answer.json()["reason"] == "late_refused"
-            assert all(a.json()["stage"] == "classify" for a in pipelined)  # named, and no fallback answered it
-            failures = _settled(control, before, 2 * REQUESTS)
-            assert failures == 2 * REQUESTS  # one Triton attempt per request: never retried on the alias
-            assert control.metrics()["tiny_linear"].since(before["tiny_linear"]).request_success == 0
+    try:
+        _knobs(admin_url, 1)
+        policy = httpx.get(f"http://{triton_server.http_url}/v2/models/{MODEL}/config").json()[
+            "dynamic_batching"]["default_queue_policy"]
+        assert (policy["timeout_action"], int(policy["default_timeout_microseconds"])) == ("REJECT", 1)
+        before = control.metrics()
+        with httpx.Client(base_url=data_url, timeout=60.0) as client:
+            proxied = [client.post(f"/v2/models/{MODEL}/infer", json=body) for _ in range(REQUESTS)]
+            pipelined = [client.post("/v2/pipelines/digits/infer", json=body) for _ in range(REQUESTS)]
+        for answer in proxied + pipelined:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == f"a replica of model '{MODEL}' answered 503: Request timeout expired"
+            assert answer.json()["reason"] == "late_refused"
+        assert all(a.json()["stage"] == "classify" for a in pipelined)  # named, and no fallback answered it
+        failures = _settled(control, before, 2 * REQUESTS)
+        assert failures == 2 * REQUESTS  # one Triton attempt per request: never retried on the alias
+        assert control.metrics()["tiny_linear"].since(before["tiny_linear"]).request_success == 0
 
-            _knobs(admin_url, 0)
-            with httpx.Client(base_url=data_url, timeout=60.0) as client:
-                served = [client.post(f"/v2/models/{MODEL}/infer", json=body) for _ in range(3)]
-            assert [a.status_code for a in served] == [200, 200, 200]
-        finally:
-            _knobs(admin_url, 0)
+        _knobs(admin_url, 0)
+        with httpx.Client(base_url=data_url, timeout=60.0) as client:
+            served = [client.post(f"/v2/models/{MODEL}/infer", json=body) for _ in range(3)]
+        assert [a.status_code for a in served] == [200, 200, 200]
+    finally:
+        _knobs(admin_url, 0)
 
 
 def _settled(control: TritonControl, before: dict[str, ModelMetrics], expected: int) -> float:
