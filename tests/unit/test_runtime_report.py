@@ -70,14 +70,17 @@ def test_replay_sends_every_request_and_records_outcomes() -> None:
     assert all(r.latency_ms is not None and r.latency_ms >= 0 for r in records)
 
 
-def test_replay_is_open_loop_and_bounded() -> None:
+@pytest.mark.parametrize("offsets", [[0.0, 0.001, 0.002, 0.003, 0.004], [0.0] * 5],
+                         ids=["on-schedule", "behind-schedule"])
+def test_replay_is_open_loop_and_bounded(offsets: list[float]) -> None:
+    """At most `max_in_flight` requests are outstanding, also when the generator is behind schedule and starts
+    several requests before any of them runs (all offsets 0: what a busy machine makes of a burst)."""
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(0.2)
         return httpx.Response(200, json=kserve_answer(0))
 
     settings = LoadSettings(url="http://router", pipeline="digits", max_in_flight=1, max_requests=3)
-    records = asyncio.run(replay(settings, [0.0, 0.001, 0.002, 0.003, 0.004], IMAGES, LABELS,
-                                 transport=httpx.MockTransport(slow)))
+    records = asyncio.run(replay(settings, offsets, IMAGES, LABELS, transport=httpx.MockTransport(slow)))
     assert len(records) == 3  # max_requests
     assert [r.error for r in records] == [None, "overload", "overload"]
 

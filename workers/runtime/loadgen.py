@@ -244,7 +244,6 @@ async def replay_requests(settings: LoadSettings, offsets: Sequence[float], requ
             del recent[:-500]
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
-        counts["in_flight"] += 1
         scheduled = start_mono + offsets[i]
         try:
             try:
@@ -284,7 +283,8 @@ async def replay_requests(settings: LoadSettings, offsets: Sequence[float], requ
                 await asyncio.sleep(delay)
             if counts["in_flight"] >= settings.max_in_flight:
                 finish(i, None, Outcome("overload"))
-            else:
+            else:  # counted as it is created: a loop behind schedule starts several before any of them runs
+                counts["in_flight"] += 1
                 task = asyncio.create_task(one(client, i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
