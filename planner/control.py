@@ -39,7 +39,7 @@ from paretoserve.planner.policy import (
 )
 from paretoserve.planner.predict import Forecaster, moving_max, predict, surge_load
 from paretoserve.planner.scaling import SOLVER as SCALE_OUT
-from paretoserve.planner.scaling import scale_out
+from paretoserve.planner.scaling import as_running, scale_out
 from paretoserve.planner.solve import solve
 from paretoserve.planner.spec import ServingPipeline
 
@@ -216,6 +216,15 @@ def switch_terms(pipeline: ServingPipeline, problem: Problem, applied: Plan | No
             release_gain(applied, candidate, horizon))
 
 
+def running_objective(problem: Problem, applied: Plan | None) -> float | None:
+    """The running plan's objective at `problem`'s loads, as it runs (same pools, replicas and threshold);
+    None when it breaks a constraint there (capacity, latency, budget) or has no load to split."""
+    if applied is None:
+        return None
+    running = as_running(problem, applied)
+    return None if running is None else running.objective
+
+
 def fast_path(pipeline: ServingPipeline) -> bool:
     """Whether the loop checks the load between rounds (`checkSeconds` below `intervalSeconds`)."""
     adaptation = pipeline.spec.adaptation
@@ -325,6 +334,7 @@ class ParetoPolicy:
             now=now, candidate=candidate, applied=applied, state=state,
             scale_down_stabilization=spec.adaptation.scale_down_stabilization, applied_still_valid=still_valid,
             switch_cost=cost, release_gain=gain,
+            applied_objective=running_objective(problem, applied) if still_valid else None,
         ))
         return StepResult(decision, new_state, candidate, predicted, problem, observed)
 

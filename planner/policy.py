@@ -6,7 +6,9 @@ plans (InfAdapter waits for 4), so a dip in load does not churn pods, and happen
 itself: a cheaper plan that starts new pools (other variants or cores per replica) runs them beside the old
 ones while their models load, so it is applied only if the resources it saves over the stabilisation
 horizon exceed those it spends during the switch (`switch_cost`, `release_gain`; a change of cores is no
-new pool where the actuator resizes in place). A planner failure keeps the last plan.
+new pool where the actuator resizes in place). A plan that costs no less and is no
+better than the running one at the same load (an equal optimum) is not applied. A planner failure keeps the
+last plan.
 The state is plain data, persisted in the CR status (`to_dict`/`from_dict`), so an operator restart carries
 on where it stopped; the clock comes in through `ctx.now`.
 """
@@ -72,6 +74,9 @@ class PolicyContext:
     """Resource-seconds the candidate spends on new pools while their models load (`switch_cost`)."""
     release_gain: float = math.inf
     """Resource-seconds a cheaper candidate saves over the stabilisation horizon (`release_gain`)."""
+    applied_objective: float | None = None
+    """The running plan's objective at the candidate's problem, where it meets every constraint there as it
+    runs (same pools and replicas); None: unknown, or it does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,12 @@ class Decision:
     plan: Plan | None
     """The plan that should run after this decision (the candidate, or the one kept)."""
     reason: str
+
+
+OBJECTIVE_TIE = 1e-9
+"""Relative objective difference below which two plans are equally good: the program often has several
+optima (one or two Triton instances at the same cores and latency within the SLO), and the solver returns
+any of them; changing what runs for an equal plan only churns (`decide` keeps the running one)."""
 
 
 def signature(plan: Plan) -> tuple[Any, ...]:
@@ -130,6 +141,10 @@ def decide(ctx: PolicyContext) -> tuple[Decision, PolicyState]:
     if not ctx.applied_still_valid:
         return Decision(True, candidate, "the running plan no longer meets the constraints"), replace(
             state, lower_streak=0, last_change_at=ctx.now)
+    if not cheaper and ctx.applied_objective is not None and candidate.objective is not None \
+            and candidate.objective <= ctx.applied_objective + OBJECTIVE_TIE * max(1.0, abs(ctx.applied_objective)):
+        return (Decision(False, applied, "kept the running plan: the new one costs no less and is no better"),
+                replace(state, lower_streak=0))
     if not cheaper:
         return Decision(True, candidate, "scale up or reconfigure"), replace(
             state, lower_streak=0, last_change_at=ctx.now)

@@ -9,11 +9,12 @@ new load needs. New replicas of a running pool take load as soon as they are rea
 change, so capacity arrives as fast as pods start. Choosing the best variants again is the next decision's
 job, at the interval. A plan that would break a constraint (budget, replica bounds, pinned counts) is no
 fast-path plan: the caller then runs the full decision.
+
+The same rebuild without growing (`as_running`) is the running plan as it stands at a round's load and queue
+delay: the policy keeps it when a new plan is no better (`policy.decide`).
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 from paretoserve.planner.evaluate import (
     EPS,
@@ -23,12 +24,16 @@ from paretoserve.planner.evaluate import (
     pre_routed_rps,
     replicas_for,
 )
-from paretoserve.planner.model import Allocation, Plan, Problem, StagePlan
+from paretoserve.planner.model import Allocation, Option, Plan, Problem, StagePlan
+from paretoserve.planner.stageplans import cascade_plan, single_plan, split_plan
 
 SOLVER = "scale-out"
 
 
-def _grown(problem: Problem, sp: StagePlan) -> StagePlan | None:
+def _rebuilt(problem: Problem, sp: StagePlan, *, grow: bool) -> StagePlan | None:
+    """`sp`'s pools at `problem`'s load of its stage with the same split, built as the solver builds a stage
+    plan (`stageplans`), so its latency has this problem's batching and queue delays. `grow`: each pool gets
+    the replicas its share needs (never fewer than now); otherwise the replicas stay as they run."""
     stage = next((s for s in problem.stages if s.name == sp.stage), None)
     if stage is None:
         return None
@@ -38,29 +43,49 @@ def _grown(problem: Problem, sp: StagePlan) -> StagePlan | None:
         return None
     ratio = stage.load_rps / (served / (1.0 - direct))
     options = {o.key: o for o in stage.options}
-    allocations: list[Allocation] = []
+    pools: list[tuple[Allocation, Option, int]] = []
     for a in sp.allocations:
         option = options.get((a.variant, a.batch, a.cpu, a.instances))
         if option is None:
             return None
-        load = a.load_rps * ratio
-        need = replicas_for(load, effective_capacity(option, problem))
+        need = replicas_for(a.load_rps * ratio, effective_capacity(option, problem)) if grow else a.replicas
         if need is None:
             return None
-        allocations.append(replace(a, load_rps=load, replicas=max(a.replicas, need)))
-    return replace(sp, allocations=tuple(allocations))
+        pools.append((a, option, max(a.replicas, need)))
+    if stage.cascade is not None and sp.cascade_row is not None:
+        light = next(((o, n) for a, o, n in pools if a.role == "light"), None)
+        heavy = next(((o, n) for a, o, n in pools if a.role == "heavy"), None)
+        if light is None:
+            return None
+        return cascade_plan(stage, sp.cascade_row, light[0], light[1], heavy[0] if heavy else None,
+                            heavy[1] if heavy else 0)
+    if stage.multi_variant:
+        return split_plan(stage, [(o, n) for _, o, n in pools], [a.load_rps * ratio for a, _, _ in pools])
+    if len(pools) != 1:
+        return None
+    return single_plan(stage, pools[0][1], pools[0][2])
+
+
+def _at_load(problem: Problem, plan: Plan, *, grow: bool) -> Plan | None:
+    stages: list[StagePlan] = []
+    for sp in plan.stages:
+        rebuilt = _rebuilt(problem, sp, grow=grow)
+        if rebuilt is None:
+            return None
+        stages.append(rebuilt)
+    if {sp.stage for sp in stages} != {s.name for s in problem.stages}:
+        return None
+    candidate = finalize(problem, stages, solver=SOLVER)
+    return None if check_plan(problem, candidate) else candidate
 
 
 def scale_out(problem: Problem, plan: Plan) -> Plan | None:
     """`plan`'s pools with the replicas `problem`'s loads need at the same split (never fewer than now);
     None when a pool is no longer an option or the grown plan breaks a constraint."""
-    stages: list[StagePlan] = []
-    for sp in plan.stages:
-        grown = _grown(problem, sp)
-        if grown is None:
-            return None
-        stages.append(grown)
-    if {sp.stage for sp in stages} != {s.name for s in problem.stages}:
-        return None
-    candidate = finalize(problem, stages, solver=SOLVER)
-    return None if check_plan(problem, candidate) else candidate
+    return _at_load(problem, plan, grow=True)
+
+
+def as_running(problem: Problem, plan: Plan) -> Plan | None:
+    """`plan` as it runs (same pools, replicas and threshold) at `problem`'s loads and queue delays; None when
+    it breaks a constraint there (capacity, latency, budget) or a pool is no longer an option."""
+    return _at_load(problem, plan, grow=False)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from paretoserve.planner.control import pareto_loop
-from paretoserve.planner.model import SolveStatus
-from paretoserve.planner.policy import PolicyState
+from paretoserve.planner.compile import Observation, compile_problem
+from paretoserve.planner.control import Observed, ParetoPolicy, pareto_loop
+from paretoserve.planner.evaluate import covers_load, effective_capacity, finalize, replicas_for
+from paretoserve.planner.model import Plan, SolveStatus
+from paretoserve.planner.policy import PolicyContext, PolicyState, decide
 from paretoserve.planner.predict import bin_maxima, ewma, last_value, moving_max, predict
-from paretoserve.planner.spec import Predictor, PredictorKind, parse_pipeline
+from paretoserve.planner.scaling import as_running
+from paretoserve.planner.spec import Predictor, PredictorKind, ServingPipeline, parse_pipeline
+from paretoserve.planner.stageplans import single_plan
 
 from .loop_fakes import FakeActuator, FakeSource
 from .test_cli import PIPELINE
@@ -66,3 +72,72 @@ def test_loop_keeps_the_last_plan_when_the_planner_fails() -> None:
     result = loop.tick(10.0)
     assert result.candidate.status is SolveStatus.INFEASIBLE
     assert not result.decision.apply and actuator.plan is kept
+
+
+def instances_tie() -> ServingPipeline:
+    """One model whose one- and two-instance pools cost the same (1 core, 50 rps) and both meet the 400 ms
+    SLO: 100 ms with one instance, 300 ms with two. Two optima of the program."""
+    points = [{"batch": 1, "cpu": 1, "instances": 1, "latencyMs": 100, "throughputRps": 50},
+              {"batch": 1, "cpu": 1, "instances": 2, "latencyMs": 300, "throughputRps": 50}]
+    return parse_pipeline({
+        "apiVersion": "paretoserve.io/v1alpha1", "kind": "ServingPipeline", "metadata": {"name": "tie"},
+        "spec": {"slo": {"latencyMs": 400}, "objective": {"accuracy": 1, "cost": 0.01}, "budget": {"cpu": 8},
+                 "adaptation": {"intervalSeconds": 10, "targetUtilization": 1.0,
+                                "predictor": {"kind": "lastValue", "headroom": 0}},
+                 "stages": [{"name": "m", "variants": [
+                     {"name": "m", "tritonModel": "m", "accuracy": 0.9, "profile": {"points": points}}]}]}})
+
+
+def running_with(pipeline: ServingPipeline, instances: int, load: float) -> Plan:
+    """The plan with the pool of `instances` Triton instances per replica at `load`."""
+    problem = compile_problem(pipeline, Observation(load_rps=load))
+    stage = problem.stages[0]
+    option = next(o for o in stage.options if o.instances == instances)
+    replicas = replicas_for(load, effective_capacity(option, problem))
+    assert replicas is not None
+    return finalize(problem, [single_plan(stage, option, replicas)], solver="test")
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_an_equal_plan_does_not_replace_the_running_one(instances: int) -> None:
+    """Whichever optimum runs, a round at the same load keeps it: applying the other optimum of equal cost and
+    objective only churns (on `up`'s digits replay the loop flipped cnn_large between 1 and 2 instances every
+    5-6 s before this rule). The solver returns one of the two; the running plan is the either one."""
+    pipeline = instances_tie()
+    applied = running_with(pipeline, instances, 120.0)
+    result = ParetoPolicy(pipeline).decide_now(Observed(load_history=(120.0,) * 20), applied, PolicyState(), now=10.0)
+    assert not result.decision.apply and result.decision.plan is applied
+    assert result.decision.reason in {"unchanged", "kept the running plan: the new one costs no less and is no better"}
+    assert result.state.lower_streak == 0
+
+
+def test_a_running_plan_that_the_queue_pushes_past_the_slo_is_replaced_at_equal_cost() -> None:
+    """The equal-plan rule re-derives the running plan's latency at the observed queue delay: with 200 ms of
+    queueing the two-instance pool (300 ms) breaks the 400 ms SLO although its capacity still covers the
+    load, so the one-instance pool of the same cost replaces it."""
+    pipeline = instances_tie()
+    applied = running_with(pipeline, 2, 120.0)
+    observed = Observed(load_history=(120.0,) * 20, queue_delay_ms={"m": 200.0})
+    problem = compile_problem(pipeline, Observation(load_rps=120.0, queue_delay_ms={"m": 200.0}))
+    assert covers_load(problem, applied) and as_running(problem, applied) is None
+    assert as_running(compile_problem(pipeline, Observation(load_rps=120.0)), applied) is not None
+    result = ParetoPolicy(pipeline).decide_now(observed, applied, PolicyState(), now=10.0)
+    assert result.decision.apply and result.decision.plan is not None
+    assert result.decision.plan.stages[0].allocations[0].instances == 1
+
+
+def test_a_better_plan_of_equal_cost_still_replaces_the_running_one() -> None:
+    """The rule keeps only equal plans: a higher objective at the same cost (here the running plan's pool
+    is made to look less accurate than the candidate) is applied at once."""
+    pipeline = instances_tie()
+    applied = running_with(pipeline, 1, 120.0)
+    candidate = replace(applied, objective=(applied.objective or 0.0) + 1e-6, stages=())
+    ctx = PolicyContext(now=10.0, candidate=candidate, applied=applied, state=PolicyState(),
+                        scale_down_stabilization=3, applied_objective=applied.objective)
+    better, _ = decide(ctx)
+    assert better.apply and better.reason == "scale up or reconfigure"
+    same, _ = decide(replace(ctx, candidate=replace(candidate, objective=applied.objective)))
+    assert not same.apply and same.plan is applied
+    unknown, _ = decide(replace(ctx, candidate=replace(candidate, objective=applied.objective),
+                                applied_objective=None))
+    assert unknown.apply  # a running plan not known to meet the constraints at this load never blocks a change

@@ -104,6 +104,14 @@ def test_scale_out_grows_the_running_pools_at_the_same_split() -> None:
     assert sum(a.replicas for a in grown.stages[0].allocations) > sum(a.replicas for a in at10.stages[0].allocations)
     capped = parse_pipeline({**PIPELINE, "spec": {**PIPELINE["spec"], "budget": {"cpu": 3}}})  # type: ignore[dict-item]
     assert scale_out(compile_problem(capped, Observation(load_rps=400.0)), at10) is None
+    # the grown plan's latency is this problem's: a queue that leaves no time for its pools is no fast path
+    assert grown.latency_ms is not None
+    slack = pipeline.spec.slo.latency_ms - grown.latency_ms
+    queued = {s.name: slack + 1.0 for s in pipeline.spec.stages}
+    assert scale_out(compile_problem(pipeline, Observation(load_rps=45.0, queue_delay_ms=queued)), at10) is None
+    queued = {s.name: slack / 2 for s in pipeline.spec.stages}
+    late = scale_out(compile_problem(pipeline, Observation(load_rps=45.0, queue_delay_ms=queued)), at10)
+    assert late is not None and late.latency_ms is not None and late.latency_ms > grown.latency_ms
 
 
 def test_between_rounds_the_loop_holds_scales_out_or_waits_for_the_interval() -> None:
