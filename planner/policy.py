@@ -6,7 +6,11 @@ plans (InfAdapter waits for 4), so a dip in load does not churn pods, and happen
 itself: a cheaper plan that starts new pools (other variants or cores per replica) runs them beside the old
 ones while their models load, so it is applied only if the resources it saves over the stabilisation
 horizon exceed those it spends during the switch (`switch_cost`, `release_gain`; a change of cores is no
-new pool where the actuator resizes in place). A plan that costs no less and is no
+new pool where the actuator resizes in place). The exception is a load check's scale-out (`scaling`, more
+replicas of the running pools for a peak seen between rounds): when the next round's plan is cheaper and starts
+no new pools, the peak did not last, and the extra replicas go at once (IPA's video pipeline on a calm training
+window scaled YOLOv5s out for one noisy second and kept the replica 30 s, 2.05 cores against HPA's 2.00 at the
+same accuracy and attainment). A plan that costs no less and is no
 better than the running one at the same load (an equal optimum) is not applied. A planner failure keeps the
 last plan.
 The state is plain data, persisted in the CR status (`to_dict`/`from_dict`), so an operator restart carries
@@ -21,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from paretoserve.planner.model import Plan
+from paretoserve.planner.scaling import SOLVER as SCALE_OUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +154,15 @@ def decide(ctx: PolicyContext) -> tuple[Decision, PolicyState]:
         return Decision(True, candidate, "scale up or reconfigure"), replace(
             state, lower_streak=0, last_change_at=ctx.now)
     streak = state.lower_streak + 1
-    if streak >= max(1, ctx.scale_down_stabilization) and ctx.release_gain < ctx.switch_cost:
+    if applied.solver == SCALE_OUT and ctx.switch_cost <= 0.0:
+        return (Decision(True, candidate, "released the load check's scale-out: the round's plan needs less"),
+                replace(state, lower_streak=0, last_change_at=ctx.now))
+    needed = max(1, ctx.scale_down_stabilization)
+    if streak >= needed and ctx.release_gain < ctx.switch_cost:
         return (Decision(False, applied, f"scale down not worth its switch: saves {ctx.release_gain:.0f}, new pools "
                                          f"cost {ctx.switch_cost:.0f} resource-seconds while loading"),
                 replace(state, lower_streak=streak))
-    if streak >= max(1, ctx.scale_down_stabilization):
+    if streak >= needed:
         return Decision(True, candidate, f"scale down after {streak} cheaper plans"), replace(
             state, lower_streak=0, last_change_at=ctx.now)
     return (Decision(False, applied, f"scale down deferred ({streak}/{ctx.scale_down_stabilization})"),

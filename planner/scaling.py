@@ -21,13 +21,25 @@ from paretoserve.planner.evaluate import (
     check_plan,
     effective_capacity,
     finalize,
-    pre_routed_rps,
     replicas_for,
 )
-from paretoserve.planner.model import Allocation, Option, Plan, Problem, StagePlan
+from paretoserve.planner.model import Allocation, Option, Plan, Problem, Stage, StagePlan
 from paretoserve.planner.stageplans import cascade_plan, single_plan, split_plan
 
 SOLVER = "scale-out"
+
+
+def _loads(stage: Stage, sp: StagePlan) -> list[float] | None:
+    """Each of `sp`'s pools' load at `stage`'s load, at the plan's split: a cascade's rows fix the light and
+    heavy shares, a traffic split keeps its proportions (None for a split planned for no load)."""
+    if stage.cascade is not None and sp.cascade_row is not None and 0 <= sp.cascade_row < len(stage.cascade.rows):
+        row = stage.cascade.rows[sp.cascade_row]
+        light, heavy = stage.load_rps * stage.cascade.light_fraction(row), stage.load_rps * row.heavy_fraction
+        return [light if a.role == "light" else heavy for a in sp.allocations]
+    if not stage.multi_variant:
+        return [stage.load_rps] * len(sp.allocations)
+    served = sum(a.load_rps for a in sp.allocations)
+    return None if served <= EPS else [a.load_rps * stage.load_rps / served for a in sp.allocations]
 
 
 def _rebuilt(problem: Problem, sp: StagePlan, *, grow: bool) -> StagePlan | None:
@@ -35,20 +47,16 @@ def _rebuilt(problem: Problem, sp: StagePlan, *, grow: bool) -> StagePlan | None
     plan (`stageplans`), so its latency has this problem's batching and queue delays. `grow`: each pool gets
     the replicas its share needs (never fewer than now); otherwise the replicas stay as they run."""
     stage = next((s for s in problem.stages if s.name == sp.stage), None)
-    if stage is None:
+    loads = None if stage is None else _loads(stage, sp)
+    if stage is None or loads is None:
         return None
-    served = sum(a.load_rps for a in sp.allocations if a.role in ("main", "light"))
-    direct = pre_routed_rps(stage, sp) / stage.load_rps if stage.load_rps > EPS else 0.0
-    if served <= EPS or direct >= 1.0:
-        return None
-    ratio = stage.load_rps / (served / (1.0 - direct))
     options = {o.key: o for o in stage.options}
     pools: list[tuple[Allocation, Option, int]] = []
-    for a in sp.allocations:
+    for a, load in zip(sp.allocations, loads, strict=True):
         option = options.get((a.variant, a.batch, a.cpu, a.instances))
         if option is None:
             return None
-        need = replicas_for(a.load_rps * ratio, effective_capacity(option, problem)) if grow else a.replicas
+        need = replicas_for(load, effective_capacity(option, problem)) if grow else a.replicas
         if need is None:
             return None
         pools.append((a, option, max(a.replicas, need)))
@@ -60,7 +68,7 @@ def _rebuilt(problem: Problem, sp: StagePlan, *, grow: bool) -> StagePlan | None
         return cascade_plan(stage, sp.cascade_row, light[0], light[1], heavy[0] if heavy else None,
                             heavy[1] if heavy else 0)
     if stage.multi_variant:
-        return split_plan(stage, [(o, n) for _, o, n in pools], [a.load_rps * ratio for a, _, _ in pools])
+        return split_plan(stage, [(o, n) for _, o, n in pools], loads)
     if len(pools) != 1:
         return None
     return single_plan(stage, pools[0][1], pools[0][2])

@@ -95,17 +95,20 @@ def running_with(pipeline: ServingPipeline, instances: int, load: float) -> Plan
     option = next(o for o in stage.options if o.instances == instances)
     replicas = replicas_for(load, effective_capacity(option, problem))
     assert replicas is not None
-    return finalize(problem, [single_plan(stage, option, replicas)], solver="test")
+    return finalize(problem, [single_plan(stage, option, max(1, replicas))], solver="test")
 
 
+@pytest.mark.parametrize(("planned_for", "load"), [(120.0, 120.0), (0.0, 40.0)],
+                         ids=["at-this-load", "before-any-request"])
 @pytest.mark.parametrize("instances", [1, 2])
-def test_an_equal_plan_does_not_replace_the_running_one(instances: int) -> None:
+def test_an_equal_plan_does_not_replace_the_running_one(instances: int, planned_for: float, load: float) -> None:
     """Whichever optimum runs, a round at the same load keeps it: applying the other optimum of equal cost and
     objective only churns (on `up`'s digits replay the loop flipped cnn_large between 1 and 2 instances every
-    5-6 s before this rule). The solver returns one of the two; the running plan is the either one."""
+    5-6 s before this rule). The solver returns one of the two; the running plan is the either one, also when
+    it was planned for no load (`up`'s first plan, before any request: its pools carry no share to scale)."""
     pipeline = instances_tie()
-    applied = running_with(pipeline, instances, 120.0)
-    result = ParetoPolicy(pipeline).decide_now(Observed(load_history=(120.0,) * 20), applied, PolicyState(), now=10.0)
+    applied = running_with(pipeline, instances, planned_for)
+    result = ParetoPolicy(pipeline).decide_now(Observed(load_history=(load,) * 20), applied, PolicyState(), now=10.0)
     assert not result.decision.apply and result.decision.plan is applied
     assert result.decision.reason in {"unchanged", "kept the running plan: the new one costs no less and is no better"}
     assert result.state.lower_streak == 0

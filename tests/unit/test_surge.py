@@ -200,3 +200,30 @@ def test_a_steep_but_valid_burst_never_plans_beyond_the_accepted_load_range() ->
     burst = loop.tick(2.0)  # the trend would run far past 1e9 within the lead time
     assert burst.planned and burst.predicted_load <= MAX_LOAD_RPS
     assert not burst.decision.apply and "kept the current plan" in burst.decision.reason  # 20 cores carry 320
+
+
+def test_a_scale_out_for_a_peak_that_did_not_last_is_released_at_the_next_round() -> None:
+    """A load check scales the running pools out for one second's peak; the next round, which no longer sees
+    the peak, releases the extra replicas at once instead of after `scaleDownStabilization` rounds (nothing
+    reloads). A release that starts new pools, or one from a plan of a full round, still waits."""
+    pipeline = two_variants(scaleDownStabilization=3)
+    source, actuator = History((60.0,) * 30), FakeActuator()
+    loop = pareto_loop(pipeline, source, actuator)
+    first = loop.tick(0.0)
+    source.samples = (60.0,) * 29 + (70.0,)  # one noisy second above what the plan covers
+    spike = loop.tick(2.0)
+    assert spike.decision.apply and spike.decision.plan is not None and spike.decision.plan.solver == "scale-out"
+    assert resources(spike.decision.plan) > resources(first.decision.plan)  # type: ignore[arg-type]
+    source.samples = (60.0,) * 30  # the next round: the peak is older than the interval
+    released = loop.tick(12.0)
+    assert released.decision.apply and "released the load check's scale-out" in released.decision.reason
+    assert released.decision.plan is not None
+    assert resources(released.decision.plan) == pytest.approx(resources(first.decision.plan))  # type: ignore[arg-type]
+
+    grown, full = spike.decision.plan, first.decision.plan
+    def ctx(applied: Plan, cost: float) -> PolicyContext:
+        return PolicyContext(now=20.0, candidate=full, applied=applied, state=PolicyState(),  # type: ignore[arg-type]
+                             scale_down_stabilization=3, switch_cost=cost, release_gain=1e9)
+    assert "deferred (1/3)" in decide(ctx(grown, cost=50.0))[0].reason  # new pools: the usual wait
+    bigger = plan_at(pipeline, 100.0)
+    assert bigger.solver != "scale-out" and "deferred (1/3)" in decide(ctx(bigger, cost=0.0))[0].reason
