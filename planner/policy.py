@@ -10,9 +10,8 @@ new pool where the actuator resizes in place). The exception is a load check's s
 replicas of the running pools for a peak seen between rounds): when the next round's plan is cheaper and starts
 no new pools, the peak did not last, and the extra replicas go at once (IPA's video pipeline on a calm training
 window scaled YOLOv5s out for one noisy second and kept the replica 30 s, 2.05 cores against HPA's 2.00 at the
-same accuracy and attainment). A plan that costs no less and is no
-better than the running one at the same load (an equal optimum) is not applied. A planner failure keeps the
-last plan.
+same accuracy and attainment). A plan that costs no less and is no better than the running one at the same
+load (an equal optimum) is not applied. A planner failure keeps the last plan.
 The state is plain data, persisted in the CR status (`to_dict`/`from_dict`), so an operator restart carries
 on where it stopped; the clock comes in through `ctx.now`.
 """

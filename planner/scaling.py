@@ -74,7 +74,7 @@ def _rebuilt(problem: Problem, sp: StagePlan, *, grow: bool) -> StagePlan | None
     return single_plan(stage, pools[0][1], pools[0][2])
 
 
-def _at_load(problem: Problem, plan: Plan, *, grow: bool) -> Plan | None:
+def _at_load(problem: Problem, plan: Plan, *, grow: bool, solver: str) -> Plan | None:
     stages: list[StagePlan] = []
     for sp in plan.stages:
         rebuilt = _rebuilt(problem, sp, grow=grow)
@@ -83,17 +83,17 @@ def _at_load(problem: Problem, plan: Plan, *, grow: bool) -> Plan | None:
         stages.append(rebuilt)
     if {sp.stage for sp in stages} != {s.name for s in problem.stages}:
         return None
-    candidate = finalize(problem, stages, solver=SOLVER)
+    candidate = finalize(problem, stages, solver=solver)
     return None if check_plan(problem, candidate) else candidate
 
 
 def scale_out(problem: Problem, plan: Plan) -> Plan | None:
     """`plan`'s pools with the replicas `problem`'s loads need at the same split (never fewer than now);
     None when a pool is no longer an option or the grown plan breaks a constraint."""
-    return _at_load(problem, plan, grow=True)
+    return _at_load(problem, plan, grow=True, solver=SOLVER)
 
 
 def as_running(problem: Problem, plan: Plan) -> Plan | None:
     """`plan` as it runs (same pools, replicas and threshold) at `problem`'s loads and queue delays; None when
     it breaks a constraint there (capacity, latency, budget) or a pool is no longer an option."""
-    return _at_load(problem, plan, grow=False)
+    return _at_load(problem, plan, grow=False, solver=plan.solver)
