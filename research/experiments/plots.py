@@ -126,9 +126,10 @@ def _bars(doc: dict[str, Any], out: Path) -> Path:
     return path
 
 
-def _label_offsets(points: list[tuple[str, float, float]]) -> list[tuple[int, int]]:
+def label_offsets(points: list[tuple[str, float, float]]) -> list[tuple[int, int]]:
     """Label offsets (points) that keep labels of nearby points apart: each label takes the first of eight
-    directions whose spot, in axis-normalised units, is far enough from the labels placed before it."""
+    directions whose spot, in axis-normalised units, is far enough from the labels placed before it; a point in
+    the right quarter tries the leftward directions first, so its label stays inside the axes."""
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     width, height = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     directions = [(8, 10), (8, -22), (-8, 10), (-8, -22), (8, 30), (-8, 30), (8, -42), (-8, -42)]
@@ -136,7 +137,8 @@ def _label_offsets(points: list[tuple[str, float, float]]) -> list[tuple[int, in
     out = []
     for _, x, y in points:
         nx, ny = (x - min(xs)) / width, (y - min(ys)) / height
-        for dx, dy in directions:
+        order = directions if nx <= 0.75 else sorted(directions, key=lambda d: d[0] > 0)
+        for dx, dy in order:
             spot = (nx + dx / 400.0, ny + dy / 300.0)
             if all(abs(spot[0] - a) > 0.25 or abs(spot[1] - b) > 0.08 for a, b in placed):
                 break
@@ -157,7 +159,7 @@ def _pareto(doc: dict[str, Any], out: Path) -> Path:
                         marker="o", edgecolors=["black" if n != OURS else OUR_COLOR for n, _, _ in points],
                         linewidths=[2.5 if n == OURS else 0.8 for n, _, _ in points], zorder=3)
         fig.colorbar(sc, ax=ax, label="SLO attainment (%)")
-        for (name, cost, acc), slo, offset in zip(points, attainment, _label_offsets(points), strict=True):
+        for (name, cost, acc), slo, offset in zip(points, attainment, label_offsets(points), strict=True):
             ax.annotate(f"{name}\n{slo:.2f} %", (cost, acc), fontsize=8,
                         fontweight="bold" if name == OURS else "normal", xytext=offset,
                         textcoords="offset points", ha="left" if offset[0] >= 0 else "right",

@@ -7,6 +7,7 @@ import pytest
 
 from paretoserve.research.experiments.frontier import dominating, frontier_claims, with_slo
 from paretoserve.research.experiments.harness import Claim
+from paretoserve.research.experiments.plots import label_offsets
 from paretoserve.research.experiments.windows import EVALUATION_START_S, auto_windows, parse_windows, rises
 
 
@@ -60,3 +61,12 @@ def test_windows_flag_values() -> None:
     for bad in ("auto:0", "auto:x", "some", "auto:41"):
         with pytest.raises(ValueError, match="--windows"):
             parse_windows(bad)
+
+
+def test_pareto_labels_of_points_on_the_right_edge_point_left() -> None:
+    """A label to the right of the rightmost point ran under the colour bar ("static-max-accur" in E1's picture):
+    points in the right quarter of the cost axis take leftward offsets first, the others rightward."""
+    points = [("cheap", 2.0, 0.32), ("ours", 2.03, 0.38), ("mid", 4.0, 0.45), ("dear", 28.0, 0.54)]
+    offsets = dict(zip([p[0] for p in points], label_offsets(points), strict=True))
+    assert offsets["dear"][0] < 0
+    assert offsets["cheap"][0] > 0 and offsets["mid"][0] > 0
