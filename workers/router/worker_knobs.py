@@ -324,8 +324,8 @@ async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0,
 
     def conclude() -> None:
         nonlocal pending
-        if pending is not None:
-            pending, done = None, pending
+        done, pending = pending, None
+        if done is not None:
             done()
 
     while True:
