@@ -158,6 +158,10 @@ class AdaptationLoop:
                     self._checked[(meta["namespace"], meta["name"])] = now
                 return
             update.status.setdefault("policyState", {})["adaptedBy"] = self.config.identity
+            # the loop adapts only a reconciled generation (`due`), so it never needs to write observedGeneration;
+            # a step that overlapped a spec update and wrote it after the spec handler did would set it back and
+            # keep the pipeline "not reconciled" (never due again) for good
+            update.status.pop("observedGeneration", None)
             self._write(body, update.status)
             if update.event:
                 self.gateway.post_event(body, "Adapted", update.event)

@@ -294,6 +294,30 @@ def test_adaptation_loop_adapts_due_pipelines_and_writes_status() -> None:
     assert registry.snapshot() == []
 
 
+def test_a_step_that_overlaps_a_spec_update_does_not_undo_its_reconciliation() -> None:
+    """The loop's step started on generation 1; the spec handler reconciled generation 2 and wrote
+    observedGeneration 2 before the step's status write. The step must not write observedGeneration 1 back: the
+    pipeline would look unreconciled for good and the loop would never adapt it again (seen in the real-node e2e:
+    after a spec patch the status kept the old plan and the loop stopped)."""
+    from paretoserve.operator.adaptation import AdaptationLoop, PipelineRegistry
+    from paretoserve.operator.status import due, read_status
+
+    gw = FakeGateway()
+    registry = PipelineRegistry()
+    first = pipeline_steps.reconcile(gw, OperatorConfig(), body(), parse_pipeline(PIPELINE), now=0.0).status
+    started = body(first)
+    registry.observe("ADDED", started)
+    newer = {**started, "metadata": {**started["metadata"], "generation": 2},
+             "status": {**started["status"], "observedGeneration": 2}}
+    registry.observe("MODIFIED", newer)  # the spec handler's write, before the step's
+    loop = AdaptationLoop(registry, gw, FakeSource(200.0), OperatorConfig(), clock=lambda: 20.0)
+    loop._adapt_one(started, parse_pipeline(PIPELINE), 20.0)  # the step that began on generation 1
+    assert "observedGeneration" not in gw.statuses[("ns1", "tiny")]
+    current = registry.snapshot()[0]
+    assert current["status"]["observedGeneration"] == 2
+    assert due(read_status(current), parse_pipeline(PIPELINE), now=40.0)
+
+
 def test_only_the_active_kopf_peer_adapts() -> None:
     import dataclasses
 
