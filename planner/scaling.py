@@ -32,7 +32,9 @@ SOLVER = "scale-out"
 def _loads(stage: Stage, sp: StagePlan) -> list[float] | None:
     """Each of `sp`'s pools' load at `stage`'s load, at the plan's split: a cascade's rows fix the light and
     heavy shares, a traffic split keeps its proportions (None for a split planned for no load)."""
-    if stage.cascade is not None and sp.cascade_row is not None and 0 <= sp.cascade_row < len(stage.cascade.rows):
+    if stage.cascade is not None and sp.cascade_row is not None:
+        if not 0 <= sp.cascade_row < len(stage.cascade.rows):
+            return None  # the spec's rows changed: the running split is no option of this problem
         row = stage.cascade.rows[sp.cascade_row]
         light, heavy = stage.load_rps * stage.cascade.light_fraction(row), stage.load_rps * row.heavy_fraction
         return [light if a.role == "light" else heavy for a in sp.allocations]
