@@ -8,7 +8,9 @@ worker image's repository has it), the router as its own process with its admin 
 ``--triton-grpc-url`` pointing at that Triton -- sends an open-loop load of single-image requests through the
 router's pipeline endpoint, and while it runs applies, one after the other, the changes a plan makes:
 
-1. instances 1 -> 2 (the first change of a model Triton loaded from its ``config.pbtxt``),
+1. instances 1 -> 2 (the first change; as on a pod, the router has the knobs file ``worker.json`` with the
+   model's own knobs and applied it before it reported ready: the sidecar's adoption of a model Triton loaded from
+   its ``config.pbtxt``, which Triton reloads on its first override whatever it changes),
 2. instances 2 -> 1,
 3. instances 1 -> 2 again (now a model loaded by override),
 4. a batching change (preferred batch 4, queue delay 200 µs), which Triton applies by loading a new copy of the
@@ -59,7 +61,7 @@ AFTER_S = 1.0
 """A change's window: from its admin call to this long after the call returned."""
 VISIBLE_P99_MS = 5.0
 CHANGES: tuple[tuple[str, dict[str, int]], ...] = (
-    ("instances 1->2 (first change: model loaded from its config.pbtxt)", {"instanceCount": 2}),
+    ("instances 1->2 (first change: model adopted at start from worker.json)", {"instanceCount": 2}),
     ("instances 2->1", {"instanceCount": 1}),
     ("instances 1->2 (model loaded by override)", {"instanceCount": 2}),
     ("batching: preferred batch 4, queue delay 200 us", {"instanceCount": 2, "preferredBatchSize": 4,
@@ -148,9 +150,10 @@ def bench_knobs(quick: bool = False) -> dict[str, Any]:
             (work / "token").write_text(token)
             config = {"pipeline": "bench", "stages": [{"name": "classify", "variants": {LIGHT_MODEL: 1}}],
                       "upstreams": {LIGHT_MODEL: [f"http://{triton.http_url}"]}}
+            (work / "worker.json").write_text(json.dumps({"models": {LIGHT_MODEL: {"instanceCount": 1}}}))
             command = [*router_command(config, work, port)[:-2], "--admin-port", str(admin_port),
                        "--admin-token-file", str(work / "token"), "--triton-url", f"http://{triton.http_url}",
-                       "--triton-grpc-url", triton.grpc_url]
+                       "--triton-grpc-url", triton.grpc_url, "--worker-knobs", str(work / "worker.json")]
             log = work / "router.log"
             with run_process(command, None, None, log) as router_pid:
                 wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)

@@ -17,6 +17,7 @@ from paretoserve.workers.router.app import build_router
 from paretoserve.workers.router.config import local_models, parse_config
 from paretoserve.workers.router.errors import ConfigError, UpstreamUnavailable
 from paretoserve.workers.router.worker_knobs import (
+    PARAM_ADOPTED,
     Knobs,
     TritonTarget,
     override_config,
@@ -167,11 +168,14 @@ async def test_knobs_file_is_applied_at_start_retried_until_triton_answers_and_r
         changes.put_nowait(raw["models"]["m"]["instanceCount"])
         return {"applied": ["m"], "unchanged": []}
 
-    watch = asyncio.create_task(watch_knobs_file(path, apply, poll_s=0.01))
+    settled: list[int] = []
+    watch = asyncio.create_task(watch_knobs_file(path, apply, poll_s=0.01,
+                                                 on_settled=lambda: settled.append(len(calls))))
     try:
         assert await asyncio.wait_for(changes.get(), 5) == 2  # second try: the first found Triton loading
         await asyncio.sleep(0.05)
         assert len(calls) == 2  # unchanged file: not applied again
+        assert settled == [2]  # readiness was held through the first try, released once by the second
         path.write_text("{not json")
         await asyncio.sleep(0.05)
         assert len(calls) == 2  # invalid content is skipped (and logged) until the file changes
@@ -181,3 +185,58 @@ async def test_knobs_file_is_applied_at_start_retried_until_triton_answers_and_r
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
+
+
+def test_the_first_override_adopts_a_model_loaded_from_its_config_file() -> None:
+    """Triton reloads a model loaded from its config.pbtxt on the first override, whatever it changes, and only then
+    updates instances in place: so the first application loads a marked config even with unchanged knobs (the
+    pod's start, not the plan's first change under load), and later unchanged knobs load nothing."""
+    from_file = {"name": "m", "max_batch_size": 32, "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+                 "dynamic_batching": {}}
+    adopted = override_config(from_file, Knobs(1))
+    assert adopted != from_file and adopted["parameters"] == {PARAM_ADOPTED: {"string_value": "1"}}
+    assert override_config(adopted, Knobs(1)) == adopted  # adopted: unchanged knobs, no load
+    assert override_config(adopted, Knobs(2))["parameters"] == adopted["parameters"]  # an instance change only
+    generation = {"name": "g", "model_transaction_policy": {"decoupled": True},
+                  "instance_group": [{"count": 1}], "parameters": {"max_sequences": {"string_value": "4"}}}
+    assert PARAM_ADOPTED not in override_config(generation, Knobs(1))["parameters"]  # reloads on every change anyway
+
+
+async def test_readiness_waits_for_the_knobs_files_first_application(tmp_path: Path) -> None:
+    """A pod with a knobs file is not ready until the sidecar applied it once, so the model's adoption reload
+    happens before the pod takes traffic: while Triton does not answer the config read the pod stays unready
+    (its model is ready, as during a reload), and once the file is applied it is ready."""
+    path = tmp_path / "worker.json"
+    path.write_text(json.dumps({"models": {"m": {"instanceCount": 1}}}))
+    state: dict[str, Any] = {"config": json.loads(json.dumps(CONFIG)), "answer": False, "loads": 0}
+
+    def triton(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/models/m/ready":
+            return httpx.Response(200)
+        if request.url.path == "/v2/models/m/config":
+            return httpx.Response(200, json=state["config"]) if state["answer"] else httpx.Response(503)
+        if request.url.path == "/v2/repository/models/m/load":
+            state["config"] = json.loads(json.loads(request.content)["parameters"]["config"])
+            state["loads"] += 1
+            return httpx.Response(200, json={})
+        return httpx.Response(404)
+
+    config = parse_config({"pipeline": "p", "stages": [{"name": "s", "variants": {"m": 1}}],
+                           "upstreams": {"m": ["http://127.0.0.1:8000"]}})
+    apps = build_router(config, transport=httpx.MockTransport(triton), knobs_file=path, knobs_poll_s=0.01,
+                        triton=TritonTarget("http://127.0.0.1:8000", load_protocol="http"))
+    async with (apps.running(),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.data), base_url="http://router") as client):
+        await asyncio.sleep(0.05)
+        waiting = await client.get("/v2/health/ready")
+        state["answer"] = True
+        for _ in range(200):
+            if apps.service.knobs_pending is False:
+                break
+            await asyncio.sleep(0.01)
+        ready = await client.get("/v2/health/ready")
+    assert waiting.status_code == 503 and waiting.json()["workerKnobs"] == "pending"
+    assert ready.status_code == 200 and state["loads"] == 1  # the adoption: unchanged knobs, one marked load
+    assert PARAM_ADOPTED in state["config"]["parameters"]
+    no_file = build_router(config, transport=httpx.MockTransport(triton))
+    assert not no_file.service.knobs_pending

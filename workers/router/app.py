@@ -8,10 +8,11 @@ two listeners (:mod:`.serve`), and a path of one app does not exist on the other
   :mod:`.pipeline`), ``POST /v2/models/{model}/infer`` (transparent proxy to the model's replicas,
   same EDF queue and deadline, buffered over the fast transport and streamed over httpx's; the upstream's
   answer is passed on whatever its status),
-  ``GET /v2/health/ready`` (200 once the clients are open and the models its pod's own Triton serves report
-  ready there; 503 ``draining`` after SIGTERM) and ``GET /v2/health/live``; and the rest of KServe v2 that
-  Triton's clients call (server and model metadata, config, readiness, statistics, versioned paths, the
-  pipeline addressed as a model: :mod:`.kserve`), with binary tensor data and compressed bodies (:mod:`.wire`);
+  ``GET /v2/health/ready`` (200 once the clients are open, the knobs file, if any, was applied once, and the
+  models its pod's own Triton serves report ready there; 503 ``draining`` after SIGTERM) and
+  ``GET /v2/health/live``; and the rest of KServe v2 that Triton's clients call (server and model metadata,
+  config, readiness, statistics, versioned paths, the pipeline addressed as a model: :mod:`.kserve`), with
+  binary tensor data and compressed bodies (:mod:`.wire`);
   token generation, streamed: ``POST /v2/models/{model}/generate[_stream]`` and the OpenAI subset
   ``POST /v1/completions`` (:mod:`.streaming`);
 - **admin** (``--admin-host/--admin-port``): ``GET``/``POST /admin/config``, ``POST /admin/worker``
@@ -134,6 +135,8 @@ class RouterService:
         self._transport = transport
         self._knobs_file = knobs_file
         self._knobs_poll_s = knobs_poll_s
+        self.knobs_pending = knobs_file is not None
+        """Readiness waits for the knobs file's first application (the sidecar adopts its Triton's models)."""
         self._clock = clock
         self.allowed_origins = origins(config) | {origin(self.triton.url)}
         """Where live updates may point upstreams: the config file's origins and the pod's Triton."""
@@ -221,7 +224,7 @@ class RouterService:
                     await self.fastpath.publish(config, self.limits)
                 if self._knobs_file is not None:
                     watch = asyncio.create_task(watch_knobs_file(self._knobs_file, self.knobs.apply,
-                                                                 self._knobs_poll_s))
+                                                                 self._knobs_poll_s, self._knobs_settled))
                 yield
             finally:
                 if watch is not None:
@@ -231,6 +234,9 @@ class RouterService:
                 if self.fastpath is not None:
                     await self.fastpath.stop()
                 self._pool = self._runner = None
+
+    def _knobs_settled(self) -> None:
+        self.knobs_pending = False
 
     def _budget_ms(self, request: Request, config: RouterConfig) -> float | None:
         """The request's time budget: its deadline header (strict, clamped), else the config's default."""
@@ -391,6 +397,8 @@ class RouterService:
             return json_response({"ready": False, "pipeline": config.pipeline, "draining": True}, 503)
         if pool is None:
             return json_response({"ready": False, "pipeline": config.pipeline}, 503)
+        if self.knobs_pending:  # the pod's Triton is not on its knobs yet (`worker_knobs.watch_knobs_file`)
+            return json_response({"ready": False, "pipeline": config.pipeline, "workerKnobs": "pending"}, 503)
         own = origin(self.triton.url)
         local = sorted((model, url) for model, urls in config.upstreams.items() for url in urls if origin(url) == own)
         answers = await asyncio.gather(*(pool.model_ready(url, model) for model, url in local))

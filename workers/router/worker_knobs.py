@@ -10,7 +10,10 @@ a change of ``queueTimeoutMicroseconds`` (the queue policy's timeout with action
 waited that long is refused with a 503, sent when the pipeline's SLO refuses late requests). The timeout follows
 the pool's planned latency, which moves with every resize, so a loaded timeout within 10 % of the new one is kept
 unless the model reloads anyway (`planner.queueing.timeout_to_load`, the rule the simulator applies).
-`override_config` is pure; `apply_knobs` does the two HTTP calls.
+Triton reloads a model loaded from its ``config.pbtxt`` on the first override whatever it changes, so every
+override carries a marker parameter (`PARAM_ADOPTED`) and the knobs file's first application, before the router
+reports ready, loads it: the pod's one such reload happens as the sidecar adopts the model, not at the plan's
+first instance change under load. `override_config` is pure; `apply_knobs` does the two HTTP calls.
 
 A token-generating model (decoupled, ``workers/llm/serving.py``) has one more knob, ``maxSequences``: the most
 sequences one instance's scheduler runs at once (the plan's batch), its config parameter ``max_sequences``; it
@@ -63,6 +66,13 @@ KNOB_BOUNDS: Mapping[str, tuple[int, int]] = {
 as batch sizes; a queue timeout within the CRD's longest SLO, an hour)."""
 PARAM_MAX_SEQUENCES = "max_sequences"
 """A generation model's parameter for ``maxSequences`` (``workers/llm/serving.py``'s ``PARAM_MAX_SEQUENCES``)."""
+PARAM_ADOPTED = "paretoserve.adopted"
+"""A marker parameter every override of a non-generation model carries (read by nobody). Triton reloads a model
+loaded from its ``config.pbtxt`` on its first config override, whatever the override changes, and only then
+updates instance counts in place (measured with Triton 2.51: 1.4 s and a p99 of 86 ms under 500 requests/s for
+that first change, 0.13-0.16 s for later ones). A config without the marker was not loaded by an override, so the
+sidecar's first application loads it even where the knobs are unchanged: the pod's one reload happens when the
+sidecar adopts the model at start (the knobs file), not at the first change of the plan under load."""
 PARAM_INSTANCES = "instances"
 """A generation model's instance count repeated in its parameters, so that a change of it is a reload
 (``workers/runtime/served.py``'s ``PARAM_INSTANCES``)."""
@@ -176,6 +186,8 @@ def override_config(current: Mapping[str, Any], knobs: Knobs) -> dict[str, Any]:
     elif knobs.max_sequences is not None:
         raise ConfigError(f"models.{config.get('name', '?')}.maxSequences",
                           "only a token-generating (decoupled) model has maxSequences")
+    else:
+        config["parameters"] = {**(config.get("parameters") or {}), PARAM_ADOPTED: {"string_value": "1"}}
     if knobs.queue_timeout_us is not None and "dynamic_batching" not in config:
         raise ConfigError(f"models.{config.get('name', '?')}.queueTimeoutMicroseconds",
                           "the model has no dynamic batching, so no queue policy")
@@ -293,19 +305,36 @@ WorkerUpdate = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
 """Applies a `/admin/worker` body (the router's own handler, so pushes and the file share one lock)."""
 
 
-async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0) -> None:
+FIRST_POLL_S = 0.5
+"""How often the knobs file is retried until its first application concludes (Triton still starting)."""
+
+
+async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0,
+                           on_settled: Callable[[], None] | None = None) -> None:
     """Apply the knobs in `path` until cancelled: at start, and whenever the file's content changes.
 
     A content that cannot be applied yet (Triton still loading: `UpstreamUnavailable`) is retried every
-    `poll_s`; one that is invalid is logged with the field named and skipped until the file changes.
+    `poll_s` (every `FIRST_POLL_S` until the first application); one that is invalid is logged with the field
+    named and skipped until the file changes. `on_settled` is called once, when the first content was applied,
+    found invalid, or failed unexpectedly, or the file cannot be read: the router holds its readiness until then,
+    so the model's adoption (`PARAM_ADOPTED`) happens before the pod takes traffic.
     """
     settled: str | None = None
+    pending = on_settled
+
+    def conclude() -> None:
+        nonlocal pending
+        done, pending = pending, None
+        if done is not None:
+            done()
+
     while True:
         try:
             text: str | None = path.read_text(encoding="utf-8")
         except OSError as exc:
             logger.warning("cannot read worker knobs %s: %s", path, exc.strerror or exc)
             text = None
+            conclude()
         if text is not None and text != settled:
             try:
                 raw = json.loads(text)
@@ -315,11 +344,14 @@ async def watch_knobs_file(path: Path, apply: WorkerUpdate, poll_s: float = 5.0)
                 settled = text
                 logger.info("worker knobs from %s: applied %s, unchanged %s", path, result.get("applied"),
                             result.get("unchanged"))
+                conclude()
             except ValueError as exc:  # invalid JSON, or a ConfigError naming the field
                 settled = text
                 logger.error("worker knobs %s are invalid, skipped until the file changes: %s", path, exc)
+                conclude()
             except RouterError as exc:
                 logger.info("worker knobs %s not applied yet (retrying in %gs): %s", path, poll_s, exc)
-            except Exception:  # a bug must not end the watch silently: log it and retry
+            except Exception:  # a bug must not end the watch silently (or hold readiness): log it and retry
                 logger.exception("applying worker knobs %s failed (retrying in %gs)", path, poll_s)
-        await asyncio.sleep(poll_s)
+                conclude()
+        await asyncio.sleep(poll_s if pending is None else min(poll_s, FIRST_POLL_S))
