@@ -54,6 +54,9 @@ class _ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[int] | None = None
+        self.reusable = True
+        """False once an answer said ``Connection: close`` (the router recycles a connection after
+        ``--max-requests-per-connection`` answers): reusing it would race the server's close."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -62,6 +65,7 @@ class _ClientConnection(asyncio.Protocol):
         self.parser.feed_data(data)
 
     def on_message_complete(self) -> None:
+        self.reusable = self.parser.should_keep_alive()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.parser.get_status_code())
 
@@ -104,7 +108,10 @@ class Client:
         except ConnectionError:
             return 0, sent, time.perf_counter() - sent
         latency = time.perf_counter() - sent
-        self.idle.append(connection)
+        if connection.reusable:
+            self.idle.append(connection)
+        elif connection.transport is not None:
+            connection.transport.close()
         return status, sent, latency
 
 

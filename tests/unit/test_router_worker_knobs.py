@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from paretoserve.workers.router import worker_knobs
 from paretoserve.workers.router.app import build_router
 from paretoserve.workers.router.config import local_models, parse_config
 from paretoserve.workers.router.errors import ConfigError, UpstreamUnavailable
@@ -150,6 +151,57 @@ async def test_endpoint_loads_a_config_override_only_when_something_changes() ->
     assert with_url.status_code == 400 and with_url.json()["field"] == "tritonUrl"
     assert remote.status_code == 400 and remote.json()["field"] == "models.far"
     assert anonymous.status_code == 401 and len(loads) == 1
+
+
+async def test_the_clients_to_triton_are_made_once_at_start_not_on_the_event_loop_of_each_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Building an httpx client (an SSL context) takes 20-35 ms of CPU and importing the gRPC client 0.1 s; made per
+    change, on the loop that serves requests, every knob change stalled the data plane that long."""
+    made: list[str] = []  # every client the router makes (the upstream pool's too)
+    closed: list[str] = []
+
+    class Counted(httpx.AsyncClient):
+        def __init__(self, **kwargs: Any) -> None:
+            made.append("http")
+            super().__init__(**kwargs)
+
+        async def aclose(self) -> None:
+            closed.append("http")
+            await super().aclose()
+
+    class Loader:
+        def __init__(self, url: str, timeout_s: float) -> None:
+            made.append(f"grpc {url}")
+
+        async def __call__(self, model: str, config_json: str) -> None:
+            state["config"] = json.loads(config_json)
+
+        async def aclose(self) -> None:
+            closed.append("grpc")
+
+    state = {"config": json.loads(json.dumps(CONFIG))}
+    monkeypatch.setattr(worker_knobs.httpx, "AsyncClient", Counted)
+    monkeypatch.setattr(worker_knobs, "GrpcLoader", Loader)
+
+    def triton(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=state["config"]) if request.url.path == "/v2/models/m/config" \
+            else httpx.Response(404)
+
+    config = parse_config({"pipeline": "p", "stages": [{"name": "s", "variants": {"m": 1}}],
+                           "upstreams": {"m": ["http://127.0.0.1:8000"]}})
+    apps = build_router(config, transport=httpx.MockTransport(triton), admin_token="t",
+                        triton=TritonTarget("http://127.0.0.1:8000", "127.0.0.1:8001"))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.admin), base_url="http://r",
+                               headers={"authorization": "Bearer t"})
+    async with client, apps.running():
+        assert "grpc 127.0.0.1:8001" in made  # at start, before any change
+        at_start = list(made)
+        answers = [await client.post("/admin/worker", json={"models": {"m": {"instanceCount": n}}}) for n in (2, 1, 3)]
+        assert [a.json()["applied"] for a in answers] == [["m"], ["m"], ["m"]]
+        assert state["config"]["instance_group"][0]["count"] == 3
+        assert made == at_start  # three changes later: no client made
+    assert "grpc" in closed
 
 
 async def test_knobs_file_is_applied_at_start_retried_until_triton_answers_and_reapplied_on_change(

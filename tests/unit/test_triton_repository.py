@@ -88,6 +88,19 @@ def test_pbtxt_carries_every_knob_of_the_spec() -> None:
     }
 
 
+def test_every_instance_is_warmed_with_zero_images_at_batch_one_and_at_the_largest_batch() -> None:
+    """A new instance's first request must not pay ONNX Runtime's first run: Triton runs these samples on each
+    instance before it counts as ready, at load and when a knob change adds one in place."""
+    config = _parse_pbtxt(render_config_pbtxt(SPEC))
+
+    samples = [(w.name, w.batch_size, {name: (model_config_pb2.DataType.Name(i.data_type), list(i.dims), i.zero_data)
+                                       for name, i in w.inputs.items()}) for w in config.model_warmup]
+    assert samples == [("zeros_batch_1", 1, {"IMAGE": ("TYPE_FP32", [8, 8], True)}),
+                       ("zeros_batch_16", 16, {"IMAGE": ("TYPE_FP32", [8, 8], True)})]
+    single = _parse_pbtxt(render_config_pbtxt(replace(SPEC, max_batch_size=1, preferred_batch_sizes=())))
+    assert [w.batch_size for w in single.model_warmup] == [1]
+
+
 def test_pbtxt_text_uses_bare_enums_and_quoted_strings() -> None:
     text = render_config_pbtxt(SPEC)
 

@@ -218,6 +218,7 @@ class RouterService:
             self._runner = PipelineRunner(pool=pool, admission=self.admission, metrics=self.metrics, clock=self._clock,
                                           on_call=self.kserve.stats.call)
             watch = None
+            await self.knobs.open()
             try:
                 if self.fastpath is not None:
                     await self.fastpath.start()
@@ -233,6 +234,7 @@ class RouterService:
                         await watch
                 if self.fastpath is not None:
                     await self.fastpath.stop()
+                await self.knobs.aclose()
                 self._pool = self._runner = None
 
     def _knobs_settled(self) -> None:
