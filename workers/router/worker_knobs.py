@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from tritonclient.grpc import aio as triton_grpc  # imported with the router (0.1 s), not at its first knob change
+from tritonclient.utils import InferenceServerException
 
 from paretoserve.planner.queueing import timeout_to_load
 from paretoserve.planner.spec import TRITON_MODEL_NAME
@@ -232,15 +234,11 @@ class GrpcLoader:
     whole change (2-10 s), a gRPC load does not. One channel for the router's life (`KnobsApplier.open`)."""
 
     def __init__(self, grpc_url: str, timeout_s: float = 120.0) -> None:
-        from tritonclient.grpc import aio  # ~0.1 s of import: paid at start, never on the event loop under load
-
         self._url = grpc_url
         self._timeout_s = timeout_s
-        self._client = aio.InferenceServerClient(url=grpc_url)
+        self._client = triton_grpc.InferenceServerClient(url=grpc_url)
 
     async def __call__(self, model: str, config_json: str) -> None:
-        from tritonclient.utils import InferenceServerException
-
         try:
             await self._client.load_model(model, config=config_json, client_timeout=self._timeout_s)
         except InferenceServerException as exc:
