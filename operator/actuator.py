@@ -5,8 +5,9 @@ simulator's pools, a cluster drifts from the plan between steps (a Deployment st
 base size, someone deletes a child), so a kept plan is converged again (`hold`) as well as a new one
 applied. `actuate` applies the rendered children, deletes children no longer rendered (a variant removed
 from the spec), resizes running pods whose CPU differs from the plan (which is how replacement pods get the
-planned CPU) and pushes live settings to the router sidecars. Everything else here is pure: what to delete,
-what to resize, where to push.
+planned CPU) and pushes live settings to the router sidecars: CPU raises before the push, so that the processes
+a knob change starts in a pod's Triton find the cores, lowerings after it, and only on pods whose push has
+finished (`lowered_after_push`). Everything else here is pure: what to delete, what to resize, where to push.
 
 Make before break: while capacity the plan counts on is still starting (`still_starting`: pods not created
 yet, or placed but not Ready while they load their models), no pod's CPU is lowered and no Deployment loses
@@ -20,7 +21,7 @@ not hold anything back: lowering the others' CPU may be what lets it in.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -111,6 +112,17 @@ def resizes(pods: Sequence[dict[str, Any]], plan: Plan, *, lower: bool = True) -
             if current is None or (abs(current - alloc.cpu) > 1e-6 and (lower or alloc.cpu > current)):
                 out.append((meta["name"], f"{round(alloc.cpu * 1000)}m"))
     return out
+
+
+def lowered_after_push(pods: Sequence[dict[str, Any]], plan: Plan, raised: Sequence[tuple[str, str]],
+                       pending: Collection[str]) -> list[tuple[str, str]]:
+    """The CPU lowerings of `resizes`, asked for after the round's push, less the pods whose push still runs
+    (`pending`: pod IPs). A knob change starts processes in the pod's Triton (a new instance, a model copy loaded
+    beside the serving one), so a pod gives its CPU back only once its sidecar has applied the knobs; a push
+    still running then is lowered by a later round's convergence."""
+    busy = {pod.get("metadata", {}).get("name") for pod in pods if pod.get("status", {}).get("podIP") in pending}
+    done = set(raised)
+    return [(name, cpu) for name, cpu in resizes(pods, plan) if (name, cpu) not in done and name not in busy]
 
 
 def keep_replicas(desired: Sequence[dict[str, Any]], existing: Sequence[dict[str, Any]],
@@ -211,12 +223,18 @@ def actuate(gateway: Gateway, owner: Owner, pipeline: ServingPipeline, plan: Pla
     push_failures: tuple[str, ...] = ()
     push_pending: tuple[str, ...] = ()
     if plan is not None and plan.status.has_plan:
-        resized = [f"{pod}={cpu}" for pod, cpu in resizes(pods, plan, lower=not starting)
-                   if progress.attempt(partial(gateway.resize_cpu, owner.namespace, pod, "triton", cpu))]
+        def resize(changes: Sequence[tuple[str, str]]) -> list[str]:
+            return [f"{pod}={cpu}" for pod, cpu in changes
+                    if progress.attempt(partial(gateway.resize_cpu, owner.namespace, pod, "triton", cpu))]
+
+        raised = resizes(pods, plan, lower=False)
+        resized = resize(raised)
         if pusher is not None:
             push = pusher.push(push_targets(pods, pipeline, plan), router_update(pipeline.spec, plan),
                                token=admin_token(admin_key, owner))
             pushed, push_failures, push_pending = push.pushed, push.failed, push.pending
+        if not starting:
+            resized += resize(lowered_after_push(pods, plan, raised, push_pending))
     return ActuationReport(progress.applied, tuple(deleted), tuple(resized), tuple(progress.errors), pushed,
                            push_failures, tuple(progress.conflicts), push_pending)
 

@@ -21,8 +21,9 @@ latency of the requests scheduled while it ran and in the second after (p50 / p9
 the quiet seconds before the first change (and, as a check on the machine's noise, after the last one).
 ``invisible`` is True when no request of a change's window failed and every change window's p99 is within
 ``VISIBLE_P99_MS`` of the quiet p99. Failed requests are listed with their time (``load.failed``: window index,
-status; 0 = the connection failed): the router closes a kept-alive connection after ``--max-requests-per-connection``
-requests, which the load generator, unlike an HTTP client library, does not retry.
+status; 0 = the connection failed). The load generator opens a new connection after an answer that says
+``Connection: close`` (the router recycles one after ``--max-requests-per-connection`` answers), so a failure is the
+server's.
 """
 
 from __future__ import annotations

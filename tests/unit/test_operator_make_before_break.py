@@ -9,6 +9,7 @@ from typing import Any
 from paretoserve.operator.actuator import actuate, keep_replicas, resizes, still_starting
 from paretoserve.operator.children import WorkerSettings, render_children
 from paretoserve.operator.k8s.fake import FakeGateway
+from paretoserve.operator.router_push import PushReport, RouterPusher
 from paretoserve.planner.spec import parse_pipeline
 
 from .test_cli import PIPELINE
@@ -90,3 +91,41 @@ def test_actuate_releases_only_once_the_planned_pods_serve() -> None:
     report = actuate(gw, OWNER, pipeline, plan, WorkerSettings(), admin_key=KEY)
     assert f"big={millicores(large.cpu)}" in report.resized
     assert gw.objects[("Deployment", "ns1", "tiny-detector-large")]["spec"]["replicas"] == large.replicas
+
+
+class PushRecorder(RouterPusher):
+    """The pusher at the gateway boundary: records which resizes the gateway had when the push went out, and
+    reports `pending` as still running (a Triton reload past the push budget)."""
+
+    def __init__(self, gw: FakeGateway, pending: tuple[str, ...] = ()) -> None:  # no client, no threads
+        self.gw, self.pending, self.seen_at_push = gw, pending, list[Any]()
+
+    def push(self, targets: Any, update: dict[str, Any], *, token: str) -> PushReport:
+        self.seen_at_push = [action for action in self.gw.actions if action[0] == "resize"]
+        return PushReport(len(list(targets)) - len(self.pending), (), self.pending)
+
+
+def test_cpu_is_raised_before_the_knob_push_and_lowered_after_it_once_the_pod_has_applied_it() -> None:
+    """A knob change starts processes in the pod's Triton (a new instance, a model copy beside the serving one):
+    they find the raised cores, and a pod gives cores back only after its sidecar applied the knobs."""
+    gw, pipeline, plan = FakeGateway(), parse_pipeline(PIPELINE), first_plan()
+    actuate(gw, OWNER, pipeline, plan, WorkerSettings(), admin_key=KEY)  # creates the Deployments
+    (large,) = [a for sp in plan.stages for a in sp.allocations if a.variant == "large"]
+    for p in planned_pods(gw):
+        gw.apply(p)
+    target = millicores(large.cpu)
+    pods = {"up": millicores(large.cpu / 2), "down": millicores(large.cpu + 1), "busy": millicores(large.cpu + 1)}
+    for index, (name, cpu) in enumerate(pods.items()):
+        p = serving(pod(name, "detector", "large", cpu, gw))
+        p["status"]["podIP"] = f"10.9.0.{index + 1}"
+        gw.apply(p)
+    gw.actions.clear()
+    pusher = PushRecorder(gw, pending=("10.9.0.3",))  # busy's sidecar is still loading
+    report = actuate(gw, OWNER, pipeline, plan, WorkerSettings(), pusher, admin_key=KEY)
+    assert pusher.seen_at_push == [("resize", "up", target)]  # raised before the push, nothing lowered yet
+    assert [a for a in gw.actions if a[0] == "resize"] == [("resize", "up", target), ("resize", "down", target)]
+    assert report.router_push_pending == ("10.9.0.3",)
+    pusher = PushRecorder(gw)  # the next round: busy's push has finished
+    gw.actions.clear()
+    actuate(gw, OWNER, pipeline, plan, WorkerSettings(), pusher, admin_key=KEY)
+    assert [a for a in gw.actions if a[0] == "resize"] == [("resize", "busy", target)]
