@@ -10,4 +10,8 @@ set -eu
 : "${PARETOSERVE_TRITON_LIBS:=@TRITON_LIBS@}"
 : "${PARETOSERVE_TRITON_BACKENDS:=@TRITON_BACKENDS@}"
 export LD_LIBRARY_PATH="${PARETOSERVE_TRITON_LIBS}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+# One BLAS thread per Python-backend stub unless the pod sets it: every model instance is a stub process that
+# imports numpy, and OpenBLAS's thread per core nearly doubles a new instance's start-up CPU, which a knob change
+# under load takes from serving (workers/triton/server.py: STUB_BLAS_THREADS).
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 exec "${PARETOSERVE_TRITON_ROOT}/bin/tritonserver" "--backend-directory=${PARETOSERVE_TRITON_BACKENDS}" "$@"

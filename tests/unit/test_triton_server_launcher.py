@@ -52,6 +52,12 @@ def test_environment_puts_wheel_libraries_and_venv_first() -> None:
     assert build_environment(INSTALL, {}, Path("/venv/bin"))["LD_LIBRARY_PATH"] == "/w/nvidia_pytriton.libs"
 
 
+def test_stubs_get_one_blas_thread_unless_the_caller_chose() -> None:
+    """Each instance's stub imports numpy; OpenBLAS's thread per core nearly doubled a new instance's CPU."""
+    assert build_environment(INSTALL, {}, Path("/venv/bin"))["OPENBLAS_NUM_THREADS"] == "1"
+    assert build_environment(INSTALL, {"OPENBLAS_NUM_THREADS": "4"}, Path("/venv/bin"))["OPENBLAS_NUM_THREADS"] == "4"
+
+
 def test_free_ports_are_distinct() -> None:
     ports = TritonPorts.pick_free()
 

@@ -177,9 +177,21 @@ def build_command(
     return command + list(config.extra_args)
 
 
+STUB_BLAS_THREADS = "1"
+"""``OPENBLAS_NUM_THREADS`` for Triton and so for every Python-backend stub, unless the caller's environment sets
+it. Each model instance is its own stub process, which imports numpy (Triton's ``triton_python_backend_utils``
+does, before the model's code runs); with a thread per core OpenBLAS's start-up took a new instance from
+0.16-0.21 to 0.27-0.31 CPU-seconds (measured per new stub on the 2-core VM), CPU that a knob change under load
+takes from serving. No stub needs BLAS threads: the classifiers compute in ONNX Runtime (its own threads) and the
+token engines run one BLAS thread per instance anyway (``workers/llm/backend_model.py``). The worker image's
+``tritonserver`` wrapper sets the same."""
+
+
 def build_environment(installation: TritonInstallation, base: Mapping[str, str], venv_bin: Path) -> dict[str, str]:
-    """The server's environment: wheel libraries on ``LD_LIBRARY_PATH``, the venv first on ``PATH``."""
+    """The server's environment: wheel libraries on ``LD_LIBRARY_PATH``, the venv first on ``PATH``, one BLAS
+    thread per stub (`STUB_BLAS_THREADS`) unless ``base`` says otherwise."""
     env = dict(base)
+    env.setdefault("OPENBLAS_NUM_THREADS", STUB_BLAS_THREADS)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         part for part in (str(installation.library_dir), base.get("LD_LIBRARY_PATH", "")) if part
     )
