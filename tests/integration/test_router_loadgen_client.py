@@ -32,6 +32,7 @@ class ClosingServer(asyncio.Protocol):
 
 
 async def test_a_connection_the_server_will_close_is_not_reused() -> None:
+    ClosingServer.connections = 0
     server = await asyncio.get_running_loop().create_server(ClosingServer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:

@@ -196,9 +196,9 @@ def freeze_heap() -> None:
 
     The router's imports and apps leave ~66,000 long-lived objects; a full collection walks them all and took
     35 ms on the dev VM, on the event loop that serves requests. It runs whenever enough younger objects have
-    survived, so under load it came every few seconds at no particular moment: `bench knobs` saw its 30-45 ms
-    answers at whatever the loop was doing then (an admin call allocating more makes one likelier). Frozen, a
-    full collection walks only what serving allocated since (well under a millisecond)."""
+    survived, at no particular moment (an admin call allocating more makes one likelier): the 30-45 ms answers
+    `bench knobs` still saw around knob changes once the sidecar's other stalls were gone. Frozen, a full
+    collection walks only what serving allocated since."""
     gc.collect()
     gc.freeze()
 
