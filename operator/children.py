@@ -73,6 +73,11 @@ class WorkerSettings:
     cloud store Triton reads itself (``s3://``, ``gs://``, ``as://``). Each variant's ``tritonModel`` must be in it."""
     model_repository_claim: str | None = None
     """A PersistentVolumeClaim holding the model repository, mounted read-only at ``/models``."""
+    triton_strict_model_config: bool = True
+    """Triton serves each model's config as written (``--disable-auto-complete-config``): the exported
+    repositories' configs are complete, and auto-completion makes the Python backend start one more stub process
+    per model load, ~1.3 s and its start-up CPU on every reload a knob change makes. False for a repository whose
+    configs leave out what Triton can fill in (an ONNX model without inputs and outputs, say)."""
     model_repository_secret: str | None = None
     """A Secret whose keys become the Triton container's environment (cloud store credentials such as
     AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_*), never logged or put in status."""
@@ -163,6 +168,7 @@ def render_deployment(owner: Owner, stage: Stage, variant: Variant, alloc: Alloc
         "imagePullPolicy": settings.image_pull_policy,
         # HTTP and gRPC (with the model-repository API) on loopback: only the sidecar reaches them.
         "args": ["tritonserver", f"--model-repository={settings.model_repository}", "--model-control-mode=explicit",
+                 *(["--disable-auto-complete-config"] if settings.triton_strict_model_config else []),
                  *(f"--load-model={m}" for m in served_models(stage, variant)),
                  "--http-address=127.0.0.1", f"--http-port={TRITON_HTTP_PORT}",
                  "--grpc-address=127.0.0.1", f"--grpc-port={TRITON_GRPC_PORT}",

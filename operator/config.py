@@ -76,6 +76,8 @@ class OperatorConfig:
             model_repository=env.get("PARETOSERVE_MODEL_REPOSITORY") or defaults.model_repository,
             model_repository_claim=env.get("PARETOSERVE_MODEL_REPOSITORY_CLAIM") or None,
             model_repository_secret=env.get("PARETOSERVE_MODEL_REPOSITORY_SECRET") or None,
+            triton_strict_model_config=read.flag("PARETOSERVE_TRITON_STRICT_MODEL_CONFIG",
+                                                 defaults.triton_strict_model_config),
             service_account_name=env.get("PARETOSERVE_WORKER_SERVICE_ACCOUNT") or None,
             automount_service_account_token=read.flag("PARETOSERVE_WORKER_AUTOMOUNT_TOKEN", False),
             tolerations=tuple(read.json_list("PARETOSERVE_TOLERATIONS")),

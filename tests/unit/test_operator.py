@@ -498,6 +498,15 @@ def test_the_operator_releases_cores_in_place_without_charging_a_model_load() ->
     assert (low["variant"], low["cpu"], low["replicas"]) == ("det", 1.0, 1), calm["plan"]
 
 
+@pytest.mark.parametrize(("env", "expected"),
+                         [({}, True), ({"PARETOSERVE_TRITON_STRICT_MODEL_CONFIG": "false"}, False)])
+def test_triton_serves_model_configs_as_written_unless_told_otherwise(env: dict[str, str], expected: bool) -> None:
+    settings = OperatorConfig.from_env(env).workers
+    objects = render_children(OWNER, parse_pipeline(PIPELINE).spec, first_plan(), settings, admin_key=KEY)
+    triton = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert ("--disable-auto-complete-config" in triton["args"]) is expected
+
+
 @pytest.mark.parametrize(("env", "expected"), [({}, False), ({"PARETOSERVE_ROUTER_FASTPATH": "true"}, True),
                                                ({"PARETOSERVE_ROUTER_FASTPATH": "false"}, False)])
 def test_the_routers_fast_path_is_rendered_only_when_asked_for(env: dict[str, str], expected: bool) -> None:

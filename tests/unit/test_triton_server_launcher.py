@@ -38,9 +38,17 @@ def test_command_runs_explicit_model_control_on_the_chosen_ports() -> None:
     assert "--model-repository=/repo" in command
     assert "--backend-directory=/work/backends" in command
     assert "--model-control-mode=explicit" in command
+    assert "--disable-auto-complete-config" in command  # strict by default: no auto-complete stub per load
     assert {"--http-port=1", "--grpc-port=2", "--metrics-port=3"} <= set(command)
     assert [arg for arg in command if arg.startswith("--load-model=")] == ["--load-model=a", "--load-model=b"]
     assert command[-1] == "--foo=1"
+
+
+def test_auto_completion_can_be_turned_back_on() -> None:
+    config = TritonServerConfig(model_repository=Path("/repo"), strict_model_config=False)
+    command = build_command(INSTALL, Path("/work/backends"), config, TritonPorts(http=1, grpc=2, metrics=3))
+
+    assert "--disable-auto-complete-config" not in command
 
 
 def test_environment_puts_wheel_libraries_and_venv_first() -> None:

@@ -147,6 +147,12 @@ class TritonServerConfig:
     extra_args: tuple[str, ...] = ()
     cpu_group: CpuQuotaGroup | None = None
     """Start the server (and so its stub processes) inside this cgroup: a pod's CPU limit, locally."""
+    strict_model_config: bool = True
+    """Serve each model's config as written (``--disable-auto-complete-config``). Every config this project
+    renders is complete, and with auto-completion on, the Python backend starts one more stub process per model
+    load just to ask the model for additions: ~1.3 s and a process's start-up CPU on every reload a knob change
+    makes (`paretoserve bench knobs`). Turn it off for a repository whose configs leave out what Triton can
+    fill in."""
 
 
 def build_command(
@@ -162,6 +168,7 @@ def build_command(
         f"--model-repository={config.model_repository}",
         f"--backend-directory={backends}",
         "--model-control-mode=explicit",
+        *(("--disable-auto-complete-config",) if config.strict_model_config else ()),
         f"--http-address={config.bind_address}",
         f"--http-port={ports.http}",
         f"--grpc-address={config.bind_address}",
