@@ -21,7 +21,9 @@ Per change it reports how long the admin call took (the sidecar returns when Tri
 latency of the requests scheduled while it ran and in the second after (p50 / p99 / max), against the requests of
 the quiet seconds before the first change (and, as a check on the machine's noise, after the last one).
 ``invisible`` is True when no request of a change's window failed and every change window's p99 is within
-``VISIBLE_P99_MS`` of the quiet p99. Failed requests are listed with their time (``load.failed``: window index,
+``VISIBLE_P99_MS`` of the quiet p99. A window's ``over_margin`` counts its requests slower than that (quiet p99 +
+``VISIBLE_P99_MS``): a change that Triton finishes sooner has a shorter window, whose p99 rests on fewer requests.
+Failed requests are listed with their time (``load.failed``: window index,
 status; 0 = the connection failed). The load generator opens a new connection after an answer that says
 ``Connection: close`` (the router recycles one after ``--max-requests-per-connection`` answers), so a failure is the
 server's.
@@ -85,10 +87,13 @@ def _loadgen(url: str, bodies: Path, rate: float, duration: float, work: Path) -
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _window(samples: npt.NDArray[np.float64], start: float, end: float) -> dict[str, Any]:
-    """Latencies (ms) of the requests scheduled in [start, end), seconds from the load's start."""
+def _window(samples: npt.NDArray[np.float64], start: float, end: float,
+            slow_ms: float | None = None) -> dict[str, Any]:
+    """Latencies (ms) of the requests scheduled in [start, end), seconds from the load's start; with ``slow_ms``
+    also how many took longer (a count that, unlike a p99, does not depend on how long the window is)."""
     inside = samples[(samples[:, 0] * WINDOW_S >= start - WINDOW_S) & (samples[:, 0] * WINDOW_S < end), 1] * 1e3
     return {"requests_ok": len(inside),
+            **({"over_margin": int((inside > slow_ms).sum())} if slow_ms is not None else {}),
             "p50_ms": round(float(np.percentile(inside, 50)), 3) if len(inside) else None,
             "p99_ms": round(float(np.percentile(inside, 99)), 3) if len(inside) else None,
             "max_ms": round(float(inside.max()), 3) if len(inside) else None}
@@ -124,7 +129,8 @@ def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: fl
     last = changes[-1][5] + AFTER_S
     report = []
     for name, knobs, status, text, at, returned in changes:
-        window = _window(samples, at, returned + AFTER_S)
+        slow_ms = None if reference["p99_ms"] is None else reference["p99_ms"] + VISIBLE_P99_MS
+        window = _window(samples, at, returned + AFTER_S, slow_ms)
         window["failed"] = sum(1 for t in failed if at - WINDOW_S <= t < returned + AFTER_S)
         visible = (status != 200 or window["p99_ms"] is None or reference["p99_ms"] is None
                    or window["p99_ms"] > reference["p99_ms"] + VISIBLE_P99_MS)
