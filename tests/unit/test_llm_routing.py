@@ -8,16 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
+from paretoserve.workers.llm.mm_routing import QUESTION_FEATURES, question_features
 from paretoserve.workers.llm.routing import FEATURES, DifficultyScore, fit_difficulty, prompt_features, split_rows
 from paretoserve.workers.llm.scorer import (
     SCORER_BACKEND_FILE,
     SCORER_FILE,
     SCORER_MODEL,
+    WARMUP_DIR,
     ScorerServingSpec,
     load_scorer,
     render_scorer_config,
     score_rows,
+    warmup_prompt_bytes,
     write_scorer_model,
 )
 from paretoserve.workers.llm.tasks import Problem
@@ -96,3 +101,31 @@ def test_the_scorer_entry_is_a_batching_python_model_with_its_weights_beside_it(
         write_scorer_model(tmp_path / "other", weights)
     with pytest.raises(ValueError, match="name"):
         ScorerServingSpec(name="../x")
+
+
+@pytest.mark.parametrize(("image_values", "inputs"), [(0, ["PROMPT"]), (64, ["IMAGE", "PROMPT"])])
+def test_every_scorer_instance_is_warmed_with_a_row_its_score_reads(tmp_path: Path, image_values: int,
+                                                                    inputs: list[str]) -> None:
+    """Triton runs the warm-up on each new instance before it counts as ready; its ``PROMPT`` comes from a file of
+    raw string data (a 4-byte length, then the bytes) that must hold a prompt the score can read, not the empty
+    string ``zero_data`` would give."""
+    weights = tmp_path / "fitted.json"
+    weights.write_text(json.dumps(DifficultyScore(WEIGHTS).to_json()))
+    spec = ScorerServingSpec(max_batch_size=16, image_values=image_values)
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(to_pbtxt(render_scorer_config(spec)), config)  # Triton's own schema
+
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [("prompt_batch_1", 1), ("prompt_batch_16", 16)]
+    for sample in config.model_warmup:
+        assert sorted(sample.inputs) == inputs
+        assert sample.inputs["PROMPT"].input_data_file == "PROMPT"
+        assert model_config_pb2.DataType.Name(sample.inputs["PROMPT"].data_type) == "TYPE_STRING"
+        if image_values:
+            assert sample.inputs["IMAGE"].zero_data and list(sample.inputs["IMAGE"].dims) == [64]
+    raw = warmup_prompt_bytes(spec)
+    assert int.from_bytes(raw[:4], "little") == len(raw) - 4
+    if image_values:  # a question about the image the multimodal score reads
+        assert question_features(raw[4:].decode()).shape == (len(QUESTION_FEATURES),)
+        return
+    assert score_rows(DifficultyScore(WEIGHTS), [raw[4:]]).shape == (1, 1)  # a prompt the text score reads
+    assert (write_scorer_model(tmp_path / "repository", weights, spec) / WARMUP_DIR / "PROMPT").read_bytes() == raw

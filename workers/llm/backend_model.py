@@ -17,6 +17,7 @@ imported in :meth:`TritonPythonModel.initialize` and this module stays importabl
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 from pathlib import Path
@@ -83,6 +84,8 @@ class TritonPythonModel:
             step_delay_s=int(params.get(PARAM_STEP_DELAY_US, "0")) / 1e6,
             max_kv_tokens=int(params.get(PARAM_MAX_KV_TOKENS, "0")) or None,
         ).start()
+        gc.collect()  # the stub's imports and weights, out of the cyclic collector's walks while it generates
+        gc.freeze()  # (as the classifiers' stub does)
 
     def execute(self, requests: list[Any]) -> None:
         pb = self._pb

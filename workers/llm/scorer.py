@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from paretoserve.workers.llm.mm_routing import FEATURES as MM_FEATURES
 from paretoserve.workers.llm.mm_routing import QUESTION_FEATURES, MultimodalDifficulty
 from paretoserve.workers.llm.routing import DifficultyScore
 from paretoserve.workers.llm.serving import INPUT_PROMPT
-from paretoserve.workers.triton.repository import ProtoEnum, to_pbtxt
+from paretoserve.workers.triton.repository import ProtoEnum, ProtoMap, to_pbtxt
 
 SCORER_MODEL = "arith-scorer"
 """The arithmetic family's scorer, as a manifest's ``scorerModel`` names it."""
@@ -74,6 +75,35 @@ class ScorerServingSpec:
             raise ValueError(f"invalid limits in {self}")
 
 
+WARMUP_PROMPTS = {False: "483+219=", True: "+37="}
+"""The ``PROMPT`` Triton's warm-up sends a new scorer instance: an arithmetic prompt for the text scorer, a question
+about the image (operator then operand) for the multimodal one, each a row its score reads: Triton fails the
+model's load when a warm-up request fails (Triton 2.51), and the empty string ``zero_data`` gives a string input is
+no prompt."""
+WARMUP_DIR = "warmup"
+"""Where Triton looks for a warm-up sample's ``input_data_file``, beside ``config.pbtxt``."""
+
+
+def scorer_warmup(spec: ScorerServingSpec) -> list[dict[str, Any]]:
+    """Triton's ``model_warmup`` for a scorer: one row at batch 1 and at its largest batch (Triton repeats the row),
+    run on each instance before it counts as ready, as the classifiers' (`repository.warmup_samples`). Its
+    ``PROMPT`` is read from ``warmup/PROMPT`` (:func:`warmup_prompt_bytes`), its ``IMAGE`` is zeros."""
+    inputs: dict[str, Any] = {INPUT_PROMPT: {"data_type": ProtoEnum("TYPE_STRING"), "dims": [1],
+                                             "input_data_file": INPUT_PROMPT}}
+    if spec.image_values:
+        inputs = {INPUT_IMAGE: {"data_type": ProtoEnum("TYPE_FP32"), "dims": [spec.image_values], "zero_data": True},
+                  **inputs}
+    return [{"name": f"prompt_batch_{size}", "batch_size": size, "inputs": ProtoMap(inputs)}
+            for size in sorted({1, spec.max_batch_size})]
+
+
+def warmup_prompt_bytes(spec: ScorerServingSpec) -> bytes:
+    """The ``warmup/PROMPT`` file: one ``TYPE_STRING`` element as Triton reads raw string data (a 4-byte
+    little-endian length, then the bytes)."""
+    prompt = WARMUP_PROMPTS[bool(spec.image_values)].encode()
+    return struct.pack("<I", len(prompt)) + prompt
+
+
 def render_scorer_config(spec: ScorerServingSpec) -> dict[str, Any]:
     """The scorer's ``ModelConfig`` (protobuf JSON names; :func:`to_pbtxt` renders it)."""
     inputs = [{"name": INPUT_PROMPT, "data_type": ProtoEnum("TYPE_STRING"), "dims": [1]}]
@@ -87,6 +117,7 @@ def render_scorer_config(spec: ScorerServingSpec) -> dict[str, Any]:
         "output": [{"name": OUTPUT_SCORE, "data_type": ProtoEnum("TYPE_FP32"), "dims": [1]}],
         "dynamic_batching": {"max_queue_delay_microseconds": spec.max_queue_delay_us},
         "instance_group": [{"count": spec.instances, "kind": ProtoEnum("KIND_CPU")}],
+        "model_warmup": scorer_warmup(spec),
     }
 
 
@@ -100,7 +131,7 @@ def scorer_spec(weights_file: Path, **knobs: Any) -> ScorerServingSpec:
 
 
 def write_scorer_model(repository: Path, weights_file: Path, spec: ScorerServingSpec = ScorerServingSpec()) -> Path:
-    """Write ``<repository>/<name>/config.pbtxt``, ``1/model.py`` and ``1/scorer.json`` (copied from
+    """Write ``<repository>/<name>/config.pbtxt``, ``warmup/PROMPT``, ``1/model.py`` and ``1/scorer.json`` (copied from
     ``weights_file``, checked first, and against ``spec``: a multimodal score needs its ``IMAGE``, a text one
     takes none); return the model directory."""
     score = load_served_score(weights_file)  # a broken file fails here, not when Triton loads the model
@@ -112,6 +143,8 @@ def write_scorer_model(repository: Path, weights_file: Path, spec: ScorerServing
     model_dir = repository / spec.name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(to_pbtxt(render_scorer_config(spec)))
+    (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
+    (model_dir / WARMUP_DIR / INPUT_PROMPT).write_bytes(warmup_prompt_bytes(spec))
     shutil.copyfile(SCORER_BACKEND_FILE, model_dir / "1" / "model.py")
     shutil.copyfile(weights_file, model_dir / "1" / SCORER_FILE)
     return model_dir
