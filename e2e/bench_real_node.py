@@ -87,11 +87,11 @@ def bench(quick: bool) -> dict[str, Any]:
         first_answer = time.monotonic() - applied
         tests.wait_serving(cluster, namespace)
 
-        current = tests.allocations(tests.status_plan(cluster, namespace) or {})["tiny-linear"]["cpu"]
+        current = real.allocations(tests.status_plan(cluster, namespace) or {})["tiny-linear"]["cpu"]
         want = 0.5 if current == 0.25 else 0.25  # offer only measured points of another CPU per pod
         tests.small_pods_only(cluster, namespace, cpu=want)
         cluster.wait_for(lambda: (p := tests.status_plan(cluster, namespace)) and
-                         tests.allocations(p)["tiny-linear"]["cpu"] == want,
+                         real.allocations(p)["tiny-linear"]["cpu"] == want,
                          "a plan with another CPU per light pod", timeout=120, interval=0.2)
         seen = time.monotonic()
         pod = tests.worker_pods(cluster, namespace, "tiny-linear")[0]["metadata"]["name"]
@@ -113,7 +113,7 @@ def bench(quick: bool) -> dict[str, Any]:
 
         def new_pod_serving() -> bool:
             for p in tests.worker_pods(cluster, namespace, "tiny-linear"):
-                if p["metadata"]["name"] in original or not tests.ready(p):
+                if p["metadata"]["name"] in original or not real.pod_ready(p):
                     continue
                 metrics = httpx.get(f"http://{p['status']['podIP']}:8081/metrics", timeout=2).text
                 served = [line for line in metrics.splitlines()
