@@ -27,11 +27,10 @@ the quiet seconds before the first change (and, as a check on the machine's nois
 last) get windows of their own, judged the same way (``controls_within_margin``) but not counted in ``invisible``:
 where a control misses the margin too, the run's noise is as large as the margin. A window's ``over_margin``
 counts its requests slower than that (quiet p99 + ``VISIBLE_P99_MS``): a change that Triton finishes sooner has a
-shorter window, whose p99 rests on fewer requests.
-Failed requests are listed with their time (``load.failed``: window index,
-status; 0 = the connection failed). The load generator opens a new connection after an answer that says
-``Connection: close`` (the router recycles one after ``--max-requests-per-connection`` answers), so a failure is the
-server's.
+shorter window, whose p99 rests on fewer requests. Failed requests are listed with their time (``load.failed``:
+window index, status; 0 = the connection failed). The load generator opens a new connection after an answer that
+says ``Connection: close`` (the router recycles one after ``--max-requests-per-connection`` answers), so a failure
+is the server's.
 """
 
 from __future__ import annotations

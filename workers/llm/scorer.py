@@ -41,7 +41,7 @@ from paretoserve.workers.llm.mm_routing import FEATURES as MM_FEATURES
 from paretoserve.workers.llm.mm_routing import QUESTION_FEATURES, MultimodalDifficulty
 from paretoserve.workers.llm.routing import DifficultyScore
 from paretoserve.workers.llm.serving import INPUT_PROMPT
-from paretoserve.workers.triton.repository import ProtoEnum, ProtoMap, to_pbtxt
+from paretoserve.workers.triton.repository import ProtoEnum, model_warmup, to_pbtxt
 
 SCORER_MODEL = "arith-scorer"
 """The arithmetic family's scorer, as a manifest's ``scorerModel`` names it."""
@@ -86,15 +86,14 @@ WARMUP_DIR = "warmup"
 
 def scorer_warmup(spec: ScorerServingSpec) -> list[dict[str, Any]]:
     """Triton's ``model_warmup`` for a scorer: one row at batch 1 and at its largest batch (Triton repeats the row),
-    run on each instance before it counts as ready, as the classifiers' (`repository.warmup_samples`). Its
+    run on each instance before it counts as ready, as the classifiers' (`repository.model_warmup`). Its
     ``PROMPT`` is read from ``warmup/PROMPT`` (:func:`warmup_prompt_bytes`), its ``IMAGE`` is zeros."""
     inputs: dict[str, Any] = {INPUT_PROMPT: {"data_type": ProtoEnum("TYPE_STRING"), "dims": [1],
                                              "input_data_file": INPUT_PROMPT}}
     if spec.image_values:
         inputs = {INPUT_IMAGE: {"data_type": ProtoEnum("TYPE_FP32"), "dims": [spec.image_values], "zero_data": True},
                   **inputs}
-    return [{"name": f"prompt_batch_{size}", "batch_size": size, "inputs": ProtoMap(inputs)}
-            for size in sorted({1, spec.max_batch_size})]
+    return model_warmup("prompt", spec.max_batch_size, inputs)
 
 
 def warmup_prompt_bytes(spec: ScorerServingSpec) -> bytes:

@@ -251,11 +251,16 @@ def warmup_samples(spec: TritonModelSpec) -> list[dict[str, Any]]:
     Without it a new instance's first request pays the first ONNX Runtime run and the stub's first answer: a
     timeline of requests sent straight to Triton 2.51 at 500 requests/s (2026-12-06) showed exactly one request
     of 20-35 ms per instance added, the client-visible part of a knob change once the router stopped stalling."""
-    sizes = sorted({1, spec.max_batch_size})
-    return [{"name": f"zeros_batch_{size}", "batch_size": size,
-             "inputs": ProtoMap({INPUT_NAME: {"data_type": ProtoEnum("TYPE_FP32"), "dims": list(spec.input_shape),
-                                              "zero_data": True}})}
-            for size in sizes]
+    return model_warmup("zeros", spec.max_batch_size,
+                        {INPUT_NAME: {"data_type": ProtoEnum("TYPE_FP32"), "dims": list(spec.input_shape),
+                                      "zero_data": True}})
+
+
+def model_warmup(name: str, max_batch_size: int, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``model_warmup`` samples ``<name>_batch_<size>`` of one row of ``inputs`` (Triton's ``ModelWarmup.Input``
+    per input name; Triton repeats the row to the batch) at batch 1 and at ``max_batch_size``."""
+    return [{"name": f"{name}_batch_{size}", "batch_size": size, "inputs": ProtoMap(inputs)}
+            for size in sorted({1, max_batch_size})]
 
 
 def task_output(output: str, task: str) -> str:

@@ -187,7 +187,7 @@ def build_command(
 STUB_BLAS_THREADS = "1"
 """``OPENBLAS_NUM_THREADS`` for Triton and so for every Python-backend stub, unless the caller's environment sets
 it. Each model instance is its own stub process, which imports numpy (Triton's ``triton_python_backend_utils``
-does, before the model's code runs); with a thread per core OpenBLAS's start-up took a new instance from
+does, before the model's ``initialize``); with a thread per core OpenBLAS's start-up took a new instance from
 0.16-0.21 to 0.27-0.31 CPU-seconds (measured per new stub on the 2-core VM), CPU that a knob change under load
 takes from serving. No stub needs BLAS threads: the classifiers compute in ONNX Runtime (its own threads) and the
 token engines run one BLAS thread per instance anyway (``workers/llm/backend_model.py``). The worker image's
