@@ -25,7 +25,11 @@ the quiet seconds before the first change (and, as a check on the machine's nois
 ``invisible`` is True when no request of a change's window failed and every change window's p99 is within
 ``VISIBLE_P99_MS`` of the quiet p99. Two control "changes" (`CONTROL`: the knobs in force, posted again, first and
 last) get windows of their own, judged the same way (``controls_within_margin``) but not counted in ``invisible``:
-where a control misses the margin too, the run's noise is as large as the margin. A window's ``over_margin``
+where a control misses the margin too, the run's noise is as large as the margin. A third control, after the
+batching change (`PROCESS_START`), changes nothing in Triton: the benchmark starts a process that does what a new
+instance's stub does before it serves, and waits for it (``process_start_within_margin``). Every instance Triton's
+Python backend adds is such a process, so where this window misses the margin too, a process start alone is
+visible on this machine at this rate, whatever Triton does around it. A window's ``over_margin``
 counts its requests slower than that (quiet p99 + ``VISIBLE_P99_MS``): a change that Triton finishes sooner has a
 shorter window, whose p99 rests on fewer requests. Failed requests are listed with their time (``load.failed``:
 window index, status; 0 = the connection failed). The load generator opens a new connection after an answer that
@@ -57,7 +61,7 @@ from paretoserve.research.benchmarks.router import (
     wait_ready,
 )
 from paretoserve.workers.models import DigitsSplit, ModelCatalog, ensure_trained, load_split
-from paretoserve.workers.triton.repository import spec_from_cached_variant, write_repository
+from paretoserve.workers.triton.repository import ONNX_FILE, spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
 RATES = (500.0, 1000.0)
@@ -74,13 +78,21 @@ CONTROL = "control: the same knobs again"
 """The name of a no-op change: the sidecar reads the model's config from Triton, finds the knobs in force and loads
 nothing. Its window measures the admin call and the machine's own noise over a window of the same length, so a
 change window beyond the margin can be told from a noisy stretch of the run."""
-CHANGES: tuple[tuple[str, dict[str, int]], ...] = (
+PROCESS_START = "control: a process start the size of a new instance's, not Triton's"
+"""A window with no knob change: the benchmark starts a Python process that does what a new instance's stub does
+before it serves (imports numpy and ONNX Runtime, opens an ONNX Runtime session on the model's graph) and waits for
+it. Each new instance is such a process (Triton's Python backend); this window shows what a process start of that
+size alone costs the clients on this machine, so a change window beyond the margin can be told apart from it."""
+PROCESS_START_CODE = ("import sys, numpy, onnxruntime; "
+                      "onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])")
+CHANGES: tuple[tuple[str, dict[str, int] | None], ...] = (
     (CONTROL, {"instanceCount": 1}),
     ("instances 1->2 (first change: model adopted at start from worker.json)", {"instanceCount": 2}),
     ("instances 2->1", {"instanceCount": 1}),
     ("instances 1->2 (model loaded by override)", {"instanceCount": 2}),
     ("batching: preferred batch 4, queue delay 200 us", {"instanceCount": 2, "preferredBatchSize": 4,
                                                          "maxQueueDelayMicroseconds": 200}),
+    (PROCESS_START, None),
     (CONTROL, {"instanceCount": 2, "preferredBatchSize": 4, "maxQueueDelayMicroseconds": 200}),
 )
 
@@ -109,7 +121,15 @@ def _window(samples: npt.NDArray[np.float64], start: float, end: float,
             "max_ms": round(float(inside.max()), 3) if len(inside) else None}
 
 
-def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: float, work: Path) -> dict[str, Any]:
+def _start_process(graph: Path) -> tuple[int, str]:
+    """`PROCESS_START`: run the process and wait for it; (200, "") when it succeeded, else (500, its stderr)."""
+    done = subprocess.run([sys.executable, "-I", "-c", PROCESS_START_CODE, str(graph)], capture_output=True, text=True,
+                          timeout=120)
+    return (200, "") if done.returncode == 0 else (500, done.stderr[-300:])
+
+
+def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: float, work: Path,
+             graph: Path) -> dict[str, Any]:
     duration = QUIET_S + len(CHANGES) * (SETTLE_S + 3.0) + 2.0
     generator = _loadgen(router_url, bodies, rate, duration, work)
     started = work / "started"
@@ -124,8 +144,12 @@ def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: fl
     with httpx.Client(timeout=120.0, headers={"authorization": f"Bearer {token}"}) as admin:
         for name, knobs in CHANGES:
             at = time.time() - begin
-            answer = admin.post(f"{admin_url}/admin/worker", json={"models": {LIGHT_MODEL: knobs}})
-            changes.append((name, knobs, answer.status_code, answer.text[:300], at, time.time() - begin))
+            if knobs is None:
+                status, text = _start_process(graph)
+            else:
+                answer = admin.post(f"{admin_url}/admin/worker", json={"models": {LIGHT_MODEL: knobs}})
+                status, text = answer.status_code, answer.text[:300]
+            changes.append((name, knobs, status, text, at, time.time() - begin))
             time.sleep(SETTLE_S)
     out, err = generator.communicate(timeout=duration + 120)
     if generator.returncode != 0:
@@ -144,7 +168,8 @@ def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: fl
         window["failed"] = sum(1 for t in failed if at - WINDOW_S <= t < returned + AFTER_S)
         visible = (status != 200 or window["p99_ms"] is None or reference["p99_ms"] is None
                    or window["p99_ms"] > reference["p99_ms"] + VISIBLE_P99_MS)
-        report.append({"change": name, "knobs": knobs, "control": name == CONTROL, "at_s": round(at, 2),
+        report.append({"change": name, "knobs": knobs, "control": name in (CONTROL, PROCESS_START),
+                       "process_start": name == PROCESS_START, "at_s": round(at, 2),
                        "admin_status": status,
                        **({"admin_answer": text} if status != 200 else {}),
                        "admin_call_s": round(returned - at, 3), "window": window, "p99_within_margin": not visible})
@@ -176,12 +201,20 @@ def _one_rate(rate: float, catalog: ModelCatalog, split: DigitsSplit) -> dict[st
             with run_process(command, None, None, log) as router_pid:
                 wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", router_pid, log)
                 result = _measure(f"http://127.0.0.1:{port}/v2/pipelines/bench/infer",
-                                  f"http://127.0.0.1:{admin_port}", token, bodies, rate, work)
-    within = [change["p99_within_margin"] and change["window"]["failed"] == 0 for change in result["changes"]]
-    controls = [change["control"] for change in result["changes"]]
-    return {"rate_rps": rate, **result, "errors": int(result["load"]["errors"]),
-            "invisible": all(ok for ok, control in zip(within, controls, strict=True) if not control),
-            "controls_within_margin": all(ok for ok, control in zip(within, controls, strict=True) if control)}
+                                  f"http://127.0.0.1:{admin_port}", token, bodies, rate, work,
+                                  catalog.variant_dir(LIGHT_MODEL) / ONNX_FILE)
+    return {"rate_rps": rate, **result, "errors": int(result["load"]["errors"]), **verdicts(result["changes"])}
+
+
+def verdicts(changes: list[dict[str, Any]]) -> dict[str, bool]:
+    """A rate's verdicts from its windows: ``invisible`` (every knob change within the margin, none failed), and the
+    same for the no-op controls and for the process start, which are not counted in ``invisible``."""
+    def within(change: dict[str, Any]) -> bool:
+        return bool(change["p99_within_margin"]) and change["window"]["failed"] == 0
+
+    return {"invisible": all(within(c) for c in changes if not c["control"]),
+            "controls_within_margin": all(within(c) for c in changes if c["change"] == CONTROL),
+            "process_start_within_margin": all(within(c) for c in changes if c["process_start"])}
 
 
 def bench_knobs(quick: bool = False) -> dict[str, Any]:
