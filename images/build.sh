@@ -247,6 +247,14 @@ assemble() {  # assemble IMAGE DOCKERFILE
   rm -f "$ctx/wheels/.key"
   cp "$project_wheel" "$ctx/project/"
 }
+# A Rust crate of native/, built on the host like the wheels (the bases are Debian bookworm too, so the host's
+# glibc build runs there): cargo_build DIR WHAT.
+cargo_build() {
+  local cargo="${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}"
+  [ -x "$cargo" ] || die "cargo not found (install Rust with rustup), needed for $2"
+  log "$2: cargo build --release ($1)"
+  "$cargo" build --quiet --release --locked --manifest-path "$ROOT/$1/Cargo.toml" >&2 || die "cargo build of $1 failed"
+}
 export_s=0
 if want worker; then
   t0="$(now)"
@@ -263,19 +271,18 @@ if want worker; then
       || die "'paretoserve models export' failed"
   fi
   ls "$CONTEXTS"/worker/models/*/config.pbtxt >/dev/null 2>&1 || die "the model repository has no <model>/config.pbtxt"
+  # The native paretoserve_onnx backend (native/onnx_backend), which serves every ONNX model of the repository:
+  # built on the host like the fast path, installed as backends/paretoserve_onnx/ in the image.
+  cargo_build native/onnx_backend "the native ONNX backend"
+  cp "$ROOT/native/onnx_backend/target/release/libtriton_paretoserve_onnx.so" "$CONTEXTS/worker/"
   chmod -R a+rX,go-w "$CONTEXTS/worker/models"
   find "$CONTEXTS/worker/models" -name __pycache__ -prune -exec rm -rf {} +
   export_s="$(since "$t0")"
 fi
 if want operator; then
   assemble operator Dockerfile
-  # The router's compiled fast path (native/fastpath): built on the host like the wheels (the base is Debian
-  # bookworm too, so the host's glibc build runs there), copied to /usr/local/bin in the image.
-  cargo="${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}"
-  [ -x "$cargo" ] || die "cargo not found (install Rust with rustup), needed for the router's fast path"
-  log "fast path: cargo build --release (native/fastpath)"
-  "$cargo" build --quiet --release --locked --manifest-path "$ROOT/native/fastpath/Cargo.toml" >&2 \
-    || die "cargo build of native/fastpath failed"
+  # The router's compiled fast path (native/fastpath), copied to /usr/local/bin in the image.
+  cargo_build native/fastpath "the router's fast path"
   cp "$ROOT/native/fastpath/target/release/paretoserve-fastpath" "$CONTEXTS/operator/"
 fi
 

@@ -62,8 +62,9 @@ class WorkerSettings:
     """Operator-wide settings of the pods it creates (Helm values)."""
 
     triton_image: str = f"ghcr.io/paretoserve/worker-cpu:{__version__}"
-    """The CPU worker image (``images/Dockerfile.worker``: Triton with the Python backend, ONNX Runtime and the
-    digits repository at ``/models``); NVIDIA's Triton image with a mounted repository works as well."""
+    """The CPU worker image (``images/Dockerfile.worker``: Triton with the native ``paretoserve_onnx`` backend, the
+    Python backend, ONNX Runtime and the model repository at ``/models``); NVIDIA's Triton image with a mounted
+    repository works as well once ``paretoserve_onnx`` is in its backends directory (images/README.md)."""
     router_image: str = f"ghcr.io/paretoserve/paretoserve:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     tolerations: tuple[dict[str, Any], ...] = ()

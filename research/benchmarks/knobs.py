@@ -61,6 +61,7 @@ from paretoserve.research.benchmarks.router import (
     wait_ready,
 )
 from paretoserve.workers.models import DigitsSplit, ModelCatalog, ensure_trained, load_split
+from paretoserve.workers.triton.onnx_backend import resolve as resolve_onnx_backend
 from paretoserve.workers.triton.repository import ONNX_FILE, spec_from_cached_variant, write_repository
 from paretoserve.workers.triton.server import TritonServer, TritonServerConfig
 
@@ -176,8 +177,9 @@ def _measure(router_url: str, admin_url: str, token: str, bodies: Path, rate: fl
     return {"quiet": reference, "quiet_after": _window(samples, last, duration), "changes": report, "load": summary}
 
 
-def _one_rate(rate: float, catalog: ModelCatalog, split: DigitsSplit) -> dict[str, Any]:
-    """A fresh pod (Triton and its router) under `rate` requests/s while the changes are applied."""
+def _one_rate(rate: float, catalog: ModelCatalog, split: DigitsSplit, onnx_backend: str) -> dict[str, Any]:
+    """A fresh pod (Triton with ``onnx_backend``'s implementation, and its router) under `rate` requests/s while the
+    changes are applied."""
     with tempfile.TemporaryDirectory(prefix="paretoserve-bench-knobs-") as tmp:
         work = Path(tmp)
         bodies = work / "bodies.jsonl"
@@ -186,7 +188,8 @@ def _one_rate(rate: float, catalog: ModelCatalog, split: DigitsSplit) -> dict[st
                                   + "\n" for image in split.x_test[:256]))
         spec = spec_from_cached_variant(catalog.variant_dir(LIGHT_MODEL), max_batch_size=32, max_queue_delay_us=0)
         repository = write_repository(work / "repository", [spec])
-        triton_config = TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton")
+        triton_config = TritonServerConfig(model_repository=repository, models=(LIGHT_MODEL,), work_dir=work / "triton",
+                                           onnx_backend=onnx_backend)
         with TritonServer(triton_config) as triton:
             port, admin_port = free_port(), free_port()
             token = secrets.token_urlsafe(16)
@@ -203,7 +206,8 @@ def _one_rate(rate: float, catalog: ModelCatalog, split: DigitsSplit) -> dict[st
                 result = _measure(f"http://127.0.0.1:{port}/v2/pipelines/bench/infer",
                                   f"http://127.0.0.1:{admin_port}", token, bodies, rate, work,
                                   catalog.variant_dir(LIGHT_MODEL) / ONNX_FILE)
-    return {"rate_rps": rate, **result, "errors": int(result["load"]["errors"]), **verdicts(result["changes"])}
+    return {"onnx_backend": onnx_backend, "rate_rps": rate, **result, "errors": int(result["load"]["errors"]),
+            **verdicts(result["changes"])}
 
 
 def verdicts(changes: list[dict[str, Any]]) -> dict[str, bool]:
@@ -218,10 +222,20 @@ def verdicts(changes: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 def bench_knobs(quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark at each of `RATES` (``quick``: one lower rate) and return the JSON report."""
+    """Run the benchmark at each of `RATES` (``quick``: one lower rate) and return the JSON report.
+
+    Each rate runs with the ``paretoserve_onnx`` backend a server gets by default (the native library when built)
+    and, as the contrast on the same machine, with the Python implementation, whose every new instance is a
+    process; ``invisible`` is the default's verdict, ``invisible_by_backend`` both."""
     catalog = ensure_trained()
     split = load_split()
-    runs = [_one_rate(rate, catalog, split) for rate in ((200.0,) if quick else RATES)]
+    default = resolve_onnx_backend("auto").kind
+    backends = list(dict.fromkeys((default, "python")))
+    runs = [_one_rate(rate, catalog, split, backend) for backend in backends
+            for rate in ((200.0,) if quick else RATES)]
+    by_backend = {backend: all(run["invisible"] for run in runs if run["onnx_backend"] == backend)
+                  for backend in backends}
     return {"model": LIGHT_MODEL, "p99_margin_ms": VISIBLE_P99_MS, "window_s": WINDOW_S,
             "load_generator": "the project's own (router_loadgen, open loop, JSON bodies), its own process",
-            "runs": runs, "invisible": all(run["invisible"] for run in runs)}
+            "onnx_backend": default, "runs": runs, "invisible": by_backend[default],
+            "invisible_by_backend": by_backend}

@@ -5,8 +5,8 @@ where the models are trained once and cached); a user can also put it on a volum
 the chart's ``workers.modelRepository`` at it. Every entry needs no path outside itself, so the repository can
 be copied anywhere, and nothing in it needs torch (the worker image has none):
 
-- the digits variants (family ``digits``): the variant's ONNX graph, its metadata and the shared Python-backend
-  ``model.py`` (ONNX Runtime);
+- the digits variants (family ``digits``): the variant's ONNX graph and its metadata, served by the
+  ``paretoserve_onnx`` backend its config names (the worker image carries it; :mod:`.onnx_backend`);
 - the token-generating models and their prompt scorer (family ``llm``): ``arith-small`` and ``arith-large`` as
   decoupled Python-backend models with their ``weights.npz`` (the numpy engine; ``export_llm_model``), and
   ``arith-scorer``, the prompt scorer a ``router: prompt`` cascade asks (``scorer.json``; fitted on arith-small's

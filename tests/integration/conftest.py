@@ -1,9 +1,10 @@
 """Session fixtures for the integration tests: the trained catalogs and real Triton servers.
 
 The server (the real ``tritonserver`` from the nvidia-pytriton wheel, not a mock) starts once per
-session with three variants, because each start costs seconds per model (every instance is a
-Python-backend stub that opens an ONNX Runtime session). A missing installation is a test failure with the install
-hint, never a skip: CI installs the workers extra. Tests that reconfigure a model restore it.
+session with three variants, because each start costs seconds per model (with the Python implementation of
+the ``paretoserve_onnx`` backend every instance is a stub process that opens an ONNX Runtime session). A
+missing installation is a test failure with the install hint, never a skip: CI installs the workers extra.
+Tests that reconfigure a model restore it.
 
 The token-generating models have their own session server (``llm_triton_url``): the decoupled ``arith-small`` and
 ``arith-large`` and the prompt scorer ``arith-scorer`` (:mod:`paretoserve.workers.llm.scorer`), from the cached

@@ -68,7 +68,7 @@ def test_exported_entry_is_self_contained(catalog: ModelCatalog, tmp_path: Path)
     moved = shutil.move(str(model_dir), str(tmp_path / "elsewhere"))  # nothing points back at the cache
     config = (Path(moved) / "config.pbtxt").read_text()
     assert 'string_value: "."' in config and str(catalog.directory) not in config
-    assert sorted(p.name for p in (Path(moved) / "1").iterdir()) == ["metadata.json", "model.onnx", "model.py"]
+    assert sorted(p.name for p in (Path(moved) / "1").iterdir()) == ["metadata.json", "model.onnx"]
     graph = variant_graph(".", Path(moved) / "1")
     images = load_split().x_test[:50]
     served = OnnxVariant(graph).predict(images)

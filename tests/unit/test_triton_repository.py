@@ -62,7 +62,7 @@ def test_pbtxt_carries_every_knob_of_the_spec() -> None:
     config = _parse_pbtxt(render_config_pbtxt(SPEC))
 
     assert config.name == "cnn_large"
-    assert config.backend == "python"
+    assert config.backend == "paretoserve_onnx"
     assert config.max_batch_size == 16
     assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
         ("IMAGE", "TYPE_FP32", [8, 8])
@@ -104,7 +104,7 @@ def test_every_instance_is_warmed_with_zero_images_at_batch_one_and_at_the_large
 def test_pbtxt_text_uses_bare_enums_and_quoted_strings() -> None:
     text = render_config_pbtxt(SPEC)
 
-    assert 'backend: "python"\n' in text
+    assert 'backend: "paretoserve_onnx"\n' in text
     assert "kind: KIND_CPU\n" in text
     assert "data_type: TYPE_FP32\n" in text
     assert "timeout_action: DELAY\n" in text
@@ -210,7 +210,7 @@ def test_write_model_lays_out_a_triton_model_directory(tmp_path: Path) -> None:
 
     assert model_dir == tmp_path / "cnn_large"
     assert (model_dir / "config.pbtxt").read_text() == render_config_pbtxt(SPEC)
-    assert (model_dir / "1" / "model.py").read_text() == backend_model_source()
+    assert sorted(p.name for p in model_dir.rglob("*")) == ["1", "config.pbtxt"]  # the backend serves it
     assert "class TritonPythonModel" in backend_model_source()
 
 

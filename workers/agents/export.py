@@ -5,8 +5,9 @@ The planner needs each variant's accuracy and latency profile, and ``paretoserve
 a Triton entry for every model a stage names that is not a catalog classifier. :func:`build` trains (or reads
 from the cache, :func:`~.models.ensure_agents`) the four aggregators and writes to its output folder
 
-- ``repository/<model>/``: a self-contained Triton entry per aggregator (Python backend, the ONNX graph, its
-  metadata; input ``IMAGE`` of 74 or 50 features), as ``paretoserve fuse`` and ``models export`` write them;
+- ``repository/<model>/``: a self-contained Triton entry per aggregator (a ``paretoserve_onnx`` config, the ONNX
+  graph, its metadata; input ``IMAGE`` of 74 or 50 features), as ``paretoserve fuse`` and ``models export`` write
+  them;
 - ``pipeline.yaml``: :data:`~.workflow.WORKFLOW` as a ServingPipeline (each stage's ``dependsOn`` and
   ``inputs``, two variants per stage) with held-out accuracy and profile points measured as fusion measures
   its variants (``onnx_latency_ms``): each model's ONNX graph in ONNX Runtime on one thread, p99 latency and

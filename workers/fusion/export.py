@@ -5,8 +5,8 @@ task models and the all-shared MTL baseline for comparison) this module measures
 task's accuracy on the held-out test split, and its ONNX graph's latency in ONNX Runtime on one thread at
 the spec's batch sizes (p99 of repeated runs, and throughput from the median). It writes
 
-- ``repository/<model>/``: a self-contained Triton model-repository entry (Python backend, the ONNX graph,
-  one set of outputs per task: ``PROBS_<task>``, ``CONFIDENCE_<task>``, ``LABEL_<task>``);
+- ``repository/<model>/``: a self-contained Triton model-repository entry (a ``paretoserve_onnx`` config, the ONNX
+  graph, one set of outputs per task: ``PROBS_<task>``, ``CONFIDENCE_<task>``, ``LABEL_<task>``);
 - ``repository/tasks_separate/``: the separate task models as one model (the unfused graph with every task's
   output: the same computation, one request);
 - ``variants.yaml``: the separate models and each fused variant as variants of a multi-task stage

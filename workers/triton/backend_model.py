@@ -1,4 +1,7 @@
-"""Triton Python-backend model for every ParetoServe digits variant (copied as ``<model>/1/model.py``).
+"""The Python implementation of the ``paretoserve_onnx`` backend: every ParetoServe digits variant, fused or agent
+model served by Triton's Python backend (installed as ``<backends>/paretoserve_onnx/model.py``, a Python-based
+backend, when the native library is not built: :mod:`paretoserve.workers.triton.onnx_backend`). The native
+implementation (``native/onnx_backend``) answers alike.
 
 One static file serves all variants: the model config's ``parameters`` say where the variant's ONNX graph
 is (``weights_dir``: absolute, or relative to the model's version directory, ``.`` in an exported

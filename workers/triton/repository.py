@@ -28,6 +28,9 @@ PARAM_WEIGHTS_DIR = "weights_dir"
 PARAM_CPU_THREADS = "cpu_threads"
 PARAM_TASKS = "tasks"
 BACKEND_MODEL_RESOURCE = "backend_model.py"
+ONNX_BACKEND = "paretoserve_onnx"
+"""The Triton backend every ONNX variant's config names; the server's backend directory provides it, native or
+in Python (:mod:`paretoserve.workers.triton.onnx_backend`)."""
 ONNX_FILE = "model.onnx"
 """A variant's ONNX graph (what the backend serves), in its cache directory and in an exported entry."""
 
@@ -83,7 +86,7 @@ class QueuePolicy:
 
 @dataclass(frozen=True)
 class TritonModelSpec:
-    """One variant served by Triton's Python backend, with the knobs the planner controls.
+    """One variant served by Triton's ``paretoserve_onnx`` backend, with the knobs the planner controls.
 
     ``weights_dir`` is the directory holding the variant's ``model.onnx`` as seen by the server process:
     the cached variant directory, or ``.`` (the model's own version directory) in an exported repository.
@@ -218,7 +221,7 @@ def render_config(spec: TritonModelSpec) -> dict[str, Any]:
             )
     return {
         "name": spec.name,
-        "backend": "python",
+        "backend": ONNX_BACKEND,
         "max_batch_size": spec.max_batch_size,
         "input": [_tensor(INPUT_NAME, "TYPE_FP32", spec.input_shape)],
         "output": [
@@ -318,22 +321,24 @@ def _scalar(value: object) -> str:
 
 
 def backend_model_source() -> str:
-    """The Python-backend ``model.py`` shared by every variant (a static file in this package)."""
+    """The Python implementation of the ``paretoserve_onnx`` backend, ``model.py`` (a static file in this package;
+    :mod:`.onnx_backend` installs it as a Python-based backend)."""
     return resources.files(__package__).joinpath(BACKEND_MODEL_RESOURCE).read_text()
 
 
 def write_model(repository: Path, spec: TritonModelSpec) -> Path:
-    """Write ``<repository>/<name>/config.pbtxt`` and ``<name>/1/model.py``; return the model dir."""
+    """Write ``<repository>/<name>/config.pbtxt`` and the version directory ``<name>/1/``; return the model dir.
+    The code that serves it is the backend's (:data:`ONNX_BACKEND`), not the repository's."""
     model_dir = repository / spec.name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config_pbtxt(spec))
-    (model_dir / "1" / "model.py").write_text(backend_model_source())
     return model_dir
 
 
 def export_model(repository: Path, spec: TritonModelSpec, variant_dir: Path) -> Path:
     """A self-contained repository entry (what a worker image bakes in): ``config.pbtxt`` whose
-    ``weights_dir`` is ``.``, ``1/model.py``, and the variant's ONNX graph and metadata copied into ``1/``."""
+    ``weights_dir`` is ``.``, and the variant's ONNX graph and metadata copied into ``1/``. A server serving it
+    needs the ``paretoserve_onnx`` backend (the worker image carries it)."""
     model_dir = write_model(repository, replace(spec, weights_dir="."))
     for name in (ONNX_FILE, "metadata.json"):
         source = variant_dir / name

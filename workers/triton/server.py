@@ -32,6 +32,9 @@ from types import TracebackType
 import httpx
 
 from paretoserve.workers.triton.cpu_quota import CpuQuotaGroup
+from paretoserve.workers.triton.onnx_backend import OnnxBackend
+from paretoserve.workers.triton.onnx_backend import resolve as resolve_onnx_backend
+from paretoserve.workers.triton.repository import ONNX_BACKEND
 
 INSTALL_HINT = "install the workers extra: pip install 'paretoserve[workers]' (nvidia-pytriton ships tritonserver)"
 
@@ -80,19 +83,21 @@ class TritonInstallation:
     def _required_paths(self) -> tuple[Path, ...]:
         return (self.server_binary, self.python_backend, self.stub, self.library_dir)
 
-    def prepare_backends(self, destination: Path) -> Path:
-        """A ``backends/`` directory with the Python backend and its stub side by side.
+    def prepare_backends(self, destination: Path, onnx: OnnxBackend) -> Path:
+        """A ``backends/`` directory with the Python backend and its stub side by side, and ``onnx``'s
+        implementation of the ``paretoserve_onnx`` backend (:mod:`.onnx_backend`).
 
-        Reused when already prepared (keyed by the stub's size and mtime); built under a temporary
-        name and renamed, so concurrent launchers never see a partial copy.
+        Reused when already prepared (keyed by the stub's size and mtime and the ONNX backend's bytes); built
+        under a temporary name and renamed, so concurrent launchers never see a partial copy.
         """
         stat = self.stub.stat()
-        backends = destination / f"backends-{stat.st_size}-{int(stat.st_mtime)}"
+        backends = destination / f"backends-{stat.st_size}-{int(stat.st_mtime)}-{onnx.cache_key()}"
         if (backends / "python" / "triton_python_backend_stub").is_file():
             return backends
         destination.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=destination))
         try:
+            onnx.install(staging / ONNX_BACKEND)
             shutil.copytree(self.python_backend, staging / "python", ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy2(self.stub, staging / "python" / "triton_python_backend_stub")
             try:
@@ -147,6 +152,9 @@ class TritonServerConfig:
     extra_args: tuple[str, ...] = ()
     cpu_group: CpuQuotaGroup | None = None
     """Start the server (and so its stub processes) inside this cgroup: a pod's CPU limit, locally."""
+    onnx_backend: str = "auto"
+    """Which implementation of the ``paretoserve_onnx`` backend serves the ONNX variants: ``auto`` (native when
+    built, else Python), ``native``, ``python``, or a library's path (:func:`.onnx_backend.resolve`)."""
     strict_model_config: bool = True
     """Serve each model's config as written (``--disable-auto-complete-config``). Every config this project
     renders is complete, and with auto-completion on, the Python backend starts one more stub process per model
@@ -284,10 +292,12 @@ class TritonServer:
             raise RuntimeError(f"tritonserver already running (pid {self.pid})")
         installation = self._installation or TritonInstallation.locate()
         cache = self._config.backend_cache_dir or Path(tempfile.gettempdir()) / "paretoserve-triton"
-        backends = installation.prepare_backends(cache)
+        onnx = resolve_onnx_backend(self._config.onnx_backend)
+        backends = installation.prepare_backends(cache, onnx)
         self._work_dir = self._config.work_dir or Path(tempfile.mkdtemp(prefix="paretoserve-triton-"))
         self._work_dir.mkdir(parents=True, exist_ok=True)
         env = build_environment(installation, os.environ, Path(sys.prefix) / "bin")
+        env.update(onnx.environment(env))
         for attempt in range(1, self._config.start_attempts + 1):
             self._ports = TritonPorts.pick_free(self._config.bind_address)
             command = _die_with_parent(build_command(installation, backends, self._config, self._ports))

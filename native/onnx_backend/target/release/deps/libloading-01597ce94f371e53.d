@@ -1,0 +1,14 @@
+/work/main/native/onnx_backend/target/release/deps/libloading-01597ce94f371e53.d: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_filename.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_symbol_name.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/changelog.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/error.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/mod.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/mod.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/consts.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/safe.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/util.rs
+
+/work/main/native/onnx_backend/target/release/deps/liblibloading-01597ce94f371e53.rmeta: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_filename.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_symbol_name.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/changelog.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/error.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/mod.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/mod.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/consts.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/safe.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/util.rs
+
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/lib.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_filename.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/as_symbol_name.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/changelog.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/error.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/mod.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/mod.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/os/unix/consts.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/safe.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/libloading-0.9.1/src/util.rs:
