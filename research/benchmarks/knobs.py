@@ -27,9 +27,12 @@ the quiet seconds before the first change (and, as a check on the machine's nois
 last) get windows of their own, judged the same way (``controls_within_margin``) but not counted in ``invisible``:
 where a control misses the margin too, the run's noise is as large as the margin. A third control, after the
 batching change (`PROCESS_START`), changes nothing in Triton: the benchmark starts a process that does what a new
-instance's stub does before it serves, and waits for it (``process_start_within_margin``). Every instance Triton's
-Python backend adds is such a process, so where this window misses the margin too, a process start alone is
-visible on this machine at this rate, whatever Triton does around it. A window's ``over_margin``
+instance's Python-backend stub does before it serves, and waits for it (``process_start_within_margin``). Every
+instance the Python implementation of the ``paretoserve_onnx`` backend adds is such a process, so where this window
+misses the margin too, a process start alone is visible on this machine at this rate, whatever Triton does around it.
+Each rate runs with both implementations (``onnx_backend`` per run): the native one, the default when built, adds an
+instance as an ONNX Runtime session inside the server, with no process (:mod:`~paretoserve.workers.triton.
+onnx_backend`). A window's ``over_margin``
 counts its requests slower than that (quiet p99 + ``VISIBLE_P99_MS``): a change that Triton finishes sooner has a
 shorter window, whose p99 rests on fewer requests. Failed requests are listed with their time (``load.failed``:
 window index, status; 0 = the connection failed). The load generator opens a new connection after an answer that
