@@ -103,6 +103,23 @@ pub extern "C" fn TRITONBACKEND_Initialize(_backend: *mut c_void) -> *mut Triton
     })
 }
 
+/// Hand `value` to Triton as a model's or an instance's state (`set`); dropped again if Triton refuses it.
+fn attach<T>(value: T, set: impl FnOnce(*mut c_void) -> Result<(), Failure>) -> Result<(), Failure> {
+    let raw = Box::into_raw(Box::new(value)).cast::<c_void>();
+    // SAFETY: `raw` came from Box::into_raw just above and Triton did not keep it.
+    set(raw).inspect_err(|_| drop(unsafe { Box::from_raw(raw.cast::<T>()) }))
+}
+
+/// Drop a state [`attach`] handed over (null: never set, e.g. a failed initialize).
+fn release<T>(state: Result<*mut c_void, Failure>) -> Result<(), Failure> {
+    let raw = state?;
+    if !raw.is_null() {
+        // SAFETY: set by `attach` with the same `T`; Triton calls finalize once.
+        drop(unsafe { Box::from_raw(raw.cast::<T>()) });
+    }
+    Ok(())
+}
+
 #[no_mangle]
 pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut Model) -> *mut TritonError {
     guarded("model initialize", || {
@@ -110,52 +127,30 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut Model) -> *mut Trito
         let config = triton::model_config_json(model)?;
         let settings = served::settings(&config, Path::new(&dir), version).map_err(Failure::invalid)?;
         ort_environment()?;
-        let state = Box::into_raw(Box::new(settings)).cast::<c_void>();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelSetState(model, state) }, "model state").inspect_err(|_| {
-            drop(unsafe { Box::from_raw(state.cast::<Settings>()) });
-        })
+        attach(settings, |raw| triton::set_model_state(model, raw))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn TRITONBACKEND_ModelFinalize(model: *mut Model) -> *mut TritonError {
-    guarded("model finalize", || {
-        let mut state: *mut c_void = std::ptr::null_mut();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelState(model, &mut state) }, "model state")?;
-        if !state.is_null() {
-            drop(unsafe { Box::from_raw(state.cast::<Settings>()) });
-        }
-        Ok(())
-    })
+    guarded("model finalize", || release::<Settings>(triton::model_state(model)))
 }
 
 #[no_mangle]
 pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut ModelInstance) -> *mut TritonError {
     guarded("instance initialize", || {
-        let mut model: *mut Model = std::ptr::null_mut();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelInstanceModel(instance, &mut model) }, "instance model")?;
-        let mut state: *mut c_void = std::ptr::null_mut();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelState(model, &mut state) }, "model state")?;
+        let state = triton::model_state(triton::instance_model(instance)?)?;
         // SAFETY: set by ModelInitialize, freed only by ModelFinalize, after every instance is finalized.
         let settings = unsafe { &*state.cast::<Settings>() }.clone();
         let session = open_session(&settings)?;
         let input_name = CString::new(served::INPUT_NAME).expect("no NUL");
-        let raw = Box::into_raw(Box::new(Instance { settings, session, input_name })).cast::<c_void>();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelInstanceSetState(instance, raw) }, "instance state")
-            .inspect_err(|_| drop(unsafe { Box::from_raw(raw.cast::<Instance>()) }))
+        attach(Instance { settings, session, input_name }, |raw| triton::set_instance_state(instance, raw))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn TRITONBACKEND_ModelInstanceFinalize(instance: *mut ModelInstance) -> *mut TritonError {
-    guarded("instance finalize", || {
-        let mut state: *mut c_void = std::ptr::null_mut();
-        triton::check(unsafe { triton::TRITONBACKEND_ModelInstanceState(instance, &mut state) }, "instance state")?;
-        if !state.is_null() {
-            drop(unsafe { Box::from_raw(state.cast::<Instance>()) });
-        }
-        Ok(())
-    })
+    guarded("instance finalize", || release::<Instance>(triton::instance_state(instance)))
 }
 
 /// Every request gets exactly one response and is released, whatever fails: a bad request fails alone,
@@ -167,13 +162,11 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     requests: *mut *mut Request,
     request_count: u32,
 ) -> *mut TritonError {
-    let mut state: *mut c_void = std::ptr::null_mut();
-    if let Err(failure) =
-        triton::check(unsafe { triton::TRITONBACKEND_ModelInstanceState(instance, &mut state) }, "instance state")
-    {
-        return failure.into_raw();
-    }
-    // SAFETY: Triton passes `request_count` request handles and runs one Execute per instance at a time.
+    let state = match triton::instance_state(instance) {
+        Ok(state) if !state.is_null() => state,
+        Ok(_) => return Failure::internal("paretoserve_onnx: instance has no state").into_raw(),
+        Err(failure) => return failure.into_raw(),
+    }; // SAFETY: Triton passes `request_count` request handles and runs one Execute per instance at a time.
     let requests = unsafe { std::slice::from_raw_parts(requests, request_count as usize) };
     let state = unsafe { &mut *state.cast::<Instance>() };
     // Not caught: after some requests are released no error returned to Triton could be handled safely, so a

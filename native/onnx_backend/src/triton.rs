@@ -8,39 +8,16 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr;
 
-/// Opaque Triton handles.
-#[repr(C)]
-pub struct TritonError {
-    _private: [u8; 0],
+/// Opaque Triton handles (only ever behind pointers Triton gives out).
+macro_rules! opaque {
+    ($($name:ident),+) => {$(
+        #[repr(C)]
+        pub struct $name {
+            _private: [u8; 0],
+        }
+    )+};
 }
-#[repr(C)]
-pub struct TritonMessage {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct Model {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct ModelInstance {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct Request {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct Input {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct Response {
-    _private: [u8; 0],
-}
-#[repr(C)]
-pub struct Output {
-    _private: [u8; 0],
-}
+opaque!(TritonError, TritonMessage, Model, ModelInstance, Request, Input, Response, Output);
 
 /// `TRITONSERVER_DataType` values this backend reads or writes.
 pub const TYPE_FP32: u32 = 11;
@@ -82,11 +59,11 @@ extern "C" {
         location: *mut *const c_char,
     ) -> *mut TritonError;
     fn TRITONBACKEND_ModelVersion(model: *mut Model, version: *mut u64) -> *mut TritonError;
-    pub fn TRITONBACKEND_ModelSetState(model: *mut Model, state: *mut c_void) -> *mut TritonError;
-    pub fn TRITONBACKEND_ModelState(model: *mut Model, state: *mut *mut c_void) -> *mut TritonError;
-    pub fn TRITONBACKEND_ModelInstanceModel(instance: *mut ModelInstance, model: *mut *mut Model) -> *mut TritonError;
-    pub fn TRITONBACKEND_ModelInstanceSetState(instance: *mut ModelInstance, state: *mut c_void) -> *mut TritonError;
-    pub fn TRITONBACKEND_ModelInstanceState(instance: *mut ModelInstance, state: *mut *mut c_void) -> *mut TritonError;
+    fn TRITONBACKEND_ModelSetState(model: *mut Model, state: *mut c_void) -> *mut TritonError;
+    fn TRITONBACKEND_ModelState(model: *mut Model, state: *mut *mut c_void) -> *mut TritonError;
+    fn TRITONBACKEND_ModelInstanceModel(instance: *mut ModelInstance, model: *mut *mut Model) -> *mut TritonError;
+    fn TRITONBACKEND_ModelInstanceSetState(instance: *mut ModelInstance, state: *mut c_void) -> *mut TritonError;
+    fn TRITONBACKEND_ModelInstanceState(instance: *mut ModelInstance, state: *mut *mut c_void) -> *mut TritonError;
     fn TRITONBACKEND_RequestInput(
         request: *mut Request,
         name: *const c_char,
@@ -187,6 +164,31 @@ pub fn check(error: *mut TritonError, what: &str) -> Result<(), Failure> {
     let message = unsafe { CStr::from_ptr(TRITONSERVER_ErrorMessage(error)).to_string_lossy().into_owned() };
     unsafe { TRITONSERVER_ErrorDelete(error) };
     Err(Failure::internal(format!("{what}: {message}")))
+}
+
+/// The state a backend keeps on a model or an instance, as Triton stores it (`*mut c_void`, null until set).
+pub fn model_state(model: *mut Model) -> Result<*mut c_void, Failure> {
+    let mut state: *mut c_void = ptr::null_mut();
+    check(unsafe { TRITONBACKEND_ModelState(model, &mut state) }, "model state").map(|()| state)
+}
+
+pub fn set_model_state(model: *mut Model, state: *mut c_void) -> Result<(), Failure> {
+    check(unsafe { TRITONBACKEND_ModelSetState(model, state) }, "set model state")
+}
+
+pub fn instance_state(instance: *mut ModelInstance) -> Result<*mut c_void, Failure> {
+    let mut state: *mut c_void = ptr::null_mut();
+    check(unsafe { TRITONBACKEND_ModelInstanceState(instance, &mut state) }, "instance state").map(|()| state)
+}
+
+pub fn set_instance_state(instance: *mut ModelInstance, state: *mut c_void) -> Result<(), Failure> {
+    check(unsafe { TRITONBACKEND_ModelInstanceSetState(instance, state) }, "set instance state")
+}
+
+/// The model an instance belongs to.
+pub fn instance_model(instance: *mut ModelInstance) -> Result<*mut Model, Failure> {
+    let mut model: *mut Model = ptr::null_mut();
+    check(unsafe { TRITONBACKEND_ModelInstanceModel(instance, &mut model) }, "instance model").map(|()| model)
 }
 
 /// Monotonic nanoseconds: the clock Triton's own statistics use (`steady_clock`).

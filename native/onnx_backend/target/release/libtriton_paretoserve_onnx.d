@@ -1,1 +1,1 @@
-/work/main/native/onnx_backend/target/release/libtriton_paretoserve_onnx.so: /work/main/native/onnx_backend/src/lib.rs /work/main/native/onnx_backend/src/served.rs /work/main/native/onnx_backend/src/triton.rs
+/work/main/native/onnx_backend/target/release/libtriton_paretoserve_onnx.rlib: /work/main/native/onnx_backend/src/lib.rs /work/main/native/onnx_backend/src/served.rs /work/main/native/onnx_backend/src/triton.rs
