@@ -1,1 +1,0 @@
-/work/main/native/onnx_backend/target/release/libtriton_paretoserve_onnx.rlib: /work/main/native/onnx_backend/src/lib.rs /work/main/native/onnx_backend/src/served.rs /work/main/native/onnx_backend/src/triton.rs
