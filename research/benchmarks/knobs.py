@@ -31,13 +31,12 @@ instance's Python-backend stub does before it serves, and waits for it (``proces
 instance the Python implementation of the ``paretoserve_onnx`` backend adds is such a process, so where this window
 misses the margin too, a process start alone is visible on this machine at this rate, whatever Triton does around it.
 Each rate runs with both implementations (``onnx_backend`` per run): the native one, the default when built, adds an
-instance as an ONNX Runtime session inside the server, with no process (:mod:`~paretoserve.workers.triton.
-onnx_backend`). A window's ``over_margin``
-counts its requests slower than that (quiet p99 + ``VISIBLE_P99_MS``): a change that Triton finishes sooner has a
-shorter window, whose p99 rests on fewer requests. Failed requests are listed with their time (``load.failed``:
-window index, status; 0 = the connection failed). The load generator opens a new connection after an answer that
-says ``Connection: close`` (the router recycles one after ``--max-requests-per-connection`` answers), so a failure
-is the server's.
+instance as an ONNX Runtime session inside the server, with no process (``workers/triton/onnx_backend.py``).
+A window's ``over_margin`` counts its requests slower than that (quiet p99 + ``VISIBLE_P99_MS``): a change that
+Triton finishes sooner has a shorter window, whose p99 rests on fewer requests. Failed requests are listed with
+their time (``load.failed``: window index, status; 0 = the connection failed). The load generator opens a new
+connection after an answer that says ``Connection: close`` (the router recycles one after
+``--max-requests-per-connection`` answers), so a failure is the server's.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def _stub_processes(server: TritonServer) -> int:
     return sum(1 for pid in children if "stub" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
 
 
-def test_the_native_backend_changes_instances_and_batching_without_a_process(
+def test_instance_and_batching_changes_start_a_process_only_in_the_python_implementation(
         implementation: str, server: TritonServer, specs: dict[str, TritonModelSpec]) -> None:
     client = triton_http.InferenceServerClient(server.http_url)
     before = _stub_processes(server)

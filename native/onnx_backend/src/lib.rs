@@ -21,7 +21,7 @@
 pub mod served;
 mod triton;
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -57,7 +57,6 @@ fn ort_environment() -> Result<&'static Environment, Failure> {
 struct Instance {
     settings: Settings,
     session: Session,
-    input_name: CString,
 }
 
 fn open_session(settings: &Settings) -> Result<Session, Failure> {
@@ -143,8 +142,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut ModelInst
         // SAFETY: set by ModelInitialize, freed only by ModelFinalize, after every instance is finalized.
         let settings = unsafe { &*state.cast::<Settings>() }.clone();
         let session = open_session(&settings)?;
-        let input_name = CString::new(served::INPUT_NAME).expect("no NUL");
-        attach(Instance { settings, session, input_name }, |raw| triton::set_instance_state(instance, raw))
+        attach(Instance { settings, session }, |raw| triton::set_instance_state(instance, raw))
     })
 }
 
@@ -181,7 +179,7 @@ fn execute(instance: *mut ModelInstance, state: &mut Instance, requests: &[*mut 
     let mut accepted: Vec<(*mut Request, usize)> = Vec::with_capacity(requests.len());
     let mut batch: Vec<f32> = Vec::new();
     for &request in requests {
-        let rows = triton::request_input(request, &state.input_name).and_then(|tensor| {
+        let rows = triton::request_input(request, served::INPUT).and_then(|tensor| {
             served::input_rows(tensor.datatype, &tensor.shape, &tensor.bytes, &state.settings)
                 .map(|values| (tensor.shape[0] as usize, values))
                 .map_err(|message| Failure::invalid(format!("variant {:?}: {message}", state.settings.variant)))

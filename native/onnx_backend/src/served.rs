@@ -8,9 +8,12 @@
 //! has one output `logits_<task>` per task. Nothing here touches Triton or ONNX Runtime.
 
 use serde_json::Value;
+use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 
 pub const INPUT_NAME: &str = "IMAGE";
+/// [`INPUT_NAME`] as Triton's C API takes it.
+pub const INPUT: &CStr = c"IMAGE";
 pub const OUTPUT_PROBS: &str = "PROBS";
 pub const OUTPUT_CONFIDENCE: &str = "CONFIDENCE";
 pub const OUTPUT_LABEL: &str = "LABEL";
@@ -191,6 +194,11 @@ mod tests {
             (s.graph, s.cpu_threads, s.tasks),
             (PathBuf::from("/cache/v/model.onnx"), 2, vec!["a".into(), "b".into()])
         );
+    }
+
+    #[test]
+    fn the_c_name_of_the_input_is_its_name() {
+        assert_eq!(INPUT.to_str(), Ok(INPUT_NAME));
     }
 
     #[test]
